@@ -1,0 +1,205 @@
+"""The :class:`Adapter` value: generated LoRA factors plus where they came from.
+
+Rank layout: ``num_chunks * rank`` document components (chunk after chunk), then the
+``bias_rank`` components of the hypernetwork's bias block. Tensors are stacked over layers,
+``A: (L, R, d_in)``, ``B: (L, R, d_out)``; the update of a target layer is
+``y = W x + scale * (x A^T) B`` (see :mod:`d2l_haystack.core.hypernet`).
+
+Files: one ``adapter.safetensors`` (fp16 tensors ``<module>.A`` / ``<module>.B``, metadata in
+the safetensors header), written atomically. :meth:`Adapter.to_peft` writes a standard PEFT
+LoRA folder that ``peft.PeftModel.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import AdapterError
+from .lora import Factors
+
+ADAPTER_FILE = "adapter.safetensors"
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class Adapter:
+    """LoRA factors generated from one document (or a composition of documents)."""
+
+    factors: Factors
+    scale: float
+    rank: int
+    bias_rank: int
+    num_chunks: int
+    base_model: str
+    checkpoint_id: str
+    content_hash: str = ""
+    num_tokens: int = 0
+    module_paths: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_rank(self) -> int:
+        return next(iter(self.factors.values()))[0].shape[1]
+
+    @property
+    def num_layers(self) -> int:
+        return next(iter(self.factors.values()))[0].shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored (fp16) tensors."""
+        return sum((a.numel() + b.numel()) * 2 for a, b in self.factors.values())
+
+    def document_factors(self) -> Factors:
+        """The document components only (bias block removed)."""
+        r = self.num_chunks * self.rank
+        return {m: (a[:, :r], b[:, :r]) for m, (a, b) in self.factors.items()}
+
+    def bias_factors(self) -> Factors:
+        r = self.num_chunks * self.rank
+        return {m: (a[:, r:], b[:, r:]) for m, (a, b) in self.factors.items()}
+
+    def effective_factors(self, weight: float = 1.0) -> Factors:
+        """Factors with ``scale * weight`` folded into ``B`` (so the update scale is 1)."""
+        return {m: (a, b * (self.scale * weight)) for m, (a, b) in self.factors.items()}
+
+    # -- persistence ----------------------------------------------------------------------
+    def _metadata(self) -> dict[str, str]:
+        return {
+            "format": "pt", "d2l_format": FORMAT_VERSION, "scale": repr(self.scale),
+            "rank": str(self.rank), "bias_rank": str(self.bias_rank),
+            "num_chunks": str(self.num_chunks), "base_model": self.base_model,
+            "checkpoint_id": self.checkpoint_id, "content_hash": self.content_hash,
+            "num_tokens": str(self.num_tokens), "module_paths": json.dumps(self.module_paths),
+            "meta": json.dumps(self.meta),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Save to ``path`` (a folder gets ``adapter.safetensors`` inside); atomic.
+
+        :returns: the file written.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        target = path if path.suffix == ".safetensors" else path / ADAPTER_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {}
+        for m, (a, b) in self.factors.items():
+            tensors[f"{m}.A"] = a.detach().to("cpu", torch.float16).contiguous()
+            tensors[f"{m}.B"] = b.detach().to("cpu", torch.float16).contiguous()
+        fd, tmp = tempfile.mkstemp(prefix=".adapter-", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=self._metadata())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> Adapter:
+        """Load an adapter file or folder.
+
+        :raises AdapterError: missing or damaged file.
+        """
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        target = path / ADAPTER_FILE if path.is_dir() else path
+        if not target.is_file():
+            raise AdapterError(f"no adapter at {path} (expected {ADAPTER_FILE})")
+        try:
+            with safe_open(str(target), framework="pt", device=device) as fh:
+                meta = fh.metadata() or {}
+                keys = list(fh.keys())
+                tensors = {k: fh.get_tensor(k).float() for k in keys}
+        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+            raise AdapterError(f"damaged adapter file {target}: {exc}") from exc
+        if meta.get("d2l_format") != FORMAT_VERSION:
+            raise AdapterError(f"{target} is not a d2l-haystack adapter (format {meta.get('d2l_format')!r})")
+        factors: Factors = {}
+        for k in keys:
+            if k.endswith(".A"):
+                m = k[:-2]
+                if f"{m}.B" not in tensors:
+                    raise AdapterError(f"damaged adapter file {target}: {m}.B missing")
+                factors[m] = (tensors[k], tensors[f"{m}.B"])
+        if not factors:
+            raise AdapterError(f"damaged adapter file {target}: no tensors")
+        try:
+            return cls(factors=factors, scale=float(meta["scale"]), rank=int(meta["rank"]),
+                       bias_rank=int(meta["bias_rank"]), num_chunks=int(meta["num_chunks"]),
+                       base_model=meta["base_model"], checkpoint_id=meta["checkpoint_id"],
+                       content_hash=meta.get("content_hash", ""), num_tokens=int(meta.get("num_tokens", 0)),
+                       module_paths=json.loads(meta.get("module_paths", "[]")),
+                       meta=json.loads(meta.get("meta", "{}")))
+        except (KeyError, ValueError) as exc:
+            raise AdapterError(f"damaged adapter metadata in {target}: {exc}") from exc
+
+    def to_peft(self, folder: str | Path, base_model_name_or_path: str | None = None) -> Path:
+        """Write a standard PEFT LoRA folder (``adapter_config.json``, ``adapter_model.safetensors``).
+
+        ``lora_A.weight = A`` and ``lora_B.weight = scale * B^T`` with ``lora_alpha = r``, so PEFT's
+        scaling is exactly 1 and the PEFT model computes the same update as this project.
+        """
+        from safetensors.torch import save_file
+
+        if not self.module_paths:
+            raise AdapterError("adapter has no module paths; cannot export to PEFT")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        r = self.total_rank
+        state: dict[str, torch.Tensor] = {}
+        targets = []
+        for (module, (a, b)), template in zip(self.factors.items(), self.module_paths):
+            targets.append(module)
+            for layer in range(a.shape[0]):
+                prefix = "base_model.model." + template.format(layer=layer)
+                state[f"{prefix}.lora_A.weight"] = a[layer].contiguous().float()
+                state[f"{prefix}.lora_B.weight"] = (b[layer].T * self.scale).contiguous().float()
+        config = {
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": r,
+            "lora_dropout": 0.0, "bias": "none", "target_modules": targets, "use_rslora": False,
+            "fan_in_fan_out": False, "inference_mode": True,
+            "base_model_name_or_path": base_model_name_or_path or self.base_model,
+        }
+        save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        return folder
+
+
+def compose(adapters: list[Adapter], weights: list[float] | None = None) -> Factors:
+    """Concatenate adapters along the rank dimension (scales folded into ``B``).
+
+    Each adapter contributes its document components times its weight; the bias block of each
+    distinct hypernetwork checkpoint is added once.
+    """
+    if not adapters:
+        raise ValueError("compose() needs at least one adapter")
+    weights = list(weights) if weights is not None else [1.0] * len(adapters)
+    if len(weights) != len(adapters):
+        raise ValueError("one weight per adapter is needed")
+    base = {a.base_model for a in adapters}
+    if len(base) > 1:
+        raise AdapterError(f"cannot compose adapters made for different base models: {sorted(base)}")
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    seen_bias: set[str] = set()
+    for adapter, w in zip(adapters, weights):
+        doc = adapter.document_factors()
+        for m, (a, b) in doc.items():
+            parts.setdefault(m, []).append((a, b * (adapter.scale * w)))
+        if adapter.checkpoint_id not in seen_bias and adapter.bias_rank:
+            seen_bias.add(adapter.checkpoint_id)
+            for m, (a, b) in adapter.bias_factors().items():
+                parts.setdefault(m, []).append((a, b * adapter.scale))
+    return {m: (torch.cat([a for a, _ in p], dim=1), torch.cat([b for _, b in p], dim=1))
+            for m, p in parts.items()}

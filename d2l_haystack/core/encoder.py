@@ -1,0 +1,77 @@
+"""The context encoder: the frozen base model reading a document chunk.
+
+``early_exit`` stops the forward pass after ``exit_layer`` decoder layers (by raising from a
+forward hook, which works for any Hugging Face decoder without re-implementing its forward);
+``per_layer`` runs the whole decoder and returns the input hidden state of every layer.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class _EarlyExit(Exception):
+    def __init__(self, hidden: torch.Tensor) -> None:
+        super().__init__("early exit")
+        self.hidden = hidden
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder layers of a causal LM (Llama, Qwen2, Mistral, Gemma...)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot find decoder layers in {type(model).__name__}")
+    return layers
+
+
+class ContextEncoder:
+    """Encodes padded batches of wrapped chunks into hypernetwork features (no gradient)."""
+
+    def __init__(self, model: nn.Module, mode: str, exit_layer: int) -> None:
+        self.model = model
+        self.mode = mode
+        self.exit_layer = exit_layer
+        self._local = threading.local()
+        layers = decoder_layers(model)
+        self._decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        self._hook = layers[exit_layer - 1].register_forward_hook(self._exit_hook)
+
+    def _exit_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if getattr(self._local, "exit", False):
+            hidden = output[0] if isinstance(output, tuple) else output
+            raise _EarlyExit(hidden)
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """:returns: ``(batch, tokens, hidden)`` (early exit) or ``(batch, layers, tokens, hidden)``."""
+        if self.mode == "early_exit":
+            self._local.exit = True
+            try:
+                self._decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            except _EarlyExit as stop:
+                return stop.hidden
+            finally:
+                self._local.exit = False
+            raise RuntimeError("early exit hook did not fire")
+        out = self._decoder(input_ids=input_ids, attention_mask=attention_mask,
+                            output_hidden_states=True, use_cache=False)
+        return torch.stack(out.hidden_states[:-1], dim=1)
+
+    def close(self) -> None:
+        self._hook.remove()
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists into ``(ids, mask)`` tensors."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)

@@ -1,0 +1,258 @@
+"""The D2L engine: ``internalize(text) -> Adapter`` and ``generate(question, adapters)``.
+
+One :class:`D2LEngine` holds one loaded base model (shared through the process-level model
+cache), a hypernetwork, the context encoder and the LoRA hooks.
+
+Usage example::
+
+    from d2l_haystack.core import D2LEngine
+
+    engine = D2LEngine()                      # embedded SmolLM2-135M + shipped checkpoint
+    adapter = engine.internalize(open("manual.txt").read())
+    print(engine.generate("What is the warranty period?", adapters=adapter).text)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapter import Adapter, compose
+from .encoder import ContextEncoder, pad_batch
+from .errors import AdapterError, InputError
+from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
+from .lora import Factors, get_hooks
+from .models import DEFAULT_MODEL, LoadedModel, get_model
+from .prompts import ChatFormat, chunk_token_ids
+from .textio import content_hash, validate_text
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def default_checkpoint(model_label: str) -> Path | None:
+    """The checkpoint shipped with the package for ``model_label``, if any."""
+    folder = CHECKPOINTS_DIR / model_label
+    return folder if (folder / "config.json").is_file() else None
+
+
+@dataclass
+class GenerationResult:
+    """A generated reply with its timing."""
+
+    text: str
+    num_tokens: int
+    seconds: float
+    time_to_first_token: float
+    prompt_tokens: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class _CallbackStreamer:
+    """A ``transformers`` streamer calling ``callback(text_delta)`` and timing the first token."""
+
+    def __init__(self, tokenizer: Any, callback: Callable[[str], None] | None, start: float) -> None:
+        self.tokenizer, self.callback, self.start = tokenizer, callback, start
+        self.tokens: list[int] = []
+        self.first_token_at: float | None = None
+        self._printed = 0
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter() - self.start
+        self.tokens.extend(value.reshape(-1).tolist())
+        if self.callback is not None:
+            text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+            if len(text) > self._printed and not text.endswith("\ufffd"):
+                self.callback(text[self._printed:])
+                self._printed = len(text)
+
+    def end(self) -> None:
+        pass
+
+
+class D2LEngine:
+    """Internalize documents into LoRA adapters and answer questions with them.
+
+    :param model: embedded model name, local folder or hub id.
+    :param checkpoint: ``"default"`` (the shipped checkpoint for this model, else untrained),
+        a checkpoint folder, or ``None`` for an untrained hypernetwork.
+    :param device: ``cpu``/``cuda``; defaults to CUDA when available.
+    :param dtype: base model dtype.
+    :param chunk_tokens: tokens per chunk (default: the checkpoint's).
+    :param hypernet_widths: widths for an untrained hypernetwork (ignored with a checkpoint).
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, checkpoint: str | None = "default",
+                 device: str | None = None, dtype: str = "float32", chunk_tokens: int | None = None,
+                 hypernet_widths: dict[str, Any] | None = None, seed: int = 0) -> None:
+        self.loaded: LoadedModel = get_model(model, device=device, dtype=dtype)
+        self.model = self.loaded.model
+        self.tokenizer = self.loaded.tokenizer
+        self.device = self.loaded.device
+        self.format = ChatFormat(self.tokenizer)
+        label = self.loaded.name
+        ckpt_path = default_checkpoint(label) if checkpoint == "default" else checkpoint
+        if ckpt_path is not None:
+            self.hypernet, payload = load_checkpoint(ckpt_path, expected_base_model=label, map_location=self.device)
+            self.checkpoint_id: str = payload["checkpoint_id"]
+            self.checkpoint_path: str | None = str(ckpt_path)
+            self.checkpoint_info: dict[str, Any] = payload.get("info", {})
+            self.trained = True
+        else:
+            torch.manual_seed(seed)
+            cfg = config_for_model(self.model, label, **(hypernet_widths or {}))
+            self.hypernet = Hypernetwork(cfg).to(self.device)
+            self.checkpoint_id = f"untrained-seed{seed}"
+            self.checkpoint_path = None
+            self.checkpoint_info = {}
+            self.trained = False
+        self.hypernet.eval().requires_grad_(False)
+        self.config: HypernetConfig = self.hypernet.config
+        self.chunk_tokens = chunk_tokens or self.config.chunk_tokens
+        self.encoder = ContextEncoder(self.model, self.config.encoder_mode, self.config.exit_layer)
+        self.hooks = get_hooks(self.model, self.config.target_modules)
+        self._gen_lock = threading.Lock()
+
+    # -- internalization ------------------------------------------------------------------
+    @torch.no_grad()
+    def chunk_factors(self, wrapped: list[list[int]]) -> Factors:
+        """Run encoder + hypernetwork on wrapped chunks: ``A: (chunks, L, r, d_in)``."""
+        ids, mask = pad_batch(wrapped, self.tokenizer.pad_token_id, self.device)
+        features = self.encoder(ids, mask)
+        return self.hypernet(features.float(), mask)
+
+    def internalize(self, text: str, *, source: str = "document", progress: bool | None = None,
+                    batch_size: int = 4, meta: dict[str, Any] | None = None) -> Adapter:
+        """Turn a document into an :class:`Adapter` (one forward pass per chunk batch).
+
+        Memory stays bounded for any length: chunks are encoded ``batch_size`` at a time and only
+        their (small) factors are kept.
+
+        :raises InputError: empty or binary text.
+        """
+        validate_text(text, source)
+        ids = self.format.document_ids(text)
+        chunks = chunk_token_ids(ids, self.chunk_tokens)
+        show = progress if progress is not None else len(chunks) > 1
+        from tqdm.auto import tqdm
+
+        parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in self.config.target_modules}
+        bar = tqdm(total=len(chunks), desc="internalizing", unit="chunk", disable=not show)
+        for start in range(0, len(chunks), batch_size):
+            batch = [self.format.wrap_chunk(c) for c in chunks[start:start + batch_size]]
+            out = self.chunk_factors(batch)
+            for m, (a, b) in out.items():
+                # (n, L, r, d) -> per-chunk (L, r, d), kept on CPU
+                for i in range(a.shape[0]):
+                    parts[m].append((a[i].float().cpu(), b[i].float().cpu()))
+            bar.update(len(batch))
+        bar.close()
+        bias = self.hypernet.bias_block()
+        factors: Factors = {}
+        for m, plist in parts.items():
+            ba, bb = bias[m]
+            factors[m] = (torch.cat([a for a, _ in plist] + [ba.detach().float().cpu()], dim=1),
+                          torch.cat([b for _, b in plist] + [bb.detach().float().cpu()], dim=1))
+        return Adapter(factors=factors, scale=self.config.alpha, rank=self.config.rank,
+                       bias_rank=self.config.bias_rank, num_chunks=len(chunks),
+                       base_model=self.loaded.name, checkpoint_id=self.checkpoint_id,
+                       content_hash=content_hash(text), num_tokens=len(ids),
+                       module_paths=list(self.config.module_paths), meta=dict(meta or {}))
+
+    # -- generation -----------------------------------------------------------------------
+    def _factors_for(self, adapters: Adapter | list[Adapter] | None,
+                     weights: list[float] | None) -> Factors | None:
+        if adapters is None:
+            return None
+        items = [adapters] if isinstance(adapters, Adapter) else list(adapters)
+        if not items:
+            return None
+        for a in items:
+            if a.base_model != self.loaded.name:
+                raise AdapterError(f"adapter was made for base model '{a.base_model}', "
+                                   f"but the loaded base model is '{self.loaded.name}'")
+            if a.num_layers != self.config.num_layers:
+                raise AdapterError(f"adapter has {a.num_layers} layers, the model has {self.config.num_layers}")
+        factors = compose(items, weights)
+        return {m: (a.to(self.device), b.to(self.device)) for m, (a, b) in factors.items()}
+
+    def prompt_ids(self, question: str | list[dict[str, str]], context: str | None = None) -> list[int]:
+        if isinstance(question, str):
+            if not question.strip():
+                raise InputError("question is empty")
+            return self.format.question_ids(question, context)
+        return self.format.messages_ids(question)
+
+    def generate(self, question: str | list[dict[str, str]], adapters: Adapter | list[Adapter] | None = None,
+                 *, weights: list[float] | None = None, context: str | None = None,
+                 max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0, streaming_callback: Callable[[str], None] | None = None) -> GenerationResult:
+        """Answer a question (or a chat history) with optional adapters and optional context.
+
+        Greedy by default. Several adapters compose (concatenated along rank, ``weights`` scale
+        each one). The base weights are never modified; concurrent calls from different threads
+        use their own adapters.
+        """
+        ids = self.prompt_ids(question, context)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and len(ids) + max_new_tokens > limit:
+            raise InputError(f"prompt has {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds "
+                             f"the model's {limit}-token window")
+        factors = self._factors_for(adapters, weights)
+        input_ids = torch.tensor([ids], device=self.device)
+        start = time.perf_counter()
+        streamer = _CallbackStreamer(self.tokenizer, streaming_callback, start)
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                                  "pad_token_id": self.tokenizer.pad_token_id, "streamer": streamer}
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.no_grad(), self.hooks.apply(factors):
+            self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        seconds = time.perf_counter() - start
+        text = self.tokenizer.decode(streamer.tokens, skip_special_tokens=True).strip()
+        return GenerationResult(text=text, num_tokens=len(streamer.tokens), seconds=seconds,
+                                time_to_first_token=streamer.first_token_at or seconds,
+                                prompt_tokens=len(ids))
+
+    @torch.no_grad()
+    def logits(self, input_ids: list[int] | torch.Tensor, adapters: Adapter | list[Adapter] | None = None) -> torch.Tensor:
+        """Next-token logits for every position (for checks and evaluation)."""
+        ids = torch.as_tensor(input_ids, device=self.device).reshape(1, -1)
+        with self.hooks.apply(self._factors_for(adapters, None)):
+            return self.model(input_ids=ids).logits[0]
+
+    def describe(self) -> dict[str, Any]:
+        return {"base_model": self.loaded.name, "model_path": self.loaded.path, "device": self.device,
+                "checkpoint": self.checkpoint_path or "untrained", "checkpoint_id": self.checkpoint_id,
+                "trained": self.trained, "hypernet_parameters": self.hypernet.num_parameters(),
+                "encoder_mode": self.config.encoder_mode, "exit_layer": self.config.exit_layer,
+                "rank": self.config.rank, "chunk_tokens": self.chunk_tokens}
+
+
+_ENGINES: dict[tuple[Any, ...], D2LEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(model: str = DEFAULT_MODEL, checkpoint: str | None = "default", device: str | None = None,
+               dtype: str = "float32", chunk_tokens: int | None = None) -> D2LEngine:
+    """One engine per (model, checkpoint, device, dtype, chunk size) per process."""
+    key = (model, checkpoint, device, dtype, chunk_tokens)
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = D2LEngine(model, checkpoint, device=device, dtype=dtype, chunk_tokens=chunk_tokens)
+        return _ENGINES[key]

@@ -1,0 +1,89 @@
+"""Functional LoRA application with per-call (and per-sample) adapters.
+
+Forward hooks are installed once on every target linear layer of a model. Each hook reads the
+LoRA factors active *in the calling thread* (a thread-local), so the base weights are never
+modified and concurrent calls with different adapters on one loaded model cannot mix adapters.
+
+Convention (see :mod:`d2l_haystack.core.hypernet`): ``A: (R, d_in)``, ``B: (R, d_out)``,
+``y = W x + scale * (x A^T) B``. Factors are stacked over layers: ``A: (L, R, d_in)``, or
+``(batch, L, R, d_in)`` to give every sample of a batch its own adapter (training).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .hypernet import find_target_modules
+
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+class LoraHooks:
+    """Hooks on a model's target modules that add the thread's active LoRA, if any."""
+
+    def __init__(self, model: nn.Module, targets: list[str]) -> None:
+        self.targets = list(targets)
+        self._local = threading.local()
+        self._handles = []
+        found = find_target_modules(model, self.targets)
+        if not found:
+            raise ValueError(f"no target modules {targets} found in {type(model).__name__}")
+        for (layer, target), (_, module) in sorted(found.items()):
+            self._handles.append(module.register_forward_hook(self._make_hook(layer, target)))
+
+    def _make_hook(self, layer: int, target: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+            state = getattr(self._local, "state", None)
+            if state is None or target not in state:
+                return None
+            factors, scale = state[target], self._local.scale
+            a, b = factors
+            x = inputs[0]
+            if a.dim() == 3:
+                a_l, b_l = a[layer], b[layer]
+                delta = (x @ a_l.to(x.dtype).T) @ b_l.to(x.dtype)
+            else:
+                a_l, b_l = a[:, layer].to(x.dtype), b[:, layer].to(x.dtype)
+                shape = x.shape
+                x3 = x.reshape(shape[0], -1, shape[-1])
+                delta = torch.bmm(torch.bmm(x3, a_l.transpose(1, 2)), b_l).reshape(*shape[:-1], -1)
+            return output + (scale * delta).to(output.dtype)
+
+        return hook
+
+    @contextmanager
+    def apply(self, factors: Factors | None, scale: float = 1.0) -> Iterator[None]:
+        """Activate ``factors`` for forward passes made by this thread inside the block."""
+        previous = (getattr(self._local, "state", None), getattr(self._local, "scale", 1.0))
+        self._local.state = factors
+        self._local.scale = scale
+        try:
+            yield
+        finally:
+            self._local.state, self._local.scale = previous
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+_HOOKS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], LoraHooks]] = weakref.WeakKeyDictionary()
+_HOOKS_LOCK = threading.Lock()
+
+
+def get_hooks(model: nn.Module, targets: list[str]) -> LoraHooks:
+    """The (single) :class:`LoraHooks` of ``model`` for ``targets``, installed on first use."""
+    with _HOOKS_LOCK:
+        per_model = _HOOKS.setdefault(model, {})
+        key = tuple(targets)
+        if key not in per_model:
+            per_model[key] = LoraHooks(model, list(targets))
+        return per_model[key]

@@ -1,0 +1,53 @@
+"""Reading and validating document text (bad input gets a clear, one-line error)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .errors import InputError
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+def content_hash(text: str) -> str:
+    """SHA-256 of the UTF-8 text (hex)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def validate_text(text: str, source: str = "document") -> str:
+    """Return ``text`` if it is usable document text, else raise :class:`InputError`."""
+    if not isinstance(text, str):
+        raise InputError(f"{source}: expected text, got {type(text).__name__}")
+    if not text.strip():
+        raise InputError(f"{source}: document is empty or whitespace only")
+    sample = text[:65536]
+    if "\x00" in sample:
+        raise InputError(f"{source}: looks binary (contains NUL bytes), not text")
+    controls = sum(1 for ch in sample if ord(ch) < 32 and ch not in "\n\r\t\f\v")
+    if controls > 0.05 * len(sample):
+        raise InputError(f"{source}: looks binary ({controls} control characters), not text")
+    return text
+
+
+def read_text_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """Read a UTF-8 text file with clear errors for missing, huge, binary or non-UTF-8 files."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InputError(f"{path}: file is {size} bytes, over the {max_bytes}-byte limit")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+    if b"\x00" in raw[:65536]:
+        raise InputError(f"{path}: looks binary (contains NUL bytes), not text")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from exc
+    return validate_text(text, str(path))
