@@ -73,14 +73,18 @@ class _CallbackStreamer:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter() - self.start
         self.tokens.extend(value.reshape(-1).tolist())
+        self._emit(final=False)
+
+    def _emit(self, final: bool) -> None:
+        """Send the new text; an incomplete UTF-8 sequence waits for more tokens, unless ``final``."""
         if self.callback is not None:
             text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-            if len(text) > self._printed and not text.endswith("\ufffd"):
+            if len(text) > self._printed and (final or not text.endswith("\ufffd")):
                 self.callback(text[self._printed:])
                 self._printed = len(text)
 
     def end(self) -> None:
-        pass
+        self._emit(final=True)
 
 
 class D2LEngine:
@@ -216,7 +220,8 @@ class D2LEngine:
         start = time.perf_counter()
         streamer = _CallbackStreamer(self.tokenizer, streaming_callback, start)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                                  "pad_token_id": self.tokenizer.pad_token_id, "streamer": streamer}
+                                  "pad_token_id": self.tokenizer.pad_token_id, "streamer": streamer,
+                                  "eos_token_id": self.format.stop_ids}
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p)
         else:
@@ -230,7 +235,8 @@ class D2LEngine:
                                 prompt_tokens=len(ids))
 
     @torch.no_grad()
-    def logits(self, input_ids: list[int] | torch.Tensor, adapters: Adapter | list[Adapter] | None = None) -> torch.Tensor:
+    def logits(self, input_ids: list[int] | torch.Tensor,
+               adapters: Adapter | list[Adapter] | None = None) -> torch.Tensor:
         """Next-token logits for every position (for checks and evaluation)."""
         ids = torch.as_tensor(input_ids, device=self.device).reshape(1, -1)
         with self.hooks.apply(self._factors_for(adapters, None)):

@@ -215,7 +215,8 @@ class Hypernetwork(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, features: torch.Tensor,
+                mask: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Generate LoRA factors.
 
         :param features: ``(batch, tokens, hidden)`` in early-exit mode, or
@@ -305,7 +306,8 @@ def load_checkpoint(folder: str | Path, expected_base_model: str | None = None,
     folder = Path(folder)
     cfg_path, w_path = folder / CHECKPOINT_CONFIG, folder / CHECKPOINT_WEIGHTS
     if not cfg_path.is_file() or not w_path.is_file():
-        raise CheckpointError(f"{folder} is not a hypernetwork checkpoint (needs {CHECKPOINT_CONFIG} and {CHECKPOINT_WEIGHTS})")
+        raise CheckpointError(f"{folder} is not a hypernetwork checkpoint "
+                              f"(needs {CHECKPOINT_CONFIG} and {CHECKPOINT_WEIGHTS})")
     try:
         payload = json.loads(cfg_path.read_text())
         config = HypernetConfig.from_dict(payload["hypernet"])

@@ -97,7 +97,12 @@ def convert_embedded(name: str, target: Path | None = None) -> Path:
     target = target or cache_dir() / name
     if _folder_is_complete(target):
         return target
-    gguf = find_embedded_gguf(name)
+    return convert_gguf(find_embedded_gguf(name), target)
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Convert a GGUF file into a Hugging Face model folder at ``target``, atomically."""
+    name = target.name
     target.parent.mkdir(parents=True, exist_ok=True)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

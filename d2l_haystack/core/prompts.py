@@ -35,6 +35,20 @@ class ChatFormat:
         head, _, tail = rendered.partition(_SENTINEL)
         self.doc_prefix_ids: list[int] = self.tokenizer(head, add_special_tokens=False)["input_ids"]
         self.doc_suffix_ids: list[int] = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
+        # The end-of-turn token is read from the template (the token right after an assistant
+        # message), not from ``tokenizer.eos_token``: some converters set eos to another token
+        # (transformers 5.17 reads SmolLM2's GGUF with eos = <|im_start|>).
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False
+        )
+        after = rendered.partition(_SENTINEL)[2]
+        after_ids = self.tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+        self.end_of_turn_id: int | None = after_ids[0] if after_ids else self.tokenizer.eos_token_id
+        stops = {self.end_of_turn_id, self.tokenizer.eos_token_id}
+        # the token that opens a new turn also ends the answer (e.g. <|im_start|>)
+        if self.doc_prefix_ids and self.doc_prefix_ids[0] in set(self.tokenizer.all_special_ids):
+            stops.add(self.doc_prefix_ids[0])
+        self.stop_ids: list[int] = sorted(i for i in stops if i is not None)
 
     def document_ids(self, text: str) -> list[int]:
         """Token ids of a document's text (no template)."""
@@ -67,8 +81,8 @@ class ChatFormat:
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an assistant answer followed by the end-of-turn token (training target)."""
         ids = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
-        eos = self.tokenizer.eos_token_id
-        return ids + ([eos] if eos is not None else [])
+        eot = self.end_of_turn_id
+        return ids + ([eot] if eot is not None else [])
 
 
 def chunk_token_ids(ids: list[int], chunk_tokens: int) -> list[list[int]]:

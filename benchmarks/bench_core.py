@@ -1,0 +1,331 @@
+"""Core benchmark: internalization speed, and answering with an adapter versus the document in context.
+
+Usage::
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_core.py            # writes benchmarks/results/core.json
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_core.py --quick    # smaller sizes, for a smoke test
+
+What is measured (one process, one loaded base model, greedy decoding):
+
+* **Internalization**: seconds per chunk for one chunk of 256 / 512 / 1024 tokens, in both encoder
+  modes (``early_exit``: the shipped checkpoint's hypernetwork, or an untrained one if none is
+  shipped; ``per_layer``: an untrained hypernetwork built with ``encoder_mode='per_layer'``;
+  the timing of a forward pass does not depend on the weights' values). Median and minimum of
+  ``--repeats`` runs after one warm-up run (the minimum is the least disturbed by other processes).
+* **Answering** one question about documents of about 1k, 4k and 7.5k tokens (7.5k keeps the
+  question and the answer inside the 8192-token window): with the document's adapter and no
+  document in the prompt, versus with the document in the prompt. Time to first token (prefill
+  plus the first decoding step), total seconds for ``--max-new-tokens`` new tokens (greedy; a
+  reply may end earlier at the end-of-turn token, the token count is recorded), and the one-time
+  internalization cost of the adapter. With the adapter: the run with the lowest time to first
+  token of ``--answer-repeats``; with the document in context: one run (it is the slow side, so
+  any disturbance only narrows the gap).
+* **Peak memory**: the growth of the process's resident set during one call. Before the call,
+  freed heap pages are handed back to the system (``gc.collect()`` and glibc's ``malloc_trim(0)``,
+  else the call would silently reuse memory kept from earlier calls), the kernel's peak-RSS
+  counter is reset (``echo 5 > /proc/self/clear_refs``) and ``VmRSS`` is read; after the call,
+  ``VmHWM`` (the peak since the reset) is read. The difference counts every allocation (torch's
+  CPU tensors, tokenizers, Python) and is not fooled by memory freed before the call ends.
+  Where ``clear_refs`` cannot be written, a thread samples ``VmRSS`` every millisecond instead
+  (the method used is recorded in the JSON).
+* **Sizes**: the adapter's stored bytes (fp16 tensors) versus the KV cache the document would
+  need in the prompt: ``2 * layers * kv_heads * head_dim * tokens * bytes_per_value``, given for
+  the model's dtype and for 16-bit values.
+
+The filler text is the NLTK ``state_union`` corpus (public domain), read from
+``$D2L_EVALDATA/state_union.zip`` (default: ``../shared/evaldata`` beside the repository); it is
+never copied into the repository. Timings depend on the machine and on other processes running
+at the same time: the load average at the start and at the end is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTION = "What did the President say about the budget and taxes?"
+
+
+# -- memory ---------------------------------------------------------------------------------------
+def _status_kb(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def _can_reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """``malloc_trim(0)`` of glibc (returns freed heap pages to the system), or a no-op elsewhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return lambda: libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return lambda: None
+
+
+_TRIM = _malloc_trim()
+
+
+class PeakRSS:
+    """Measures how much the resident set grew at its peak during a block (bytes)."""
+
+    method = "hwm-reset" if _can_reset_peak() else "sampling-1ms"
+
+    def __enter__(self) -> PeakRSS:
+        gc.collect()
+        _TRIM()  # freed-but-kept heap would otherwise be reused silently and hide the call's memory
+        if self.method == "hwm-reset":
+            Path("/proc/self/clear_refs").write_text("5")
+            self.start = _status_kb("VmRSS")
+        else:
+            self.start = _status_kb("VmRSS")
+            self._peak, self._stop = self.start, threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, _status_kb("VmRSS"))
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.method == "hwm-reset":
+            peak = _status_kb("VmHWM")
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, _status_kb("VmRSS"))
+        self.delta_bytes = max(0, peak - self.start) * 1024
+
+
+# -- documents ------------------------------------------------------------------------------------
+def evaldata_dir(arg: str | None) -> Path:
+    folder = Path(arg or os.environ.get("D2L_EVALDATA") or REPO.parent / "shared" / "evaldata")
+    if not (folder / "state_union.zip").is_file():
+        sys.exit(f"bench_core: {folder / 'state_union.zip'} not found (set D2L_EVALDATA or --evaldata)")
+    return folder
+
+
+def filler_text(folder: Path) -> str:
+    with zipfile.ZipFile(folder / "state_union.zip") as zf:
+        names = sorted(n for n in zf.namelist() if n.endswith(".txt"))
+        return "\n\n".join(zf.read(n).decode("latin-1") for n in names)
+
+
+def document(engine: Any, filler_ids: list[int], tokens: int) -> tuple[str, int]:
+    """A document of about ``tokens`` tokens cut from the filler; returns (text, exact token count)."""
+    text = engine.tokenizer.decode(filler_ids[:tokens], skip_special_tokens=True)
+    return text, len(engine.format.document_ids(text))
+
+
+# -- measurements ---------------------------------------------------------------------------------
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, int]:
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - start
+    return out, seconds, mem.delta_bytes
+
+
+def bench_internalization(engines: dict[str, Any], filler_ids: list[int], sizes: list[int],
+                          repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for mode, engine in engines.items():
+        for size in sizes:
+            text, n = document(engine, filler_ids, size)
+            engine.chunk_tokens = n  # exactly one chunk
+            engine.internalize(text, progress=False)  # warm-up
+            runs, peaks = [], []
+            for _ in range(repeats):
+                adapter, seconds, peak = timed(lambda: engine.internalize(text, progress=False))  # noqa: B023
+                assert adapter.num_chunks == 1
+                runs.append(seconds)
+                peaks.append(peak)
+            rows.append({"encoder_mode": mode, "tokens": n, "seconds_per_chunk": statistics.median(runs),
+                         "min_seconds_per_chunk": min(runs), "runs": runs, "peak_rss_delta_bytes": max(peaks),
+                         "checkpoint_id": engine.checkpoint_id})
+            print(f"  internalize {mode:10s} {n:5d} tokens: {statistics.median(runs):.3f} s/chunk "
+                  f"(min {min(runs):.3f})", flush=True)
+    return rows
+
+
+def kv_cache_bytes(config: Any, tokens: int, bytes_per_value: int) -> int:
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * tokens * bytes_per_value
+
+
+def _answer(engine: Any, adapter: Any, context: str | None, max_new_tokens: int) -> dict[str, Any]:
+    result, _, peak = timed(lambda: engine.generate(QUESTION, adapter, context=context,
+                                                    max_new_tokens=max_new_tokens))
+    return {"time_to_first_token": result.time_to_first_token, "seconds": result.seconds,
+            "new_tokens": result.num_tokens, "prompt_tokens": result.prompt_tokens,
+            "peak_rss_delta_bytes": peak, "text": result.text}
+
+
+def bench_answering(engine: Any, filler_ids: list[int], sizes: list[int], repeats: int,
+                    max_new_tokens: int, chunk_tokens: int) -> list[dict[str, Any]]:
+    engine.chunk_tokens = chunk_tokens
+    engine.generate("Hello!", max_new_tokens=2)  # warm-up
+    cfg = engine.model.config
+    value_bytes = engine.model.dtype.itemsize
+    rows = []
+    for size in sizes:
+        text, n = document(engine, filler_ids, size)
+        adapter, internalize_s, internalize_peak = timed(lambda: engine.internalize(text, progress=False))  # noqa: B023
+        with_adapter = [_answer(engine, adapter, None, max_new_tokens) for _ in range(repeats)]
+        adapter_row = min(with_adapter, key=lambda r: r["time_to_first_token"])
+        adapter_row["runs_time_to_first_token"] = [r["time_to_first_token"] for r in with_adapter]
+        in_context = _answer(engine, None, text, max_new_tokens)
+        row = {
+            "doc_tokens": n, "chunks": adapter.num_chunks, "adapter_rank": adapter.total_rank,
+            "internalize_seconds": internalize_s, "internalize_peak_rss_delta_bytes": internalize_peak,
+            "adapter": adapter_row, "in_context": in_context,
+            "adapter_bytes": adapter.nbytes,
+            "kv_cache_bytes": kv_cache_bytes(cfg, n, value_bytes),
+            "kv_cache_bytes_16bit": kv_cache_bytes(cfg, n, 2),
+            "ttft_speedup": in_context["time_to_first_token"] / adapter_row["time_to_first_token"],
+            "total_speedup": in_context["seconds"] / adapter_row["seconds"],
+        }
+        rows.append(row)
+        print(f"  answer {n:5d}-token doc: adapter TTFT {adapter_row['time_to_first_token']:.3f} s, "
+              f"in context {in_context['time_to_first_token']:.3f} s ({row['ttft_speedup']:.0f}x)", flush=True)
+    return rows
+
+
+# -- report ---------------------------------------------------------------------------------------
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = ["Internalization (one chunk):", "",
+             "| encoder mode | chunk tokens | seconds per chunk (median) | (min) | peak RSS growth (MiB) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for r in report["internalization"]:
+        lines.append(f"| {r['encoder_mode']} | {r['tokens']} | {r['seconds_per_chunk']:.3f} | "
+                     f"{r['min_seconds_per_chunk']:.3f} | "
+                     f"{_mib(r['peak_rss_delta_bytes'])} |")
+    lines += ["", f"Answering one question ({report['settings']['max_new_tokens']} new tokens max, greedy):", "",
+              "| document tokens | internalize (s, once) | TTFT adapter (s) | TTFT in context (s) | TTFT speed-up "
+              "| total adapter (s) | total in context (s) | peak RSS growth adapter / in context (MiB) "
+              "| adapter (MiB) | KV cache fp32 / 16-bit (MiB) |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in report["answering"]:
+        a, c = r["adapter"], r["in_context"]
+        lines.append(
+            f"| {r['doc_tokens']} | {r['internalize_seconds']:.2f} | {a['time_to_first_token']:.3f} | "
+            f"{c['time_to_first_token']:.2f} | {r['ttft_speedup']:.0f}x | {a['seconds']:.2f} | {c['seconds']:.2f} | "
+            f"{_mib(a['peak_rss_delta_bytes'])} / {_mib(c['peak_rss_delta_bytes'])} | {_mib(r['adapter_bytes'])} | "
+            f"{_mib(r['kv_cache_bytes'])} / {_mib(r['kv_cache_bytes_16bit'])} |")
+    t = report["targets"]
+    lines += ["", f"Targets: internalize a 512-token chunk (early_exit) in under 0.5 s: "
+                  f"{'met' if t['internalize_512_early_exit_under_0_5s'] else 'NOT met'} "
+                  f"({t['internalize_512_early_exit_seconds']:.3f} s); adapter at least 10x faster to first token "
+                  f"than a ~4k-token document in context: {'met' if t['ttft_speedup_4k_at_least_10x'] else 'NOT met'} "
+                  f"({t['ttft_speedup_4k']:.0f}x)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "core.json"))
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--evaldata", default=None, help="folder with state_union.zip (default: $D2L_EVALDATA)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per internalization size (median and min)")
+    parser.add_argument("--answer-repeats", type=int, default=3, help="runs of answering with an adapter (min TTFT)")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--chunk-tokens", type=int, default=512, help="chunk size of the answering adapters")
+    parser.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from d2l_haystack.core import D2LEngine
+
+    chunk_sizes = [128, 256] if args.quick else [256, 512, 1024]
+    doc_sizes = [256, 1024] if args.quick else [1000, 4000, 7500]
+    load_start = os.getloadavg()
+    started = time.time()
+    print(f"bench_core: model {args.model} on {args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load average {load_start[0]:.2f}", flush=True)
+    engines = {
+        "early_exit": D2LEngine(args.model, checkpoint="default", device=args.device),
+        "per_layer": D2LEngine(args.model, checkpoint=None, device=args.device,
+                               hypernet_widths={"encoder_mode": "per_layer"}),
+    }
+    engine = engines["early_exit"]
+    if engine.config.encoder_mode != "early_exit":  # a shipped checkpoint in the other mode
+        engines["early_exit"] = D2LEngine(args.model, checkpoint=None, device=args.device)
+    filler_ids = engine.format.document_ids(filler_text(evaldata_dir(args.evaldata)))
+
+    internalization = bench_internalization(engines, filler_ids, chunk_sizes, args.repeats)
+    answering = bench_answering(engines["early_exit"], filler_ids, doc_sizes, args.answer_repeats,
+                                args.max_new_tokens, args.chunk_tokens)
+
+    ee512 = next((r for r in internalization if r["encoder_mode"] == "early_exit" and 480 <= r["tokens"] <= 540),
+                 None)
+    mid = min(answering, key=lambda r: abs(r["doc_tokens"] - 4000))
+    report = {
+        "benchmark": "core",
+        "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_core.py"
+                   + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_seconds": time.time() - started,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                    "device": args.device, "load_average_start": load_start, "load_average_end": os.getloadavg()},
+        "model": engine.describe(),
+        "settings": {"repeats": args.repeats, "answer_repeats": args.answer_repeats,
+                     "max_new_tokens": args.max_new_tokens,
+                     "answer_chunk_tokens": args.chunk_tokens, "question": QUESTION,
+                     "filler": "NLTK state_union (D2L_EVALDATA/state_union.zip)", "memory_method": PeakRSS.method},
+        "internalization": internalization,
+        "answering": answering,
+        "targets": {
+            "internalize_512_early_exit_seconds": ee512["seconds_per_chunk"] if ee512 else float("nan"),
+            "internalize_512_early_exit_under_0_5s": bool(ee512 and ee512["seconds_per_chunk"] < 0.5),
+            "ttft_speedup_4k": mid["ttft_speedup"],
+            "ttft_speedup_4k_at_least_10x": mid["ttft_speedup"] >= 10,
+        },
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(table(report))
+    print(f"\nwrote {out} ({report['wall_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

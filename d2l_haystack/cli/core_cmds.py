@@ -1,0 +1,237 @@
+"""Core sub-commands: ``internalize``, ``ask``, ``export-peft`` and ``info``.
+
+Examples::
+
+    d2l internalize manual.txt -o adapters/manual
+    d2l ask "What is the warranty period?" --adapter adapters/manual
+    d2l ask "What is the warranty period?" --doc manual.txt     # internalize, then answer
+    d2l export-peft adapters/manual peft/manual
+    d2l info
+
+``--checkpoint`` takes ``default`` (the checkpoint shipped for the model, untrained when there
+is none), a checkpoint folder, or ``none`` for an untrained hypernetwork (its adapters are
+exactly zero: useful for tests and timing). Whenever answers come from an untrained
+hypernetwork a one-line notice is printed on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+UNTRAINED_CHOICES = ("none", "untrained")
+
+
+def _checkpoint_arg(value: str) -> str | None:
+    return None if value.lower() in UNTRAINED_CHOICES else value
+
+
+def _add_engine_options(p: argparse.ArgumentParser, from_adapter: bool = False) -> None:
+    from d2l_haystack.core.models import DEFAULT_MODEL
+
+    default = f"the adapter's model, else {DEFAULT_MODEL}" if from_adapter else DEFAULT_MODEL
+    p.add_argument("--model", default=None,
+                   help=f"base model: embedded name, local model folder, or hub id org/name (default: {default})")
+    p.add_argument("--checkpoint", type=_checkpoint_arg, default="default",
+                   help="hypernetwork checkpoint: 'default' (shipped for the model, untrained if none), "
+                        "a checkpoint folder, or 'none' (untrained: zero adapters)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="base model dtype (default float32)")
+
+
+def _engine(args: argparse.Namespace, model: str | None = None) -> Any:
+    from d2l_haystack.core import get_engine
+    from d2l_haystack.core.models import DEFAULT_MODEL
+
+    if not getattr(args, "verbose", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return get_engine(model or args.model or DEFAULT_MODEL, args.checkpoint, device=args.device,
+                      dtype=args.dtype, chunk_tokens=getattr(args, "chunk_tokens", None))
+
+
+def _notice_untrained(command: str, what: str) -> None:
+    print(f"d2l {command}: note: {what} untrained hypernetwork: the adapter is zero and answers are the "
+          f"base model's own (pass --checkpoint FOLDER with a trained checkpoint)", file=sys.stderr)
+
+
+def _human_bytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _internalize(engine: Any, text: str, path: str, command: str) -> Any:
+    if not engine.trained:
+        _notice_untrained(command, "internalizing with an")
+    return engine.internalize(text, source=path, meta={"source": str(Path(path).resolve())})
+
+
+# -- internalize ------------------------------------------------------------------------------
+def cmd_internalize(args: argparse.Namespace) -> int:
+    from d2l_haystack.core.errors import InputError
+    from d2l_haystack.core.textio import read_text_file
+
+    out = Path(args.output)
+    if out.is_file() and out.suffix != ".safetensors":
+        raise InputError(f"{out}: is a file, expected an adapter folder or a .safetensors path")
+    text = read_text_file(args.file)  # fails fast, before the model is loaded
+    engine = _engine(args)
+    start = time.perf_counter()
+    adapter = _internalize(engine, text, args.file, "internalize")
+    seconds = time.perf_counter() - start
+    written = adapter.save(out)  # atomic: an existing adapter is replaced only by a complete one
+    print(f"wrote {written}: {adapter.num_chunks} chunk(s), {adapter.num_tokens} tokens, "
+          f"rank {adapter.total_rank}, {_human_bytes(written.stat().st_size)}, {seconds:.2f} s")
+    return 0
+
+
+# -- ask --------------------------------------------------------------------------------------
+def _model_for_adapter(adapter: Any) -> str:
+    from d2l_haystack.core.errors import AdapterError
+    from d2l_haystack.core.models import EMBEDDED_MODELS
+
+    name = adapter.base_model
+    if name in EMBEDDED_MODELS or "/" in name:
+        return name
+    raise AdapterError(f"adapter was made for base model '{name}' (a local folder): pass --model FOLDER")
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from d2l_haystack.core import Adapter
+
+    adapter = None
+    if args.adapter:
+        adapter = Adapter.load(args.adapter)
+        engine = _engine(args, args.model or _model_for_adapter(adapter))
+        if adapter.checkpoint_id.startswith("untrained"):
+            _notice_untrained("ask", "this adapter was made by an")
+    elif args.doc:
+        from d2l_haystack.core.textio import read_text_file
+
+        text = read_text_file(args.doc)
+        engine = _engine(args)
+        adapter = _internalize(engine, text, args.doc, "ask")
+    else:
+        engine = _engine(args)
+
+    def write(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = engine.generate(args.question, adapter, max_new_tokens=args.max_new_tokens,
+                             streaming_callback=write if args.stream else None)
+    if args.stream:
+        print()
+    else:
+        print(result.text)
+    if args.verbose:
+        print(f"({result.num_tokens} tokens in {result.seconds:.2f} s, first token after "
+              f"{result.time_to_first_token:.2f} s, prompt {result.prompt_tokens} tokens)", file=sys.stderr)
+    return 0
+
+
+# -- export-peft ------------------------------------------------------------------------------
+def _peft_base_name(label: str) -> str:
+    from d2l_haystack.core.models import EMBEDDED_MODELS, cache_dir
+
+    folder = cache_dir() / label
+    if label in EMBEDDED_MODELS and (folder / ".d2l-complete").is_file():
+        return str(folder)
+    return label
+
+
+def cmd_export_peft(args: argparse.Namespace) -> int:
+    from d2l_haystack.core import Adapter
+    from d2l_haystack.core.errors import InputError
+
+    adapter = Adapter.load(args.adapter_dir)
+    out = Path(args.out_dir)
+    if out.is_file():
+        raise InputError(f"{out}: is a file, expected a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise InputError(f"{out}: folder is not empty (use --force to write into it)")
+    folder = adapter.to_peft(out, base_model_name_or_path=args.base_model or _peft_base_name(adapter.base_model))
+    print(f"wrote PEFT LoRA folder {folder} (rank {adapter.total_rank}); "
+          f"load it with peft.PeftModel.from_pretrained(base_model, '{folder}')")
+    return 0
+
+
+# -- info -------------------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    from d2l_haystack import __version__
+    from d2l_haystack.core.models import cache_dir
+
+    engine = _engine(args)
+    desc = engine.describe()
+    info = {
+        "version": __version__,
+        "model": desc["base_model"],
+        "model_folder": desc["model_path"],
+        "device": desc["device"],
+        "checkpoint": desc["checkpoint"],
+        "checkpoint_id": desc["checkpoint_id"],
+        "trained": desc["trained"],
+        "hypernet_parameters": desc["hypernet_parameters"],
+        "encoder_mode": desc["encoder_mode"],
+        "exit_layer": desc["exit_layer"],
+        "rank": desc["rank"],
+        "chunk_tokens": desc["chunk_tokens"],
+        "cache_folder": str(cache_dir()),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(len(k) for k in info) + 1
+        for key, value in info.items():
+            shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+            if key == "trained":
+                shown = "yes" if value else "no (adapters are zero until a checkpoint is trained)"
+            print(f"{key.replace('_', ' ') + ':':<{width + 1}} {shown}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("internalize", help="turn a text file into a LoRA adapter",
+                              description="Internalize a UTF-8 text file into a LoRA adapter folder.")
+    p.add_argument("file", help="UTF-8 text file")
+    p.add_argument("-o", "--output", required=True, metavar="ADAPTER_DIR",
+                   help="adapter folder (adapter.safetensors is written atomically inside)")
+    _add_engine_options(p)
+    p.add_argument("--chunk-tokens", type=int, default=None, metavar="N",
+                   help="tokens per chunk (default: the checkpoint's, 512)")
+    p.set_defaults(handler=cmd_internalize)
+
+    p = subparsers.add_parser("ask", help="answer a question, with an adapter, a document, or neither",
+                              description="Answer a question with the base model plus an adapter. With --doc "
+                                          "the file is internalized first and the question is answered WITHOUT "
+                                          "the document in the prompt.")
+    p.add_argument("question")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--adapter", metavar="DIR", help="adapter folder or .safetensors file")
+    source.add_argument("--doc", metavar="FILE", help="text file to internalize first")
+    _add_engine_options(p, from_adapter=True)
+    p.add_argument("--chunk-tokens", type=int, default=None, metavar="N", help="tokens per chunk for --doc")
+    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="answer length limit (default 128)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                   help="print the answer as it is generated (default: on)")
+    p.set_defaults(handler=cmd_ask)
+
+    p = subparsers.add_parser("export-peft", help="write an adapter as a standard PEFT LoRA folder",
+                              description="Export an adapter to a PEFT LoRA folder that "
+                                          "peft.PeftModel.from_pretrained loads.")
+    p.add_argument("adapter_dir", metavar="ADAPTER_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--base-model", default=None,
+                   help="base_model_name_or_path written in adapter_config.json (default: the adapter's model)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
+    p.set_defaults(handler=cmd_export_peft)
+
+    p = subparsers.add_parser("info", help="show the model, checkpoint and cache in use")
+    _add_engine_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=cmd_info)

@@ -1,0 +1,91 @@
+"""``d2l eval``, ``d2l niah`` and ``d2l cases``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("eval", help="evaluate methods (base, icl, d2l, ...) on a QA case file")
+    p.add_argument("--cases", required=True, help="JSONL: {id, document, question, answers, doc_id?}")
+    p.add_argument("--methods", default="base,icl,d2l", help="comma-separated (base,icl,d2l,rag,routed,hybrid)")
+    p.add_argument("--json", dest="json_out", help="write results and per-case outputs here")
+    p.add_argument("--limit", type=int, help="only the first N cases")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--checkpoint", default="default", help="'default', a folder, or 'none' (untrained)")
+    p.add_argument("--chunk-tokens", type=int, help="tokens per chunk when internalizing")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_eval)
+
+    n = sub.add_parser("niah", help="build needle-in-a-haystack case files")
+    n.add_argument("--lengths", default="256,512,1024,2048,4096", help="document lengths in tokens")
+    n.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths in [0, 1]")
+    n.add_argument("--per-cell", type=int, default=2)
+    n.add_argument("--filler", default="natural", choices=["natural", "synthetic", "file"])
+    n.add_argument("--filler-file", help="text file of filler when --filler file")
+    n.add_argument("--template", default="magic", choices=["magic", "code", "city"])
+    n.add_argument("--seed", type=int, default=1234)
+    n.add_argument("--model", default="smollm2-135m-instruct", help="model whose tokenizer counts tokens")
+    n.add_argument("-o", "--out", required=True)
+    n.set_defaults(handler=_niah)
+
+    c = sub.add_parser("cases", help="build SQuAD or interference case files from the evaluation data")
+    c.add_argument("kind", choices=["squad-paragraphs", "squad-articles", "interference"])
+    c.add_argument("--max-docs", type=int)
+    c.add_argument("--questions-per-doc", type=int)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("-o", "--out", required=True)
+    c.set_defaults(handler=_cases)
+
+
+def _checkpoint(value: str) -> str | None:
+    return None if value.lower() in ("none", "untrained") else value
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from d2l_haystack.core.engine import D2LEngine
+    from d2l_haystack.training.evaluate import format_table, load_cases, run_eval
+
+    cases = load_cases(args.cases, args.limit)
+    engine = D2LEngine(args.model, _checkpoint(args.checkpoint), chunk_tokens=args.chunk_tokens)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    report = run_eval(engine, cases, methods, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+    report["cases_file"] = str(args.cases)
+    print(format_table(report["results"]))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def _niah(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from d2l_haystack.core.models import resolve_model
+    from d2l_haystack.training.cases import niah_cases
+    from d2l_haystack.training.evaluate import write_cases
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(args.model))
+    cases = niah_cases(tok, [int(x) for x in args.lengths.split(",")], [float(x) for x in args.depths.split(",")],
+                       per_cell=args.per_cell, filler=args.filler, template=args.template, seed=args.seed,
+                       filler_file=args.filler_file)
+    print(f"wrote {write_cases(cases, args.out)} cases to {args.out}")
+    return 0
+
+
+def _cases(args: argparse.Namespace) -> int:
+    from d2l_haystack.training.cases import interference_cases, squad_cases
+    from d2l_haystack.training.evaluate import write_cases
+
+    if args.kind == "interference":
+        cases = interference_cases(seed=args.seed)
+    else:
+        unit = "paragraph" if args.kind == "squad-paragraphs" else "article"
+        cases = squad_cases(unit, max_docs=args.max_docs, questions_per_doc=args.questions_per_doc, seed=args.seed)
+    print(f"wrote {write_cases(cases, args.out)} cases to {args.out}")
+    return 0

@@ -1,0 +1,1 @@
+"""Meta-training and evaluation of D2L hypernetworks (uses the core only, never Haystack)."""

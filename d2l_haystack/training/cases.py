@@ -1,0 +1,122 @@
+"""Builders of evaluation case files: needle-in-a-haystack, SQuAD validation, interference.
+
+All of them draw only on data never used in training: the held-out speech files, the SQuAD
+validation articles (``d2l_haystack/data/splits.json``) and the general-knowledge questions in
+``d2l_haystack/data/general_qa.jsonl`` (never trained on).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import data as D
+
+NEEDLE_TEMPLATES = {
+    "magic": ("The special magic number is {value}.", "What is the special magic number?"),
+    "code": ("The access code for the {key} is {value}.", "What is the access code for the {key}?"),
+    "city": ("The {key} is kept in {value}.", "Where is the {key} kept?"),
+}
+
+
+def _needle(rng: np.random.Generator, template: str) -> tuple[str, str, str]:
+    sentence, question = NEEDLE_TEMPLATES[template]
+    if template == "magic":
+        value, key = str(int(rng.integers(10000, 100000))), ""
+    elif template == "code":
+        value, key = D._code(rng), str(rng.choice(["north gate", "lab freezer", "server room", "boat house"]))
+    else:
+        value = str(rng.choice(D._CITY))
+        key = str(rng.choice(["golden compass", "ledger", "spare key", "silver bell"]))
+    return sentence.format(key=key, value=value), question.format(key=key), value
+
+
+def niah_cases(tokenizer: Any, lengths: list[int], depths: list[float], per_cell: int = 1,
+               filler: str = "natural", template: str = "magic", seed: int = 1234,
+               filler_file: str | None = None) -> list[dict[str, Any]]:
+    """Needle-in-a-haystack cases: one needle at each depth of filler of each token length.
+
+    :param filler: ``natural`` (held-out public-domain speeches), ``synthetic``, or ``file``
+        (sentences of ``filler_file``).
+    """
+    rng = np.random.default_rng(seed)
+    if filler == "file":
+        if not filler_file:
+            raise ValueError("filler='file' needs filler_file")
+        text = Path(filler_file).read_text(errors="replace")
+        sentences = [s for s in D._SENT_SPLIT.split(" ".join(text.split())) if s.strip()]
+    elif filler == "natural":
+        sentences = D.speech_sentences("heldout")
+    else:
+        sentences = [D.synthetic_sentence(rng) for _ in range(20000)]
+    if not sentences:
+        raise ValueError("no filler sentences found (is the evaluation data folder there? see D2L_EVALDATA)")
+    lens = [len(x) + 1 for x in tokenizer(sentences, add_special_tokens=False)["input_ids"]]
+    cases = []
+    for length in lengths:
+        for depth in depths:
+            for k in range(per_cell):
+                start = int(rng.integers(len(sentences)))
+                chosen, total, i = [], 0, start
+                while total < length:
+                    chosen.append(sentences[i % len(sentences)])
+                    total += lens[i % len(sentences)]
+                    i += 1
+                needle, question, answer = _needle(rng, template)
+                pos = int(round(depth * len(chosen)))
+                chosen.insert(pos, needle)
+                doc = " ".join(chosen)
+                cases.append({"id": f"niah-{length}-{depth:g}-{k}", "document": doc, "question": question,
+                              "answers": [answer], "doc_id": f"niah-{length}-{depth:g}-{k}",
+                              "meta": {"length": length, "depth": depth, "filler": filler}})
+    return cases
+
+
+def squad_cases(unit: str = "paragraph", part: str = "validation", max_docs: int | None = None,
+                questions_per_doc: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """SQuAD cases; ``unit`` is ``paragraph`` (one paragraph per document) or ``article``."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    articles = D.load_squad(part)
+    docs: list[tuple[str, str, list[tuple[str, list[str]]]]] = []
+    for a in articles:
+        paras = [(p["context"], [(q["question"], [x["text"] for x in q["answers"]]) for q in p["qas"]])
+                 for p in a["paragraphs"]]
+        if unit == "article":
+            docs.append((a["title"], "\n\n".join(c for c, _ in paras), [qa for _, qas in paras for qa in qas]))
+        else:
+            docs.extend((f"{a['title']}-{i}", c, qas) for i, (c, qas) in enumerate(paras))
+    if max_docs and len(docs) > max_docs:
+        idx = sorted(rng.choice(len(docs), size=max_docs, replace=False).tolist())
+        docs = [docs[i] for i in idx]
+    for doc_id, text, qas in docs:
+        if questions_per_doc and len(qas) > questions_per_doc:
+            qas = [qas[i] for i in sorted(rng.choice(len(qas), size=questions_per_doc, replace=False).tolist())]
+        for j, (q, answers) in enumerate(qas):
+            cases.append({"id": f"squad-{doc_id}-{j}", "document": text, "question": q, "answers": answers,
+                          "doc_id": doc_id, "meta": {"unit": unit}})
+    return cases
+
+
+def general_questions() -> list[dict[str, Any]]:
+    path = D.DATA_DIR / "general_qa.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def interference_cases(n_docs: int = 20, seed: int = 0) -> list[dict[str, Any]]:
+    """General-knowledge questions asked with an UNRELATED document (a SQuAD validation paragraph)."""
+    rng = np.random.default_rng(seed)
+    paras = D.squad_paragraphs("validation")
+    qs = general_questions()
+    cases = []
+    for i, q in enumerate(qs):
+        j = int(rng.integers(len(paras)))
+        k = i % n_docs
+        context = paras[(j + k * 7919) % len(paras)][0] if n_docs else paras[j][0]
+        cases.append({"id": f"interference-{i}", "document": context, "question": q["question"],
+                      "answers": q["answers"], "doc_id": f"para-{(j + k * 7919) % len(paras)}",
+                      "meta": {"unrelated": True}})
+    return cases

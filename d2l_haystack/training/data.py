@@ -1,0 +1,259 @@
+"""Training data: fact/needle documents, SQuAD paragraphs and unrelated-question samples.
+
+Everything is generated from a ``numpy`` random generator seeded per step, so a resumed run sees
+exactly the data it would have seen without the interruption.
+
+Sources are read at run time from the evaluation-data folder (``$D2L_EVALDATA``, default
+``../shared/evaldata`` beside the checkout) and never copied into the repository; the split of
+SQuAD articles and of speech files is committed in ``d2l_haystack/data/splits.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+def evaldata_dir() -> Path:
+    """The folder holding SQuAD and the speech corpora (``$D2L_EVALDATA`` overrides)."""
+    env = os.environ.get("D2L_EVALDATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
+
+
+def load_splits() -> dict[str, Any]:
+    return json.loads((DATA_DIR / "splits.json").read_text())
+
+
+@dataclass
+class QA:
+    question: str
+    answer: str
+    kind: str = "fact"  # fact | squad | unrelated
+
+
+@dataclass
+class TrainDoc:
+    text: str
+    qas: list[QA]
+    source: str
+    num_chunks: int = 1
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# filler text
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
+
+
+def speech_sentences(part: str = "train", root: Path | None = None) -> list[str]:
+    """Sentences of the public-domain speeches (``part``: ``train`` or ``heldout`` files)."""
+    root = root or evaldata_dir()
+    splits = load_splits()["filler"]
+    out: list[str] = []
+    for corpus, parts in splits.items():
+        path = root / f"{corpus}.zip"
+        if not path.is_file():
+            continue
+        with zipfile.ZipFile(path) as zf:
+            for name in parts[part]:
+                text = zf.read(name).decode("latin-1")
+                text = re.sub(r"\s+", " ", text)
+                for s in _SENT_SPLIT.split(text):
+                    s = s.strip()
+                    if 20 <= len(s) <= 400 and not any(ch.isdigit() for ch in s):
+                        out.append(s)
+    return out
+
+
+_ADJ = "quiet bright old narrow distant small heavy gentle rapid silent green northern wooden busy calm".split()
+_NOUN = ("river village engineer garden committee harbor merchant library orchard bridge festival market "
+         "teacher farmer forest valley council station workshop tower").split()
+_VERB = ("watched crossed repaired visited described painted followed measured opened guarded "
+         "praised studied").split()
+_PLACE = "the old mill|the town square|the eastern hills|the coast|the northern road|the valley floor".split("|")
+
+
+def synthetic_sentence(rng: np.random.Generator) -> str:
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+    forms = [
+        lambda: f"The {pick(_ADJ)} {pick(_NOUN)} {pick(_VERB)} the {pick(_NOUN)} near {pick(_PLACE)}.",
+        lambda: f"In the morning, a {pick(_ADJ)} {pick(_NOUN)} {pick(_VERB)} the {pick(_ADJ)} {pick(_NOUN)}.",
+        lambda: f"Nobody expected the {pick(_NOUN)} to be so {pick(_ADJ)} that season.",
+        lambda: (f"Travellers often {pick(['mention', 'remember', 'ignore'])} the {pick(_ADJ)} "
+                 f"{pick(_NOUN)} of {pick(_PLACE)}."),
+    ]
+    return pick(forms)()
+
+
+# ---------------------------------------------------------------------------------------------
+# facts ("needles") with varied templates and questions
+_FIRST = ("Mirela Tomas Anika Joren Liesel Pavel Odalys Kenji Ysolde Baptiste Ingrid Rafael Soraya "
+          "Dmitri Elowen Caspian Noor Teodor Marisol Halvard").split()
+_LAST = ("Casten Varga Lindqvist Okafor Brandt Moreau Castillo Novak Hartley Sato Ferreira Whitlock "
+         "Petrov Ashdown Quintero Mbeki Rasmussen Delacroix").split()
+_ORG = ("Valdora Labs|the Harrow Institute|Northwind Shipping|the Cobalt Archive|Kestrel Robotics|"
+        "the Amberly Foundation|Silverpine Bank|the Oriel Observatory|Tidewater Mills|Brightlake Studios").split("|")
+_ROLE = "chief engineer|director|treasurer|head librarian|lead architect|founder|chief pilot".split("|")
+_THING = ("the blue vault|the spare generator|the seed bank|the signal tower|the old printing press|"
+          "the emergency radio|the backup server|the tool shed|the archive boxes|the red canoe").split("|")
+_CITY = ("Lisbon|Oslo|Nairobi|Quito|Hanoi|Krakow|Adelaide|Tbilisi|Montevideo|Reykjavik|Dakar|Porto|"
+         "Bergen|Cusco|Tallinn|Valparaiso").split("|")
+_EVENT = ("the harbor festival|the annual chess final|the founders' dinner|the river race|the lantern parade|"
+          "the spring auction|the glassblowing fair|the night market").split("|")
+_MONTH = "January February March April May June July August September October November December".split()
+_COLOR = "crimson teal amber violet ochre indigo scarlet olive".split()
+_ITEM = "flag|door|bicycle|umbrella|kite|mailbox|lantern|boat".split("|")
+
+
+def _code(rng: np.random.Generator) -> str:
+    letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+    return "".join(letters[int(rng.integers(len(letters)))] for _ in range(2)) + "-" + str(int(rng.integers(100, 1000)))
+
+
+def make_fact(rng: np.random.Generator) -> tuple[str, list[str], str, str]:
+    """One fact: ``(sentence, questions, answer, key)``; the key names what the question is about."""
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+    kind = int(rng.integers(7))
+    if kind == 0:
+        topic = pick(["special magic number", "secret number", "access number", "lucky number"])
+        n = str(int(rng.integers(10000, 100000)))
+        return (f"The {topic} is {n}.", [f"What is the {topic}?", f"Which number is the {topic}?",
+                                          f"Tell me the {topic}."], n, topic)
+    if kind == 1:
+        thing = pick(_THING)
+        c = _code(rng)
+        return (f"The access code for {thing} is {c}.", [f"What is the access code for {thing}?",
+                                                          f"Which code opens {thing}?"], c, thing)
+    if kind == 2:
+        role, org = pick(_ROLE), pick(_ORG)
+        name = f"{pick(_FIRST)} {pick(_LAST)}"
+        return (f"The {role} of {org} is {name}.", [f"Who is the {role} of {org}?",
+                                                    f"Who serves as {role} of {org}?"], name, f"{role} {org}")
+    if kind == 3:
+        ev = pick(_EVENT)
+        date = f"{pick(_MONTH)} {int(rng.integers(1, 29))}"
+        return (f"This year {ev} takes place on {date}.", [f"When does {ev} take place?",
+                                                           f"On what date is {ev}?"], date, ev)
+    if kind == 4:
+        thing, city = pick(_THING), pick(_CITY)
+        return (f"{thing[0].upper()}{thing[1:]} is kept in {city}.", [f"Where is {thing} kept?",
+                                                                       f"In which city is {thing} kept?"], city, thing)
+    if kind == 5:
+        item, color = pick(_ITEM), pick(_COLOR)
+        owner = pick(_FIRST)
+        return (f"{owner}'s {item} is painted {color}.",
+                [f"What color is {owner}'s {item}?", f"Which color is {owner}'s {item} painted?"],
+                color, f"{owner} {item}")
+    name = f"{pick(_FIRST)} {pick(_LAST)}"
+    year = str(int(rng.integers(1800, 2020)))
+    return (f"{name} was born in {year}.", [f"In what year was {name} born?", f"When was {name} born?"], year, name)
+
+
+# ---------------------------------------------------------------------------------------------
+class FillerBank:
+    """Filler sentences with cached token counts (natural speeches and synthetic sentences)."""
+
+    def __init__(self, tokenizer: Any, part: str = "train", root: Path | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.natural = speech_sentences(part, root)
+        self.natural_len = [len(x) for x in tokenizer(self.natural, add_special_tokens=False)["input_ids"]] \
+            if self.natural else []
+
+    def sentences(self, rng: np.random.Generator, target_tokens: int, natural: bool) -> list[str]:
+        out: list[str] = []
+        total = 0
+        if natural and self.natural:
+            i = int(rng.integers(len(self.natural)))
+            while total < target_tokens:
+                out.append(self.natural[i % len(self.natural)])
+                total += self.natural_len[i % len(self.natural)] + 1
+                i += 1
+        else:
+            while total < target_tokens:
+                s = synthetic_sentence(rng)
+                out.append(s)
+                total += max(1, len(s) // 4)
+        return out
+
+
+def needle_document(rng: np.random.Generator, filler: FillerBank, target_tokens: int, n_facts: int,
+                    n_questions: int, natural: bool | None = None) -> TrainDoc:
+    """Filler of about ``target_tokens`` tokens with ``n_facts`` facts at uniform depths."""
+    if natural is None:
+        natural = bool(rng.random() < 0.7)
+    sents = filler.sentences(rng, target_tokens, natural)
+    facts = []
+    keys = set()
+    while len(facts) < n_facts:
+        f = make_fact(rng)
+        if f[3] not in keys:
+            keys.add(f[3])
+            facts.append(f)
+    for f in facts:
+        sents.insert(int(rng.integers(len(sents) + 1)), f[0])
+    qas = []
+    order = rng.permutation(len(facts))
+    for j in range(n_questions):
+        sent, questions, answer, _ = facts[int(order[j % len(facts)])]
+        qas.append(QA(questions[int(rng.integers(len(questions)))], answer, "fact"))
+    return TrainDoc(" ".join(sents), qas, "needle")
+
+
+# ---------------------------------------------------------------------------------------------
+def load_squad(part: str, root: Path | None = None) -> list[dict[str, Any]]:
+    """SQuAD articles of a split part (``train`` or ``validation``): ``[{title, paragraphs}]``."""
+    root = root or evaldata_dir()
+    data = json.loads((root / "squad-v1.1-dev-40articles.json").read_text())
+    titles = set(load_splits()["squad"][part])
+    return [a for a in data["data"] if a["title"] in titles]
+
+
+def squad_paragraphs(part: str, root: Path | None = None) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """``[(context, [(question, answers)])]`` for every paragraph of a split part."""
+    out = []
+    for article in load_squad(part, root):
+        for p in article["paragraphs"]:
+            qas = [(q["question"], [a["text"] for a in q["answers"]]) for q in p["qas"] if q["answers"]]
+            if qas:
+                out.append((p["context"], qas))
+    return out
+
+
+def squad_document(rng: np.random.Generator, paragraphs: list[tuple[str, list[tuple[str, list[str]]]]],
+                   n_questions: int, n_paragraphs: int = 1) -> TrainDoc:
+    """One or more consecutive SQuAD paragraphs with questions about them."""
+    i = int(rng.integers(len(paragraphs)))
+    chosen = [paragraphs[(i + k) % len(paragraphs)] for k in range(n_paragraphs)]
+    pool = [(q, a) for _, qas in chosen for q, a in qas]
+    picks = rng.permutation(len(pool))[:n_questions]
+    qas = [QA(pool[int(j)][0], min(pool[int(j)][1], key=len), "squad") for j in picks]
+    return TrainDoc("\n\n".join(c for c, _ in chosen), qas, "squad")
+
+
+def unrelated_questions(rng: np.random.Generator, n: int, squad_pool: list[str]) -> list[str]:
+    """Questions for interference control (answered later by the base model without adapter)."""
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.5 and squad_pool:
+            out.append(squad_pool[int(rng.integers(len(squad_pool)))])
+        elif r < 0.75:
+            out.append(make_fact(rng)[1][0])  # a fact question about something NOT in the document
+        else:
+            a, b = int(rng.integers(2, 50)), int(rng.integers(2, 50))
+            region = rng.choice(["Europe", "Asia", "Africa"])
+            out.append(rng.choice([f"What is {a} plus {b}?", f"Name a country in {region}.",
+                                   f"Write one sentence about the {rng.choice(_NOUN)}.",
+                                   f"What is the opposite of {rng.choice(['big', 'fast', 'early', 'light'])}?"]))
+    return out

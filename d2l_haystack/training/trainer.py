@@ -1,0 +1,448 @@
+"""Meta-training of a D2L hypernetwork (context distillation on generated and SQuAD data).
+
+Per step: ``batch_docs`` documents are generated (seeded by ``(seed, step)`` so a resumed run is
+exact), each split into 1..8 chunks (the reference's chunk-count mix in stage 2), every chunk is
+wrapped in the chat template (:mod:`d2l_haystack.core.prompts`) and read by the frozen base model
+(early exit), the hypernetwork turns each chunk into rank-``r`` LoRA factors, a document's chunks
+are concatenated along rank plus the bias block, and the student (base model + that adapter, no
+document in the prompt) answers several questions per document. Loss: cross-entropy on the answer
+tokens plus the end-of-turn token, averaged per question then per document, plus an L1 penalty on
+the generated factors. Unrelated questions (target: the base model's own answer without adapter)
+teach the adapter to leave other questions alone.
+
+Checkpoints: ``state.pt`` (full training state, for ``--resume``) at a fixed wall-clock interval,
+``checkpoint/`` (fp16 safetensors + config, what the engine loads) and ``best/`` (best held-out
+score). Metrics are appended to ``metrics.jsonl``; ``loss.png`` plots them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.encoder import ContextEncoder, pad_batch
+from ..core.hypernet import Hypernetwork, config_for_model, load_checkpoint, save_checkpoint
+from ..core.lora import get_hooks
+from ..core.models import get_model
+from ..core.prompts import ChatFormat, chunk_token_ids
+from . import data as D
+
+
+@dataclass
+class Phase:
+    """A stretch of training with its own document lengths and chunk counts."""
+
+    until_step: int
+    min_tokens: int = 32
+    max_tokens: int = 256
+    chunk_mix: dict[str, float] = field(default_factory=lambda: {"1": 1.0})
+    mix: dict[str, float] = field(default_factory=lambda: {"needle": 1.0})
+    max_facts: int = 3
+
+
+@dataclass
+class TrainConfig:
+    model: str = "smollm2-135m-instruct"
+    out_dir: str = "runs/default"
+    init_from: str | None = None
+    seed: int = 0
+    device: str | None = None
+    hypernet: dict[str, Any] = field(default_factory=dict)
+    batch_docs: int = 8
+    questions_per_doc: int = 2
+    unrelated_prob: float = 0.3
+    unrelated_pool: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    max_steps: int = 1000
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    l1: float = 0.1
+    bias_trainable_from: int = 0
+    phases: list[Phase] = field(default_factory=lambda: [Phase(until_step=10**9)])
+    checkpoint_seconds: float = 300.0
+    eval_every: int = 100
+    eval_docs: int = 48
+    log_every: int = 10
+    time_budget_seconds: float | None = None
+    autocast: str = "auto"
+    threads: int | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        text = Path(path).read_text()
+        raw = json.loads(text) if str(path).endswith(".json") else _yaml(text)
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        raw["phases"] = [Phase(**p) for p in raw.get("phases", [])] or [Phase(until_step=10**9)]
+        return cls(**raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _yaml(text: str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(text) or {}
+
+
+def _phase_at(phases: list[Phase], step: int) -> Phase:
+    for p in phases:
+        if step < p.until_step:
+            return p
+    return phases[-1]
+
+
+def _draw(rng: np.random.Generator, mix: dict[str, float]) -> str:
+    keys = list(mix)
+    probs = np.array([mix[k] for k in keys], dtype=float)
+    return keys[int(rng.choice(len(keys), p=probs / probs.sum()))]
+
+
+class Trainer:
+    """Resumable trainer; ``Trainer(cfg).train()``."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, log: Any = print) -> None:
+        self.cfg = config
+        self.log = log
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.out = Path(config.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.loaded = get_model(config.model, device=config.device)
+        self.device = self.loaded.device
+        self.model, self.tok = self.loaded.model, self.loaded.tokenizer
+        self.fmt = ChatFormat(self.tok)
+        torch.manual_seed(config.seed)
+        if config.init_from:
+            self.hypernet, _ = load_checkpoint(config.init_from, expected_base_model=self.loaded.name,
+                                               map_location=self.device)
+        else:
+            hcfg = config_for_model(self.model, self.loaded.name, **config.hypernet)
+            self.hypernet = Hypernetwork(hcfg).to(self.device)
+        self.hypernet.train()
+        hc = self.hypernet.config
+        self.encoder = ContextEncoder(self.model, hc.encoder_mode, hc.exit_layer)
+        self.hooks = get_hooks(self.model, hc.target_modules)
+        decay, no_decay = [], []
+        for name, p in self.hypernet.named_parameters():
+            plain = p.dim() < 2 or any(k in name for k in ("scale_", "norm", "latents", "layer_embed", "bias_"))
+            (no_decay if plain else decay).append(p)
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.step = 0
+        self.best_score = -1.0
+        self.elapsed = 0.0
+        if resume and (self.out / "state.pt").is_file():
+            self._load_state()
+        use_cuda = self.device.startswith("cuda")
+        self.amp = (config.autocast == "bf16") or (config.autocast == "auto" and use_cuda)
+        self._prepare_data()
+
+    # -- schedule / state -------------------------------------------------------------------
+    def _lr_factor(self, step: int) -> float:
+        warm = max(1, self.cfg.warmup_steps)
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, self.cfg.max_steps - warm))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _save_state(self) -> None:
+        state = {"hypernet": self.hypernet.state_dict(), "opt": self.opt.state_dict(),
+                 "sched": self.sched.state_dict(), "step": self.step, "best_score": self.best_score,
+                 "elapsed": self.elapsed, "config": self.cfg.to_dict(),
+                 "hypernet_config": self.hypernet.config.to_dict()}
+        tmp = self.out / "state.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / "state.pt")
+        save_checkpoint(self.hypernet, self.out / "checkpoint", info=self._info())
+        self._plot()
+
+    def _load_state(self) -> None:
+        state = torch.load(self.out / "state.pt", map_location=self.device, weights_only=False)
+        self.hypernet.load_state_dict(state["hypernet"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.step, self.best_score, self.elapsed = state["step"], state["best_score"], state["elapsed"]
+        self.log(f"resumed from {self.out / 'state.pt'} at step {self.step}")
+
+    def _info(self) -> dict[str, Any]:
+        return {"step": self.step, "train_seconds": round(self.elapsed, 1), "best_score": self.best_score,
+                "train_config": self.cfg.to_dict(), "device": self.device,
+                "torch": torch.__version__}
+
+    # -- data -------------------------------------------------------------------------------
+    def _prepare_data(self) -> None:
+        t = time.perf_counter()
+        self.filler = D.FillerBank(self.tok, "train")
+        self.filler_eval = D.FillerBank(self.tok, "heldout")
+        self.squad = D.squad_paragraphs("train")
+        self.squad_eval = D.squad_paragraphs("validation")
+        squad_questions = [q for _, qas in self.squad for q, _ in qas]
+        cache = self.out / "unrelated.jsonl"
+        if cache.is_file():
+            self.unrelated = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+        else:
+            rng = np.random.default_rng([self.cfg.seed, 7])
+            questions = D.unrelated_questions(rng, self.cfg.unrelated_pool, squad_questions)
+            answers = self.base_answers(questions)
+            self.unrelated = [{"question": q, "answer": a} for q, a in zip(questions, answers)]
+            with open(cache, "w") as fh:
+                for row in self.unrelated:
+                    fh.write(json.dumps(row) + "\n")
+        self.log(f"data ready in {time.perf_counter() - t:.1f}s: {len(self.filler.natural)} filler sentences, "
+                 f"{len(self.squad)} SQuAD train paragraphs, {len(self.unrelated)} unrelated questions")
+
+    @torch.no_grad()
+    def base_answers(self, questions: list[str], max_new_tokens: int = 32, batch: int = 64) -> list[str]:
+        """Greedy answers of the base model WITHOUT adapter (left-padded batches)."""
+        out: list[str] = []
+        pad = self.tok.pad_token_id
+        for i in range(0, len(questions), batch):
+            prompts = [self.fmt.question_ids(q) for q in questions[i:i + batch]]
+            width = max(len(p) for p in prompts)
+            ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, p in enumerate(prompts):
+                ids[j, width - len(p):] = torch.tensor(p)
+                mask[j, width - len(p):] = 1
+            gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                      eos_token_id=self.fmt.stop_ids,
+                                      temperature=None, top_p=None, top_k=None)
+            for row in gen[:, width:]:
+                out.append(self.tok.decode(row, skip_special_tokens=True).strip())
+        return out
+
+    def make_docs(self, rng: np.random.Generator, phase: Phase, n: int, held_out: bool = False) -> list[D.TrainDoc]:
+        docs = []
+        filler = self.filler_eval if held_out else self.filler
+        squad = self.squad_eval if held_out else self.squad
+        for _ in range(n):
+            chunks = int(_draw(rng, phase.chunk_mix))
+            kind = _draw(rng, phase.mix)
+            if kind == "squad" and squad:
+                doc = D.squad_document(rng, squad, self.cfg.questions_per_doc, n_paragraphs=chunks)
+            else:
+                per_chunk = int(rng.integers(phase.min_tokens, phase.max_tokens + 1))
+                n_facts = int(rng.integers(1, phase.max_facts + 1))
+                doc = D.needle_document(rng, filler, per_chunk * chunks, n_facts, self.cfg.questions_per_doc)
+            doc.num_chunks = chunks
+            if self.unrelated and rng.random() < self.cfg.unrelated_prob:
+                u = self.unrelated[int(rng.integers(len(self.unrelated)))]
+                doc.qas.append(D.QA(u["question"], u["answer"], "unrelated"))
+            docs.append(doc)
+        return docs
+
+    # -- the loss ---------------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        if self.amp:
+            return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def doc_factors(self, docs: list[D.TrainDoc]) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Per-document factors ``(docs, L, K*r + rb, d)`` and the L1 penalty of the generated part."""
+        wrapped, counts = [], []
+        for doc in docs:
+            ids = self.fmt.document_ids(doc.text)
+            size = max(1, -(-len(ids) // doc.num_chunks))
+            chunks = chunk_token_ids(ids, size)
+            counts.append(len(chunks))
+            wrapped.extend(self.fmt.wrap_chunk(c) for c in chunks)
+        ids_t, mask = pad_batch(wrapped, self.tok.pad_token_id, self.device)
+        with self._autocast():
+            feats = self.encoder(ids_t, mask)
+        with self._autocast():
+            factors = self.hypernet(feats, mask)
+        k_max = max(counts)
+        bias = self.hypernet.bias_block()
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        l1 = torch.zeros((), device=self.device)
+        bias_on = self.step >= self.cfg.bias_trainable_from
+        for m, (a, b) in factors.items():
+            a, b = a.float(), b.float()
+            l1 = l1 + a.abs().mean() + b.abs().mean()
+            n, L, r, _ = a.shape
+            per_a, per_b, start = [], [], 0
+            for c in counts:
+                pa = a[start:start + c].permute(1, 0, 2, 3).reshape(L, c * r, -1)
+                pb = b[start:start + c].permute(1, 0, 2, 3).reshape(L, c * r, -1)
+                if c < k_max:
+                    pa = F.pad(pa, (0, 0, 0, (k_max - c) * r))
+                    pb = F.pad(pb, (0, 0, 0, (k_max - c) * r))
+                per_a.append(pa)
+                per_b.append(pb)
+                start += c
+            ba, bb = bias[m]
+            if not bias_on:
+                ba, bb = ba.detach(), bb.detach()
+            da = torch.cat([torch.stack(per_a), ba[None].expand(len(docs), -1, -1, -1)], dim=2)
+            db = torch.cat([torch.stack(per_b), bb[None].expand(len(docs), -1, -1, -1)], dim=2)
+            out[m] = (da, db)
+        return out, l1
+
+    def loss(self, docs: list[D.TrainDoc]) -> tuple[torch.Tensor, dict[str, Any]]:
+        factors, l1 = self.doc_factors(docs)
+        seqs, labels_start, q_doc, kinds = [], [], [], []
+        for d, doc in enumerate(docs):
+            for qa in doc.qas:
+                prompt = self.fmt.question_ids(qa.question)
+                ans = self.fmt.answer_ids(qa.answer)
+                seqs.append(prompt + ans)
+                labels_start.append(len(prompt))
+                q_doc.append(d)
+                kinds.append(qa.kind)
+        ids, mask = pad_batch(seqs, self.tok.pad_token_id, self.device)
+        labels = torch.full_like(ids, -100)
+        for i, (s, start) in enumerate(zip(seqs, labels_start)):
+            labels[i, start:len(s)] = ids[i, start:len(s)]
+        idx = torch.tensor(q_doc, device=self.device)
+        qf = {m: (a[idx], b[idx]) for m, (a, b) in factors.items()}
+        with self._autocast(), self.hooks.apply(qf, scale=self.hypernet.config.alpha):
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        logits = logits[:, :-1].float()
+        target = labels[:, 1:]
+        tok_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                   ignore_index=-100, reduction="none").view(target.shape)
+        valid = (target != -100).float()
+        q_loss = (tok_loss * valid).sum(1) / valid.sum(1).clamp(min=1)
+        correct = ((logits.argmax(-1) == target) | (target == -100)).all(1).float()
+        doc_loss = torch.zeros(len(docs), device=self.device).index_add(0, idx, q_loss)
+        doc_n = torch.zeros(len(docs), device=self.device).index_add(0, idx, torch.ones_like(q_loss))
+        ce = (doc_loss / doc_n).mean()
+        total = ce + self.cfg.l1 * l1
+        stats: dict[str, Any] = {"loss": total.item(), "ce": ce.item(), "l1": l1.item()}
+        for kind in ("fact", "squad", "unrelated"):
+            sel = [i for i, k in enumerate(kinds) if k == kind]
+            if sel:
+                stats[f"ce_{kind}"] = q_loss[sel].mean().item()
+                stats[f"acc_{kind}"] = correct[sel].mean().item()
+        return total, stats
+
+    # -- loop -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Teacher-forced held-out score on a fixed set (held-out filler, SQuAD validation)."""
+        self.hypernet.eval()
+        rng = np.random.default_rng([self.cfg.seed, 999_999])
+        phase = _phase_at(self.cfg.phases, self.step)
+        sums: dict[str, list[float]] = {}
+        bs = self.cfg.batch_docs
+        for i in range(0, self.cfg.eval_docs, bs):
+            docs = self.make_docs(rng, phase, min(bs, self.cfg.eval_docs - i), held_out=True)
+            _, stats = self.loss(docs)
+            for k, v in stats.items():
+                sums.setdefault(k, []).append(v)
+        self.hypernet.train()
+        result = {f"eval_{k}": float(np.mean(v)) for k, v in sums.items()}
+        result["eval_score"] = float(np.mean([result.get("eval_acc_fact", 0.0), result.get("eval_acc_squad", 0.0)]))
+        return result
+
+    def _write_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def _plot(self) -> None:
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        train = [r for r in rows if "ce" in r]
+        evals = [r for r in rows if "eval_score" in r]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        for key in ("ce", "ce_fact", "ce_squad", "ce_unrelated"):
+            pts = [(r["step"], r[key]) for r in train if key in r]
+            if pts:
+                ax1.plot(*zip(*pts), label=key, lw=1)
+        ax1.set_xlabel("step")
+        ax1.set_ylabel("cross-entropy")
+        ax1.set_yscale("log")
+        ax1.legend()
+        for key in ("eval_acc_fact", "eval_acc_squad", "eval_acc_unrelated"):
+            pts = [(r["step"], r[key]) for r in evals if key in r]
+            if pts:
+                ax2.plot(*zip(*pts), marker="o", label=key)
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("held-out answer accuracy (teacher forced)")
+        ax2.set_ylim(0, 1)
+        ax2.legend()
+        fig.tight_layout()
+        fig.savefig(self.out / "loss.png", dpi=90)
+        plt.close(fig)
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.log(f"training {self.hypernet.num_parameters() / 1e6:.2f}M-parameter hypernetwork on {self.device} "
+                 f"from step {self.step} to {cfg.max_steps} -> {self.out}")
+        (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        session_start = time.perf_counter()
+        last_ckpt = time.perf_counter()
+        window: list[dict[str, Any]] = []
+        while self.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            phase = _phase_at(cfg.phases, self.step)
+            self.opt.zero_grad(set_to_none=True)
+            stats_acc: dict[str, list[float]] = {}
+            for micro in range(cfg.grad_accum):
+                rng = np.random.default_rng([cfg.seed, self.step, micro])
+                docs = self.make_docs(rng, phase, cfg.batch_docs)
+                loss, stats = self.loss(docs)
+                (loss / cfg.grad_accum).backward()
+                for k, v in stats.items():
+                    stats_acc.setdefault(k, []).append(v)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.hypernet.parameters(), cfg.grad_clip).item()
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            row = {k: float(np.mean(v)) for k, v in stats_acc.items()}
+            row.update(step=self.step, lr=self.sched.get_last_lr()[0], grad_norm=grad_norm, seconds=dt,
+                       scale_B=self.hypernet.scale_B.abs().mean().item())
+            window.append(row)
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                avg = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
+                avg["step"] = self.step
+                avg["elapsed"] = round(self.elapsed, 1)
+                self._write_metrics(avg)
+                self.log(f"step {self.step}/{cfg.max_steps} loss {avg['loss']:.3f} ce {avg['ce']:.3f} "
+                         + " ".join(f"{k} {avg[k]:.2f}" for k in ("acc_fact", "acc_squad", "acc_unrelated") if k in avg)
+                         + f" |B| {avg['scale_B']:.3f} {avg['seconds']:.2f}s/step")
+                window = []
+            if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                ev = self.evaluate()
+                ev["step"] = self.step
+                self._write_metrics(ev)
+                self.log("eval " + " ".join(f"{k[5:]} {v:.3f}" for k, v in ev.items() if k.startswith("eval_")))
+                if ev["eval_score"] > self.best_score:
+                    self.best_score = ev["eval_score"]
+                    save_checkpoint(self.hypernet, self.out / "best", info=self._info())
+            out_of_time = cfg.time_budget_seconds is not None and \
+                time.perf_counter() - session_start > cfg.time_budget_seconds
+            if time.perf_counter() - last_ckpt > cfg.checkpoint_seconds or out_of_time:
+                self._save_state()
+                last_ckpt = time.perf_counter()
+            if out_of_time:
+                self.log(f"time budget reached at step {self.step}; resume with --resume")
+                break
+        self._save_state()
+        return {"step": self.step, "best_score": self.best_score, "elapsed": self.elapsed}

@@ -1,0 +1,180 @@
+"""The engine: chunking, input validation, generation with streaming, the real embedded model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from d2l_haystack.core import D2LEngine
+from d2l_haystack.core.errors import InputError
+from d2l_haystack.core.prompts import chunk_token_ids
+from d2l_haystack.core.textio import read_text_file, validate_text
+
+
+@pytest.mark.parametrize("n,size", [(1, 512), (512, 512), (513, 512), (1000, 300), (2049, 512), (7, 2)])
+def test_chunks_are_contiguous_and_near_equal(n: int, size: int) -> None:
+    ids = list(range(n))
+    chunks = chunk_token_ids(ids, size)
+    assert len(chunks) == -(-n // size)
+    assert [i for c in chunks for i in c] == ids
+    lengths = [len(c) for c in chunks]
+    assert max(lengths) <= size
+    assert max(lengths) - min(lengths) <= 1
+
+
+def test_chunking_edge_cases() -> None:
+    assert chunk_token_ids([], 8) == []
+    with pytest.raises(ValueError):
+        chunk_token_ids([1, 2], 0)
+    # 513 tokens at 512: two chunks of 257 and 256, not 512 + 1
+    assert [len(c) for c in chunk_token_ids(list(range(513)), 512)] == [257, 256]
+
+
+def test_internalize_chunks_the_document(tiny_engine: D2LEngine, long_text) -> None:
+    text = long_text(400)
+    n = len(tiny_engine.format.document_ids(text))
+    adapter = tiny_engine.internalize(text, meta={"name": "river"})
+    cfg = tiny_engine.config
+    assert adapter.num_tokens == n
+    assert adapter.num_chunks == -(-n // tiny_engine.chunk_tokens) > 1
+    assert adapter.total_rank == adapter.num_chunks * cfg.rank + cfg.bias_rank
+    assert adapter.base_model == "tiny-llama"
+    assert adapter.checkpoint_id == tiny_engine.checkpoint_id
+    assert adapter.meta == {"name": "river"}
+    assert adapter.scale == pytest.approx(cfg.alpha)
+    # batching does not change the result
+    other = tiny_engine.internalize(text, batch_size=1)
+    for m in adapter.factors:
+        torch.testing.assert_close(other.factors[m][0], adapter.factors[m][0], atol=1e-5, rtol=1e-4)
+
+
+def test_each_chunk_is_wrapped_in_the_chat_template(tiny_engine: D2LEngine, monkeypatch: pytest.MonkeyPatch,
+                                                    long_text) -> None:
+    seen: list[list[int]] = []
+    original = tiny_engine.chunk_factors
+
+    def spy(wrapped):
+        seen.extend(wrapped)
+        return original(wrapped)
+
+    monkeypatch.setattr(tiny_engine, "chunk_factors", spy)
+    adapter = tiny_engine.internalize(long_text(150), batch_size=2)
+    fmt = tiny_engine.format
+    assert len(seen) == adapter.num_chunks
+    for ids in seen:
+        assert ids[: len(fmt.doc_prefix_ids)] == fmt.doc_prefix_ids
+        assert ids[len(ids) - len(fmt.doc_suffix_ids):] == fmt.doc_suffix_ids
+    rendered = tiny_engine.tokenizer.decode(seen[0])
+    assert rendered.startswith("<|im_start|>") and "<|im_start|>user\n" in rendered
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t  ", "abc\x00def", "\x01\x02\x03\x04" * 10])
+def test_unusable_text_is_rejected(tiny_engine: D2LEngine, text: str) -> None:
+    with pytest.raises(InputError):
+        tiny_engine.internalize(text)
+    with pytest.raises(InputError):
+        validate_text(text)
+
+
+def test_non_text_input_is_rejected(tiny_engine: D2LEngine) -> None:
+    with pytest.raises(InputError, match="expected text"):
+        tiny_engine.internalize(b"bytes are not text")  # type: ignore[arg-type]
+
+
+def test_read_text_file_errors(tmp_path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        read_text_file(tmp_path / "missing.txt")
+    with pytest.raises(InputError, match="is a folder"):
+        read_text_file(tmp_path)
+    (tmp_path / "bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
+    with pytest.raises(InputError, match="binary"):
+        read_text_file(tmp_path / "bin")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_text_file(tmp_path / "latin1.txt")
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(InputError, match="empty"):
+        read_text_file(tmp_path / "empty.txt")
+    (tmp_path / "big.txt").write_text("x" * 100)
+    with pytest.raises(InputError, match="limit"):
+        read_text_file(tmp_path / "big.txt", max_bytes=10)
+    (tmp_path / "ok.txt").write_bytes("\ufeffhello world".encode())
+    assert read_text_file(tmp_path / "ok.txt") == "hello world"
+
+
+def test_empty_question_is_rejected(tiny_engine: D2LEngine) -> None:
+    with pytest.raises(InputError, match="question is empty"):
+        tiny_engine.generate("   ")
+
+
+def test_prompt_over_the_window_is_rejected(tiny_engine: D2LEngine) -> None:
+    window = tiny_engine.model.config.max_position_embeddings
+    with pytest.raises(InputError, match=f"{window}-token window"):
+        tiny_engine.generate("Summarise.", context="word " * window, max_new_tokens=4)
+
+
+def test_streaming_callback_gets_the_same_text(tiny_engine: D2LEngine, sample_text: str) -> None:
+    adapter = tiny_engine.internalize(sample_text)
+    pieces: list[str] = []
+    result = tiny_engine.generate("Who built the lighthouse?", adapter, max_new_tokens=12,
+                                  streaming_callback=pieces.append)
+    assert result.num_tokens > 0 and len(pieces) > 0
+    assert "".join(pieces).strip() == result.text
+    assert 0 < result.time_to_first_token <= result.seconds
+    assert result.prompt_tokens == len(tiny_engine.format.question_ids("Who built the lighthouse?"))
+    # streaming does not change the answer
+    assert tiny_engine.generate("Who built the lighthouse?", adapter, max_new_tokens=12).text == result.text
+
+
+def test_streamer_flushes_text_held_back_at_the_end(tiny_engine: D2LEngine) -> None:
+    """A reply ending in an incomplete UTF-8 sequence is still delivered in full at the end."""
+    from d2l_haystack.core.engine import _CallbackStreamer
+
+    tok = tiny_engine.tokenizer
+    ids = tok("Caf\u00e9 \U0001F600", add_special_tokens=False)["input_ids"]
+    pieces: list[str] = []
+    streamer = _CallbackStreamer(tok, pieces.append, 0.0)
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt
+    for i in ids[:-1]:
+        streamer.put(torch.tensor([i]))
+    streamer.end()
+    assert "".join(pieces) == tok.decode(ids[:-1], skip_special_tokens=True)
+    assert streamer.tokens == ids[:-1]
+
+
+def test_generation_with_context_and_history(tiny_engine: D2LEngine, sample_text: str) -> None:
+    with_doc = tiny_engine.generate("Who built it?", context=sample_text, max_new_tokens=3)
+    without = tiny_engine.generate("Who built it?", max_new_tokens=3)
+    assert with_doc.prompt_tokens > without.prompt_tokens + 40
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+               {"role": "user", "content": "Who built it?"}]
+    chat = tiny_engine.generate(history, max_new_tokens=3)
+    assert chat.prompt_tokens > without.prompt_tokens
+
+
+def test_describe(tiny_engine: D2LEngine) -> None:
+    info = tiny_engine.describe()
+    assert info["base_model"] == "tiny-llama" and info["trained"] is False
+    assert info["checkpoint"] == "untrained"
+    assert info["hypernet_parameters"] == sum(p.numel() for p in tiny_engine.hypernet.parameters())
+
+
+@pytest.mark.integration
+def test_internalize_on_the_real_model(real_engine: D2LEngine, sample_text: str) -> None:
+    cfg = real_engine.config
+    assert real_engine.loaded.name == "smollm2-135m-instruct"
+    assert (cfg.num_layers, cfg.hidden_size) == (30, 576)
+    adapter = real_engine.internalize(sample_text)
+    assert adapter.num_chunks == 1
+    a, b = adapter.factors["down_proj"]
+    assert a.shape == (30, cfg.rank + cfg.bias_rank, 1536)
+    assert b.shape == (30, cfg.rank + cfg.bias_rank, 576)
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    ids = real_engine.format.question_ids("Who built the Marlow lighthouse?")
+    base = real_engine.logits(ids)
+    adapted = real_engine.logits(ids, adapter)
+    assert torch.isfinite(adapted).all()
+    if not real_engine.trained:
+        assert torch.equal(adapted, base)
+    result = real_engine.generate("Who built the Marlow lighthouse?", context=sample_text, max_new_tokens=12)
+    assert result.text and result.num_tokens <= 12
