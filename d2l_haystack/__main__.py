@@ -1,3 +1,5 @@
-from d2l_haystack.cli import main
 import sys
+
+from d2l_haystack.cli import main
+
 sys.exit(main())

@@ -198,6 +198,8 @@ class D2LEngine:
             if not question.strip():
                 raise InputError("question is empty")
             return self.format.question_ids(question, context)
+        if context is not None:
+            raise InputError("context= applies to a single question; put it into the messages instead")
         return self.format.messages_ids(question)
 
     def generate(self, question: str | list[dict[str, str]], adapters: Adapter | list[Adapter] | None = None,
@@ -257,6 +259,9 @@ _ENGINES_LOCK = threading.Lock()
 def get_engine(model: str = DEFAULT_MODEL, checkpoint: str | None = "default", device: str | None = None,
                dtype: str = "float32", chunk_tokens: int | None = None) -> D2LEngine:
     """One engine per (model, checkpoint, device, dtype, chunk size) per process."""
+    from .models import default_device
+
+    device = device or default_device()
     key = (model, checkpoint, device, dtype, chunk_tokens)
     with _ENGINES_LOCK:
         if key not in _ENGINES:

@@ -310,15 +310,21 @@ class Trainer:
             labels[i, start:len(s)] = ids[i, start:len(s)]
         idx = torch.tensor(q_doc, device=self.device)
         qf = {m: (a[idx], b[idx]) for m, (a, b) in factors.items()}
-        with self._autocast(), self.hooks.apply(qf, scale=self.hypernet.config.alpha):
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
-        logits = logits[:, :-1].float()
         target = labels[:, 1:]
-        tok_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                   ignore_index=-100, reduction="none").view(target.shape)
-        valid = (target != -100).float()
+        valid_b = target != -100
+        with self._autocast(), self.hooks.apply(qf, scale=self.hypernet.config.alpha):
+            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            # the vocabulary projection only where there is a label (answers are a few tokens)
+            picked = self.model.get_output_embeddings()(hidden[:, :-1][valid_b])
+        picked = picked.float()
+        flat_target = target[valid_b]
+        flat_loss = F.cross_entropy(picked, flat_target, reduction="none")
+        tok_loss = torch.zeros(target.shape, device=self.device).masked_scatter(valid_b, flat_loss)
+        hit = torch.ones(target.shape, dtype=torch.bool, device=self.device).masked_scatter(
+            valid_b, picked.argmax(-1) == flat_target)
+        valid = valid_b.float()
         q_loss = (tok_loss * valid).sum(1) / valid.sum(1).clamp(min=1)
-        correct = ((logits.argmax(-1) == target) | (target == -100)).all(1).float()
+        correct = hit.all(1).float()
         doc_loss = torch.zeros(len(docs), device=self.device).index_add(0, idx, q_loss)
         doc_n = torch.zeros(len(docs), device=self.device).index_add(0, idx, torch.ones_like(q_loss))
         ce = (doc_loss / doc_n).mean()
@@ -419,7 +425,9 @@ class Trainer:
             row.update(step=self.step, lr=self.sched.get_last_lr()[0], grad_norm=grad_norm, seconds=dt,
                        scale_B=self.hypernet.scale_B.abs().mean().item())
             window.append(row)
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            out_of_time = cfg.time_budget_seconds is not None and \
+                time.perf_counter() - session_start > cfg.time_budget_seconds
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or out_of_time:
                 avg = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
                 avg["step"] = self.step
                 avg["elapsed"] = round(self.elapsed, 1)
@@ -436,8 +444,6 @@ class Trainer:
                 if ev["eval_score"] > self.best_score:
                     self.best_score = ev["eval_score"]
                     save_checkpoint(self.hypernet, self.out / "best", info=self._info())
-            out_of_time = cfg.time_budget_seconds is not None and \
-                time.perf_counter() - session_start > cfg.time_budget_seconds
             if time.perf_counter() - last_ckpt > cfg.checkpoint_seconds or out_of_time:
                 self._save_state()
                 last_ckpt = time.perf_counter()
