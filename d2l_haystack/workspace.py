@@ -9,11 +9,18 @@ Layout of a workspace folder::
     adapters/           the AdapterStore (safetensors + manifest)
     faiss/index.faiss   the FAISS index and its documents (index.json), saved atomically
     .lock               inter-process lock
+    .gate               readers-writer lock: queries share it, committing an update holds it alone
 
 Public operations (thread-safe; two processes may use one workspace, e.g. a watcher and the
 CLI): :meth:`Workspace.index_file`, :meth:`~Workspace.index_text`, :meth:`~Workspace.index_paths`,
 :meth:`~Workspace.remove_file`, :meth:`~Workspace.rename_file`, :meth:`~Workspace.reroute`,
 :meth:`~Workspace.query`, :meth:`~Workspace.status`.
+
+Consistency: a query runs its pipeline under the shared side of the commit gate and an update
+applies its changes to the stores (adapter, chunks, record) under the exclusive side, so a
+query sees a document's old state or its new one, never a mix. The heavy work of an update
+(the hypernetwork pass, or splitting and embedding) happens before the gate, so a query waits
+at most for the store writes of one update.
 
 Crash safety: every file is written atomically, and a mutating operation is recorded in
 ``journal.json`` before it starts and cleared when it is done. Reopening a workspace whose
@@ -38,6 +45,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -69,6 +77,11 @@ from d2l_haystack.components.source_file_converter import read_source, supported
 from d2l_haystack.core.errors import D2LError, InputError
 from d2l_haystack.core.models import DEFAULT_MODEL
 from d2l_haystack.core.textio import content_hash, validate_text
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the gate serializes threads only
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +152,87 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+class CommitGate:
+    """A readers-writer lock between queries (shared) and the commit of updates (exclusive).
+
+    Within a process a condition variable with writer preference (a waiting update is not
+    starved by a stream of queries); across processes ``flock`` on ``path`` with ``LOCK_SH`` /
+    ``LOCK_EX``, one file descriptor per holder. Re-entrant per thread (a nested acquisition is
+    a no-op; an update nested in a query's shared hold is a programming error).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def hold(self, exclusive: bool) -> Iterator[None]:
+        local = self._local
+        if getattr(local, "depth", 0):
+            if exclusive and not local.exclusive:
+                raise RuntimeError("cannot update a workspace while this thread holds a query's shared lock")
+            local.depth += 1
+            try:
+                yield
+            finally:
+                local.depth -= 1
+            return
+        with self._cond:
+            if exclusive:
+                self._waiting += 1
+                try:
+                    while self._writer or self._readers:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+                self._writer = True
+            else:
+                while self._writer or self._waiting:
+                    self._cond.wait()
+                self._readers += 1
+        fd = None
+        try:
+            if fcntl is not None:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            local.depth, local.exclusive = 1, exclusive
+            yield
+        finally:
+            local.depth = 0
+            if fd is not None:
+                os.close(fd)  # releases the flock
+            with self._cond:
+                if exclusive:
+                    self._writer = False
+                else:
+                    self._readers -= 1
+                self._cond.notify_all()
+
+    def shared(self) -> contextlib.AbstractContextManager[None]:
+        return self.hold(False)
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return self.hold(True)
+
+
+_GATES: dict[str, CommitGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def commit_gate(path: str | Path) -> CommitGate:
+    """The process-wide :class:`CommitGate` of a gate file."""
+    key = os.path.realpath(os.path.expanduser(str(path)))
+    with _GATES_LOCK:
+        gate = _GATES.get(key)
+        if gate is None:
+            gate = _GATES[key] = CommitGate(key)
+        return gate
+
+
 class Workspace:
     """A knowledge base folder: index files, route them, answer questions, report status.
 
@@ -158,6 +252,7 @@ class Workspace:
         self.path = Path(path).expanduser().resolve()
         self.device = device
         self._lock = shared_lock(self.path / ".lock")
+        self._gate = commit_gate(self.path / ".gate")
         self._query_lock = threading.Lock()
         self._files: dict[str, dict[str, Any]] = {}
         self._stats: dict[str, Any] = {}
@@ -171,7 +266,7 @@ class Workspace:
                                      f"create one with `d2l index FILES --workspace {self.path}`")
             if self.path.is_file():
                 raise WorkspaceError(f"{self.path} is a file, not a workspace folder")
-            if self.path.is_dir() and any(p.name != ".lock" for p in self.path.iterdir()):
+            if self.path.is_dir() and any(p.name not in (".lock", ".gate") for p in self.path.iterdir()):
                 raise WorkspaceError(f"{self.path} is not empty and is not a d2l workspace (no {CONFIG_FILE})")
             self.path.mkdir(parents=True, exist_ok=True)
             config: dict[str, Any] = {"format": WORKSPACE_FORMAT, "created": time.time(),
@@ -260,12 +355,28 @@ class Workspace:
                 else:  # a removal, or an index of a file that no longer exists
                     self._remove(doc_id)
                 self._journal(None)
+                self.adapters.gc()  # adapter files written by the interrupted run and never referenced
             except InputError as exc:  # the file became unusable meanwhile: forget it
                 logger.warning("workspace %s: %s; removing it", self.path, exc)
                 self._remove(doc_id)
                 self._journal(None)
             except D2LError as exc:
                 logger.error("workspace %s: could not redo %s of %s: %s", self.path, op.get("op"), doc_id, exc)
+
+    def _repair_if_abandoned(self) -> None:
+        """Redo an update whose process died mid-way (journal left, lock free) before answering from it."""
+        if fcntl is None or not (self.path / JOURNAL_FILE).exists():
+            return
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # an update is running (here or in another process): the commit gate orders us
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        self._recover()
 
     # -- components (loaded on first use) -------------------------------------------------
     def _engine_params(self) -> dict[str, Any]:
@@ -440,34 +551,65 @@ class Workspace:
                 op.update(text=text, meta=meta)
             self._journal(op)
             chunks, action = 0, ""
+            embedded: list[Document] = []
+            prepared = None
+            # the heavy work runs before the commit gate: queries only wait for the store changes
             if to_d2l:
-                out = self._component("converter").run(documents=[doc], force=force)
-                action = out["documents"][0].meta.get("d2l_action", "internalized")
-                action = "internalized" if action == "unchanged" and force else action
+                prepared = self._prepare_adapter(doc_id, doc, text, digest, force)
             else:
                 split = self._component("splitter").run(documents=[doc])["documents"]
                 for i, chunk in enumerate(split):
                     chunk.meta["d2l_chunk"] = i
                 embedded = self._component("embedder").run(documents=split)["documents"]
-                chunks = self._component("writer").run(documents=embedded)["documents_written"]
-                action = "indexed"
-            previous = old.get("route") if old else None
-            rec.update(
-                path=meta.get("file_path", doc_id), doc_id=doc_id, hash=digest, route="d2l" if to_d2l else "rag",
-                reason=doc.meta["d2l_route_reason"], num_tokens=int(doc.meta["d2l_num_tokens"]),
-                chars=len(text), chunks=chunks, adapter_id=doc_id if to_d2l else None,
-                title=meta.get("title", ""), file_type=meta.get("file_type", ""), indexed_at=now,
-                index_seconds=round(time.perf_counter() - start, 4), model=self.settings["model"],
-                checkpoint=self.settings["checkpoint"],
-            )
-            if previous and previous != rec["route"]:
-                rec.setdefault("route_history", []).append({"at": now, "from": previous, "to": rec["route"]})
-            self._files[doc_id] = rec
-            self._save_files()
-            self._journal(None)
+            with self._gate.exclusive():  # queries see the old state or the new one, never a mix
+                if to_d2l:
+                    if prepared is not None:
+                        adapter, routing, seconds = prepared
+                        self.adapters.put(doc_id, adapter, source=str(meta.get("file_path") or doc_id),
+                                          routing=routing, title=str(doc.meta.get("title") or ""),
+                                          meta={"internalize_seconds": round(seconds, 4)})
+                    # the converter reuses that adapter (or a stored one) and removes the document's chunks
+                    out = self._component("converter").run(documents=[doc], force=force and prepared is None)
+                    action = out["documents"][0].meta.get("d2l_action", "internalized")
+                    action = "internalized" if action == "unchanged" and (force or prepared) else action
+                else:
+                    chunks = self._component("writer").run(documents=embedded)["documents_written"]
+                    action = "indexed"
+                previous = old.get("route") if old else None
+                rec.update(
+                    path=meta.get("file_path", doc_id), doc_id=doc_id, hash=digest,
+                    route="d2l" if to_d2l else "rag", reason=doc.meta["d2l_route_reason"],
+                    num_tokens=int(doc.meta["d2l_num_tokens"]), chars=len(text), chunks=chunks,
+                    adapter_id=doc_id if to_d2l else None, title=meta.get("title", ""),
+                    file_type=meta.get("file_type", ""), indexed_at=now,
+                    index_seconds=round(time.perf_counter() - start, 4), model=self.settings["model"],
+                    checkpoint=self.settings["checkpoint"],
+                )
+                if previous and previous != rec["route"]:  # kept with its reason (``status()``) and logged
+                    rec["route_history"] = (list(rec.get("route_history", [])) + [
+                        {"at": now, "from": previous, "to": rec["route"], "reason": rec["reason"]}])[-MAX_HISTORY:]
+                    logger.info("route change: %s: %s -> %s: %s", doc_id, previous, rec["route"], rec["reason"])
+                self._files[doc_id] = rec
+                self._save_files()
+                self._journal(None)
             return IndexResult(path=doc_id, action=action, route=rec["route"], reason=rec["reason"],
                                previous_route=previous, seconds=rec["index_seconds"], chunks=chunks,
                                adapter_id=rec["adapter_id"], num_tokens=rec["num_tokens"])
+
+    def _prepare_adapter(self, doc_id: str, doc: Document, text: str, digest: str,
+                         force: bool) -> tuple[Any, np.ndarray, float] | None:
+        """Run the hypernetwork for ``doc`` (before the commit gate): ``(adapter, routing embeddings,
+        seconds)``, or ``None`` when the converter can reuse a stored adapter (same content)."""
+        converter = self._component("converter")
+        engine = converter.engine
+        base, checkpoint_id = engine.loaded.name, engine.checkpoint_id
+        if not force and (self.adapters.is_current(doc_id, digest, base, checkpoint_id)
+                          or self.adapters.find(digest, base, checkpoint_id) is not None):
+            return None
+        start = time.perf_counter()
+        adapter = engine.internalize(text, source=doc_id, progress=converter.progress)
+        routing = converter.routing_embeddings(text, str(doc.meta.get("title") or ""))
+        return adapter, routing, time.perf_counter() - start
 
     def reroute(self, paths: Iterable[str | Path] | None = None) -> list[IndexResult]:
         """Re-evaluate the route of unchanged documents (query counts grow) and move those that changed.
@@ -506,12 +648,13 @@ class Workspace:
             if not known and not chunks:
                 return False
             self._journal({"op": "remove", "doc_id": doc_id})
-            self.adapters.delete(doc_id)
-            if chunks:
-                self.faiss.delete_by_filter(source_filter(doc_id))
-            self._files.pop(doc_id, None)
-            self._save_files()
-            self._journal(None)
+            with self._gate.exclusive():
+                self.adapters.delete(doc_id)
+                if chunks:
+                    self.faiss.delete_by_filter(source_filter(doc_id))
+                self._files.pop(doc_id, None)
+                self._save_files()
+                self._journal(None)
             return True
 
     def rename_file(self, old: str | Path, new: str | Path) -> IndexResult | None:
@@ -542,17 +685,29 @@ class Workspace:
                            adapter_id=rec.get("adapter_id"), num_tokens=int(rec.get("num_tokens", 0)))
 
     def _rename(self, old_id: str, new_id: str) -> None:
-        with self._locked():
-            self.adapters.rename(old_id, new_id, source=new_id)
+        """Move adapter, chunks and record; replaces what ``new_id`` had. Idempotent (redone after a crash)."""
+        if old_id == new_id:
+            return
+        with self._locked(), self._gate.exclusive():
+            old_rec = self._files.get(old_id)
+            if old_id in self.adapters:
+                self.adapters.rename(old_id, new_id, source=new_id)  # replaces an adapter of new_id
+            elif old_rec is not None and old_rec.get("route") != "d2l":
+                self.adapters.delete(new_id)  # a file moved over an internalized one
             name = Path(new_id).name
-            self.faiss.update_by_filter(source_filter(old_id), {"file_path": new_id, "d2l_doc_id": new_id,
-                                                                "file_name": name})
+            with self.faiss.batch():  # one save: the chunks of new_id are replaced by the moved ones
+                if self.faiss.count_documents_by_filter(source_filter(old_id)):
+                    self.faiss.delete_by_filter(source_filter(new_id))
+                    self.faiss.update_by_filter(source_filter(old_id), {"file_path": new_id, "d2l_doc_id": new_id,
+                                                                        "file_name": name})
+                elif old_rec is not None and old_rec.get("route") == "d2l":  # moved over an indexed file
+                    self.faiss.delete_by_filter(source_filter(new_id))
             rec = self._files.pop(old_id, None)
             if rec is None:
                 rec = self._files.get(new_id)
             if rec is not None:
                 rec.update(path=new_id, doc_id=new_id, adapter_id=new_id if rec.get("route") == "d2l" else None)
-                rec.setdefault("renames", []).append({"at": time.time(), "from": old_id})
+                rec["renames"] = (list(rec.get("renames", [])) + [{"at": time.time(), "from": old_id}])[-MAX_HISTORY:]
                 self._files[new_id] = rec
             self._save_files()
 
@@ -576,10 +731,12 @@ class Workspace:
             data[name] = {"generation_kwargs": gen_kwargs}
             if streaming_callback is not None:
                 data[name]["streaming_callback"] = streaming_callback
+        self._repair_if_abandoned()
         with self._query_lock:
             pipe = self.query_pipeline()
             try:
-                result = pipe.run(data, include_outputs_from={"query_router", "retriever"})
+                with self._gate.shared():  # an update in progress commits before or after this, never during
+                    result = pipe.run(data, include_outputs_from={"query_router", "retriever"})
             except Exception as exc:  # Haystack wraps component errors: surface ours as they are
                 cause = exc.__cause__
                 if isinstance(cause, D2LError):
@@ -643,6 +800,7 @@ class Workspace:
                     "first_seen": rec.get("first_seen"), "last_query": rec.get("last_query"),
                     "checkpoint_id": entry["checkpoint_id"] if entry else None,
                     "exists": Path(doc_id).is_file() if Path(doc_id).is_absolute() else None,
+                    "route_changes": list(rec.get("route_history", []))[-5:],
                 })
             pending = (self.path / JOURNAL_FILE).exists()
             return {
@@ -654,7 +812,32 @@ class Workspace:
                            "chunks": self.faiss.count_documents()},
                 "queries": dict(self._stats.get("queries", {})), "query_seconds": dict(self._stats.get("seconds", {})),
                 "pending_recovery": pending,
+                "route_changes": sorted(({"path": d["path"], **c} for d in docs for c in d["route_changes"]),
+                                        key=lambda c: c.get("at") or 0.0)[-20:],
             }
+
+    # -- for watchers ---------------------------------------------------------------------
+    def sources(self, under: Iterable[str | Path] | None = None) -> dict[str, dict[str, Any]]:
+        """The files the workspace knows: ``{absolute path: record copy}`` (texts from :meth:`index_text` excluded).
+
+        :param under: only files inside these folders (resolved like document ids).
+        """
+        roots = [str(Path(r).expanduser().resolve()) for r in under] if under is not None else None
+        with self._locked():
+            out = {}
+            for doc_id, rec in self._files.items():
+                if not Path(doc_id).is_absolute():
+                    continue
+                if roots is not None and not any(doc_id == r or doc_id.startswith(r.rstrip(os.sep) + os.sep)
+                                                 for r in roots):
+                    continue
+                out[doc_id] = copy.deepcopy(rec)
+            return out
+
+    def query_count(self) -> int:
+        """Queries answered so far (all processes; grows when :meth:`reroute` may have work to do)."""
+        with self._locked():
+            return sum(int(v) for v in self._stats.get("queries", {}).values())
 
     def verify(self) -> list[str]:
         """Integrity problems (damaged or orphan adapter files, records without data); empty: healthy."""

@@ -220,6 +220,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"{d['route'] or '-':<5} {size:>9} {d['queries']:>7} {d['changes']:>7} {_ago(d['last_change']):>12}  "
               f"{_short(d['path'])}{flag}")
         print(f"{'':5} why: {d['reason']}")
+        for c in d.get("route_changes", [])[-3:]:  # the latest route changes, each with its reason
+            print(f"{'':5} moved {c['from']} -> {c['to']} {_ago(c['at'])}: {c.get('reason', '')}")
     return 0
 
 

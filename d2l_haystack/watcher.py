@@ -1,0 +1,801 @@
+"""Keep a workspace in step with folders: a watchdog service that indexes, re-indexes, renames and removes.
+
+:class:`DocumentWatcher` watches one or more folders (recursively) and applies every change to a
+:class:`~d2l_haystack.workspace.Workspace`:
+
+* **create / modify**: after a quiet period per file (``debounce``, default 1 s; a file that keeps
+  changing is processed at least every ``max_delay``), :meth:`Workspace.index_file` runs: content
+  hash check (unchanged content does nothing), route decision with the file's change history,
+  then re-internalization (D2L) or re-indexing (RAG, old chunks replaced);
+* **delete**: the file's adapter, chunks and record are removed (:meth:`Workspace.remove_file`);
+* **rename / move**: the record, adapter and chunks follow the file (:meth:`Workspace.rename_file`),
+  nothing is recomputed unless the content changed too; a move onto an indexed file replaces it;
+  a folder moved or deleted moves or removes everything inside it;
+* **routes follow behaviour**: each content change is one entry of the file's change history (a
+  burst of saves within the debounce is one change), so a file that keeps changing moves from
+  its adapter to RAG. When queries were answered (in any process) or every ``reroute_interval``,
+  the idle watcher calls :meth:`Workspace.reroute`, so a RAG file that stays unchanged and keeps
+  being asked about gets internalized. Every route change is logged with its reason and kept in
+  the file's record (``d2l status`` shows it).
+
+On :meth:`~DocumentWatcher.start` it reconciles the workspace with the folders: files added,
+changed, renamed (same content under a new name) or deleted while it was not running. All work
+runs in one worker thread fed by a queue (the watchdog observer thread only enqueues), so
+updates are applied one at a time; the workspace's commit gate lets queries from other threads
+or processes see each file's old or new state, never a mix.
+
+Bad files never stop the service: binary, non-UTF-8, empty, unreadable, vanished, oversized
+(``max_file_bytes``), FIFOs and other special files, symbolic links (not followed, loops
+included) each give one log line and are skipped; a file that was indexed and became unusable is
+removed from the workspace (its indexed content no longer exists).
+
+Usage example::
+
+    from d2l_haystack.watcher import DocumentWatcher
+    from d2l_haystack.workspace import Workspace
+
+    ws = Workspace("kb")
+    with DocumentWatcher(ws, ["docs/"], exclude=["drafts/*"], debounce=1.0) as watcher:
+        ...                                   # edit files; query from any thread
+        watcher.wait_idle(timeout=30)
+        print(ws.query("What is the warranty period?").answer)
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from d2l_haystack.core.errors import InputError
+from d2l_haystack.workspace import IndexResult, Workspace
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXCLUDE: tuple[str, ...] = (".*", "*~", "*.swp", "*.swx", "*.tmp", "*.part", "*.crdownload", "#*#",
+                                    "__pycache__", "node_modules")
+"""Always excluded: hidden files and folders, editor and download temporaries."""
+DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024
+
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device"}
+
+
+@dataclass
+class WatchEvent:
+    """What the watcher did with one file (passed to ``on_event`` and kept in :attr:`DocumentWatcher.events`)."""
+
+    action: str
+    """``internalized``, ``indexed``, ``copied``, ``unchanged``, ``renamed``, ``removed``, ``rerouted``,
+    ``skipped`` or ``failed``."""
+    path: str
+    route: str | None = None
+    previous_route: str | None = None
+    reason: str = ""
+    seconds: float = 0.0
+    source: str | None = None
+    """For ``renamed``: the old path."""
+    at: float = field(default_factory=time.time)
+
+    @property
+    def route_changed(self) -> bool:
+        return bool(self.previous_route and self.route and self.previous_route != self.route)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Pending:
+    kind: str  # "upsert", "delete" or "move" (from ``src``)
+    src: str | None
+    first: float
+    due: float
+
+
+class _Handler:
+    """watchdog event handler: filters and enqueues, nothing else (runs in the observer thread)."""
+
+    def __init__(self, watcher: DocumentWatcher) -> None:
+        self._watcher = watcher
+
+    def dispatch(self, event: Any) -> None:
+        try:
+            self._watcher._on_fs_event(event)
+        except Exception:  # pragma: no cover - never let the observer thread die
+            logger.exception("watcher: could not handle %r", event)
+
+
+class DocumentWatcher:
+    """A watchdog service keeping a :class:`Workspace` in step with folders (see the module docstring).
+
+    :param workspace: a :class:`Workspace` or its folder (opened, never created).
+    :param paths: folders to watch recursively (a file: its folder, only that file).
+    :param include: globs a file must match (on its path relative to the watched folder or its
+        name; default: every type the workspace reads).
+    :param exclude: globs excluding files or whole folders (matched on the relative path and on
+        each path component), added to :data:`DEFAULT_EXCLUDE`. The workspace folder is always
+        excluded.
+    :param debounce: seconds without events before a file is processed.
+    :param max_delay: a file that keeps changing is processed at least this often (default
+        ``max(5, 10 * debounce)`` seconds).
+    :param reconcile: bring the workspace in step with the folders on :meth:`start`.
+    :param reroute_interval: seconds between full :meth:`Workspace.reroute` passes while idle
+        (``None``: never, except after queries).
+    :param reroute_check: how often (seconds, while idle) to look for new queries, which trigger
+        a reroute pass (``None``: never).
+    :param max_file_bytes: larger files are skipped with a log line.
+    :param on_event: called (in the worker thread) with a :class:`WatchEvent` for every file handled.
+    :param polling: use watchdog's polling observer (network file systems) instead of OS events.
+    :raises InputError: a watched path does not exist.
+    """
+
+    def __init__(self, workspace: Workspace | str | Path, paths: Sequence[str | Path] | str | Path, *,
+                 include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
+                 debounce: float = 1.0, max_delay: float | None = None, reconcile: bool = True,
+                 reroute_interval: float | None = 300.0, reroute_check: float | None = 5.0,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, on_event: Callable[[WatchEvent], None] | None = None,
+                 polling: bool = False) -> None:
+        self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+        if isinstance(paths, str | Path):
+            paths = [paths]
+        folders: list[str] = []
+        files: list[str] = []
+        for raw in paths:
+            p = Path(raw).expanduser()
+            if not p.exists():
+                raise InputError(f"{p}: no such file or folder to watch")
+            full = str(p.resolve())
+            (folders if p.is_dir() else files).append(full)
+        # nested folders are covered by their parent's recursive watch, files by their folder's
+        folders = [f for f in dict.fromkeys(folders) if not any(o != f and _inside(f, o) for o in folders)]
+        self._only: dict[str, set[str]] = {}
+        """Folders watched for single files only (a file was given): folder -> those files."""
+        for f in files:
+            if not any(_inside(f, d) for d in folders):
+                self._only.setdefault(os.path.dirname(f), set()).add(f)
+        self.roots = folders + [d for d in self._only if d not in folders]
+        self.include = list(include or [])
+        self.exclude = list(DEFAULT_EXCLUDE) + [e for e in (exclude or []) if e not in DEFAULT_EXCLUDE]
+        self.debounce = max(0.0, float(debounce))
+        self.max_delay = float(max_delay) if max_delay is not None else max(5.0, 10 * self.debounce)
+        self.reconcile_on_start = reconcile
+        self.reroute_interval = reroute_interval
+        self.reroute_check = reroute_check
+        self.max_file_bytes = int(max_file_bytes)
+        self.on_event = on_event
+        self.polling = polling
+        self.events: deque[WatchEvent] = deque(maxlen=2000)
+        """The last events handled (newest last)."""
+        self.stats: dict[str, Any] = {"fs_events": 0, "updates": 0, "errors": 0, "skipped": 0,
+                                      "route_changes": 0, "reroute_passes": 0, "actions": {}}
+        self._ws_root = str(self.workspace.path)
+        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._pending: dict[str, _Pending] = {}
+        self._scans: dict[str, float] = {}
+        self._reroute_paths: set[str] = set()
+        self._observer: Any = None
+        self._thread: threading.Thread | None = None
+        self._busy = False
+        self._stop_requested: str | None = None  # "drain" or "now", set by the worker
+        self._halt = threading.Event()  # set by stop(drain=False): long passes end early
+        self._stopped = False
+        self._last_event = 0.0
+        self._last_reroute = time.monotonic()
+        self._last_check = 0.0
+        self._last_queries: int | None = None
+        self._state_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DocumentWatcher({self.roots!r} -> {str(self.workspace.path)!r})"
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> DocumentWatcher:
+        """Start the worker and the observer; reconcile first (when enabled). Returns ``self``."""
+        if self._thread is not None:
+            raise RuntimeError("this DocumentWatcher was already started")
+        from watchdog.events import (
+            DirCreatedEvent,
+            DirDeletedEvent,
+            DirMovedEvent,
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileDeletedEvent,
+            FileModifiedEvent,
+            FileMovedEvent,
+        )
+
+        observer_class: Any
+        if self.polling:
+            from watchdog.observers.polling import PollingObserver as observer_class
+        else:
+            from watchdog.observers import Observer as observer_class
+        self._last_queries = self.workspace.query_count()  # queries from now on trigger a reroute pass
+        kinds = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent, FileMovedEvent,
+                 DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
+        observer = observer_class()
+        handler = _Handler(self)
+        for root in self.roots:
+            observer.schedule(handler, root, recursive=root not in self._only, event_filter=kinds)  # type: ignore[arg-type]
+        self._thread = threading.Thread(target=self._run, name="d2l-watcher", daemon=True)
+        self._thread.start()
+        observer.start()  # watches are in place before the folders are scanned: nothing is missed
+        self._observer = observer
+        if self.reconcile_on_start:
+            self._queue.put(("call", self._reconcile, None))
+        logger.info("watching %s -> workspace %s", ", ".join(self.roots), self.workspace.path)
+        return self
+
+    def stop(self, timeout: float | None = None, drain: bool = True) -> bool:
+        """Stop watching; the update in progress is finished (each one is atomic and journaled).
+
+        :param drain: also process the debounced events still waiting (otherwise the next start's
+            reconciliation picks them up).
+        :returns: ``True`` when the worker ended within ``timeout``.
+        """
+        if self._thread is None or self._stopped:
+            return True
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if not drain:
+            self._halt.set()
+        self._queue.put(("stop", drain))
+        self._thread.join(timeout)
+        ended = not self._thread.is_alive()
+        if ended:
+            self._stopped = True
+            logger.info("watcher stopped (%d updates, %d skipped, %d errors)", self.stats["updates"],
+                        self.stats["skipped"], self.stats["errors"])
+        return ended
+
+    def __enter__(self) -> DocumentWatcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def idle(self) -> bool:
+        """No event waiting, debounced or being processed."""
+        with self._state_lock:
+            return (self._queue.empty() and not self._pending and not self._scans and not self._busy
+                    and not self._reroute_paths)
+
+    def wait_idle(self, timeout: float = 60.0, settle: float | None = None) -> bool:
+        """Wait until the watcher has been idle for ``settle`` seconds (default: the larger of
+        0.7 s, which covers watchdog pairing move events, and ``debounce``); ``False`` on timeout."""
+        settle = max(0.7, self.debounce) if settle is None else settle
+        end = time.monotonic() + timeout
+        quiet_since: float | None = None
+        while time.monotonic() < end:
+            if not self.running:
+                return self.idle()
+            now = time.monotonic()
+            if self.idle() and now - self._last_event >= settle:
+                quiet_since = quiet_since or now
+                if now - quiet_since >= min(settle, 0.2):
+                    return True
+            else:
+                quiet_since = None
+            time.sleep(0.05)
+        return False
+
+    def reconcile(self, timeout: float | None = None) -> list[WatchEvent]:
+        """Bring the workspace in step with the folders now (in the worker); returns what was done."""
+        return self._call(self._reconcile, timeout)
+
+    def reroute(self, timeout: float | None = None) -> list[WatchEvent]:
+        """Re-evaluate every watched file's route now (in the worker); returns the route changes."""
+        return self._call(lambda: self._reroute_pass(interruptible=False), timeout)
+
+    def query(self, question: str, **kwargs: Any) -> Any:
+        """:meth:`Workspace.query`, then let the worker re-evaluate the routes of the files it used."""
+        answer = self.workspace.query(question, **kwargs)
+        used = [a["path"] for a in answer.adapters] + [c["path"] for c in answer.chunks]
+        if used:
+            self._queue.put(("reroute", used))
+        return answer
+
+    def _call(self, fn: Callable[[], list[WatchEvent]], timeout: float | None) -> list[WatchEvent]:
+        if not self.running:
+            return fn()
+        done = threading.Event()
+        box: dict[str, Any] = {}
+        self._queue.put(("call", fn, (done, box)))
+        if not done.wait(timeout):
+            raise TimeoutError("the watcher did not finish in time")
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    # -- filtering (observer thread) ------------------------------------------------------
+    def _root_of(self, path: str) -> str | None:
+        best = None
+        for root in self.roots:
+            if _inside(path, root) and (best is None or len(root) > len(best)):
+                best = root
+        return best
+
+    def _excluded(self, rel: str) -> bool:
+        parts = rel.split("/")
+        for pattern in self.exclude:
+            if fnmatch(rel, pattern) or any(fnmatch(part, pattern) for part in parts):
+                return True
+        return False
+
+    def wanted(self, path: str | Path, is_dir: bool = False) -> bool:
+        """Whether the watcher handles this path (inside a watched folder, not excluded, a readable type)."""
+        path = str(path)
+        root = self._root_of(path)
+        if root is None or path == root or _inside(path, self._ws_root):
+            return False
+        if root in self._only and path not in self._only[root]:
+            return False
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        if self._excluded(rel):
+            return False
+        if is_dir:
+            return True
+        if not Workspace.supports(path):
+            return False
+        if self.include:
+            name = rel.rsplit("/", 1)[-1]
+            return any(fnmatch(rel, p) or fnmatch(name, p) for p in self.include)
+        return True
+
+    def _on_fs_event(self, event: Any) -> None:
+        kind = event.event_type
+        src = os.path.abspath(os.fsdecode(event.src_path))
+        dst = os.path.abspath(os.fsdecode(event.dest_path)) if getattr(event, "dest_path", "") else ""
+        if _inside(src, self._ws_root) and (not dst or _inside(dst, self._ws_root)):
+            return  # the workspace's own files
+        item: tuple[Any, ...] | None = None
+        if event.is_directory:
+            if kind == "created" and self.wanted(src, is_dir=True):
+                item = ("scan", src)
+            elif kind == "deleted" and self._root_of(src) is not None:
+                item = ("delete_tree", src)
+            elif kind == "moved":  # watchdog also reports every file inside as moved
+                if self.wanted(dst, is_dir=True):
+                    item = ("scan", dst)
+                elif self._root_of(src) is not None:
+                    item = ("delete_tree", src)
+        elif kind in ("created", "modified", "closed"):
+            if self.wanted(src):
+                item = ("upsert", src)
+        elif kind == "deleted":
+            if self._root_of(src) is not None and Workspace.supports(src):
+                item = ("delete", src)
+        elif kind == "moved":
+            src_ok, dst_ok = self.wanted(src), self.wanted(dst)
+            if src_ok and dst_ok:
+                item = ("move", src, dst)
+            elif dst_ok:  # e.g. an editor's temporary file saved over the document
+                item = ("upsert", dst)
+            elif src_ok or (self._root_of(src) is not None and Workspace.supports(src)):
+                item = ("delete", src)
+        if item is not None:
+            self._last_event = time.monotonic()
+            with self._state_lock:
+                self.stats["fs_events"] += 1
+                self._queue.put(item)
+
+    # -- the worker -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            timeout = self._next_timeout()
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    with self._state_lock:
+                        self._busy = True
+                    self._absorb(item)
+                    while True:  # take in everything already queued before doing any work
+                        try:
+                            self._absorb(self._queue.get_nowait())
+                        except queue.Empty:
+                            break
+                    if self._stop_requested:
+                        break
+                    continue
+                self._work()
+            except Exception:  # never let the worker die: log, and go on with the next event
+                logger.exception("watcher: unexpected error")
+                with self._state_lock:
+                    self.stats["errors"] += 1
+            finally:
+                with self._state_lock:
+                    self._busy = False
+        if self._stop_requested == "drain":
+            while self._pending or self._scans:
+                try:
+                    self._work(force=True)
+                except Exception:  # pragma: no cover - as above
+                    logger.exception("watcher: unexpected error")
+        with self._state_lock:
+            self._busy = False
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        dues = [p.due for p in self._pending.values()] + list(self._scans.values())
+        if dues:
+            return max(0.0, min(dues) - now)
+        if self._reroute_paths:
+            return 0.0
+        return min(0.5, self.reroute_check) if self.reroute_check else 0.5
+
+    def _absorb(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        now = time.monotonic()
+        if kind == "stop":
+            self._stop_requested = "drain" if item[1] else "now"
+        elif kind == "call":
+            self._run_call(item[1], item[2])
+        elif kind == "reroute":
+            self._reroute_paths.update(str(p) for p in item[1])
+        elif kind == "scan":
+            self._scans[item[1]] = now + self.debounce
+        elif kind == "delete_tree":
+            self._delete_tree(item[1], now)
+        else:
+            self._add(kind, item[-1], item[1] if kind == "move" else None, now)
+
+    def _set(self, path: str, kind: str, src: str | None, now: float) -> None:
+        old = self._pending.get(path)
+        first = old.first if old else now
+        self._pending[path] = _Pending(kind, src, first, min(first + self.max_delay, now + self.debounce))
+
+    def _add(self, kind: str, path: str, src: str | None, now: float) -> None:
+        """Collapse a file event into the pending table (one entry per path)."""
+        old = self._pending.get(path)
+        if kind == "upsert":
+            if old and old.kind == "move":
+                self._set(path, "move", old.src, now)  # rename_file re-indexes if the content changed
+            else:
+                self._set(path, "upsert", None, now)
+        elif kind == "delete":
+            if old and old.kind == "move" and old.src:
+                self._set(old.src, "delete", None, now)  # the moved file is gone: its old record too
+            self._set(path, "delete", None, now)
+        else:  # move src -> path
+            assert src is not None
+            prior = self._pending.pop(src, None)
+            origin = prior.src if prior and prior.kind == "move" and prior.src else src
+            if old and old.kind == "move" and old.src and old.src not in (origin, path):
+                self._set(old.src, "delete", None, now)  # a file moved here earlier is overwritten
+            if origin == path:
+                self._set(path, "upsert", None, now)
+            else:
+                self._set(path, "move", origin, now)
+
+    def _delete_tree(self, folder: str, now: float) -> None:
+        for path in self.workspace.sources(under=[folder]):
+            if not os.path.lexists(path):
+                self._add("delete", path, None, now)
+        for path, entry in list(self._pending.items()):
+            if _inside(path, folder) and entry.kind != "delete" and not os.path.lexists(path):
+                self._add("delete", path, None, now)
+
+    def _run_call(self, fn: Callable[[], Any], reply: tuple[threading.Event, dict[str, Any]] | None) -> None:
+        try:
+            result = fn()
+            if reply is not None:
+                reply[1]["result"] = result
+        except Exception as exc:
+            logger.exception("watcher: %s failed", getattr(fn, "__name__", "a request"))
+            if reply is not None:
+                reply[1]["error"] = exc
+        finally:
+            if reply is not None:
+                reply[0].set()
+
+    def _work(self, force: bool = False) -> None:
+        """Process one due item (everything is due with ``force``), or do idle work."""
+        now = time.monotonic()
+        due = [(e.due, p) for p, e in self._pending.items() if force or e.due <= now]
+        scans = [d for d, t in self._scans.items() if force or t <= now]
+        if not due and not scans:
+            if not force:
+                self._idle_work(now)
+            return
+        with self._state_lock:
+            self._busy = True
+        try:
+            if scans and (not due or self._scans[scans[0]] <= min(due)[0]):
+                folder = scans[0]
+                del self._scans[folder]
+                for path in _walk(folder, self):
+                    if path not in self._pending:
+                        self._guard(path, self._upsert, path)
+                return
+            path = min(due)[1]
+            # a pending move out of this path goes first (its record must move before the path is reused)
+            for other, entry in self._pending.items():
+                if entry.kind == "move" and entry.src == path:
+                    path = other
+                    break
+            entry = self._pending.pop(path)
+            if entry.kind == "upsert":
+                self._guard(path, self._upsert, path)
+            elif entry.kind == "delete":
+                self._guard(path, self._delete, path)
+            else:
+                assert entry.src is not None
+                self._guard(path, self._move, entry.src, path)
+        finally:
+            with self._state_lock:
+                self._busy = False
+
+    def _guard(self, path: str, fn: Callable[..., None], *args: Any) -> None:
+        """Run one file operation; any failure is logged and counted, never raised."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            with self._state_lock:
+                self.stats["errors"] += 1
+            logger.error("failed to update %s: %s: %s", path, type(exc).__name__, exc,
+                         exc_info=logger.isEnabledFor(logging.DEBUG))
+            self._emit(WatchEvent("failed", path, reason=f"{type(exc).__name__}: {exc}"))
+
+    # -- file operations (worker thread) --------------------------------------------------
+    def _known(self, path: str) -> bool:
+        """Whether the workspace has a record for exactly this path (never through a symbolic link)."""
+        try:
+            rec = self.workspace.record(path)
+        except (OSError, RuntimeError):  # resolving a symbolic link loop
+            return False
+        return rec is not None and rec.get("path", path) == path
+
+    def _inspect(self, path: str) -> str | None:
+        """Why ``path`` cannot be indexed (``None``: a regular file within the size limit)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "vanished before it could be read"
+        except OSError as exc:
+            return f"cannot read ({exc.strerror})"
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return "symbolic link loop (links are not followed)"
+                return "broken symbolic link"
+            return "symbolic link (links are not followed; watch its target instead)"
+        if stat.S_ISDIR(st.st_mode):
+            return "is a folder"
+        if not stat.S_ISREG(st.st_mode):
+            return f"not a regular file: {_FILE_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}"
+        if st.st_size > self.max_file_bytes:
+            return f"too large ({st.st_size:,} bytes > the {self.max_file_bytes:,}-byte limit of the watcher)"
+        return None
+
+    def _skip(self, path: str, reason: str) -> None:
+        """Log an unusable file; forget it if it was indexed (its indexed content no longer exists)."""
+        if self._known(path):
+            self.workspace.remove_file(path)
+            logger.warning("removed %s: %s (it was indexed; its old content is gone)", path, reason)
+            self._emit(WatchEvent("removed", path, reason=reason))
+            return
+        with self._state_lock:
+            self.stats["skipped"] += 1
+        (logger.info if reason.startswith("vanished") else logger.warning)("skipped %s: %s", path, reason)
+        self._emit(WatchEvent("skipped", path, reason=reason))
+
+    def _upsert(self, path: str) -> None:
+        reason = self._inspect(path)
+        if reason == "is a folder":
+            self._scans[path] = time.monotonic()
+            return
+        if reason:
+            self._skip(path, reason)
+            return
+        try:
+            result = self.workspace.index_file(path)
+        except InputError as exc:
+            self._skip(path, _strip_path(str(exc), path))
+            return
+        self._emit_result(result)
+
+    def _delete(self, path: str) -> None:
+        if os.path.lexists(path):  # re-created since: index what is there now
+            self._upsert(path)
+            return
+        if self._known(path) and self.workspace.remove_file(path):
+            logger.info("removed %s", path)
+            self._emit(WatchEvent("removed", path, reason="file deleted"))
+
+    def _move(self, src: str, dst: str) -> None:
+        if not os.path.lexists(dst):  # moved, then deleted
+            self._delete(src)
+            self._delete(dst)
+            return
+        reason = self._inspect(dst)
+        if reason:
+            if self._known(src):
+                self.workspace.remove_file(src)
+                self._emit(WatchEvent("removed", src, reason=f"moved to {dst}"))
+            if reason == "is a folder":
+                self._scans[dst] = time.monotonic()
+            else:
+                self._skip(dst, reason)
+            return
+        if not self._known(src):
+            self._upsert(dst)
+            return
+        try:
+            result = self.workspace.rename_file(src, dst)
+        except InputError as exc:
+            self._skip(dst, _strip_path(str(exc), dst))
+            if self._known(src):
+                self.workspace.remove_file(src)
+            return
+        if result is None:  # pragma: no cover - dst is a supported type (checked when the event came)
+            self._emit(WatchEvent("removed", src, reason=f"renamed to unsupported {dst}"))
+            return
+        self._emit_result(result, source=src)
+
+    # -- reconciliation and rerouting -----------------------------------------------------
+    def _reconcile(self) -> list[WatchEvent]:
+        """Apply what changed while the watcher was not running (renames detected by content)."""
+        start = time.perf_counter()
+        mark = len(self.events)
+        current = [p for root in self.roots for p in _walk(root, self)]
+        known = self.workspace.sources(under=self.roots)
+        present = set(current)
+        missing = {p: rec for p, rec in known.items() if p not in present and not os.path.isfile(p)}
+        new = [p for p in current if p not in known]
+        by_hash: dict[str, list[str]] = {}
+        for p, rec in missing.items():
+            if rec.get("hash"):
+                by_hash.setdefault(rec["hash"], []).append(p)
+        if by_hash:
+            from d2l_haystack.components.source_file_converter import read_source
+            from d2l_haystack.core.textio import content_hash
+
+            for p in list(new):
+                if self._halt.is_set():
+                    break
+                if self._inspect(p):
+                    continue
+                try:
+                    digest = content_hash(read_source(p)[0])
+                except InputError:
+                    continue
+                olds = by_hash.get(digest)
+                if olds:
+                    old = olds.pop()
+                    missing.pop(old, None)
+                    new.remove(p)
+                    self._guard(p, self._move, old, p)
+        for p in new + [p for p in current if p in known]:
+            if self._halt.is_set():
+                return self._since(mark)
+            self._guard(p, self._upsert, p)
+        for p in missing:
+            if self._halt.is_set():
+                return self._since(mark)
+            self._guard(p, self._delete, p)
+        done = self._since(mark)
+        changed = [e for e in done if e.action != "unchanged"]
+        logger.info("reconciled %d files with %s in %.1f s: %d updates", len(current), self.workspace.path,
+                    time.perf_counter() - start, len(changed))
+        return done
+
+    def _since(self, mark: int) -> list[WatchEvent]:
+        events = list(self.events)
+        return events[mark:] if mark <= len(events) else events
+
+    def _idle_work(self, now: float) -> None:
+        """Re-evaluate routes while idle: files just queried, new queries anywhere, or periodically."""
+        if self._reroute_paths:
+            paths, self._reroute_paths = sorted(self._reroute_paths), set()
+            self._reroute_pass(paths)
+            return
+        full = self.reroute_interval is not None and now - self._last_reroute >= self.reroute_interval
+        if not full and self.reroute_check is not None and now - self._last_check >= self.reroute_check:
+            self._last_check = now
+            count = self.workspace.query_count()
+            full = self._last_queries is not None and count != self._last_queries
+            self._last_queries = count
+        if full:
+            self._reroute_pass()
+
+    def _reroute_pass(self, paths: Iterable[str] | None = None, interruptible: bool = True) -> list[WatchEvent]:
+        with self._state_lock:
+            busy, self._busy = self._busy, True
+            self.stats["reroute_passes"] += 1
+        mark = len(self.events)
+        try:
+            todo = sorted(self.workspace.sources(under=self.roots)) if paths is None else list(paths)
+            for path in todo:
+                if self._halt.is_set() or (interruptible and not self._queue.empty()):
+                    return self._since(mark)  # new events first; the next idle moment starts over
+                if not os.path.isfile(path) or os.path.islink(path):
+                    continue
+                try:
+                    results = self.workspace.reroute([path])
+                except InputError as exc:
+                    self._skip(path, _strip_path(str(exc), path))
+                    continue
+                for r in results:
+                    self._emit_result(r, rerouted=True)
+            if paths is None:
+                self._last_reroute = time.monotonic()
+                self._last_queries = self.workspace.query_count()
+            return [e for e in self._since(mark) if e.action == "rerouted"]
+        finally:
+            with self._state_lock:
+                self._busy = busy
+
+    # -- reporting ------------------------------------------------------------------------
+    def _emit_result(self, result: IndexResult, source: str | None = None, rerouted: bool = False) -> None:
+        action = "rerouted" if rerouted and result.route != result.previous_route else result.action
+        event = WatchEvent(action, result.path, route=result.route, previous_route=result.previous_route,
+                           reason=result.reason, seconds=result.seconds, source=source)
+        if action != "unchanged":
+            with self._state_lock:
+                self.stats["updates"] += 1
+        if event.route_changed:
+            with self._state_lock:
+                self.stats["route_changes"] += 1
+            logger.info("route change: %s: %s -> %s: %s", result.path, result.previous_route, result.route,
+                        result.reason)
+        elif action not in ("unchanged",):
+            logger.info("%s %s %s (%.2f s)", action, result.route, result.path, result.seconds)
+        self._emit(event)
+
+    def _emit(self, event: WatchEvent) -> None:
+        with self._state_lock:
+            actions = self.stats["actions"]
+            actions[event.action] = actions.get(event.action, 0) + 1
+        self.events.append(event)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # pragma: no cover - a broken callback must not stop the service
+                logger.exception("watcher: on_event callback failed")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _strip_path(message: str, path: str) -> str:
+    """``"/a/b.md: not UTF-8 text"`` -> ``"not UTF-8 text"`` (the log line names the file already)."""
+    for prefix in (f"{path}: ", f"{Path(path)}: "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
+
+
+def _walk(folder: str, watcher: DocumentWatcher) -> list[str]:
+    """Every wanted regular file under ``folder`` (symbolic links are not followed)."""
+    out: list[str] = []
+    if os.path.islink(folder):
+        logger.warning("skipped %s: symbolic link to a folder (links are not followed)", folder)
+        return out
+    for base, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if watcher.wanted(os.path.join(base, d), is_dir=True))
+        for name in sorted(files):
+            path = os.path.join(base, name)
+            if watcher.wanted(path):
+                out.append(path)
+    return out
