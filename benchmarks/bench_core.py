@@ -41,20 +41,19 @@ at the same time: the load average at the start and at the end is recorded.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
-import re
 import statistics
 import sys
-import threading
 import time
 import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from d2l_haystack.bench.measure import PeakRSS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -63,66 +62,7 @@ REPO = Path(__file__).resolve().parent.parent
 QUESTION = "What did the President say about the budget and taxes?"
 
 
-# -- memory ---------------------------------------------------------------------------------------
-def _status_kb(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) if match else 0
-
-
-def _can_reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _malloc_trim() -> Callable[[], None]:
-    """``malloc_trim(0)`` of glibc (returns freed heap pages to the system), or a no-op elsewhere."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return lambda: libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return lambda: None
-
-
-_TRIM = _malloc_trim()
-
-
-class PeakRSS:
-    """Measures how much the resident set grew at its peak during a block (bytes)."""
-
-    method = "hwm-reset" if _can_reset_peak() else "sampling-1ms"
-
-    def __enter__(self) -> PeakRSS:
-        gc.collect()
-        _TRIM()  # freed-but-kept heap would otherwise be reused silently and hide the call's memory
-        if self.method == "hwm-reset":
-            Path("/proc/self/clear_refs").write_text("5")
-            self.start = _status_kb("VmRSS")
-        else:
-            self.start = _status_kb("VmRSS")
-            self._peak, self._stop = self.start, threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self._peak = max(self._peak, _status_kb("VmRSS"))
-            time.sleep(0.001)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.method == "hwm-reset":
-            peak = _status_kb("VmHWM")
-        else:
-            self._stop.set()
-            self._thread.join()
-            peak = max(self._peak, _status_kb("VmRSS"))
-        self.delta_bytes = max(0, peak - self.start) * 1024
+# -- memory: the project's one peak-RSS meter (d2l_haystack.bench.measure) --------------------
 
 
 # -- documents ------------------------------------------------------------------------------------
