@@ -390,7 +390,8 @@ class Trainer:
         ax2.set_xlabel("step")
         ax2.set_ylabel("held-out answer accuracy (teacher forced)")
         ax2.set_ylim(0, 1)
-        ax2.legend()
+        if evals:
+            ax2.legend()
         fig.tight_layout()
         fig.savefig(self.out / "loss.png", dpi=90)
         plt.close(fig)

@@ -1,0 +1,88 @@
+"""Metrics, case files and case builders of the evaluation (no model needed beyond a tokenizer)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from d2l_haystack.core.errors import InputError
+from d2l_haystack.training.cases import NEEDLE_TEMPLATES, niah_cases
+from d2l_haystack.training.evaluate import (
+    available_methods,
+    contains,
+    exact_match,
+    f1_score,
+    format_table,
+    load_cases,
+    normalize_answer,
+)
+
+
+class TestMetrics:
+    def test_squad_normalisation(self):
+        assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+        assert normalize_answer("an apple, a pear") == "apple pear"
+
+    def test_exact_match_uses_the_best_gold_answer(self):
+        assert exact_match("the Paris", ["London", "Paris"]) == 1.0
+        assert exact_match("Paris, France", ["Paris"]) == 0.0
+
+    def test_f1_is_token_overlap(self):
+        assert f1_score("Paris France", ["Paris"]) == pytest.approx(2 / 3)
+        assert f1_score("Berlin", ["Paris"]) == 0.0
+        assert f1_score("", [""]) == 1.0
+
+    def test_contains_matches_whole_words_only(self):
+        assert contains("The number is 48213.", ["48213"]) == 1.0
+        assert contains("It is 148213", ["48213"]) == 0.0
+
+    def test_table_lists_every_method(self):
+        row = {"n": 2, "exact_match": 0.5, "f1": 0.5, "contains": 1.0, "seconds_per_query": 0.1,
+               "internalize_seconds": 0.2}
+        table = format_table({"base": row, "icl": {**row, "truncated": 1}})
+        assert "base" in table and "icl" in table and "(1 truncated)" in table
+
+
+class TestCaseFiles:
+    def test_round_trip_and_shared_documents(self, tmp_path):
+        path = tmp_path / "cases.jsonl"
+        rows = [{"id": "a", "document": "Doc one.", "question": "Q1?", "answers": ["x"]},
+                {"id": "b", "document": "Doc one.", "question": "Q2?", "answers": ["y"]},
+                {"id": "c", "document": "Other.", "question": "Q3?", "answers": ["z"], "doc_id": "d7"}]
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+        cases = load_cases(path)
+        assert [c.id for c in cases] == ["a", "b", "c"]
+        assert cases[0].doc_id == cases[1].doc_id != cases[2].doc_id == "d7"
+        assert len(load_cases(path, limit=2)) == 2
+
+    def test_bad_line_is_named(self, tmp_path):
+        path = tmp_path / "bad.jsonl"
+        path.write_text('{"id": "a", "document": "d", "question": "q", "answers": ["x"]}\n{"id": "b"}\n')
+        with pytest.raises(InputError, match=r"bad.jsonl:2"):
+            load_cases(path)
+
+    def test_missing_file_is_named(self, tmp_path):
+        with pytest.raises(InputError, match="no such case file"):
+            load_cases(tmp_path / "nope.jsonl")
+
+    def test_core_methods_are_registered(self):
+        assert {"base", "icl", "d2l"} <= set(available_methods())
+
+
+class TestNeedleCases:
+    def test_lengths_depths_and_needle(self, tokenizer_dir):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+        cases = niah_cases(tok, [200, 800], [0.0, 1.0], per_cell=2, filler="synthetic", seed=5)
+        assert len(cases) == 8
+        for c in cases:
+            answer = c["answers"][0]
+            assert answer in c["document"]
+            assert c["question"] == NEEDLE_TEMPLATES["magic"][1]
+            n = len(tok(c["document"], add_special_tokens=False)["input_ids"])
+            assert c["meta"]["length"] <= n <= c["meta"]["length"] * 1.3 + 40
+            pos = c["document"].index(answer) / len(c["document"])
+            assert pos < 0.2 if c["meta"]["depth"] == 0.0 else pos > 0.8
+        assert len({c["answers"][0] for c in cases}) > 1
