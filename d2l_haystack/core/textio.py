@@ -37,6 +37,8 @@ def read_text_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> str:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a file")
+    if not path.is_file():  # a FIFO, socket or device would block or never end
+        raise InputError(f"{path}: not a regular file")
     size = path.stat().st_size
     if size > max_bytes:
         raise InputError(f"{path}: file is {size} bytes, over the {max_bytes}-byte limit")

@@ -178,3 +178,15 @@ def test_internalize_on_the_real_model(real_engine: D2LEngine, sample_text: str)
         assert torch.equal(adapted, base)
     result = real_engine.generate("Who built the Marlow lighthouse?", context=sample_text, max_new_tokens=12)
     assert result.text and result.num_tokens <= 12
+
+
+def test_read_text_file_refuses_a_fifo_without_blocking(tmp_path):
+    import os
+
+    from d2l_haystack.core.errors import InputError
+    from d2l_haystack.core.textio import read_text_file
+
+    fifo = tmp_path / "notes.md"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        read_text_file(fifo)
