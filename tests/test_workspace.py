@@ -149,7 +149,7 @@ class TestWorkspaceIndexing:
         assert ws.record(log)["route"] == "rag"
         assert ws.reroute() == []  # nothing changed
         with ws._locked():
-            ws._files[str(log.resolve())]["queries"] = 10**6  # a very popular document
+            ws._files[str(log.resolve())]["queries"] = 10**9  # popular enough even for edits 1 ms apart
             ws._save_files()
         moved = ws.reroute()
         assert [(r.route, r.previous_route) for r in moved] == [("d2l", "rag")]
