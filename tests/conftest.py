@@ -159,3 +159,21 @@ def make_long_text(words: int = 600) -> str:
 def long_text():
     """``long_text(words)``: deterministic natural-looking text of about ``words`` words."""
     return make_long_text
+
+
+@pytest.fixture
+def count_internalize(monkeypatch: pytest.MonkeyPatch):
+    """``count_internalize(engine) -> calls``: record the text of every ``engine.internalize`` call."""
+
+    def attach(engine) -> list[str]:
+        calls: list[str] = []
+        original = engine.internalize
+
+        def counting(text, **kw):
+            calls.append(text)
+            return original(text, **kw)
+
+        monkeypatch.setattr(engine, "internalize", counting)
+        return calls
+
+    return attach

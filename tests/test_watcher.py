@@ -51,19 +51,6 @@ def _idle(watcher: DocumentWatcher, timeout: float = 60.0) -> None:
     assert watcher.wait_idle(timeout), f"watcher not idle after {timeout} s: {watcher.stats}"
 
 
-def _count_internalize(ws: Workspace, monkeypatch) -> list[str]:
-    engine = ws._component("converter").engine
-    calls: list[str] = []
-    original = engine.internalize
-
-    def counting(text, **kw):
-        calls.append(text)
-        return original(text, **kw)
-
-    monkeypatch.setattr(engine, "internalize", counting)
-    return calls
-
-
 def _chunks_of(ws: Workspace, path: Path) -> list:
     return ws.faiss.filter_documents({"field": "meta.file_path", "operator": "==", "value": str(path.resolve())})
 
@@ -95,7 +82,8 @@ def assert_in_step(ws: Workspace, watcher: DocumentWatcher) -> None:
 
 
 class TestWatcher:
-    def test_create_edit_rename_move_over_delete_and_folders(self, workspace_factory, tmp_path: Path, monkeypatch):
+    def test_create_edit_rename_move_over_delete_and_folders(self, workspace_factory, tmp_path: Path,
+                                                              count_internalize):
         ws = workspace_factory()
         docs = tmp_path / "docs"
         (docs / "drafts").mkdir(parents=True)
@@ -103,7 +91,7 @@ class TestWatcher:
         (docs / "b.txt").write_text("Beta: the office opens at nine every weekday.\n")
         (docs / "drafts" / "wip.md").write_text("Work in progress, not for the knowledge base.\n")
         (docs / "notes.rst").write_text("Not included by the glob.\n")
-        calls = _count_internalize(ws, monkeypatch)
+        calls = count_internalize(ws._component("converter").engine)
         with _watch(ws, docs, include=["*.md", "*.txt"], exclude=["drafts"]) as w:
             _idle(w)
             assert sorted(Path(p).name for p in ws.sources()) == ["a.md", "b.txt"] and len(calls) == 2
@@ -142,11 +130,11 @@ class TestWatcher:
             assert_in_step(ws, w)
         assert not w.running and w.stats["errors"] == 0
 
-    def test_debounce_collapses_a_burst_into_one_change(self, workspace_factory, tmp_path: Path, monkeypatch):
+    def test_debounce_collapses_a_burst_into_one_change(self, workspace_factory, tmp_path: Path, count_internalize):
         ws = workspace_factory()
         docs = tmp_path / "docs"
         docs.mkdir()
-        calls = _count_internalize(ws, monkeypatch)
+        calls = count_internalize(ws._component("converter").engine)
         with _watch(ws, docs, debounce=0.4) as w:
             _idle(w)
             for i in range(15):  # an editor saving in small writes
@@ -156,7 +144,7 @@ class TestWatcher:
         rec = ws.record(docs / "burst.md")
         assert rec["num_changes"] == 1 and len(calls) == 1 and "Saved 14 times" in calls[0]
 
-    def test_reconcile_on_start(self, workspace_factory, tmp_path: Path, monkeypatch, capsys):
+    def test_reconcile_on_start(self, workspace_factory, tmp_path: Path, count_internalize, capsys):
         ws = workspace_factory()
         docs = tmp_path / "docs"
         docs.mkdir()
@@ -170,7 +158,7 @@ class TestWatcher:
         (docs / "gone.md").unlink()
         (docs / "move.md").rename(docs / "moved.md")
         (docs / "new.md").write_text("New: added while stopped.\n")
-        calls = _count_internalize(ws, monkeypatch)
+        calls = count_internalize(ws._component("converter").engine)
         w2 = _watch(ws, docs)
         events = w2.reconcile()  # the same pass start() runs (here without starting)
         actions = {Path(e.path).name: e.action for e in events}

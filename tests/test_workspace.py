@@ -29,27 +29,14 @@ KETTLE_Q = "How long is the warranty of the Aurora K2 kettle?"
 UNRELATED_Q = "Who wrote the novel Pride and Prejudice?"
 
 
-def _count_internalize(ws: Workspace, monkeypatch) -> list[str]:
-    engine = ws._component("converter").engine
-    calls: list[str] = []
-    original = engine.internalize
-
-    def counting(text, **kw):
-        calls.append(text)
-        return original(text, **kw)
-
-    monkeypatch.setattr(engine, "internalize", counting)
-    return calls
-
-
 def _edit(path: Path, line: str) -> None:
     path.write_text(path.read_text(encoding="utf-8") + f"\n{line}\n", encoding="utf-8")
 
 
 class TestWorkspaceIndexing:
-    def test_index_route_and_reindex_unchanged(self, workspace_factory, docs_dir: Path, monkeypatch):
+    def test_index_route_and_reindex_unchanged(self, workspace_factory, docs_dir: Path, count_internalize):
         ws = workspace_factory()
-        calls = _count_internalize(ws, monkeypatch)
+        calls = count_internalize(ws._component("converter").engine)
         results = ws.index_paths([docs_dir])
         assert len(results) == 4 and {r.action for r in results} == {"internalized"}
         assert {r.route for r in results} == {"d2l"} and len(calls) == 4
@@ -112,12 +99,12 @@ class TestWorkspaceIndexing:
         with pytest.raises(InputError, match="route must be"):
             ws.index_file(docs_dir / "kettle-manual.md", route="sometimes")
 
-    def test_remove_and_rename(self, workspace_factory, docs_dir: Path, monkeypatch):
+    def test_remove_and_rename(self, workspace_factory, docs_dir: Path, count_internalize):
         ws = workspace_factory()
         manual, log = docs_dir / "kettle-manual.md", docs_dir / "app-changelog.md"
         ws.index_file(manual)
         ws.index_file(log, route="rag")
-        calls = _count_internalize(ws, monkeypatch)
+        calls = count_internalize(ws._component("converter").engine)
         # rename a D2L document: the adapter moves, nothing is internalized again
         new_manual = docs_dir / "manual-v2.md"
         manual.rename(new_manual)

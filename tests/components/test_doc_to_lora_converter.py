@@ -20,22 +20,9 @@ def converter(tmp_path: Path, engine_params: dict) -> DocToLoRAConverter:
     return DocToLoRAConverter(store=str(tmp_path / "adapters"), **engine_params)
 
 
-def _count_internalize(conv: DocToLoRAConverter, monkeypatch) -> list[str]:
-    calls: list[str] = []
-    engine = conv.engine
-    original = engine.internalize
-
-    def counting(text, **kw):
-        calls.append(text)
-        return original(text, **kw)
-
-    monkeypatch.setattr(engine, "internalize", counting)
-    return calls
-
-
 class TestDocToLoRAConverter:
-    def test_internalizes_and_skips_unchanged(self, converter: DocToLoRAConverter, monkeypatch):
-        calls = _count_internalize(converter, monkeypatch)
+    def test_internalizes_and_skips_unchanged(self, converter: DocToLoRAConverter, count_internalize):
+        calls = count_internalize(converter.engine)
         docs = [Document(content=TEXT_A, meta={"file_path": "/a.md", "title": "Kettle"}),
                 Document(content=TEXT_B, meta={"d2l_doc_id": "office"})]
         out = converter.run(documents=docs)
@@ -54,8 +41,8 @@ class TestDocToLoRAConverter:
         changed = converter.run(documents=[Document(content=TEXT_A + " New.", meta={"file_path": "/a.md"})])
         assert changed["internalized"] == 1 and len(calls) == 3
 
-    def test_copy_of_a_stored_document_reuses_its_adapter(self, converter: DocToLoRAConverter, monkeypatch):
-        calls = _count_internalize(converter, monkeypatch)
+    def test_copy_of_a_stored_document_reuses_its_adapter(self, converter: DocToLoRAConverter, count_internalize):
+        calls = count_internalize(converter.engine)
         converter.run(documents=[Document(content=TEXT_A, meta={"file_path": "/a.md"})])
         out = converter.run(documents=[Document(content=TEXT_A, meta={"file_path": "/copy-of-a.md"})])
         assert (out["internalized"], out["skipped"], len(calls)) == (0, 1, 1)
