@@ -65,6 +65,7 @@ from d2l_haystack.components import (
 )
 from d2l_haystack.components._utils import (
     EMBEDDING_DIM,
+    PerPath,
     atomic_write_json,
     file_signature,
     resolve_embedding_model,
@@ -219,18 +220,8 @@ class CommitGate:
         return self.hold(True)
 
 
-_GATES: dict[str, CommitGate] = {}
-_GATES_LOCK = threading.Lock()
-
-
-def commit_gate(path: str | Path) -> CommitGate:
-    """The process-wide :class:`CommitGate` of a gate file."""
-    key = os.path.realpath(os.path.expanduser(str(path)))
-    with _GATES_LOCK:
-        gate = _GATES.get(key)
-        if gate is None:
-            gate = _GATES[key] = CommitGate(key)
-        return gate
+commit_gate: PerPath[CommitGate] = PerPath(CommitGate)
+"""The process-wide :class:`CommitGate` of a gate file."""
 
 
 class Workspace:

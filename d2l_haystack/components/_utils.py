@@ -14,15 +14,17 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows: thread locking only
     fcntl = None  # type: ignore[assignment]
+
+T = TypeVar("T")
 
 EMBEDDING_DIM = 384
 """Dimension of the packaged all-MiniLM-L6-v2 embeddings."""
@@ -119,22 +121,29 @@ class FileLock:
             yield
 
 
-_LOCKS: dict[str, FileLock] = {}
-_LOCKS_GUARD = threading.Lock()
+class PerPath(Generic[T]):
+    """One process-wide object per real path, built on first use by ``factory(real_path)``."""
+
+    def __init__(self, factory: Callable[[str], T]) -> None:
+        self._factory = factory
+        self._objects: dict[str, T] = {}
+        self._guard = threading.Lock()
+
+    def __call__(self, path: str | Path) -> T:
+        key = os.path.realpath(os.path.expanduser(str(path)))
+        with self._guard:
+            obj = self._objects.get(key)
+            if obj is None:
+                obj = self._objects[key] = self._factory(key)
+            return obj
 
 
-def shared_lock(path: str | Path) -> FileLock:
-    """The process-wide :class:`FileLock` of ``path``.
+shared_lock: PerPath[FileLock] = PerPath(FileLock)
+"""The process-wide :class:`FileLock` of a path.
 
-    Every object guarding the same file uses one lock object, so nested use from one thread
-    (two store instances of one folder) re-enters instead of deadlocking on ``flock``.
-    """
-    key = os.path.realpath(os.path.expanduser(str(path)))
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(key)
-        if lock is None:
-            lock = _LOCKS[key] = FileLock(key)
-        return lock
+Every object guarding the same file uses one lock object, so nested use from one thread
+(two store instances of one folder) re-enters instead of deadlocking on ``flock``.
+"""
 
 
 def source_key(meta: dict[str, Any], fallback: str) -> str:
