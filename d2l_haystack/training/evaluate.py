@@ -147,19 +147,28 @@ class ICLMethod(Method):
 
     def __init__(self, engine: D2LEngine, max_new_tokens: int = 32) -> None:
         super().__init__(engine, max_new_tokens)
-        self._cache: dict[str, tuple[str, bool]] = {}
+        self._doc_ids: dict[str, tuple[str, list[int]]] = {}  # tokenized once per document, not per question
 
-    def fit_context(self, text: str, question: str) -> tuple[str, bool]:
+    def fit_context(self, text: str, question: str, doc_id: str | None = None) -> tuple[str, bool]:
         window = int(getattr(self.engine.model.config, "max_position_embeddings", 8192))
         overhead = len(self.engine.prompt_ids(question, context="")) + self.max_new_tokens + 8
         budget = window - overhead
-        ids = self.engine.format.document_ids(text)
+        cached = self._doc_ids.get(doc_id) if doc_id is not None else None
+        if cached is not None and cached[0] == text:  # an edited document is tokenized again
+            ids = cached[1]
+        else:
+            ids = self.engine.format.document_ids(text)
+            if doc_id is not None:
+                self._doc_ids[doc_id] = (text, ids)
         if len(ids) <= budget:
             return text, False
         return self.engine.tokenizer.decode(ids[:budget]), True
 
+    def release(self, doc_id: str) -> None:
+        self._doc_ids.pop(doc_id, None)
+
     def answer(self, doc_id: str, text: str, question: str) -> GenerationResult:
-        context, cut = self.fit_context(text, question)
+        context, cut = self.fit_context(text, question, doc_id)
         self.truncated += int(cut)
         result = self.engine.generate(question, context=context, max_new_tokens=self.max_new_tokens)
         result.meta["truncated"] = cut
