@@ -1,4 +1,4 @@
-"""``d2l train``, ``d2l eval`` and ``d2l niah``."""
+"""``d2l train``."""
 
 from __future__ import annotations
 
@@ -16,12 +16,6 @@ def register(sub: Any) -> None:
     p.add_argument("--device", help="cpu / cuda (default: cuda when available)")
     p.add_argument("--init-from", help="start from this checkpoint folder")
     p.set_defaults(handler=_train)
-    try:
-        from . import eval_cmds
-
-        eval_cmds.register(sub)
-    except ImportError:  # pragma: no cover - optional while developing
-        pass
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -20,10 +20,14 @@ class _EarlyExit(Exception):
         self.hidden = hidden
 
 
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder (the model without its LM head) of a causal LM."""
+    return model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The list of decoder layers of a causal LM (Llama, Qwen2, Mistral, Gemma...)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
-    layers = getattr(decoder, "layers", None)
+    layers = getattr(decoder_of(model), "layers", None)
     if layers is None:
         raise ValueError(f"cannot find decoder layers in {type(model).__name__}")
     return layers
@@ -38,7 +42,7 @@ class ContextEncoder:
         self.exit_layer = exit_layer
         self._local = threading.local()
         layers = decoder_layers(model)
-        self._decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        self._decoder = decoder_of(model)
         self._hook = layers[exit_layer - 1].register_forward_hook(self._exit_hook)
 
     def _exit_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:

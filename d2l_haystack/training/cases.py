@@ -66,9 +66,11 @@ def niah_cases(tokenizer: Any, lengths: list[int], depths: list[float], per_cell
                     total += lens[i % len(sentences)]
                     i += 1
                 # per-sentence counts are estimates (joining changes tokenization): top up on the real count
-                while len(tokenizer(" ".join(chosen), add_special_tokens=False)["input_ids"]) < length:
-                    chosen.append(sentences[i % len(sentences)])
-                    i += 1
+                while (missing := length - len(tokenizer(" ".join(chosen), add_special_tokens=False)["input_ids"])) > 0:
+                    while missing > 0:
+                        missing -= lens[i % len(sentences)]
+                        chosen.append(sentences[i % len(sentences)])
+                        i += 1
                 needle, question, answer = _needle(rng, template)
                 pos = int(round(depth * len(chosen)))
                 chosen.insert(pos, needle)

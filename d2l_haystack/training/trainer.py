@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.encoder import ContextEncoder, pad_batch
+from ..core.encoder import ContextEncoder, decoder_of, pad_batch
 from ..core.hypernet import Hypernetwork, config_for_model, load_checkpoint, save_checkpoint
 from ..core.lora import get_hooks
 from ..core.models import get_model
@@ -263,9 +263,7 @@ class Trainer:
             wrapped.extend(self.fmt.wrap_chunk(c) for c in chunks)
         ids_t, mask = pad_batch(wrapped, self.tok.pad_token_id, self.device)
         with self._autocast():
-            feats = self.encoder(ids_t, mask)
-        with self._autocast():
-            factors = self.hypernet(feats, mask)
+            factors = self.hypernet(self.encoder(ids_t, mask), mask)
         k_max = max(counts)
         bias = self.hypernet.bias_block()
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -313,7 +311,7 @@ class Trainer:
         target = labels[:, 1:]
         valid_b = target != -100
         with self._autocast(), self.hooks.apply(qf, scale=self.hypernet.config.alpha):
-            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = decoder_of(self.model)(input_ids=ids, attention_mask=mask).last_hidden_state
             # the vocabulary projection only where there is a label (answers are a few tokens)
             picked = self.model.get_output_embeddings()(hidden[:, :-1][valid_b])
         picked = picked.float()
