@@ -36,6 +36,7 @@ from ..core.lora import get_hooks
 from ..core.models import get_model
 from ..core.prompts import ChatFormat, chunk_token_ids
 from . import data as D
+from .teacher import TeacherCache, soft_cross_entropy
 
 
 @dataclass
@@ -69,6 +70,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     l1: float = 0.1
+    distill_top_k: int = 0
+    """> 0: questions of the kinds in ``distill_kinds`` are trained by top-k context distillation
+    (targets: the base model's greedy answer WITH the document and its top-k probabilities,
+    :mod:`.teacher`) instead of cross-entropy on the gold answer."""
+    distill_kinds: list[str] = field(default_factory=lambda: ["squad"])
+    teacher_max_new_tokens: int = 32
     bias_trainable_from: int = 0
     phases: list[Phase] = field(default_factory=lambda: [Phase(until_step=10**9)])
     checkpoint_seconds: float = 300.0
@@ -135,6 +142,8 @@ class Trainer:
         hc = self.hypernet.config
         self.encoder = ContextEncoder(self.model, hc.encoder_mode, hc.exit_layer)
         self.hooks = get_hooks(self.model, hc.target_modules)
+        self.teacher = TeacherCache(self.model, self.fmt, config.distill_top_k, config.teacher_max_new_tokens,
+                                    path=self.out / "teacher.pt") if config.distill_top_k > 0 else None
         decay, no_decay = [], []
         for name, p in self.hypernet.named_parameters():
             plain = p.dim() < 2 or any(k in name for k in ("scale_", "norm", "latents", "layer_embed", "bias_"))
@@ -168,6 +177,8 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.out / "state.pt")
         save_checkpoint(self.hypernet, self.out / "checkpoint", info=self._info())
+        if self.teacher is not None:
+            self.teacher.save()
         self._plot()
 
     def _load_state(self) -> None:
@@ -294,10 +305,24 @@ class Trainer:
     def loss(self, docs: list[D.TrainDoc]) -> tuple[torch.Tensor, dict[str, Any]]:
         factors, l1 = self.doc_factors(docs)
         seqs, labels_start, q_doc, kinds = [], [], [], []
+        soft_ids, soft_probs = [], []  # per question: (answer length, k) targets
+        k = max(1, self.cfg.distill_top_k)
+        distilled = [(doc.text, qa.question) for doc in docs for qa in doc.qas
+                     if self.teacher is not None and qa.kind in self.cfg.distill_kinds]
+        teacher = iter(self.teacher.get_many(distilled) if self.teacher is not None else [])
         for d, doc in enumerate(docs):
             for qa in doc.qas:
                 prompt = self.fmt.question_ids(qa.question)
-                ans = self.fmt.answer_ids(qa.answer)
+                if self.teacher is not None and qa.kind in self.cfg.distill_kinds:
+                    t = next(teacher)
+                    ans, t_ids, t_probs = t.ids, t.top_ids, t.top_probs
+                else:  # one-hot on the gold answer
+                    ans = self.fmt.answer_ids(qa.answer)
+                    t_ids = torch.tensor(ans, dtype=torch.long)[:, None].expand(-1, k)
+                    t_probs = torch.zeros(len(ans), k)
+                    t_probs[:, 0] = 1.0
+                soft_ids.append(t_ids)
+                soft_probs.append(t_probs)
                 seqs.append(prompt + ans)
                 labels_start.append(len(prompt))
                 q_doc.append(d)
@@ -316,7 +341,9 @@ class Trainer:
             picked = self.model.get_output_embeddings()(hidden[:, :-1][valid_b])
         picked = picked.float()
         flat_target = target[valid_b]
-        flat_loss = F.cross_entropy(picked, flat_target, reduction="none")
+        # rows of ``picked`` are the answer positions of each question in order
+        flat_loss = soft_cross_entropy(picked, torch.cat(soft_ids).to(self.device),
+                                       torch.cat(soft_probs).to(self.device))
         tok_loss = torch.zeros(target.shape, device=self.device).masked_scatter(valid_b, flat_loss)
         hit = torch.ones(target.shape, dtype=torch.bool, device=self.device).masked_scatter(
             valid_b, picked.argmax(-1) == flat_target)

@@ -1,0 +1,151 @@
+"""Top-k context-distillation targets: the base model reading the document (computed once, cached).
+
+The reference D2L trains its QA samples by context distillation: the teacher is the frozen base
+model WITH the document in the prompt; its greedy answer and the top-``k`` next-token
+probabilities along that answer are stored, and the student (base model + generated adapter, no
+document) minimises the cross-entropy against them. Soft targets carry more signal per token
+than a one-hot gold answer and ask the student for what the base model can actually do with the
+document.
+
+:class:`TeacherCache` computes a target the first time a ``(document, question)`` pair is seen
+and keeps it (greedy decoding is deterministic, so a resumed run sees the same targets whether
+they are recomputed or loaded). ``save()`` writes the cache atomically beside the training state.
+
+Usage::
+
+    cache = TeacherCache(model, ChatFormat(tokenizer), top_k=16, path=run_dir / "teacher.pt")
+    target = cache.get(document, question)   # TeacherTarget(ids, top_ids, top_probs)
+    cache.save()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.prompts import ChatFormat
+
+
+@dataclass
+class TeacherTarget:
+    """The teacher's greedy answer and its top-k distribution at every answer position."""
+
+    ids: list[int]
+    """Answer token ids (ending with the end-of-turn token when the teacher stopped)."""
+    top_ids: torch.Tensor
+    """``(len(ids), k)`` int64: the k most likely tokens at each position (column 0 = ``ids``)."""
+    top_probs: torch.Tensor
+    """``(len(ids), k)`` float32: their probabilities renormalised over the k tokens (rows sum to 1)."""
+
+
+def _key(document: str, question: str) -> str:
+    return hashlib.sha1(f"{document}\x00{question}".encode()).hexdigest()
+
+
+class TeacherCache:
+    """Greedy answers and top-k distributions of the base model with the document in the prompt."""
+
+    def __init__(self, model: Any, fmt: ChatFormat, top_k: int = 16, max_new_tokens: int = 32,
+                 max_prompt_tokens: int | None = None, path: str | Path | None = None) -> None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        self.model, self.fmt, self.top_k = model, fmt, top_k
+        self.max_new_tokens = max_new_tokens
+        window = getattr(model.config, "max_position_embeddings", None) or 8192
+        self.max_prompt_tokens = max_prompt_tokens or window - max_new_tokens
+        self.path = Path(path) if path else None
+        self._entries: dict[str, dict[str, Any]] = {}
+        self.computed = 0
+        if self.path and self.path.is_file():
+            saved = torch.load(self.path, weights_only=True)
+            if saved.get("top_k") == top_k and saved.get("max_new_tokens") == max_new_tokens:
+                self._entries = saved["entries"]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, document: str, question: str) -> TeacherTarget:
+        """The target of one pair (computed now if it is not cached)."""
+        return self.get_many([(document, question)])[0]
+
+    def get_many(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[TeacherTarget]:
+        """Targets of ``(document, question)`` pairs; missing ones are computed in left-padded batches."""
+        keys = [_key(d, q) for d, q in pairs]
+        missing: dict[str, tuple[str, str]] = {}
+        for key, pair in zip(keys, pairs):
+            if key not in self._entries:
+                missing.setdefault(key, pair)
+        todo = list(missing.items())
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            for (key, _), entry in zip(batch, self._compute([pair for _, pair in batch])):
+                self._entries[key] = entry
+                self.computed += 1
+        return [TeacherTarget(self._entries[k]["ids"].tolist(), self._entries[k]["top_ids"].long(),
+                              self._entries[k]["top_probs"].float()) for k in keys]
+
+    def _prompt(self, document: str, question: str) -> list[int]:
+        prompt = self.fmt.question_ids(question, context=document)
+        overflow = len(prompt) - self.max_prompt_tokens
+        if overflow > 0:  # keep the question and the template: shorten the document's end
+            doc_ids = self.fmt.document_ids(document)
+            document = self.fmt.tokenizer.decode(doc_ids[: max(0, len(doc_ids) - overflow - 16)])
+            prompt = self.fmt.question_ids(question, context=document)
+        return prompt
+
+    @torch.no_grad()
+    def _compute(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        prompts = [self._prompt(d, q) for d, q in pairs]
+        width = max(len(p) for p in prompts)
+        pad = self.fmt.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.fmt.stop_ids[0]
+        device = next(self.model.parameters()).device
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, p in enumerate(prompts):  # left padding: every answer starts at column ``width``
+            ids[j, width - len(p):] = torch.tensor(p)
+            mask[j, width - len(p):] = 1
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  max_new_tokens=self.max_new_tokens, do_sample=False,
+                                  eos_token_id=self.fmt.stop_ids, pad_token_id=pad,
+                                  output_logits=True, return_dict_in_generate=True,
+                                  temperature=None, top_p=None, top_k=None)
+        logits_all = torch.stack([step.float() for step in out.logits], dim=1)  # (B, T, V)
+        stops = set(self.fmt.stop_ids)
+        entries = []
+        for j in range(len(prompts)):
+            answer = out.sequences[j, width:].tolist()
+            end = next((i for i, t in enumerate(answer) if t in stops), None)
+            n = len(answer) if end is None else end + 1
+            answer, logits = answer[:n], logits_all[j, :n]
+            if end is not None and self.fmt.end_of_turn_id is not None:
+                answer[-1] = self.fmt.end_of_turn_id  # one end token for every answer
+            logp = torch.log_softmax(logits, dim=-1)
+            top_lp, top_ids = logp.topk(min(self.top_k, logp.shape[-1]), dim=-1)
+            top_ids[:, 0] = torch.tensor(answer)  # greedy: column 0 is the chosen token
+            entries.append({"ids": torch.tensor(answer, dtype=torch.int32),
+                            "top_ids": top_ids.to(torch.int32).cpu(),
+                            "top_probs": torch.softmax(top_lp, dim=-1).to(torch.float16).cpu()})
+        return entries
+
+    def save(self) -> None:
+        """Write the cache atomically (``path`` given at construction)."""
+        if not self.path:
+            return
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        torch.save({"top_k": self.top_k, "max_new_tokens": self.max_new_tokens, "entries": self._entries}, tmp)
+        os.replace(tmp, self.path)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy of ``logits (N, V)`` against sparse targets ``(N, k)``.
+
+    A one-hot target (probability 1 in column 0) gives the ordinary cross-entropy.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(target_probs * logp.gather(1, target_ids)).sum(-1)
