@@ -306,7 +306,7 @@ class Trainer:
         factors, l1 = self.doc_factors(docs)
         seqs, labels_start, q_doc, kinds = [], [], [], []
         soft_ids, soft_probs = [], []  # per question: (answer length, k) targets
-        k = max(1, self.cfg.distill_top_k)
+        k_top = max(1, self.cfg.distill_top_k)
         distilled = [(doc.text, qa.question) for doc in docs for qa in doc.qas
                      if self.teacher is not None and qa.kind in self.cfg.distill_kinds]
         teacher = iter(self.teacher.get_many(distilled) if self.teacher is not None else [])
@@ -318,8 +318,8 @@ class Trainer:
                     ans, t_ids, t_probs = t.ids, t.top_ids, t.top_probs
                 else:  # one-hot on the gold answer
                     ans = self.fmt.answer_ids(qa.answer)
-                    t_ids = torch.tensor(ans, dtype=torch.long)[:, None].expand(-1, k)
-                    t_probs = torch.zeros(len(ans), k)
+                    t_ids = torch.tensor(ans, dtype=torch.long)[:, None].expand(-1, k_top)
+                    t_probs = torch.zeros(len(ans), k_top)
                     t_probs[:, 0] = 1.0
                 soft_ids.append(t_ids)
                 soft_probs.append(t_probs)
@@ -327,29 +327,8 @@ class Trainer:
                 labels_start.append(len(prompt))
                 q_doc.append(d)
                 kinds.append(qa.kind)
-        ids, mask = pad_batch(seqs, self.tok.pad_token_id, self.device)
-        labels = torch.full_like(ids, -100)
-        for i, (s, start) in enumerate(zip(seqs, labels_start)):
-            labels[i, start:len(s)] = ids[i, start:len(s)]
+        q_loss, correct = self._student(factors, seqs, labels_start, q_doc, soft_ids, soft_probs)
         idx = torch.tensor(q_doc, device=self.device)
-        qf = {m: (a[idx], b[idx]) for m, (a, b) in factors.items()}
-        target = labels[:, 1:]
-        valid_b = target != -100
-        with self._autocast(), self.hooks.apply(qf, scale=self.hypernet.config.alpha):
-            hidden = decoder_of(self.model)(input_ids=ids, attention_mask=mask).last_hidden_state
-            # the vocabulary projection only where there is a label (answers are a few tokens)
-            picked = self.model.get_output_embeddings()(hidden[:, :-1][valid_b])
-        picked = picked.float()
-        flat_target = target[valid_b]
-        # rows of ``picked`` are the answer positions of each question in order
-        flat_loss = soft_cross_entropy(picked, torch.cat(soft_ids).to(self.device),
-                                       torch.cat(soft_probs).to(self.device))
-        tok_loss = torch.zeros(target.shape, device=self.device).masked_scatter(valid_b, flat_loss)
-        hit = torch.ones(target.shape, dtype=torch.bool, device=self.device).masked_scatter(
-            valid_b, picked.argmax(-1) == flat_target)
-        valid = valid_b.float()
-        q_loss = (tok_loss * valid).sum(1) / valid.sum(1).clamp(min=1)
-        correct = hit.all(1).float()
         doc_loss = torch.zeros(len(docs), device=self.device).index_add(0, idx, q_loss)
         doc_n = torch.zeros(len(docs), device=self.device).index_add(0, idx, torch.ones_like(q_loss))
         ce = (doc_loss / doc_n).mean()
@@ -361,6 +340,45 @@ class Trainer:
                 stats[f"ce_{kind}"] = q_loss[sel].mean().item()
                 stats[f"acc_{kind}"] = correct[sel].mean().item()
         return total, stats
+
+    def _student(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], seqs: list[list[int]],
+                 starts: list[int], q_doc: list[int], soft_ids: list[torch.Tensor],
+                 soft_probs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-question mean answer loss and all-tokens-right flags of the student (no document).
+
+        Questions are run in (at most two) groups of similar length: long unrelated answers would
+        otherwise pad every short fact question of the batch.
+        """
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        lens = [len(seqs[i]) for i in order]
+        n = len(lens)
+        cost = [lens[-1] * n] + [lens[c - 1] * c + lens[-1] * (n - c) + 16 for c in range(1, n)]
+        cut = min(range(len(cost)), key=cost.__getitem__)
+        groups = [order] if cut == 0 else [order[:cut], order[cut:]]
+        losses, hits = [], []
+        for group in groups:
+            ids, mask = pad_batch([seqs[i] for i in group], self.tok.pad_token_id, self.device)
+            # hidden state at position p predicts token p + 1: answer tokens are starts[i]..len - 1
+            rows = torch.cat([torch.full((len(seqs[i]) - starts[i],), j) for j, i in enumerate(group)]).to(self.device)
+            cols = torch.cat([torch.arange(starts[i] - 1, len(seqs[i]) - 1) for i in group]).to(self.device)
+            doc_idx = torch.tensor([q_doc[i] for i in group], device=self.device)
+            qf = {m: (a[doc_idx], b[doc_idx]) for m, (a, b) in factors.items()}
+            with self._autocast(), self.hooks.apply(qf, scale=self.hypernet.config.alpha):
+                hidden = decoder_of(self.model)(input_ids=ids, attention_mask=mask).last_hidden_state
+                # the vocabulary projection only at answer positions (answers are a few tokens)
+                picked = self.model.get_output_embeddings()(hidden[rows, cols])
+            picked = picked.float()
+            target = ids[rows, cols + 1]
+            flat_loss = soft_cross_entropy(picked, torch.cat([soft_ids[i] for i in group]).to(self.device),
+                                           torch.cat([soft_probs[i] for i in group]).to(self.device))
+            n_tok = torch.zeros(len(group), device=self.device).index_add(0, rows, torch.ones_like(flat_loss))
+            losses.append(torch.zeros(len(group), device=self.device).index_add(0, rows, flat_loss) / n_tok)
+            good = (picked.argmax(-1) == target).float()
+            right = torch.zeros(len(group), device=self.device).index_add(0, rows, good)
+            hits.append(right == n_tok)
+        inverse = torch.empty(len(seqs), dtype=torch.long, device=self.device)
+        inverse[torch.tensor(order, device=self.device)] = torch.arange(len(seqs), device=self.device)
+        return torch.cat(losses)[inverse], torch.cat(hits).float()[inverse]
 
     # -- loop -------------------------------------------------------------------------------
     @torch.no_grad()

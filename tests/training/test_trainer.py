@@ -71,3 +71,37 @@ def test_documents_are_seeded_by_step(tiny_llama_dir, tmp_path):
         for qa in d.qas:
             if qa.kind == "fact":
                 assert qa.answer in d.text  # the fact asked about is in the document
+
+
+def test_grouped_student_loss_equals_one_question_at_a_time(tiny_llama_dir, tmp_path):
+    import numpy as np
+    import torch.nn.functional as F
+
+    from d2l_haystack.core.encoder import decoder_of
+
+    tr = Trainer(_config(tiny_llama_dir, tmp_path / "g"), log=_silent)
+    with torch.no_grad():  # a non-zero adapter, so the check covers the hooks too
+        tr.hypernet.scale_B.fill_(0.5)
+    docs = tr.make_docs(np.random.default_rng(3), tr.cfg.phases[1], 3)
+    docs[0].qas.append(D.QA("Write one long sentence about the harbor.", "word " * 30, "unrelated"))
+    factors, _ = tr.doc_factors(docs)
+    seqs, starts, q_doc, ids_, probs_ = [], [], [], [], []
+    for d, doc in enumerate(docs):
+        for qa in doc.qas:
+            prompt, ans = tr.fmt.question_ids(qa.question), tr.fmt.answer_ids(qa.answer)
+            seqs.append(prompt + ans)
+            starts.append(len(prompt))
+            q_doc.append(d)
+            ids_.append(torch.tensor(ans)[:, None])
+            probs_.append(torch.ones(len(ans), 1))
+    lengths = sorted(len(s) for s in seqs)
+    assert lengths[-1] - lengths[0] > 20  # long and short questions: two groups
+    q_loss, correct = tr._student(factors, seqs, starts, q_doc, ids_, probs_)
+    for i, seq in enumerate(seqs):
+        one = {m: (a[q_doc[i]][None], b[q_doc[i]][None]) for m, (a, b) in factors.items()}
+        with tr.hooks.apply(one, scale=tr.hypernet.config.alpha):
+            hidden = decoder_of(tr.model)(input_ids=torch.tensor([seq])).last_hidden_state
+            logits = tr.model.get_output_embeddings()(hidden[0, starts[i] - 1:-1])
+        target = torch.tensor(seq[starts[i]:])
+        assert torch.allclose(q_loss[i], F.cross_entropy(logits.float(), target), atol=1e-4)
+        assert bool(correct[i]) == bool((logits.argmax(-1) == target).all())
