@@ -103,6 +103,10 @@ def _model_for_adapter(adapter: Any) -> str:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from d2l_haystack.core import Adapter
+    from d2l_haystack.core.errors import InputError
+
+    if args.max_chunks is not None and args.max_chunks < 0:
+        raise InputError(f"--max-chunks must be >= 0 (0 applies every chunk), got {args.max_chunks}")
 
     adapter = None
     if args.adapter:
@@ -124,7 +128,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     result = engine.generate(args.question, adapter, max_new_tokens=args.max_new_tokens,
-                             streaming_callback=write if args.stream else None)
+                             streaming_callback=write if args.stream else None, max_chunks=args.max_chunks)
     if args.stream:
         print()
     else:
@@ -217,6 +221,9 @@ def register(subparsers: Any) -> None:
     _add_engine_options(p, from_adapter=True)
     p.add_argument("--chunk-tokens", type=int, default=None, metavar="N", help="tokens per chunk for --doc")
     p.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="answer length limit (default 128)")
+    p.add_argument("--max-chunks", type=int, default=None, metavar="N",
+                   help="apply only the N chunk adapters that respond most to the question "
+                        "(default 8; 0 applies every chunk)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="print the answer as it is generated (default: on)")
     p.set_defaults(handler=cmd_ask)

@@ -19,7 +19,7 @@ from .adapter_store import AdapterStore
 
 logger = logging.getLogger(__name__)
 
-_GEN_KEYS = {"max_new_tokens", "do_sample", "temperature", "top_p"}
+_GEN_KEYS = {"max_new_tokens", "do_sample", "temperature", "top_p", "max_chunks"}
 _ALIASES = {"max_tokens": "max_new_tokens", "max_length": "max_new_tokens"}
 
 
@@ -61,7 +61,8 @@ class AdapterGenerator:
     :param dtype: base model dtype.
     :param chunk_tokens: tokens per internalized chunk (part of the shared-engine key).
     :param store: the :class:`AdapterStore` (or its folder) that ``adapter_ids`` refer to.
-    :param generation_kwargs: defaults for ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
+    :param generation_kwargs: defaults for ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``,
+        ``max_chunks``.
     :param streaming_callback: called with a :class:`StreamingChunk` per text delta.
     :param max_context_tokens: chunks beyond this many tokens are left out of the prompt.
     :param record_queries: count a query in the store for each adapter used.
@@ -168,7 +169,8 @@ class AdapterGenerator:
         :param adapter_ids: document ids whose adapters to apply (from the store).
         :param documents: chunks to put in the prompt (RAG / hybrid).
         :param generation_kwargs: ``max_new_tokens`` (alias ``max_tokens``), ``do_sample``,
-            ``temperature``, ``top_p``.
+            ``temperature``, ``top_p``, ``max_chunks`` (chunk adapters applied per question, those
+            responding most to it; default 8, 0 = all).
         :param streaming_callback: overrides the init callback for this call.
         :param routing: the :class:`QueryRouter` decision, copied into the reply meta.
         :param adapter_weights: one weight per adapter (default 1.0 each).
@@ -229,6 +231,8 @@ class AdapterGenerator:
             "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.num_tokens,
                       "total_tokens": result.prompt_tokens + result.num_tokens},
         }
+        if "chunks_total" in result.meta:  # adapter chunks applied out of those stored
+            meta["adapter_chunks"] = {"applied": result.meta["chunks_applied"], "total": result.meta["chunks_total"]}
         if routing:
             meta["routing"] = routing
         return {"replies": [ChatMessage.from_assistant(result.text, meta=meta)]}

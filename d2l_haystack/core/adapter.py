@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,39 @@ class Adapter:
     def bias_factors(self) -> Factors:
         r = self.num_chunks * self.rank
         return {m: (a[:, r:], b[:, r:]) for m, (a, b) in self.factors.items()}
+
+    def chunk_responses(self, inputs: dict[str, dict[int, torch.Tensor]]) -> torch.Tensor:
+        """How strongly each chunk's adapter acts on the given layer inputs: ``(num_chunks,)``.
+
+        ``inputs[module][layer]`` are ``(tokens, d_in)`` inputs of a target layer, e.g. recorded
+        while the base model reads a question (:meth:`LoraHooks.capture`). The response of chunk
+        ``c`` is ``scale * sum over layers of ||x A_c^T B_c||`` (Frobenius norm over tokens and
+        output features): the size of the change that chunk alone would make to those activations.
+        """
+        k, r = self.num_chunks, self.rank
+        score = torch.zeros(k)
+        if k == 0:
+            return score
+        for m, (a, b) in self.document_factors().items():
+            for layer, x in inputs.get(m, {}).items():
+                x = x.to(a.device, torch.float32)
+                h = (x @ a[layer].float().T).reshape(x.shape[0], k, r)
+                y = torch.einsum("tkr,krd->tkd", h, b[layer].float().reshape(k, r, -1))
+                score += y.pow(2).sum(dim=(0, 2)).sqrt().cpu()
+        return score * self.scale
+
+    def select_chunks(self, indices: list[int]) -> Adapter:
+        """A new adapter made of the given chunks (kept in document order) and the bias block."""
+        chosen = sorted(set(int(i) for i in indices))
+        if any(i < 0 or i >= self.num_chunks for i in chosen):
+            raise ValueError(f"chunk indices must be in [0, {self.num_chunks}), got {indices}")
+        cols = [c * self.rank + j for c in chosen for j in range(self.rank)]
+        cols += list(range(self.num_chunks * self.rank, self.total_rank))
+        idx = torch.tensor(cols, dtype=torch.long)
+        factors = {m: (a.index_select(1, idx.to(a.device)), b.index_select(1, idx.to(b.device)))
+                   for m, (a, b) in self.factors.items()}
+        return replace(self, factors=factors, num_chunks=len(chosen),
+                       meta={**self.meta, "selected_chunks": chosen, "source_chunks": self.num_chunks})
 
     def effective_factors(self, weight: float = 1.0) -> Factors:
         """Factors with ``scale * weight`` folded into ``B`` (so the update scale is 1)."""

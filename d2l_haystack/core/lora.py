@@ -40,6 +40,9 @@ class LoraHooks:
 
     def _make_hook(self, layer: int, target: str) -> Any:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+            record = getattr(self._local, "record", None)
+            if record is not None:
+                record.setdefault(target, {})[layer] = inputs[0][0].detach()
             state = getattr(self._local, "state", None)
             if state is None or target not in state:
                 return None
@@ -68,6 +71,21 @@ class LoraHooks:
             yield
         finally:
             self._local.state, self._local.scale = previous
+
+    @contextmanager
+    def capture(self) -> Iterator[dict[str, dict[int, torch.Tensor]]]:
+        """Record the inputs of every target layer (first sample of the batch) in this thread.
+
+        Yields ``{target: {layer: (tokens, d_in)}}``, filled by the forward passes made inside
+        the block (the last pass wins).
+        """
+        previous = getattr(self._local, "record", None)
+        record: dict[str, dict[int, torch.Tensor]] = {}
+        self._local.record = record
+        try:
+            yield record
+        finally:
+            self._local.record = previous
 
     def remove(self) -> None:
         for h in self._handles:

@@ -46,6 +46,21 @@ class TestAdapterGenerator:
         reply = generator.run(messages=msgs, adapter_ids=["/manual.md"])["replies"][0]
         assert reply.meta["route"] == "d2l" and reply.meta["adapters"] == ["/manual.md"]
         assert store.info("/manual.md")["queries"] == 1
+        assert reply.meta["adapter_chunks"] == {"applied": 1, "total": 1}
+
+    def test_max_chunks_generation_kwarg(self, generator: AdapterGenerator, store: AdapterStore, engine_params: dict):
+        from d2l_haystack.core import get_engine
+
+        text = " ".join(f"Entry {i} says the shelf holds {i % 7} boxes of nails." for i in range(120))
+        store.put("/ledger.md", get_engine(**engine_params).internalize(text, progress=False))
+        total = store.get("/ledger.md").num_chunks
+        assert total > 2
+        reply = generator.run(messages="How many boxes?", adapter_ids=["/ledger.md", "/manual.md"],
+                              generation_kwargs={"max_chunks": 2})["replies"][0]
+        assert reply.meta["adapter_chunks"] == {"applied": 2, "total": total + 1}
+        every = generator.run(messages="How many boxes?", adapter_ids=["/ledger.md"],
+                              generation_kwargs={"max_chunks": 0})["replies"][0]
+        assert every.meta["adapter_chunks"] == {"applied": total, "total": total}
 
     def test_with_documents_and_hybrid(self, generator: AdapterGenerator):
         chunks = [Document(content="The warranty lasts 3 years.", meta={"file_path": "/faq.md"}, score=0.9)]

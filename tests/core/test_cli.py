@@ -107,6 +107,14 @@ def test_ask_with_doc_does_not_put_the_document_in_the_prompt(doc: Path, tiny: l
     assert call["question"] == "Which entry?"
     assert call.get("context") is None
     assert isinstance(call["adapters"], Adapter) and call["adapters"].num_tokens > 100
+    assert call["max_chunks"] is None  # the engine's default
+    assert main(["ask", "Which entry?", "--doc", str(doc), *tiny, "--max-new-tokens", "3", "--max-chunks", "0"]) == 0
+    assert calls[-1]["max_chunks"] == 0
+
+
+def test_ask_rejects_a_negative_max_chunks(doc: Path, tiny: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ask", "Q?", "--doc", str(doc), *tiny, "--max-chunks", "-1"]) == 2
+    assert "--max-chunks must be >= 0" in capsys.readouterr().err
 
 
 def test_ask_rejects_both_sources(doc: Path, tiny: list[str]) -> None:

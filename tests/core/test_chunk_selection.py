@@ -1,0 +1,117 @@
+"""Query-time chunk selection: long documents apply only the chunk adapters that respond most."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from d2l_haystack.core import D2LEngine
+from d2l_haystack.core.engine import DEFAULT_MAX_CHUNKS
+
+
+@pytest.fixture(scope="module")
+def many_chunks(nonzero_engine: D2LEngine, long_text):
+    adapter = nonzero_engine.internalize(long_text(400), progress=False)
+    assert adapter.num_chunks > 4
+    return adapter
+
+
+def _inputs(engine: D2LEngine, question: str):
+    with engine.hooks.capture() as inputs, torch.no_grad():
+        engine.model(input_ids=torch.tensor([engine.format.question_ids(question)]))
+    return inputs
+
+
+def test_capture_records_every_target_layer_and_stops_after_the_block(nonzero_engine: D2LEngine):
+    inputs = _inputs(nonzero_engine, "Where is the river?")
+    n_layers = nonzero_engine.config.num_layers
+    assert set(inputs) == set(nonzero_engine.config.target_modules)
+    for per_layer in inputs.values():
+        assert sorted(per_layer) == list(range(n_layers))
+    with torch.no_grad():
+        nonzero_engine.model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert all(x.shape[0] != 3 for per in inputs.values() for x in per.values())  # not recorded any more
+
+
+def test_chunk_responses_match_a_direct_computation(nonzero_engine: D2LEngine, many_chunks):
+    inputs = _inputs(nonzero_engine, "Where is the river?")
+    scores = many_chunks.chunk_responses(inputs)
+    assert scores.shape == (many_chunks.num_chunks,) and (scores > 0).all()
+    r = many_chunks.rank
+    for c in (0, many_chunks.num_chunks - 1):
+        expected = 0.0
+        for m, (a, b) in many_chunks.factors.items():
+            for layer, x in inputs[m].items():
+                delta = (x @ a[layer, c * r:(c + 1) * r].T) @ b[layer, c * r:(c + 1) * r]
+                expected += delta.norm().item()
+        assert scores[c].item() == pytest.approx(expected * many_chunks.scale, rel=1e-4)
+    # a chunk whose adapter is zero does not respond at all
+    zeroed = many_chunks.select_chunks(list(range(many_chunks.num_chunks)))
+    for _, b in zeroed.factors.values():
+        b[:, :r] = 0
+    assert zeroed.chunk_responses(inputs)[0] == 0
+
+
+def test_select_chunks_keeps_the_chosen_chunks_and_the_bias(many_chunks):
+    sub = many_chunks.select_chunks([3, 1])
+    r, k = many_chunks.rank, many_chunks.num_chunks
+    assert sub.num_chunks == 2 and sub.meta["selected_chunks"] == [1, 3]
+    for m, (a, b) in sub.factors.items():
+        full_a, full_b = many_chunks.factors[m]
+        assert torch.equal(a[:, :r], full_a[:, r:2 * r]) and torch.equal(b[:, r:2 * r], full_b[:, 3 * r:4 * r])
+        assert torch.equal(a[:, 2 * r:], full_a[:, k * r:])  # the bias block
+    with pytest.raises(ValueError, match="chunk indices"):
+        many_chunks.select_chunks([k])
+
+
+def test_generate_applies_only_the_most_responsive_chunks(nonzero_engine: D2LEngine, many_chunks):
+    question = "Where is the river?"
+    ids = nonzero_engine.format.question_ids(question)
+    scores = many_chunks.chunk_responses(_inputs(nonzero_engine, question))
+    top2 = scores.topk(2).indices.tolist()
+    result = nonzero_engine.generate(question, many_chunks, max_new_tokens=8, max_chunks=2)
+    assert result.meta == {"chunks_applied": 2, "chunks_total": many_chunks.num_chunks}
+    manual = nonzero_engine.generate(question, many_chunks.select_chunks(top2), max_new_tokens=8, max_chunks=0)
+    assert result.text == manual.text
+    # the selected adapter really differs from applying every chunk
+    every = nonzero_engine.logits(ids, many_chunks)
+    selected = nonzero_engine.logits(ids, many_chunks.select_chunks(top2))
+    assert not torch.allclose(every, selected)
+    everything = nonzero_engine.generate(question, many_chunks, max_new_tokens=8, max_chunks=0)
+    assert everything.meta == {"chunks_applied": many_chunks.num_chunks, "chunks_total": many_chunks.num_chunks}
+
+
+def test_selection_spans_several_adapters_and_keeps_short_documents_whole(nonzero_engine: D2LEngine,
+                                                                          many_chunks, sample_text):
+    short = nonzero_engine.internalize(sample_text)
+    ids = nonzero_engine.format.question_ids("Who built the lighthouse?")
+    kept, weights, meta = nonzero_engine.select_chunks(ids, [many_chunks, short], [1.0, 2.0], max_chunks=3)
+    assert meta["chunks_total"] == many_chunks.num_chunks + 1 and sum(a.num_chunks for a in kept) == 3
+    assert weights == [1.0, 2.0]
+    same, _, meta = nonzero_engine.select_chunks(ids, short)
+    assert same == [short] and meta == {"chunks_applied": 1, "chunks_total": 1}
+    assert nonzero_engine.max_chunks == DEFAULT_MAX_CHUNKS
+    with pytest.raises(ValueError, match="max_chunks"):
+        nonzero_engine.select_chunks(ids, short, max_chunks=-1)
+
+
+def test_the_needle_chunk_responds_most_on_the_real_model(real_engine: D2LEngine):
+    """With the shipped checkpoint, the chunk holding a fact is the one selected for its question."""
+    import numpy as np
+
+    from d2l_haystack.core.prompts import chunk_token_ids
+    from d2l_haystack.training.data import synthetic_sentence
+
+    rng = np.random.default_rng(0)
+    sentences = [synthetic_sentence(rng) for _ in range(520)]
+    sentences.insert(300, "The special magic number is 51370.")
+    document = " ".join(sentences)
+    chunks = chunk_token_ids(real_engine.format.document_ids(document), real_engine.chunk_tokens)
+    needle = next(i for i, c in enumerate(chunks) if "51370" in real_engine.tokenizer.decode(c))
+    adapter = real_engine.internalize(document, progress=False)
+    assert adapter.num_chunks == len(chunks) > DEFAULT_MAX_CHUNKS
+    question = "What is the special magic number?"
+    scores = adapter.chunk_responses(_inputs(real_engine, question))
+    assert int(scores.argmax()) == needle
+    result = real_engine.generate(question, adapter, max_new_tokens=8)
+    assert result.meta == {"chunks_applied": DEFAULT_MAX_CHUNKS, "chunks_total": len(chunks)}
