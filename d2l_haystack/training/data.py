@@ -241,10 +241,57 @@ def squad_document(rng: np.random.Generator, paragraphs: list[tuple[str, list[tu
     return TrainDoc("\n\n".join(c for c, _ in chosen), qas, "squad")
 
 
-def unrelated_questions(rng: np.random.Generator, n: int, squad_pool: list[str]) -> list[str]:
-    """Questions for interference control (answered later by the base model without adapter)."""
+# General-knowledge questions for interference control. None of them is a question of the
+# held-out interference set (d2l_haystack/data/general_qa.jsonl); general_questions() checks it.
+_GENERAL_TEMPLATES: list[tuple[str, list[str]]] = [
+    ("What is the capital of {}?", ("Portugal Greece Kenya Peru Norway Sweden Poland Turkey Argentina Thailand "
+                                    "Vietnam India Australia Ireland Austria Chile Cuba Morocco Nigeria").split()),
+    ("How many legs does a {} have?", "dog cat bird horse ant octopus cow chicken".split()),
+    ("What is the chemical symbol for {}?", "iron silver oxygen sodium carbon helium copper".split()),
+    ("Who wrote {}?", ["Hamlet", "Macbeth", "Pride and Prejudice", "War and Peace", "Don Quixote",
+                       "The Odyssey", "Oliver Twist", "Moby-Dick"]),
+    ("What language is spoken in {}?", "France Germany Italy Portugal Argentina Japan Sweden Greece".split()),
+    ("What color is {}?", ["grass", "snow", "coal", "a ripe tomato", "milk", "a lemon"]),
+    ("What is the plural of {}?", "mouse child goose tooth foot woman".split()),
+    ("How many {} are there?", ["minutes in an hour", "seconds in a minute", "days in a leap year",
+                                "weeks in a year", "players in a football team", "strings on a violin"]),
+    ("Which planet is {}?", ["closest to the Sun", "famous for its rings", "the third from the Sun"]),
+    ("What is the opposite of {}?", "happy up open wet young loud".split()),
+]
+
+
+def held_out_general_questions() -> set[str]:
+    """The questions of the held-out interference set (never used in training)."""
+    path = DATA_DIR / "general_qa.jsonl"
+    return {json.loads(line)["question"] for line in path.read_text().splitlines() if line.strip()}
+
+
+def general_question(rng: np.random.Generator, held_out: set[str]) -> str:
+    """A general-knowledge question (templates or arithmetic) that is not in ``held_out``."""
+    while True:
+        if rng.random() < 0.75:
+            template, fills = _GENERAL_TEMPLATES[int(rng.integers(len(_GENERAL_TEMPLATES)))]
+            q = template.format(fills[int(rng.integers(len(fills)))])
+        else:
+            a, b = int(rng.integers(2, 20)), int(rng.integers(2, 20))
+            q = str(rng.choice([f"What is {a} times {b}?", f"What is {a + b} minus {b}?", f"What is {a} plus {b}?"]))
+        if q not in held_out:
+            return q
+
+
+def unrelated_questions(rng: np.random.Generator, n: int, squad_pool: list[str],
+                        general_share: float = 0.0) -> list[str]:
+    """Questions for interference control (answered later by the base model without adapter).
+
+    ``general_share`` of them are general-knowledge questions (:func:`general_question`); with
+    0 the pool is exactly the one earlier checkpoints were trained with.
+    """
     out = []
+    held_out = held_out_general_questions() if general_share > 0 else set()
     for _ in range(n):
+        if general_share > 0 and rng.random() < general_share:
+            out.append(general_question(rng, held_out))
+            continue
         r = rng.random()
         if r < 0.5 and squad_pool:
             out.append(squad_pool[int(rng.integers(len(squad_pool)))])

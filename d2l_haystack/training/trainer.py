@@ -63,6 +63,8 @@ class TrainConfig:
     questions_per_doc: int = 2
     unrelated_prob: float = 0.3
     unrelated_pool: int = 256
+    unrelated_general_share: float = 0.0
+    """Share of the unrelated pool that is general-knowledge questions (:func:`.data.general_question`)."""
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
@@ -83,6 +85,8 @@ class TrainConfig:
     eval_docs: int = 48
     log_every: int = 10
     time_budget_seconds: float | None = None
+    stop_at_step: int | None = None
+    """Stop (with a checkpoint) at this step; unlike ``max_steps`` it leaves the schedule unchanged."""
     autocast: str = "auto"
     threads: int | None = None
 
@@ -207,7 +211,8 @@ class Trainer:
             self.unrelated = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
         else:
             rng = np.random.default_rng([self.cfg.seed, 7])
-            questions = D.unrelated_questions(rng, self.cfg.unrelated_pool, squad_questions)
+            questions = D.unrelated_questions(rng, self.cfg.unrelated_pool, squad_questions,
+                                              self.cfg.unrelated_general_share)
             answers = self.base_answers(questions)
             self.unrelated = [{"question": q, "answer": a} for q, a in zip(questions, answers)]
             with open(cache, "w") as fh:
@@ -442,12 +447,14 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
         self.log(f"training {self.hypernet.num_parameters() / 1e6:.2f}M-parameter hypernetwork on {self.device} "
-                 f"from step {self.step} to {cfg.max_steps} -> {self.out}")
+                 f"from step {self.step} to {cfg.stop_at_step or cfg.max_steps} (schedule: {cfg.max_steps} steps) "
+                 f"-> {self.out}")
         (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         session_start = time.perf_counter()
         last_ckpt = time.perf_counter()
         window: list[dict[str, Any]] = []
-        while self.step < cfg.max_steps:
+        last_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+        while self.step < last_step:
             t0 = time.perf_counter()
             phase = _phase_at(cfg.phases, self.step)
             self.opt.zero_grad(set_to_none=True)
@@ -471,7 +478,7 @@ class Trainer:
             window.append(row)
             out_of_time = cfg.time_budget_seconds is not None and \
                 time.perf_counter() - session_start > cfg.time_budget_seconds
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or out_of_time:
+            if self.step % cfg.log_every == 0 or self.step == last_step or out_of_time:
                 avg = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
                 avg["step"] = self.step
                 avg["elapsed"] = round(self.elapsed, 1)
@@ -480,7 +487,7 @@ class Trainer:
                          + " ".join(f"{k} {avg[k]:.2f}" for k in ("acc_fact", "acc_squad", "acc_unrelated") if k in avg)
                          + f" |B| {avg['scale_B']:.3f} {avg['seconds']:.2f}s/step")
                 window = []
-            if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+            if self.step % cfg.eval_every == 0 or self.step == last_step:
                 ev = self.evaluate()
                 ev["step"] = self.step
                 self._write_metrics(ev)

@@ -86,3 +86,18 @@ class TestNeedleCases:
             pos = c["document"].index(answer) / len(c["document"])
             assert pos < 0.2 if c["meta"]["depth"] == 0.0 else pos > 0.8
         assert len({c["answers"][0] for c in cases}) > 1
+
+
+def test_general_unrelated_questions_never_come_from_the_held_out_set():
+    import numpy as np
+
+    from d2l_haystack.training import data as D
+
+    held_out = D.held_out_general_questions()
+    assert "What is 5 plus 3?" in held_out  # reachable by the arithmetic template, so excluded
+    rng = np.random.default_rng(0)
+    drawn = [D.general_question(rng, held_out) for _ in range(3000)]
+    assert not set(drawn) & held_out and len(set(drawn)) > 300
+    pool = D.unrelated_questions(np.random.default_rng(1), 400, ["a SQuAD question?"], general_share=0.5)
+    assert not set(pool) & held_out
+    assert 150 < sum(q in set(drawn) or q.startswith("What is ") for q in pool) < 400

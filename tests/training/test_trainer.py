@@ -58,6 +58,21 @@ def test_resume_continues_exactly(tiny_llama_dir, tmp_path):
         assert torch.allclose(a, b, atol=1e-5), name
 
 
+def test_stop_at_leaves_the_schedule_unchanged(tiny_llama_dir, tmp_path):
+    straight = Trainer(_config(tiny_llama_dir, tmp_path / "s"), log=_silent)
+    straight.train()
+    stopped = Trainer(_config(tiny_llama_dir, tmp_path / "t", stop_at_step=3), log=_silent)
+    assert stopped.train()["step"] == 3
+    shorter = Trainer(_config(tiny_llama_dir, tmp_path / "u", max_steps=3), log=_silent)
+    shorter.train()  # max_steps=3 decays the learning rate sooner: other weights at step 3
+    assert any(not torch.allclose(a, b) for a, b in zip(stopped.hypernet.parameters(), shorter.hypernet.parameters()))
+    resumed = Trainer(_config(tiny_llama_dir, tmp_path / "t"), resume=True, log=_silent)
+    assert resumed.step == 3
+    resumed.train()
+    for (name, a), (_, b) in zip(straight.hypernet.state_dict().items(), resumed.hypernet.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
 def test_documents_are_seeded_by_step(tiny_llama_dir, tmp_path):
     import numpy as np
 
