@@ -101,3 +101,19 @@ def test_general_unrelated_questions_never_come_from_the_held_out_set():
     pool = D.unrelated_questions(np.random.default_rng(1), 400, ["a SQuAD question?"], general_share=0.5)
     assert not set(pool) & held_out
     assert 150 < sum(q in set(drawn) or q.startswith("What is ") for q in pool) < 400
+
+
+def test_every_committed_training_config_loads():
+    from pathlib import Path
+
+    from d2l_haystack.training.trainer import TrainConfig
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        cfg = TrainConfig.from_file(path)
+        assert cfg.phases and all(set(p.mix) <= {"needle", "squad"} for p in cfg.phases), path.name
+        assert all(int(k) >= 1 for p in cfg.phases for k in p.chunk_mix), path.name
+        assert [p.until_step for p in cfg.phases] == sorted(p.until_step for p in cfg.phases), path.name
+        if cfg.init_from and not cfg.init_from.startswith("runs/"):
+            assert (path.parents[1] / cfg.init_from / "config.json").is_file(), path.name
