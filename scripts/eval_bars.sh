@@ -18,4 +18,4 @@ run() { echo "== $1"; $D2L eval --cases "$OUT/cases/$1.jsonl" --methods "$2" --c
 run niah_chunk base,d2l 16
 run squad base,icl,d2l 32
 run interference base,d2l 32
-run niah_long base,icl,d2l 16
+run niah_long base,icl,d2l,d2l-all 16

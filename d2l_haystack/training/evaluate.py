@@ -191,15 +191,27 @@ class D2LMethod(Method):
         self.adapters[doc_id] = self.engine.internalize(text, progress=False)
         return time.perf_counter() - t
 
+    max_chunks: int | None = None
+    """Chunk adapters applied per question (``None``: the engine's default, 8)."""
+
     def answer(self, doc_id: str, text: str, question: str) -> GenerationResult:
-        return self.engine.generate(question, adapters=self.adapters[doc_id], max_new_tokens=self.max_new_tokens)
+        return self.engine.generate(question, adapters=self.adapters[doc_id], max_new_tokens=self.max_new_tokens,
+                                    max_chunks=self.max_chunks)
 
     def release(self, doc_id: str) -> None:
         self.adapters.pop(doc_id, None)
 
 
+class D2LAllChunksMethod(D2LMethod):
+    """``d2l`` applying every chunk adapter of the document (the published concatenation)."""
+
+    name = "d2l-all"
+    max_chunks = 0
+
+
 MethodFactory = Callable[[D2LEngine, int], Method]
-METHODS: dict[str, MethodFactory] = {"base": BaseMethod, "icl": ICLMethod, "d2l": D2LMethod}
+METHODS: dict[str, MethodFactory] = {"base": BaseMethod, "icl": ICLMethod, "d2l": D2LMethod,
+                                     "d2l-all": D2LAllChunksMethod}
 
 
 def register_method(name: str, factory: MethodFactory) -> None:

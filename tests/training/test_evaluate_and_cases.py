@@ -117,3 +117,24 @@ def test_every_committed_training_config_loads():
         assert [p.until_step for p in cfg.phases] == sorted(p.until_step for p in cfg.phases), path.name
         if cfg.init_from and not cfg.init_from.startswith("runs/"):
             assert (path.parents[1] / cfg.init_from / "config.json").is_file(), path.name
+
+
+def test_d2l_applies_at_most_max_chunks_and_d2l_all_every_chunk(nonzero_engine, long_text, monkeypatch):
+    from d2l_haystack.core.engine import D2LEngine
+    from d2l_haystack.training.evaluate import Case, run_eval
+
+    applied: list[dict] = []
+    original = D2LEngine.generate
+
+    def spy(self, question, adapters=None, **kwargs):
+        result = original(self, question, adapters, **kwargs)
+        applied.append(result.meta)
+        return result
+
+    monkeypatch.setattr(D2LEngine, "generate", spy)
+    case = Case(id="x", document=long_text(1200), question="How many barrels?", answers=["3"])
+    report = run_eval(nonzero_engine, [case], ["d2l", "d2l-all"], max_new_tokens=2, progress=False)
+    assert set(report["results"]) == {"d2l", "d2l-all"}
+    selected, every = applied
+    assert every["chunks_total"] == selected["chunks_total"] > 8
+    assert selected["chunks_applied"] == 8 and every["chunks_applied"] == every["chunks_total"]
