@@ -331,7 +331,7 @@ def _raw(engine: D2LEngine, cfg: BenchConfig, started: float, load_start: tuple[
         "wall_seconds": time.time() - started,
         "workload_seconds": timing,
         "config": cfg.to_dict(),
-        "engine": engine.describe(),
+        "engine": engine.describe(portable=True),
         "window_tokens": int(getattr(engine.model.config, "max_position_embeddings", 8192)),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(), "load_average_start": list(load_start),

@@ -29,7 +29,7 @@ from .encoder import ContextEncoder, pad_batch
 from .errors import AdapterError, InputError
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
 from .lora import Factors, get_hooks
-from .models import DEFAULT_MODEL, LoadedModel, get_model
+from .models import DEFAULT_MODEL, LoadedModel, cache_dir, get_model
 from .prompts import ChatFormat, chunk_token_ids
 from .textio import content_hash, validate_text
 
@@ -295,12 +295,31 @@ class D2LEngine:
         with self.hooks.apply(self._factors_for(adapters, None)):
             return self.model(input_ids=ids).logits[0]
 
-    def describe(self) -> dict[str, Any]:
-        return {"base_model": self.loaded.name, "model_path": self.loaded.path, "device": self.device,
-                "checkpoint": self.checkpoint_path or "untrained", "checkpoint_id": self.checkpoint_id,
+    def describe(self, portable: bool = False) -> dict[str, Any]:
+        """Model, checkpoint and widths of this engine.
+
+        :param portable: for result files shared between machines: paths inside this machine's
+            model cache become ``<cache>/...`` and a checkpoint inside the repository is given
+            relative to it (``d2l info`` shows the real paths).
+        """
+        model_path, checkpoint = self.loaded.path, self.checkpoint_path or "untrained"
+        if portable:
+            model_path = _portable_path(model_path, cache_dir(), "<cache>")
+            checkpoint = _portable_path(checkpoint, CHECKPOINTS_DIR.parents[1], None)
+        return {"base_model": self.loaded.name, "model_path": model_path, "device": self.device,
+                "checkpoint": checkpoint, "checkpoint_id": self.checkpoint_id,
                 "trained": self.trained, "hypernet_parameters": self.hypernet.num_parameters(),
                 "encoder_mode": self.config.encoder_mode, "exit_layer": self.config.exit_layer,
                 "rank": self.config.rank, "chunk_tokens": self.chunk_tokens}
+
+
+def _portable_path(path: str, root: Path, label: str | None) -> str:
+    """``path`` relative to ``root`` (prefixed by ``label``) when it lies inside it."""
+    try:
+        rel = Path(path).resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return path
+    return f"{label}/{rel.as_posix()}" if label else rel.as_posix()
 
 
 _ENGINES: dict[tuple[Any, ...], D2LEngine] = {}

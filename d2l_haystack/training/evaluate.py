@@ -273,7 +273,7 @@ def run_eval(engine: D2LEngine, cases: list[Case], methods: list[str], max_new_t
             results[name]["truncated"] = method.truncated
     bar.close()
     return {"results": results, "cases": rows,
-            "engine": engine.describe(), "max_new_tokens": max_new_tokens}
+            "engine": engine.describe(portable=True), "max_new_tokens": max_new_tokens}
 
 
 def format_table(results: dict[str, Any]) -> str:

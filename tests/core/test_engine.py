@@ -190,3 +190,13 @@ def test_read_text_file_refuses_a_fifo_without_blocking(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="not a regular file"):
         read_text_file(fifo)
+
+
+def test_portable_description_has_no_machine_paths(real_engine: D2LEngine) -> None:
+    portable = real_engine.describe(portable=True)
+    assert portable["model_path"] == "<cache>/smollm2-135m-instruct"
+    assert portable["checkpoint"] == "d2l_haystack/checkpoints/smollm2-135m-instruct"
+    plain = real_engine.describe()
+    assert plain["model_path"].endswith("smollm2-135m-instruct") and plain["model_path"].startswith("/")
+    assert {k: v for k, v in plain.items() if k not in ("model_path", "checkpoint")} == \
+        {k: v for k, v in portable.items() if k not in ("model_path", "checkpoint")}
