@@ -79,3 +79,16 @@ def pad_batch(sequences: list[list[int]], pad_id: int, device: str | torch.devic
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = 1
     return ids.to(device), mask.to(device)
+
+
+def left_pad_batch(sequences: list[list[int]], pad_id: int,
+                   device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into ``(ids, mask)`` (for batched generation: every sequence ends
+    at the last column, so generated tokens start at column ``ids.shape[1]``)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..core.encoder import left_pad_batch
 from ..core.prompts import ChatFormat
 
 
@@ -101,16 +102,11 @@ class TeacherCache:
     @torch.no_grad()
     def _compute(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
         prompts = [self._prompt(d, q) for d, q in pairs]
-        width = max(len(p) for p in prompts)
         pad = self.fmt.tokenizer.pad_token_id
         pad = pad if pad is not None else self.fmt.stop_ids[0]
-        device = next(self.model.parameters()).device
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, p in enumerate(prompts):  # left padding: every answer starts at column ``width``
-            ids[j, width - len(p):] = torch.tensor(p)
-            mask[j, width - len(p):] = 1
-        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+        ids, mask = left_pad_batch(prompts, pad, next(self.model.parameters()).device)
+        width = ids.shape[1]  # left padding: every answer starts at this column
+        out = self.model.generate(input_ids=ids, attention_mask=mask,
                                   max_new_tokens=self.max_new_tokens, do_sample=False,
                                   eos_token_id=self.fmt.stop_ids, pad_token_id=pad,
                                   output_logits=True, return_dict_in_generate=True,

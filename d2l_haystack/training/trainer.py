@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.encoder import ContextEncoder, decoder_of, pad_batch
+from ..core.encoder import ContextEncoder, decoder_of, left_pad_batch, pad_batch
 from ..core.hypernet import Hypernetwork, config_for_model, load_checkpoint, save_checkpoint
 from ..core.lora import get_hooks
 from ..core.models import get_model
@@ -228,13 +228,9 @@ class Trainer:
         pad = self.tok.pad_token_id
         for i in range(0, len(questions), batch):
             prompts = [self.fmt.question_ids(q) for q in questions[i:i + batch]]
-            width = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, p in enumerate(prompts):
-                ids[j, width - len(p):] = torch.tensor(p)
-                mask[j, width - len(p):] = 1
-            gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            ids, mask = left_pad_batch(prompts, pad, self.device)
+            width = ids.shape[1]
+            gen = self.model.generate(input_ids=ids, attention_mask=mask,
                                       max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                                       eos_token_id=self.fmt.stop_ids,
                                       temperature=None, top_p=None, top_k=None)
