@@ -115,3 +115,15 @@ def test_the_needle_chunk_responds_most_on_the_real_model(real_engine: D2LEngine
     assert int(scores.argmax()) == needle
     result = real_engine.generate(question, adapter, max_new_tokens=8)
     assert result.meta == {"chunks_applied": DEFAULT_MAX_CHUNKS, "chunks_total": len(chunks)}
+
+
+def test_adapters_of_another_model_are_rejected_before_any_selection(nonzero_engine: D2LEngine, many_chunks):
+    import dataclasses
+
+    from d2l_haystack.core.errors import AdapterError
+
+    foreign = dataclasses.replace(many_chunks, base_model="another-model")
+    with pytest.raises(AdapterError, match="another-model"):
+        nonzero_engine.generate("Where is the river?", foreign, max_new_tokens=2, max_chunks=2)
+    with pytest.raises(ValueError, match="max_chunks"):
+        D2LEngine(nonzero_engine.loaded.path, checkpoint=None, device="cpu", max_chunks=-1)
