@@ -46,21 +46,29 @@ def test_train_logs_checkpoints_and_plots(tiny_llama_dir, tmp_path):
     assert hyper.scale_B.abs().sum() > 0  # the B scalars moved away from their zero init
 
 
-def test_resume_continues_exactly(tiny_llama_dir, tmp_path):
-    straight = Trainer(_config(tiny_llama_dir, tmp_path / "a"), log=_silent)
+@pytest.fixture(scope="module")
+def straight_weights(tiny_llama_dir, tmp_path_factory):
+    """The weights after an uninterrupted run of the test config (what resumed runs must reach)."""
+    straight = Trainer(_config(tiny_llama_dir, tmp_path_factory.mktemp("straight")), log=_silent)
     straight.train()
+    return straight.hypernet.state_dict()
+
+
+def _assert_same_weights(expected, trainer) -> None:
+    for (name, a), (_, b) in zip(expected.items(), trainer.hypernet.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_resume_continues_exactly(tiny_llama_dir, tmp_path, straight_weights):
     first = Trainer(_config(tiny_llama_dir, tmp_path / "b", time_budget_seconds=0.0), log=_silent)
     assert first.train()["step"] == 1  # stopped by the time budget after one step, state saved
     resumed = Trainer(_config(tiny_llama_dir, tmp_path / "b"), resume=True, log=_silent)
     assert resumed.step == 1
     resumed.train()
-    for (name, a), (_, b) in zip(straight.hypernet.state_dict().items(), resumed.hypernet.state_dict().items()):
-        assert torch.allclose(a, b, atol=1e-5), name
+    _assert_same_weights(straight_weights, resumed)
 
 
-def test_stop_at_leaves_the_schedule_unchanged(tiny_llama_dir, tmp_path):
-    straight = Trainer(_config(tiny_llama_dir, tmp_path / "s"), log=_silent)
-    straight.train()
+def test_stop_at_leaves_the_schedule_unchanged(tiny_llama_dir, tmp_path, straight_weights):
     stopped = Trainer(_config(tiny_llama_dir, tmp_path / "t", stop_at_step=3), log=_silent)
     assert stopped.train()["step"] == 3
     shorter = Trainer(_config(tiny_llama_dir, tmp_path / "u", max_steps=3), log=_silent)
@@ -69,8 +77,7 @@ def test_stop_at_leaves_the_schedule_unchanged(tiny_llama_dir, tmp_path):
     resumed = Trainer(_config(tiny_llama_dir, tmp_path / "t"), resume=True, log=_silent)
     assert resumed.step == 3
     resumed.train()
-    for (name, a), (_, b) in zip(straight.hypernet.state_dict().items(), resumed.hypernet.state_dict().items()):
-        assert torch.allclose(a, b, atol=1e-5), name
+    _assert_same_weights(straight_weights, resumed)
 
 
 def test_documents_are_seeded_by_step(tiny_llama_dir, tmp_path):
