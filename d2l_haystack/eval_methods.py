@@ -72,7 +72,7 @@ _EMBEDDERS_LOCK = threading.Lock()
 
 def embedders(model: str | None = None) -> tuple[Any, Any]:
     """``(document embedder, text embedder)`` for the MiniLM model, warmed up once per process."""
-    from d2l_haystack.components._utils import resolve_embedding_model
+    from d2l_haystack.core.keys import resolve_embedding_model
 
     path = resolve_embedding_model(model)
     with _EMBEDDERS_LOCK:

@@ -66,8 +66,9 @@ from d2l_haystack.components import (
     QueryRouter,
     SourceFileConverter,
 )
-from d2l_haystack.components._utils import EMBEDDING_DIM, resolve_embedding_model
+from d2l_haystack.components._utils import EMBEDDING_DIM
 from d2l_haystack.core.errors import D2LError
+from d2l_haystack.core.keys import resolve_embedding_model
 from d2l_haystack.core.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:

@@ -68,7 +68,6 @@ from d2l_haystack.components._utils import (
     PerPath,
     atomic_write_json,
     file_signature,
-    resolve_embedding_model,
     shared_lock,
     source_filter,
 )
@@ -76,6 +75,7 @@ from d2l_haystack.components.internalization_router import parse_route
 from d2l_haystack.components.query_router import chunk_similarity
 from d2l_haystack.components.source_file_converter import read_source, supported_suffixes, title_of
 from d2l_haystack.core.errors import D2LError, InputError
+from d2l_haystack.core.keys import resolve_embedding_model
 from d2l_haystack.core.models import DEFAULT_MODEL
 from d2l_haystack.core.textio import content_hash, validate_text
 

@@ -177,3 +177,27 @@ def count_internalize(monkeypatch: pytest.MonkeyPatch):
         return calls
 
     return attach
+
+
+def _magic_number_document(engine, sentences: int, at: int) -> tuple[str, int]:
+    """Synthetic filler with "The special magic number is 51370." inserted before sentence ``at``.
+
+    :returns: ``(document, index of the chunk of engine holding the number)``.
+    """
+    import numpy as np
+
+    from d2l_haystack.core.prompts import chunk_token_ids
+    from d2l_haystack.training.data import synthetic_sentence
+
+    rng = np.random.default_rng(0)
+    parts = [synthetic_sentence(rng) for _ in range(sentences)]
+    parts.insert(at, "The special magic number is 51370.")
+    document = " ".join(parts)
+    chunks = chunk_token_ids(engine.format.document_ids(document), engine.chunk_tokens)
+    return document, next(i for i, c in enumerate(chunks) if "51370" in engine.tokenizer.decode(c))
+
+
+@pytest.fixture(scope="session")
+def magic_number_document():
+    """``magic_number_document(engine, sentences, at) -> (document, needle chunk index)``."""
+    return _magic_number_document

@@ -128,11 +128,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     result = engine.generate(args.question, adapter, max_new_tokens=args.max_new_tokens,
-                             streaming_callback=write if args.stream else None, max_chunks=args.max_chunks)
+                             streaming_callback=write if args.stream else None, max_chunks=args.max_chunks,
+                             gate=args.gate)
     if args.stream:
         print()
     else:
         print(result.text)
+    if result.meta.get("gated"):
+        print(f"(answered without the adapter: the question is not about the document -- best chunk "
+              f"relevance {result.meta['relevance']:.2f} < {engine.min_relevance:.2f}; --no-gate applies it anyway)",
+              file=sys.stderr)
     if args.verbose:
         print(f"({result.num_tokens} tokens in {result.seconds:.2f} s, first token after "
               f"{result.time_to_first_token:.2f} s, prompt {result.prompt_tokens} tokens)", file=sys.stderr)
@@ -222,8 +227,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--chunk-tokens", type=int, default=None, metavar="N", help="tokens per chunk for --doc")
     p.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="answer length limit (default 128)")
     p.add_argument("--max-chunks", type=int, default=None, metavar="N",
-                   help="apply only the N chunk adapters that respond most to the question "
-                        "(default 8; 0 applies every chunk)")
+                   help="apply at most the N chunk adapters the question is about "
+                        "(default 8; 0 applies every chunk, without relevance gate)")
+    p.add_argument("--gate", action=argparse.BooleanOptionalAction, default=True,
+                   help="apply no adapter when no chunk of the document is relevant to the question "
+                        "(default: on; --no-gate always applies the most relevant chunks)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="print the answer as it is generated (default: on)")
     p.set_defaults(handler=cmd_ask)

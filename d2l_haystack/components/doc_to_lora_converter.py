@@ -11,10 +11,11 @@ import numpy as np
 from haystack import Document, component, default_from_dict, default_to_dict
 
 from d2l_haystack.core.errors import InputError
+from d2l_haystack.core.keys import resolve_embedding_model, split_words
 from d2l_haystack.core.models import DEFAULT_MODEL
 from d2l_haystack.core.textio import content_hash, validate_text
 
-from ._utils import document_label, resolve_embedding_model, source_filter, source_key, split_words
+from ._utils import document_label, source_filter, source_key
 from .adapter_store import AdapterStore
 from .persistent_faiss_document_store import PersistentFAISSDocumentStore
 

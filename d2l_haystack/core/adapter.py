@@ -5,9 +5,9 @@ Rank layout: ``num_chunks * rank`` document components (chunk after chunk), then
 ``A: (L, R, d_in)``, ``B: (L, R, d_out)``; the update of a target layer is
 ``y = W x + scale * (x A^T) B`` (see :mod:`d2l_haystack.core.hypernet`).
 
-Files: one ``adapter.safetensors`` (fp16 tensors ``<module>.A`` / ``<module>.B``, metadata in
-the safetensors header), written atomically. :meth:`Adapter.to_peft` writes a standard PEFT
-LoRA folder that ``peft.PeftModel.from_pretrained`` loads.
+Files: one ``adapter.safetensors`` (fp16 tensors ``<module>.A`` / ``<module>.B``, optional chunk
+keys ``keys.vectors`` / ``keys.chunks``, metadata in the safetensors header), written
+atomically. :meth:`Adapter.to_peft` writes a standard PEFT LoRA folder that ``peft.PeftModel.from_pretrained`` loads.
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ class Adapter:
     num_tokens: int = 0
     module_paths: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Chunk keys (:mod:`d2l_haystack.core.keys`): normalised window embeddings ``(windows, dim)``,
+    #: the chunk each window belongs to ``(windows,)``, and the embedding model's name.
+    keys: torch.Tensor | None = None
+    key_chunks: torch.Tensor | None = None
+    key_model: str = ""
 
     @property
     def total_rank(self) -> int:
@@ -54,8 +59,11 @@ class Adapter:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the stored (fp16) tensors."""
-        return sum((a.numel() + b.numel()) * 2 for a, b in self.factors.values())
+        """Bytes of the stored tensors (fp16 factors and keys, int32 key chunk indices)."""
+        keys = 0
+        if self.keys is not None and self.key_chunks is not None:
+            keys = self.keys.numel() * 2 + self.key_chunks.numel() * 4
+        return sum((a.numel() + b.numel()) * 2 for a, b in self.factors.values()) + keys
 
     def document_factors(self) -> Factors:
         """The document components only (bias block removed)."""
@@ -86,6 +94,30 @@ class Adapter:
                 score += y.pow(2).sum(dim=(0, 2)).sqrt().cpu()
         return score * self.scale
 
+    @property
+    def has_keys(self) -> bool:
+        return self.keys is not None and self.key_chunks is not None and bool(self.key_model)
+
+    def chunk_relevance(self, query: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of a question embedding to each chunk's best window: ``(num_chunks,)``.
+
+        ``query`` is a normalised embedding from the adapter's ``key_model``; a chunk without
+        windows (no words) scores -1.
+
+        :raises AdapterError: the adapter has no chunk keys, or their width differs from ``query``.
+        """
+        if not self.has_keys:
+            raise AdapterError("adapter has no chunk keys (internalized with keys disabled, or an older file)")
+        assert self.keys is not None and self.key_chunks is not None
+        if self.keys.shape[-1] != query.shape[-1]:
+            raise AdapterError(f"chunk keys have {self.keys.shape[-1]} dimensions, the question embedding "
+                               f"{query.shape[-1]}: embed questions with '{self.key_model}'")
+        scores = torch.full((self.num_chunks,), -1.0)
+        if len(self.keys):
+            sims = self.keys.float() @ query.float().cpu()
+            scores.scatter_reduce_(0, self.key_chunks.long(), sims, reduce="amax")
+        return scores
+
     def select_chunks(self, indices: list[int]) -> Adapter:
         """A new adapter made of the given chunks (kept in document order) and the bias block."""
         chosen = sorted(set(int(i) for i in indices))
@@ -96,7 +128,14 @@ class Adapter:
         idx = torch.tensor(cols, dtype=torch.long)
         factors = {m: (a.index_select(1, idx.to(a.device)), b.index_select(1, idx.to(b.device)))
                    for m, (a, b) in self.factors.items()}
-        return replace(self, factors=factors, num_chunks=len(chosen),
+        keys, key_chunks = self.keys, self.key_chunks
+        if keys is not None and key_chunks is not None:
+            renumber = torch.full((self.num_chunks,), -1, dtype=torch.long)
+            renumber[torch.tensor(chosen, dtype=torch.long)] = torch.arange(len(chosen))
+            mapped = renumber[key_chunks.long()]
+            keep = mapped >= 0
+            keys, key_chunks = keys[keep], mapped[keep]
+        return replace(self, factors=factors, num_chunks=len(chosen), keys=keys, key_chunks=key_chunks,
                        meta={**self.meta, "selected_chunks": chosen, "source_chunks": self.num_chunks})
 
     def effective_factors(self, weight: float = 1.0) -> Factors:
@@ -111,7 +150,7 @@ class Adapter:
             "num_chunks": str(self.num_chunks), "base_model": self.base_model,
             "checkpoint_id": self.checkpoint_id, "content_hash": self.content_hash,
             "num_tokens": str(self.num_tokens), "module_paths": json.dumps(self.module_paths),
-            "meta": json.dumps(self.meta),
+            "meta": json.dumps(self.meta), "key_model": self.key_model if self.has_keys else "",
         }
 
     def save(self, path: str | Path) -> Path:
@@ -128,6 +167,10 @@ class Adapter:
         for m, (a, b) in self.factors.items():
             tensors[f"{m}.A"] = a.detach().to("cpu", torch.float16).contiguous()
             tensors[f"{m}.B"] = b.detach().to("cpu", torch.float16).contiguous()
+        if self.has_keys:
+            assert self.keys is not None and self.key_chunks is not None
+            tensors["keys.vectors"] = self.keys.detach().to("cpu", torch.float16).contiguous()
+            tensors["keys.chunks"] = self.key_chunks.detach().to("cpu", torch.int32).contiguous()
         fd, tmp = tempfile.mkstemp(prefix=".adapter-", suffix=".tmp", dir=target.parent)
         os.close(fd)
         try:
@@ -154,7 +197,7 @@ class Adapter:
             with safe_open(str(target), framework="pt", device=device) as fh:
                 meta = fh.metadata() or {}
                 keys = list(fh.keys())
-                tensors = {k: fh.get_tensor(k).float() for k in keys}
+                tensors = {k: fh.get_tensor(k) for k in keys}
         except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
             raise AdapterError(f"damaged adapter file {target}: {exc}") from exc
         if meta.get("d2l_format") != FORMAT_VERSION:
@@ -165,18 +208,29 @@ class Adapter:
                 m = k[:-2]
                 if f"{m}.B" not in tensors:
                     raise AdapterError(f"damaged adapter file {target}: {m}.B missing")
-                factors[m] = (tensors[k], tensors[f"{m}.B"])
+                factors[m] = (tensors[k].float(), tensors[f"{m}.B"].float())
         if not factors:
             raise AdapterError(f"damaged adapter file {target}: no tensors")
+        key_vectors, key_chunks = tensors.get("keys.vectors"), tensors.get("keys.chunks")
+        if (key_vectors is None) != (key_chunks is None) or (
+                key_vectors is not None and key_chunks is not None and len(key_vectors) != len(key_chunks)):
+            raise AdapterError(f"damaged adapter file {target}: incomplete chunk keys")
         try:
-            return cls(factors=factors, scale=float(meta["scale"]), rank=int(meta["rank"]),
+            adapter = cls(factors=factors, scale=float(meta["scale"]), rank=int(meta["rank"]),
                        bias_rank=int(meta["bias_rank"]), num_chunks=int(meta["num_chunks"]),
                        base_model=meta["base_model"], checkpoint_id=meta["checkpoint_id"],
                        content_hash=meta.get("content_hash", ""), num_tokens=int(meta.get("num_tokens", 0)),
                        module_paths=json.loads(meta.get("module_paths", "[]")),
-                       meta=json.loads(meta.get("meta", "{}")))
+                       meta=json.loads(meta.get("meta", "{}")),
+                       keys=None if key_vectors is None else key_vectors.float(),
+                       key_chunks=None if key_chunks is None else key_chunks.long(),
+                       key_model=meta.get("key_model", "") if key_vectors is not None else "")
         except (KeyError, ValueError) as exc:
             raise AdapterError(f"damaged adapter metadata in {target}: {exc}") from exc
+        if adapter.key_chunks is not None and len(adapter.key_chunks) and (
+                int(adapter.key_chunks.min()) < 0 or int(adapter.key_chunks.max()) >= adapter.num_chunks):
+            raise AdapterError(f"damaged adapter file {target}: chunk keys name chunks the adapter does not have")
+        return adapter
 
     def to_peft(self, folder: str | Path, base_model_name_or_path: str | None = None) -> Path:
         """Write a standard PEFT LoRA folder (``adapter_config.json``, ``adapter_model.safetensors``).

@@ -10,6 +10,11 @@ Usage example::
     engine = D2LEngine()                      # embedded SmolLM2-135M + shipped checkpoint
     adapter = engine.internalize(open("manual.txt").read())
     print(engine.generate("What is the warranty period?", adapters=adapter).text)
+
+Adapters carry chunk keys (:mod:`d2l_haystack.core.keys`): per question the engine applies only
+the chunks the question is about, and no adapter at all when no chunk reaches ``min_relevance``
+(the base model then answers as if nothing was internalized). ``max_chunks=0`` applies every
+chunk unconditionally (the hypernetwork alone).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .adapter import Adapter, compose
 from .encoder import ContextEncoder, decoder_of, pad_batch
 from .errors import AdapterError, InputError
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
+from .keys import DEFAULT_KEY_MODEL, KeyEncoder, get_key_encoder
 from .lora import Factors, get_hooks
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, get_model
 from .prompts import ChatFormat, chunk_token_ids
@@ -39,6 +45,14 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 DEFAULT_MAX_CHUNKS = 8
 """Chunks applied per question by default (the most chunks per document seen in meta-training)."""
+
+DEFAULT_MIN_RELEVANCE = 0.3
+"""Best chunk-key similarity below which a question gets no adapter. Chosen on training-side data
+(training filler with facts, SQuAD training paragraphs, the training pool of unrelated
+questions): 99 % of related questions score 0.3 or more, 97.5 % of unrelated ones less."""
+
+DEFAULT_RELEVANCE_MARGIN = 0.1
+"""Chunks within this similarity of the best chunk are applied with it (up to ``max_chunks``)."""
 
 
 def default_checkpoint(model_label: str) -> Path | None:
@@ -100,14 +114,21 @@ class D2LEngine:
     :param dtype: base model dtype.
     :param chunk_tokens: tokens per chunk (default: the checkpoint's).
     :param hypernet_widths: widths for an untrained hypernetwork (ignored with a checkpoint).
-    :param max_chunks: chunks applied per question when adapters hold more (the ones that
-        respond most strongly to the question, :meth:`select_chunks`); 0 applies every chunk.
+    :param max_chunks: most chunks applied per question (:meth:`select_chunks`); 0 applies every
+        chunk of every adapter, without selection or relevance gate.
+    :param keys: sentence-embedding model for chunk keys (default: the packaged MiniLM); ``None``
+        internalizes without keys (chunks are then ranked by their response to the question).
+    :param min_relevance: a question whose best chunk-key similarity is below this gets no
+        adapter; ``None`` never gates.
+    :param relevance_margin: chunks within this similarity of the best one are applied with it.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, checkpoint: str | None = "default",
                  device: str | None = None, dtype: str = "float32", chunk_tokens: int | None = None,
                  hypernet_widths: dict[str, Any] | None = None, seed: int = 0,
-                 max_chunks: int = DEFAULT_MAX_CHUNKS) -> None:
+                 max_chunks: int = DEFAULT_MAX_CHUNKS, keys: str | None = DEFAULT_KEY_MODEL,
+                 min_relevance: float | None = DEFAULT_MIN_RELEVANCE,
+                 relevance_margin: float = DEFAULT_RELEVANCE_MARGIN) -> None:
         self.loaded: LoadedModel = get_model(model, device=device, dtype=dtype)
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
@@ -133,11 +154,27 @@ class D2LEngine:
         self.config: HypernetConfig = self.hypernet.config
         self.chunk_tokens = chunk_tokens or self.config.chunk_tokens
         self.max_chunks = _checked_max_chunks(max_chunks)
+        self.key_model = keys or None
+        self.min_relevance = min_relevance
+        if relevance_margin < 0:
+            raise ValueError(f"relevance_margin must be >= 0, got {relevance_margin}")
+        self.relevance_margin = relevance_margin
+        self._key_encoder: KeyEncoder | None = None
         self.encoder = ContextEncoder(self.model, self.config.encoder_mode, self.config.exit_layer)
         self.hooks = get_hooks(self.model, self.config.target_modules)
         self._gen_lock = threading.Lock()
 
     # -- internalization ------------------------------------------------------------------
+    @property
+    def key_encoder(self) -> KeyEncoder | None:
+        """The chunk-key embedding model (loaded on first use), or ``None`` with keys disabled."""
+        if self.key_model is None:
+            return None
+        if self._key_encoder is None:
+            device = "cuda" if str(self.device).startswith("cuda") else "cpu"
+            self._key_encoder = get_key_encoder(self.key_model, device)
+        return self._key_encoder
+
     @torch.no_grad()
     def chunk_factors(self, wrapped: list[list[int]]) -> Factors:
         """Run encoder + hypernetwork on wrapped chunks: ``A: (chunks, L, r, d_in)``."""
@@ -161,6 +198,8 @@ class D2LEngine:
         from tqdm.auto import tqdm
 
         parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in self.config.target_modules}
+        keys: list[tuple[torch.Tensor, torch.Tensor]] = []
+        encoder = self.key_encoder
         bar = tqdm(total=len(chunks), desc="internalizing", unit="chunk", disable=not show)
         for start in range(0, len(chunks), batch_size):
             batch = [self.format.wrap_chunk(c) for c in chunks[start:start + batch_size]]
@@ -169,6 +208,10 @@ class D2LEngine:
                 # (n, L, r, d) -> per-chunk (L, r, d), kept on CPU
                 for i in range(a.shape[0]):
                     parts[m].append((a[i].float().cpu(), b[i].float().cpu()))
+            if encoder is not None:
+                vectors, owners = encoder.chunk_keys(
+                    [self.tokenizer.decode(c) for c in chunks[start:start + batch_size]])
+                keys.append((vectors, owners + start))
             bar.update(len(batch))
         bar.close()
         bias = self.hypernet.bias_block()
@@ -181,7 +224,10 @@ class D2LEngine:
                        bias_rank=self.config.bias_rank, num_chunks=len(chunks),
                        base_model=self.loaded.name, checkpoint_id=self.checkpoint_id,
                        content_hash=content_hash(text), num_tokens=len(ids),
-                       module_paths=list(self.config.module_paths), meta=dict(meta or {}))
+                       module_paths=list(self.config.module_paths), meta=dict(meta or {}),
+                       keys=torch.cat([v for v, _ in keys]) if keys else None,
+                       key_chunks=torch.cat([o for _, o in keys]) if keys else None,
+                       key_model=self.key_model if keys else "")
 
     # -- generation -----------------------------------------------------------------------
     def _adapter_list(self, adapters: Adapter | list[Adapter] | None) -> list[Adapter]:
@@ -218,17 +264,19 @@ class D2LEngine:
                  *, weights: list[float] | None = None, context: str | None = None,
                  max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
                  top_p: float = 1.0, streaming_callback: Callable[[str], None] | None = None,
-                 max_chunks: int | None = None) -> GenerationResult:
+                 max_chunks: int | None = None, gate: bool = True, query: str | None = None) -> GenerationResult:
         """Answer a question (or a chat history) with optional adapters and optional context.
 
         Greedy by default. Several adapters compose (concatenated along rank, ``weights`` scale
         each one). The base weights are never modified; concurrent calls from different threads
         use their own adapters.
 
-        When the adapters hold more than ``max_chunks`` chunks in all (default: the engine's
-        ``max_chunks``, 8; 0 applies every chunk), only the ``max_chunks`` chunks whose adapters
-        respond most strongly to the question are applied (:meth:`select_chunks`); the result's
-        ``meta`` records ``chunks_applied`` and ``chunks_total``.
+        Only the chunks the question is about are applied (:meth:`select_chunks`; at most
+        ``max_chunks``, default the engine's; 0 applies every chunk), and with ``gate`` no
+        adapter at all when none is relevant. The result's ``meta`` says what was applied:
+        ``chunks_applied``, ``chunks_total``, ``selection`` and, with chunk keys, ``relevance``
+        and ``gated``. ``query`` is the text compared with the chunk keys (default: the question,
+        or the last user message).
         """
         ids = self.prompt_ids(question, context)
         limit = getattr(self.model.config, "max_position_embeddings", None)
@@ -237,7 +285,8 @@ class D2LEngine:
                              f"the model's {limit}-token window")
         meta: dict[str, Any] = {}
         if adapters is not None:
-            adapters, weights, meta = self.select_chunks(ids, adapters, weights, max_chunks)
+            adapters, weights, meta = self.select_chunks(ids, adapters, weights, max_chunks,
+                                                         query=query or _query_text(question), gate=gate)
         factors = self._factors_for(adapters, weights)
         input_ids = torch.tensor([ids], device=self.device)
         start = time.perf_counter()
@@ -260,33 +309,68 @@ class D2LEngine:
     @torch.no_grad()
     def select_chunks(self, prompt_ids: list[int], adapters: Adapter | list[Adapter],
                       weights: list[float] | None = None, max_chunks: int | None = None,
+                      query: str | None = None, gate: bool = True,
                       ) -> tuple[list[Adapter], list[float] | None, dict[str, Any]]:
-        """Keep the ``max_chunks`` chunk adapters that respond most strongly to a prompt.
+        """The chunk adapters to apply for one prompt.
 
-        A concatenation of many chunk adapters (long documents) garbles the output of a model
-        meta-trained on up to 8 chunks. Chunks are ranked by :meth:`Adapter.chunk_responses` on
-        the target-layer inputs of the base model reading the prompt (one forward pass without
-        adapter, no document text needed); each adapter keeps its selected chunks in document
-        order and its bias block. Measured on 41k-token needle documents: the needle's chunk
-        ranked first with checkpoint ``5f4823245c83``, 4th-5th with ``2d30f348a935`` (model card).
+        * ``max_chunks`` 0: every chunk of every adapter (``selection: "all"``).
+        * Adapters with chunk keys from this engine's key model and a ``query`` text
+          (``selection: "relevance"``): chunks are ranked by the cosine similarity of the query
+          embedding to their best key window (:meth:`Adapter.chunk_relevance`). With ``gate``
+          and a best similarity under ``min_relevance`` nothing is applied (``gated: True``);
+          otherwise the chunks within ``relevance_margin`` of the best (and at or above
+          ``min_relevance``), at most ``max_chunks``. On 41k-token needle documents this ranked
+          the needle's chunk first in 5 of 5 (model card).
+        * Otherwise, when the adapters hold more than ``max_chunks`` chunks
+          (``selection: "response"``): the chunks whose update responds most strongly to the
+          prompt (:meth:`Adapter.chunk_responses` on the target-layer inputs of one adapter-free
+          pass). Weaker: the needle's chunk ranked 4th-5th with checkpoint ``2d30f348a935``.
 
-        :returns: ``(adapters, weights, {"chunks_applied", "chunks_total"})``.
+        Selected chunks keep document order and each adapter its bias block; adapters left
+        without chunks are dropped.
+
+        :returns: ``(adapters, weights, meta)``.
         """
         items = self._adapter_list(adapters)
         limit = _checked_max_chunks(self.max_chunks if max_chunks is None else max_chunks)
         total = sum(a.num_chunks for a in items)
-        if limit == 0 or total <= limit:
-            return items, weights, {"chunks_applied": total, "chunks_total": total}
+        everything = (items, weights, {"chunks_applied": total, "chunks_total": total, "selection": "all"})
+        if limit == 0 or not items:
+            return everything
         w = list(weights) if weights is not None else [1.0] * len(items)
-        with self.hooks.capture() as inputs:  # the decoder only: no vocabulary projection needed
-            decoder_of(self.model)(input_ids=torch.tensor([prompt_ids], device=self.device))
-        scores = torch.cat([a.chunk_responses(inputs) * abs(wi) for a, wi in zip(items, w)])
-        top = set(scores.topk(limit).indices.tolist())
-        selected, offset = [], 0
-        for a in items:
-            selected.append(a.select_chunks([c for c in range(a.num_chunks) if offset + c in top]))
+        meta: dict[str, Any] = {"chunks_total": total}
+        encoder = self.key_encoder
+        if query and encoder is not None and all(a.has_keys and a.key_model == self.key_model for a in items):
+            q = encoder.query(query)
+            scores = torch.cat([a.chunk_relevance(q) for a in items])
+            best = float(scores.max()) if len(scores) else -1.0
+            meta.update(selection="relevance", relevance=round(best, 4), gated=False)
+            threshold = self.min_relevance if gate else None
+            if threshold is not None and best < threshold:
+                meta.update(chunks_applied=0, gated=True)
+                return [], None, meta
+            floor = best - self.relevance_margin if threshold is None else max(best - self.relevance_margin, threshold)
+            eligible = (scores >= floor).nonzero().flatten()
+            top = eligible[scores[eligible].argsort(descending=True)][:limit].tolist()
+        elif total <= limit:
+            return everything
+        else:
+            with self.hooks.capture() as inputs:  # the decoder only: no vocabulary projection needed
+                decoder_of(self.model)(input_ids=torch.tensor([prompt_ids], device=self.device))
+            scores = torch.cat([a.chunk_responses(inputs) * abs(wi) for a, wi in zip(items, w)])
+            top = scores.topk(limit).indices.tolist()
+            meta["selection"] = "response"
+        chosen, offset = set(top), 0
+        selected: list[Adapter] = []
+        kept_weights: list[float] = []
+        for a, wi in zip(items, w):
+            mine = [c for c in range(a.num_chunks) if offset + c in chosen]
             offset += a.num_chunks
-        return selected, weights, {"chunks_applied": limit, "chunks_total": total}
+            if mine:
+                selected.append(a if len(mine) == a.num_chunks else a.select_chunks(mine))
+                kept_weights.append(wi)
+        meta["chunks_applied"] = len(chosen)
+        return selected, (kept_weights if weights is not None else None), meta
 
     @torch.no_grad()
     def logits(self, input_ids: list[int] | torch.Tensor,
@@ -311,7 +395,19 @@ class D2LEngine:
                 "checkpoint": checkpoint, "checkpoint_id": self.checkpoint_id,
                 "trained": self.trained, "hypernet_parameters": self.hypernet.num_parameters(),
                 "encoder_mode": self.config.encoder_mode, "exit_layer": self.config.exit_layer,
-                "rank": self.config.rank, "chunk_tokens": self.chunk_tokens}
+                "rank": self.config.rank, "chunk_tokens": self.chunk_tokens, "max_chunks": self.max_chunks,
+                "key_model": self.key_model, "min_relevance": self.min_relevance,
+                "relevance_margin": self.relevance_margin}
+
+
+def _query_text(question: str | list[dict[str, str]]) -> str | None:
+    """The text a question is about: the question itself or the last user message."""
+    if isinstance(question, str):
+        return question
+    for message in reversed(question):
+        if message.get("role") == "user" and str(message.get("content", "")).strip():
+            return str(message["content"])
+    return None
 
 
 def _checked_max_chunks(n: int) -> int:

@@ -176,7 +176,8 @@ class ICLMethod(Method):
 
 
 class D2LMethod(Method):
-    """The internalized adapter, no document in the prompt."""
+    """The internalized adapter, no document in the prompt, as the engine applies it by default:
+    only the chunks a question is about, none when no chunk is relevant (chunk keys)."""
 
     name = "d2l"
 
@@ -192,7 +193,7 @@ class D2LMethod(Method):
         return time.perf_counter() - t
 
     max_chunks: int | None = None
-    """Chunk adapters applied per question (``None``: the engine's default, 8)."""
+    """Chunk adapters applied per question (``None``: the engine's default, 8; 0: all, no gate)."""
 
     def answer(self, doc_id: str, text: str, question: str) -> GenerationResult:
         return self.engine.generate(question, adapters=self.adapters[doc_id], max_new_tokens=self.max_new_tokens,
@@ -203,7 +204,8 @@ class D2LMethod(Method):
 
 
 class D2LAllChunksMethod(D2LMethod):
-    """``d2l`` applying every chunk adapter of the document (the published concatenation)."""
+    """``d2l`` applying every chunk adapter of the document to every question: the published
+    concatenation, without chunk selection or relevance gate (the hypernetwork alone)."""
 
     name = "d2l-all"
     max_chunks = 0
@@ -246,6 +248,7 @@ def run_eval(engine: D2LEngine, cases: list[Case], methods: list[str], max_new_t
         method = METHODS[name](engine, max_new_tokens)
         prep_seconds: list[float] = []
         scores: dict[str, list[float]] = {"exact_match": [], "f1": [], "contains": [], "seconds": [], "ttft": []}
+        gated: list[bool] = []
         for doc_id, doc_cases in by_doc.items():
             prep_seconds.append(method.prepare(doc_id, doc_cases[0].document))
             for c in doc_cases:
@@ -254,6 +257,8 @@ def run_eval(engine: D2LEngine, cases: list[Case], methods: list[str], max_new_t
                 for k, v in (("exact_match", em), ("f1", f1), ("contains", ct), ("seconds", r.seconds),
                              ("ttft", r.time_to_first_token)):
                     scores[k].append(v)
+                if "gated" in r.meta:
+                    gated.append(bool(r.meta["gated"]))
                 rows.append({"id": c.id, "method": name, "doc_id": doc_id, "question": c.question,
                              "answers": c.answers, "reply": r.text, "exact_match": em, "f1": f1, "contains": ct,
                              "seconds": round(r.seconds, 4), "meta": {**c.meta, **r.meta}})
@@ -271,6 +276,8 @@ def run_eval(engine: D2LEngine, cases: list[Case], methods: list[str], max_new_t
         }
         if isinstance(method, ICLMethod):
             results[name]["truncated"] = method.truncated
+        if gated:  # questions that got no adapter because no chunk was relevant to them
+            results[name]["gated"] = sum(gated)
     bar.close()
     return {"results": results, "cases": rows,
             "engine": engine.describe(portable=True), "max_new_tokens": max_new_tokens}
@@ -282,5 +289,6 @@ def format_table(results: dict[str, Any]) -> str:
     for name, r in results.items():
         lines.append(f"{name:<8} {r['n']:>5} {r['exact_match']:>6.3f} {r['f1']:>6.3f} {r['contains']:>8.3f} "
                      f"{r['seconds_per_query']:>8.3f} {r['internalize_seconds']:>9.3f}"
-                     + (f"  ({r['truncated']} truncated)" if r.get("truncated") else ""))
+                     + (f"  ({r['truncated']} truncated)" if r.get("truncated") else "")
+                     + (f"  ({r['gated']} without adapter: not relevant)" if r.get("gated") else ""))
     return "\n".join(lines)

@@ -46,7 +46,21 @@ class TestAdapterGenerator:
         reply = generator.run(messages=msgs, adapter_ids=["/manual.md"])["replies"][0]
         assert reply.meta["route"] == "d2l" and reply.meta["adapters"] == ["/manual.md"]
         assert store.info("/manual.md")["queries"] == 1
-        assert reply.meta["adapter_chunks"] == {"applied": 1, "total": 1}
+        assert reply.meta["adapter_chunks"] == {"applied": 1, "total": 1, "selection": "relevance",
+                                                "relevance": pytest.approx(0.6, abs=0.2), "gated": False}
+
+    def test_unrelated_questions_get_no_adapter_unless_routed(self, generator: AdapterGenerator):
+        question = "What is the capital of France?"
+        gated = generator.run(messages=question, adapter_ids=["/manual.md"])["replies"][0]
+        assert gated.meta["route"] == "d2l" and gated.meta["adapter_chunks"]["gated"] is True
+        assert gated.meta["adapter_chunks"]["applied"] == 0
+        assert gated.text == generator.run(messages=question)["replies"][0].text  # the base model's answer
+        routed = generator.run(messages=question, adapter_ids=["/manual.md"],
+                               routing={"route": "d2l", "reason": "test"})["replies"][0]
+        assert routed.meta["adapter_chunks"]["gated"] is False and routed.meta["adapter_chunks"]["applied"] == 1
+        forced = generator.run(messages=question, adapter_ids=["/manual.md"], routing={"route": "d2l"},
+                               generation_kwargs={"gate": True})["replies"][0]
+        assert forced.meta["adapter_chunks"]["gated"] is True
 
     def test_max_chunks_generation_kwarg(self, generator: AdapterGenerator, store: AdapterStore, engine_params: dict):
         from d2l_haystack.core import get_engine
@@ -57,10 +71,11 @@ class TestAdapterGenerator:
         assert total > 2
         reply = generator.run(messages="How many boxes?", adapter_ids=["/ledger.md", "/manual.md"],
                               generation_kwargs={"max_chunks": 2})["replies"][0]
-        assert reply.meta["adapter_chunks"] == {"applied": 2, "total": total + 1}
+        chunks = reply.meta["adapter_chunks"]
+        assert 1 <= chunks["applied"] <= 2 and chunks["total"] == total + 1 and chunks["selection"] == "relevance"
         every = generator.run(messages="How many boxes?", adapter_ids=["/ledger.md"],
                               generation_kwargs={"max_chunks": 0})["replies"][0]
-        assert every.meta["adapter_chunks"] == {"applied": total, "total": total}
+        assert every.meta["adapter_chunks"] == {"applied": total, "total": total, "selection": "all"}
 
     def test_with_documents_and_hybrid(self, generator: AdapterGenerator):
         chunks = [Document(content="The warranty lasts 3 years.", meta={"file_path": "/faq.md"}, score=0.9)]

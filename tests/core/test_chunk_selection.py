@@ -1,6 +1,11 @@
-"""Query-time chunk selection: long documents apply only the chunk adapters that respond most."""
+"""Query-time chunk selection by response (adapters without chunk keys).
+
+Selection by chunk keys and the relevance gate: ``test_chunk_keys.py``.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -9,11 +14,15 @@ from d2l_haystack.core import D2LEngine
 from d2l_haystack.core.engine import DEFAULT_MAX_CHUNKS
 
 
+def without_keys(adapter):
+    return dataclasses.replace(adapter, keys=None, key_chunks=None, key_model="")
+
+
 @pytest.fixture(scope="module")
 def many_chunks(nonzero_engine: D2LEngine, long_text):
     adapter = nonzero_engine.internalize(long_text(400), progress=False)
-    assert adapter.num_chunks > 4
-    return adapter
+    assert adapter.num_chunks > 4 and adapter.has_keys
+    return without_keys(adapter)
 
 
 def _inputs(engine: D2LEngine, question: str):
@@ -70,7 +79,7 @@ def test_generate_applies_only_the_most_responsive_chunks(nonzero_engine: D2LEng
     scores = many_chunks.chunk_responses(_inputs(nonzero_engine, question))
     top2 = scores.topk(2).indices.tolist()
     result = nonzero_engine.generate(question, many_chunks, max_new_tokens=8, max_chunks=2)
-    assert result.meta == {"chunks_applied": 2, "chunks_total": many_chunks.num_chunks}
+    assert result.meta == {"chunks_applied": 2, "chunks_total": many_chunks.num_chunks, "selection": "response"}
     manual = nonzero_engine.generate(question, many_chunks.select_chunks(top2), max_new_tokens=8, max_chunks=0)
     assert result.text == manual.text
     # the selected adapter really differs from applying every chunk
@@ -78,48 +87,38 @@ def test_generate_applies_only_the_most_responsive_chunks(nonzero_engine: D2LEng
     selected = nonzero_engine.logits(ids, many_chunks.select_chunks(top2))
     assert not torch.allclose(every, selected)
     everything = nonzero_engine.generate(question, many_chunks, max_new_tokens=8, max_chunks=0)
-    assert everything.meta == {"chunks_applied": many_chunks.num_chunks, "chunks_total": many_chunks.num_chunks}
+    assert everything.meta == {"chunks_applied": many_chunks.num_chunks, "chunks_total": many_chunks.num_chunks,
+                               "selection": "all"}
 
 
 def test_selection_spans_several_adapters_and_keeps_short_documents_whole(nonzero_engine: D2LEngine,
                                                                           many_chunks, sample_text):
-    short = nonzero_engine.internalize(sample_text)
+    short = without_keys(nonzero_engine.internalize(sample_text))
     ids = nonzero_engine.format.question_ids("Who built the lighthouse?")
     kept, weights, meta = nonzero_engine.select_chunks(ids, [many_chunks, short], [1.0, 2.0], max_chunks=3)
     assert meta["chunks_total"] == many_chunks.num_chunks + 1 and sum(a.num_chunks for a in kept) == 3
     assert weights == [1.0, 2.0]
     same, _, meta = nonzero_engine.select_chunks(ids, short)
-    assert same == [short] and meta == {"chunks_applied": 1, "chunks_total": 1}
+    assert same == [short] and meta == {"chunks_applied": 1, "chunks_total": 1, "selection": "all"}
     assert nonzero_engine.max_chunks == DEFAULT_MAX_CHUNKS
     with pytest.raises(ValueError, match="max_chunks"):
         nonzero_engine.select_chunks(ids, short, max_chunks=-1)
 
 
-def test_the_needle_chunk_responds_most_on_the_real_model(real_engine: D2LEngine):
-    """With the shipped checkpoint, the chunk holding a fact is the one selected for its question."""
-    import numpy as np
-
-    from d2l_haystack.core.prompts import chunk_token_ids
-    from d2l_haystack.training.data import synthetic_sentence
-
-    rng = np.random.default_rng(0)
-    sentences = [synthetic_sentence(rng) for _ in range(520)]
-    sentences.insert(300, "The special magic number is 51370.")
-    document = " ".join(sentences)
-    chunks = chunk_token_ids(real_engine.format.document_ids(document), real_engine.chunk_tokens)
-    needle = next(i for i, c in enumerate(chunks) if "51370" in real_engine.tokenizer.decode(c))
+def test_the_needle_chunk_responds_most_on_the_real_model(real_engine: D2LEngine, magic_number_document):
+    """With the shipped checkpoint, the chunk holding a fact responds most to its question."""
+    document, needle = magic_number_document(real_engine, 520, 300)
     adapter = real_engine.internalize(document, progress=False)
-    assert adapter.num_chunks == len(chunks) > DEFAULT_MAX_CHUNKS
+    assert adapter.num_chunks > DEFAULT_MAX_CHUNKS
     question = "What is the special magic number?"
     scores = adapter.chunk_responses(_inputs(real_engine, question))
     assert int(scores.argmax()) == needle
-    result = real_engine.generate(question, adapter, max_new_tokens=8)
-    assert result.meta == {"chunks_applied": DEFAULT_MAX_CHUNKS, "chunks_total": len(chunks)}
+    result = real_engine.generate(question, without_keys(adapter), max_new_tokens=8)
+    assert result.meta == {"chunks_applied": DEFAULT_MAX_CHUNKS, "chunks_total": adapter.num_chunks,
+                           "selection": "response"}
 
 
 def test_adapters_of_another_model_are_rejected_before_any_selection(nonzero_engine: D2LEngine, many_chunks):
-    import dataclasses
-
     from d2l_haystack.core.errors import AdapterError
 
     foreign = dataclasses.replace(many_chunks, base_model="another-model")

@@ -227,5 +227,7 @@ def test_adapter_size_accounting(doc_adapter: Adapter) -> None:
     a, b = doc_adapter.factors["down_proj"]
     assert doc_adapter.total_rank == doc_adapter.num_chunks * doc_adapter.rank + doc_adapter.bias_rank
     assert doc_adapter.num_layers == a.shape[0]
-    assert doc_adapter.nbytes == 2 * (a.numel() + b.numel())
+    assert doc_adapter.keys is not None and doc_adapter.key_chunks is not None
+    keys = 2 * doc_adapter.keys.numel() + 4 * doc_adapter.key_chunks.numel()  # fp16 vectors, int32 owners
+    assert doc_adapter.nbytes == 2 * (a.numel() + b.numel()) + keys
     assert re.fullmatch(r"[0-9a-f]{64}", doc_adapter.content_hash)
