@@ -65,6 +65,9 @@ class TrainConfig:
     unrelated_pool: int = 256
     unrelated_general_share: float = 0.0
     """Share of the unrelated pool that is general-knowledge questions (:func:`.data.general_question`)."""
+    unrelated_seed: int | None = None
+    """Seed of the unrelated pool (default: ``seed``); a later stage can keep an earlier stage's pool
+    (and copy its ``unrelated.jsonl`` instead of answering the questions again) with fresh documents."""
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
@@ -210,7 +213,8 @@ class Trainer:
         if cache.is_file():
             self.unrelated = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
         else:
-            rng = np.random.default_rng([self.cfg.seed, 7])
+            pool_seed = self.cfg.seed if self.cfg.unrelated_seed is None else self.cfg.unrelated_seed
+            rng = np.random.default_rng([pool_seed, 7])
             questions = D.unrelated_questions(rng, self.cfg.unrelated_pool, squad_questions,
                                               self.cfg.unrelated_general_share)
             answers = self.base_answers(questions)

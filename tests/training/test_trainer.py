@@ -95,6 +95,15 @@ def test_documents_are_seeded_by_step(tiny_llama_dir, tmp_path):
                 assert qa.answer in d.text  # the fact asked about is in the document
 
 
+def test_the_unrelated_pool_follows_unrelated_seed(tiny_llama_dir, tmp_path):
+    def pool(name: str, **over) -> list[str]:
+        return [u["question"] for u in Trainer(_config(tiny_llama_dir, tmp_path / name, **over), log=_silent).unrelated]
+
+    first = pool("a", seed=1)
+    assert pool("b", seed=5, unrelated_seed=1) == first  # fresh documents, the same pool
+    assert pool("c", seed=5) != first
+
+
 def test_grouped_student_loss_equals_one_question_at_a_time(tiny_llama_dir, tmp_path):
     import numpy as np
     import torch.nn.functional as F
