@@ -190,6 +190,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "exit_layer": desc["exit_layer"],
         "rank": desc["rank"],
         "chunk_tokens": desc["chunk_tokens"],
+        "max_chunks": desc["max_chunks"],
+        "key_model": desc["key_model"],
+        "min_relevance": desc["min_relevance"],
         "cache_folder": str(cache_dir()),
     }
     if args.json:
