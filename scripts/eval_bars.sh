@@ -11,10 +11,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 D2L="$ROOT/.venv/bin/python -m d2l_haystack"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT/cases"
-LD="0,0.25,0.5,0.75,1"
-if [ "$MODE" = quick ]; then PER=1; LPER=1; SQ=20; else PER=2; LPER=2; SQ=40; fi
-$D2L niah --lengths 128,256,384,500 --depths 0,0.25,0.5,0.75,1 --per-cell "$PER" --filler natural -o "$OUT/cases/niah_chunk.jsonl"
-$D2L niah --lengths 41000 --depths "$LD" --per-cell "$LPER" --filler natural --seed 77 -o "$OUT/cases/niah_long.jsonl"
+DEPTHS="0,0.25,0.5,0.75,1"
+if [ "$MODE" = quick ]; then PER=1; SQ=20; else PER=2; SQ=40; fi
+$D2L niah --lengths 128,256,384,500 --depths "$DEPTHS" --per-cell "$PER" --filler natural -o "$OUT/cases/niah_chunk.jsonl"
+$D2L niah --lengths 41000 --depths "$DEPTHS" --per-cell "$PER" --filler natural --seed 77 -o "$OUT/cases/niah_long.jsonl"
 $D2L cases squad-paragraphs --max-docs "$SQ" --questions-per-doc 2 -o "$OUT/cases/squad.jsonl"
 $D2L cases interference -o "$OUT/cases/interference.jsonl"
 run() { echo "== $1"; $D2L eval --cases "$OUT/cases/$1.jsonl" --methods "$2" --checkpoint "$CKPT" --no-progress \

@@ -205,7 +205,7 @@ class AdapterGenerator:
                 callback(StreamingChunk(content=delta, component_info=info, start=False))
 
         kwargs = self._gen_kwargs(generation_kwargs)
-        if routing and routing.get("route") in ("d2l", "hybrid") and "gate" not in (generation_kwargs or {}):
+        if routing and routing.get("route") in ("d2l", "hybrid"):
             kwargs.setdefault("gate", False)  # the router already judged the adapters relevant
         question: str | list[dict[str, str]] = chat[0]["content"] if len(chat) == 1 else chat
         result = engine.generate(question, adapters=adapters or None, weights=adapter_weights,

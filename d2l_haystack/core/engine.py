@@ -171,8 +171,7 @@ class D2LEngine:
         if self.key_model is None:
             return None
         if self._key_encoder is None:
-            device = "cuda" if str(self.device).startswith("cuda") else "cpu"
-            self._key_encoder = get_key_encoder(self.key_model, device)
+            self._key_encoder = get_key_encoder(self.key_model, str(self.device))
         return self._key_encoder
 
     @torch.no_grad()
