@@ -244,7 +244,10 @@ class D2LEngine:
 
     def _factors_for(self, adapters: Adapter | list[Adapter] | None,
                      weights: list[float] | None) -> Factors | None:
-        items = self._adapter_list(adapters)
+        return self._compose(self._adapter_list(adapters), weights)
+
+    def _compose(self, items: list[Adapter], weights: list[float] | None) -> Factors | None:
+        """Factors of already validated adapters, on this engine's device."""
         if not items:
             return None
         factors = compose(items, weights)
@@ -283,10 +286,11 @@ class D2LEngine:
             raise InputError(f"prompt has {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds "
                              f"the model's {limit}-token window")
         meta: dict[str, Any] = {}
-        if adapters is not None:
-            adapters, weights, meta = self.select_chunks(ids, adapters, weights, max_chunks,
+        factors = None
+        if adapters is not None:  # select_chunks validates the adapters
+            selected, weights, meta = self.select_chunks(ids, adapters, weights, max_chunks,
                                                          query=query or _query_text(question), gate=gate)
-        factors = self._factors_for(adapters, weights)
+            factors = self._compose(selected, weights)
         input_ids = torch.tensor([ids], device=self.device)
         start = time.perf_counter()
         streamer = _CallbackStreamer(self.tokenizer, streaming_callback, start)

@@ -121,10 +121,31 @@ def _code(rng: np.random.Generator) -> str:
     return "".join(letters[int(rng.integers(len(letters)))] for _ in range(2)) + "-" + str(int(rng.integers(100, 1000)))
 
 
-def make_fact(rng: np.random.Generator) -> tuple[str, list[str], str, str]:
-    """One fact: ``(sentence, questions, answer, key)``; the key names what the question is about."""
+FACT_KINDS = ("number", "code", "person", "date", "place", "color", "year")
+"""The kinds of :func:`make_fact`, in the order of its ``kind`` index."""
+
+
+def fact_kind_probs(kinds: dict[str, float]) -> np.ndarray:
+    """Probabilities over :data:`FACT_KINDS` from weights; ``ValueError`` names a bad kind or weight."""
+    unknown = sorted(set(kinds) - set(FACT_KINDS))
+    if unknown:
+        raise ValueError(f"unknown fact kinds {unknown}; known: {', '.join(FACT_KINDS)}")
+    probs = np.array([float(kinds.get(k, 0.0)) for k in FACT_KINDS])
+    if probs.min() < 0 or probs.sum() <= 0:
+        raise ValueError(f"fact kind weights must be >= 0 with a positive sum, got {kinds}")
+    return probs / probs.sum()
+
+
+def make_fact(rng: np.random.Generator, kinds: dict[str, float] | None = None) -> tuple[str, list[str], str, str]:
+    """One fact: ``(sentence, questions, answer, key)``; the key names what the question is about.
+
+    ``kinds`` weights the kinds of :data:`FACT_KINDS` (missing ones weigh 0); default: uniform.
+    """
     pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
-    kind = int(rng.integers(7))
+    if kinds is None:
+        kind = int(rng.integers(len(FACT_KINDS)))
+    else:
+        kind = int(rng.choice(len(FACT_KINDS), p=fact_kind_probs(kinds)))
     if kind == 0:
         topic = pick(["special magic number", "secret number", "access number", "lucky number"])
         n = str(int(rng.integers(10000, 100000)))
@@ -188,15 +209,17 @@ class FillerBank:
 
 
 def needle_document(rng: np.random.Generator, filler: FillerBank, target_tokens: int, n_facts: int,
-                    n_questions: int, natural: bool | None = None) -> TrainDoc:
-    """Filler of about ``target_tokens`` tokens with ``n_facts`` facts at uniform depths."""
+                    n_questions: int, natural: bool | None = None,
+                    fact_kinds: dict[str, float] | None = None) -> TrainDoc:
+    """Filler of about ``target_tokens`` tokens with ``n_facts`` facts at uniform depths
+    (their kinds weighted by ``fact_kinds``, see :func:`make_fact`)."""
     if natural is None:
         natural = bool(rng.random() < 0.7)
     sents = filler.sentences(rng, target_tokens, natural)
     facts = []
     keys = set()
     while len(facts) < n_facts:
-        f = make_fact(rng)
+        f = make_fact(rng, fact_kinds)
         if f[3] not in keys:
             keys.add(f[3])
             facts.append(f)

@@ -49,6 +49,12 @@ class Phase:
     chunk_mix: dict[str, float] = field(default_factory=lambda: {"1": 1.0})
     mix: dict[str, float] = field(default_factory=lambda: {"needle": 1.0})
     max_facts: int = 3
+    fact_kinds: dict[str, float] | None = None
+    """Weights of the fact kinds (:data:`.data.FACT_KINDS`) in needle documents; default uniform."""
+
+    def __post_init__(self) -> None:
+        if self.fact_kinds is not None:
+            D.fact_kind_probs(self.fact_kinds)  # fail at load time, not at the first document
 
 
 @dataclass
@@ -254,7 +260,8 @@ class Trainer:
             else:
                 per_chunk = int(rng.integers(phase.min_tokens, phase.max_tokens + 1))
                 n_facts = int(rng.integers(1, phase.max_facts + 1))
-                doc = D.needle_document(rng, filler, per_chunk * chunks, n_facts, self.cfg.questions_per_doc)
+                doc = D.needle_document(rng, filler, per_chunk * chunks, n_facts, self.cfg.questions_per_doc,
+                                          fact_kinds=phase.fact_kinds)
             doc.num_chunks = chunks
             if self.unrelated and rng.random() < self.cfg.unrelated_prob:
                 u = self.unrelated[int(rng.integers(len(self.unrelated)))]

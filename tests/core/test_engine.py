@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from d2l_haystack.core import D2LEngine
-from d2l_haystack.core.errors import InputError
+from d2l_haystack.core.errors import AdapterError, InputError
 from d2l_haystack.core.prompts import chunk_token_ids
 from d2l_haystack.core.textio import read_text_file, validate_text
 
@@ -150,6 +150,21 @@ def test_generation_with_context_and_history(tiny_engine: D2LEngine, sample_text
                {"role": "user", "content": "Who built it?"}]
     chat = tiny_engine.generate(history, max_new_tokens=3)
     assert chat.prompt_tokens > without.prompt_tokens
+
+
+@pytest.mark.parametrize("change, message", [({"base_model": "other-model"}, "made for base model 'other-model'"),
+                                             ({"layers": 1}, "adapter has 1 layers")])
+def test_generation_refuses_an_adapter_of_another_model(tiny_engine: D2LEngine, sample_text: str,
+                                                        change: dict, message: str) -> None:
+    adapter = tiny_engine.internalize(sample_text, progress=False)
+    if "layers" in change:
+        adapter.factors = {m: (a[:1], b[:1]) for m, (a, b) in adapter.factors.items()}
+    else:
+        adapter.base_model = change["base_model"]
+    for max_chunks in (None, 0):  # with and without chunk selection
+        with pytest.raises(AdapterError, match=message):
+            tiny_engine.generate("What is it about?", adapter, max_chunks=max_chunks, gate=False,
+                                 max_new_tokens=2)
 
 
 def test_describe(tiny_engine: D2LEngine) -> None:

@@ -95,6 +95,16 @@ def test_documents_are_seeded_by_step(tiny_llama_dir, tmp_path):
                 assert qa.answer in d.text  # the fact asked about is in the document
 
 
+def test_phase_fact_kinds_reach_the_documents(tiny_llama_dir, tmp_path):
+    import numpy as np
+
+    tr = Trainer(_config(tiny_llama_dir, tmp_path / "k", unrelated_prob=0.0), log=_silent)
+    phase = Phase(until_step=10, min_tokens=16, max_tokens=32, max_facts=2, fact_kinds={"number": 1.0})
+    docs = tr.make_docs(np.random.default_rng(0), phase, 6)
+    answers = [qa.answer for d in docs for qa in d.qas]
+    assert len(answers) == 12 and all(a.isdigit() and len(a) == 5 for a in answers)
+
+
 def test_the_unrelated_pool_follows_unrelated_seed(tiny_llama_dir, tmp_path):
     def pool(name: str, **over) -> list[str]:
         return [u["question"] for u in Trainer(_config(tiny_llama_dir, tmp_path / name, **over), log=_silent).unrelated]
