@@ -1,8 +1,9 @@
-"""``d2l train``."""
+"""``d2l train`` and ``d2l average``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -19,6 +20,12 @@ def register(sub: Any) -> None:
     p.add_argument("--init-from", help="start from this checkpoint folder")
     p.set_defaults(handler=_train)
 
+    p = sub.add_parser("average", help="average hypernetwork checkpoints of one lineage (model soup)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint folders (at least two)")
+    p.add_argument("--out", required=True, help="folder for the averaged checkpoint")
+    p.add_argument("--weights", help="comma-separated weights, one per checkpoint (default: equal)")
+    p.set_defaults(handler=_average)
+
 
 def _train(args: argparse.Namespace) -> int:
     from d2l_haystack.training.trainer import TrainConfig, Trainer
@@ -29,4 +36,20 @@ def _train(args: argparse.Namespace) -> int:
     result = Trainer(cfg, resume=args.resume, log=lambda s: print(s, flush=True)).train()
     print(f"stopped at step {result['step']} (best held-out score {result['best_score']:.3f}); "
           f"checkpoints in {cfg.out_dir}/checkpoint and {cfg.out_dir}/best")
+    return 0
+
+
+def _average(args: argparse.Namespace) -> int:
+    from d2l_haystack.training.average import average_checkpoints
+
+    try:
+        try:
+            weights = [float(x) for x in args.weights.split(",")] if args.weights else None
+        except ValueError:
+            raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+        ckpt_id = average_checkpoints(args.checkpoints, args.out, weights)
+    except ValueError as exc:  # bad --weights or too few checkpoints
+        print(f"d2l average: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} (checkpoint id {ckpt_id}) from {len(args.checkpoints)} checkpoints")
     return 0
