@@ -48,6 +48,9 @@ class Adapter:
     keys: torch.Tensor | None = None
     key_chunks: torch.Tensor | None = None
     key_model: str = ""
+    #: Which texts the keys embed (:data:`d2l_haystack.core.keys.KEY_SCHEME`); "" in files written
+    #: before sentences were keys (word windows only).
+    key_scheme: str = ""
 
     @property
     def total_rank(self) -> int:
@@ -151,6 +154,7 @@ class Adapter:
             "checkpoint_id": self.checkpoint_id, "content_hash": self.content_hash,
             "num_tokens": str(self.num_tokens), "module_paths": json.dumps(self.module_paths),
             "meta": json.dumps(self.meta), "key_model": self.key_model if self.has_keys else "",
+            "key_scheme": self.key_scheme if self.has_keys else "",
         }
 
     def save(self, path: str | Path) -> Path:
@@ -224,7 +228,8 @@ class Adapter:
                        meta=json.loads(meta.get("meta", "{}")),
                        keys=None if key_vectors is None else key_vectors.float(),
                        key_chunks=None if key_chunks is None else key_chunks.long(),
-                       key_model=meta.get("key_model", "") if key_vectors is not None else "")
+                       key_model=meta.get("key_model", "") if key_vectors is not None else "",
+                       key_scheme=meta.get("key_scheme", "") if key_vectors is not None else "")
         except (KeyError, ValueError) as exc:
             raise AdapterError(f"damaged adapter metadata in {target}: {exc}") from exc
         if adapter.key_chunks is not None and len(adapter.key_chunks) and (

@@ -33,7 +33,7 @@ from .adapter import Adapter, compose
 from .encoder import ContextEncoder, decoder_of, pad_batch
 from .errors import AdapterError, InputError
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
-from .keys import DEFAULT_KEY_MODEL, KeyEncoder, get_key_encoder
+from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
 from .lora import Factors, get_hooks
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, get_model
 from .prompts import ChatFormat, chunk_token_ids
@@ -46,10 +46,11 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_MAX_CHUNKS = 8
 """Chunks applied per question by default (the most chunks per document seen in meta-training)."""
 
-DEFAULT_MIN_RELEVANCE = 0.3
+DEFAULT_MIN_RELEVANCE = 0.4
 """Best chunk-key similarity below which a question gets no adapter. Chosen on training-side data
 (training filler with facts, SQuAD training paragraphs, the training pool of unrelated
-questions): 99 % of related questions score 0.3 or more, 97.5 % of unrelated ones less."""
+questions) with the keys of :data:`~d2l_haystack.core.keys.KEY_SCHEME`: 99.4 % of related
+questions score 0.4 or more, 97.7 % of unrelated ones less."""
 
 DEFAULT_RELEVANCE_MARGIN = 0.1
 """Chunks within this similarity of the best chunk are applied with it (up to ``max_chunks``)."""
@@ -226,7 +227,7 @@ class D2LEngine:
                        module_paths=list(self.config.module_paths), meta=dict(meta or {}),
                        keys=torch.cat([v for v, _ in keys]) if keys else None,
                        key_chunks=torch.cat([o for _, o in keys]) if keys else None,
-                       key_model=self.key_model if keys else "")
+                       key_model=self.key_model if keys else "", key_scheme=KEY_SCHEME if keys else "")
 
     # -- generation -----------------------------------------------------------------------
     def _adapter_list(self, adapters: Adapter | list[Adapter] | None) -> list[Adapter]:
@@ -343,7 +344,8 @@ class D2LEngine:
         w = list(weights) if weights is not None else [1.0] * len(items)
         meta: dict[str, Any] = {"chunks_total": total}
         encoder = self.key_encoder
-        if query and encoder is not None and all(a.has_keys and a.key_model == self.key_model for a in items):
+        if query and encoder is not None and all(a.has_keys and a.key_model == self.key_model
+                                                       and a.key_scheme == KEY_SCHEME for a in items):
             q = encoder.query(query)
             scores = torch.cat([a.chunk_relevance(q) for a in items])
             best = float(scores.max()) if len(scores) else -1.0

@@ -5,12 +5,13 @@ garbles the answers of a small model, and an adapter applied to a question it ha
 do with makes the answer worse than none. Both need to know, at query time and without the
 document text, which chunks (if any) a question concerns.
 
-At internalization every chunk's text is cut into short overlapping windows of words and each
-window is embedded with a sentence-transformers model (default: the packaged all-MiniLM-L6-v2,
-offline); the normalised vectors travel with the adapter (a few hundred KB for a 41k-token
-document). At query time one embedding of the question ranks the chunks by their best window's
-cosine similarity (:meth:`Adapter.chunk_relevance`); the engine applies the relevant ones and
-none at all when no chunk reaches its relevance threshold.
+At internalization every chunk's text is cut into short overlapping windows of words, plus its
+sentences (so one fact among unrelated sentences is not diluted), and each key text is embedded
+with a sentence-transformers model (default: the packaged all-MiniLM-L6-v2, offline); the
+normalised vectors travel with the adapter (about 2 MB for a 41k-token document). At query
+time one embedding of the question ranks the chunks by their best key's cosine similarity
+(:meth:`Adapter.chunk_relevance`); the engine applies the relevant ones and none at all when no
+chunk reaches its relevance threshold.
 
 Usage example::
 
@@ -24,6 +25,7 @@ Usage example::
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -37,6 +39,21 @@ DEFAULT_KEY_MODEL = "all-minilm-l6-v2"
 #: windows diluted short facts: 95 % kept at the same cut).
 WINDOW_WORDS = 32
 WINDOW_STRIDE = 24
+#: Sentences of this many words at most are keys too (longer ones are about as diluted as a window).
+SENTENCE_MAX_WORDS = 24
+#: Which texts are keys; stored with each adapter, and only adapters of this scheme are ranked by
+#: relevance (older ones fall back to response ranking): the word windows and every sentence of
+#: 3-24 words. Measured on training-side data (319 related, 479 unrelated questions): a fact's
+#: best key rose from q0 0.34 (windows alone) to 0.65, and at a 0.4 threshold 99.4 % of related
+#: questions are kept and 97.7 % of unrelated ones gated (windows alone at 0.3: 100 % / 97.1 %,
+#: but a fact among topical sentences of a short document scored 0.29 there and was gated).
+KEY_SCHEME = "w32s24+sentences3-24"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str, min_words: int = 3, max_words: int = SENTENCE_MAX_WORDS) -> list[str]:
+    """Sentences of ``text`` (split after ``.``, ``!`` or ``?``) of ``min_words``-``max_words`` words."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if min_words <= len(s.split()) <= max_words]
 
 
 def split_words(text: str, words: int, overlap: int) -> list[str]:
@@ -87,8 +104,11 @@ class KeyEncoder:
             raise ModelNotFoundError(f"cannot load the key embedding model {model!r} ({path}): {exc}") from exc
 
     def windows(self, text: str) -> list[str]:
-        """The word windows of one chunk's text (``[]`` for text without words)."""
-        return split_words(text, WINDOW_WORDS, WINDOW_WORDS - WINDOW_STRIDE)
+        """The key texts of one chunk (:data:`KEY_SCHEME`): its word windows, then those of its
+        sentences that are not a window already (``[]`` for text without words)."""
+        windows = split_words(text, WINDOW_WORDS, WINDOW_WORDS - WINDOW_STRIDE)
+        seen = set(windows)
+        return windows + [s for s in dict.fromkeys(split_sentences(text)) if s not in seen]
 
     def chunk_keys(self, chunk_texts: list[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """``(vectors (windows, dim) float32, owning chunk index per window (windows,) int64)``."""

@@ -10,7 +10,14 @@ import torch
 
 from d2l_haystack.core import Adapter, D2LEngine
 from d2l_haystack.core.errors import AdapterError
-from d2l_haystack.core.keys import WINDOW_STRIDE, WINDOW_WORDS, get_key_encoder, split_words
+from d2l_haystack.core.keys import (
+    KEY_SCHEME,
+    WINDOW_STRIDE,
+    WINDOW_WORDS,
+    get_key_encoder,
+    split_sentences,
+    split_words,
+)
 from d2l_haystack.core.prompts import chunk_token_ids
 
 NEEDLE = "The secret code for the blue door of the observatory is 59605."
@@ -41,6 +48,43 @@ def test_split_words_covers_the_text_with_overlap():
     assert parts[1].split()[0] == f"w{WINDOW_STRIDE}"
     assert parts[-1].split()[-1] == "w69"
     assert split_words("  \n ", 32, 8) == [] and split_words("one two", 32, 8) == ["one two"]
+
+
+def test_key_texts_are_the_windows_and_the_sentences():
+    text = ("The museum opened in 1921 on the north pier. Its first director was Ada Whitcombe! "
+            "Ok. The special magic number is 48213? " + " ".join(f"w{i}" for i in range(40)))
+    assert split_sentences(text)[:3] == ["The museum opened in 1921 on the north pier.",
+                                         "Its first director was Ada Whitcombe!", "The special magic number is 48213?"]
+    assert "Ok." not in split_sentences(text)  # under three words
+    assert split_sentences(" ".join(["word"] * 25) + ".") == []  # over SENTENCE_MAX_WORDS
+    keys = get_key_encoder().windows(text)
+    windows = split_words(text, WINDOW_WORDS, WINDOW_WORDS - WINDOW_STRIDE)
+    assert keys[:len(windows)] == windows and "The special magic number is 48213?" in keys
+    assert len(keys) == len(set(keys))
+    assert get_key_encoder().windows("one two three.") == ["one two three."]  # a sentence that is a window
+
+
+def test_a_fact_among_topical_sentences_is_relevant_and_unrelated_questions_are_not(nonzero_engine: D2LEngine):
+    """Sentence keys: a windows-only key of this document scored 0.29 for the fact's question (gated)."""
+    doc = ("The Harlow Museum of Maritime History opened in 1921 on the north pier. Its first director was "
+           "Ada Whitcombe. The special magic number is 48213. The museum's largest exhibit is a "
+           "19th-century whaling boat called the Dorothea.")
+    adapter = nonzero_engine.internalize(doc, progress=False)
+    assert adapter.key_scheme == KEY_SCHEME
+    encoder = get_key_encoder()
+    assert float(adapter.chunk_relevance(encoder.query("What is the special magic number?")).max()) \
+        >= nonzero_engine.min_relevance
+    for question in (UNRELATED, "Who wrote Hamlet?", "What is 7 times 8?"):
+        assert float(adapter.chunk_relevance(encoder.query(question)).max()) < nonzero_engine.min_relevance
+
+
+def test_adapters_with_keys_of_an_older_scheme_are_ranked_by_response(nonzero_engine: D2LEngine,
+                                                                     needle_adapter: Adapter, tmp_path: Path):
+    legacy = dataclasses.replace(needle_adapter, key_scheme="")
+    loaded = Adapter.load(legacy.save(tmp_path / "legacy"))
+    assert loaded.has_keys and loaded.key_scheme == ""
+    meta = nonzero_engine.generate(UNRELATED, loaded, max_new_tokens=2, max_chunks=2).meta
+    assert meta["selection"] == "response" and "gated" not in meta
 
 
 def test_internalize_stores_normalised_keys_for_every_chunk(nonzero_engine: D2LEngine, needle_adapter: Adapter,
@@ -118,7 +162,7 @@ def test_relevance_spans_several_adapters_and_keeps_their_weights(nonzero_engine
 
 def test_keys_survive_save_load_and_chunk_subsets(needle_adapter: Adapter, tmp_path: Path):
     loaded = Adapter.load(needle_adapter.save(tmp_path / "a"))
-    assert loaded.key_model == needle_adapter.key_model
+    assert loaded.key_model == needle_adapter.key_model and loaded.key_scheme == KEY_SCHEME
     assert loaded.keys is not None and needle_adapter.keys is not None
     assert torch.allclose(loaded.keys, needle_adapter.keys, atol=1e-3)
     assert torch.equal(loaded.key_chunks, needle_adapter.key_chunks)
