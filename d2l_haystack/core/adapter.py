@@ -102,10 +102,10 @@ class Adapter:
         return self.keys is not None and self.key_chunks is not None and bool(self.key_model)
 
     def chunk_relevance(self, query: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of a question embedding to each chunk's best window: ``(num_chunks,)``.
+        """Cosine similarity of a question embedding to each chunk's best key: ``(num_chunks,)``.
 
         ``query`` is a normalised embedding from the adapter's ``key_model``; a chunk without
-        windows (no words) scores -1.
+        keys (no words) scores -1.
 
         :raises AdapterError: the adapter has no chunk keys, or their width differs from ``query``.
         """

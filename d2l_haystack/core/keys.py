@@ -87,7 +87,7 @@ def resolve_embedding_model(name: str | None) -> str:
 
 
 class KeyEncoder:
-    """Embeds chunk windows and questions with one sentence-transformers model.
+    """Embeds chunk key texts (windows and sentences) and questions with one sentence-transformers model.
 
     :param model: ``"all-minilm-l6-v2"`` (packaged, offline), a local folder or a hub id.
     :param device: torch device for the embedding model.
@@ -103,7 +103,7 @@ class KeyEncoder:
         except (OSError, ValueError) as exc:
             raise ModelNotFoundError(f"cannot load the key embedding model {model!r} ({path}): {exc}") from exc
 
-    def windows(self, text: str) -> list[str]:
+    def key_texts(self, text: str) -> list[str]:
         """The key texts of one chunk (:data:`KEY_SCHEME`): its word windows, then those of its
         sentences that are not a window already (``[]`` for text without words)."""
         windows = split_words(text, WINDOW_WORDS, WINDOW_WORDS - WINDOW_STRIDE)
@@ -111,11 +111,11 @@ class KeyEncoder:
         return windows + [s for s in dict.fromkeys(split_sentences(text)) if s not in seen]
 
     def chunk_keys(self, chunk_texts: list[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(vectors (windows, dim) float32, owning chunk index per window (windows,) int64)``."""
+        """``(vectors (keys, dim) float32, owning chunk index per key (keys,) int64)``."""
         texts: list[str] = []
         owners: list[int] = []
         for i, chunk in enumerate(chunk_texts):
-            for w in self.windows(chunk):
+            for w in self.key_texts(chunk):
                 texts.append(w)
                 owners.append(i)
         size = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension

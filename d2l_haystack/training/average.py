@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from ..core.errors import CheckpointError
 from ..core.hypernet import load_checkpoint, save_checkpoint
 
@@ -38,7 +36,8 @@ def average_checkpoints(folders: Sequence[str | Path], out: str | Path,
     if len(w) != len(folders) or min(w) < 0 or sum(w) <= 0:
         raise ValueError(f"need one weight >= 0 per checkpoint with a positive sum, got {list(w)} "
                          f"for {len(folders)} checkpoints")
-    w = [x / sum(w) for x in w]
+    total = sum(w)
+    w = [x / total for x in w]
     loaded = [load_checkpoint(f) for f in folders]
     first_net, first_payload = loaded[0]
     for folder, (_, payload) in zip(folders[1:], loaded[1:]):
@@ -50,5 +49,4 @@ def average_checkpoints(folders: Sequence[str | Path], out: str | Path,
     first_net.load_state_dict(mean)
     sources = [{"folder": str(f), "checkpoint_id": p["checkpoint_id"], "weight": round(wi, 6)}
                for f, (_, p), wi in zip(folders, loaded, w)]
-    with torch.no_grad():
-        return save_checkpoint(first_net, out, info={"averaged_from": sources})
+    return save_checkpoint(first_net, out, info={"averaged_from": sources})

@@ -57,11 +57,11 @@ def test_key_texts_are_the_windows_and_the_sentences():
                                          "Its first director was Ada Whitcombe!", "The special magic number is 48213?"]
     assert "Ok." not in split_sentences(text)  # under three words
     assert split_sentences(" ".join(["word"] * 25) + ".") == []  # over SENTENCE_MAX_WORDS
-    keys = get_key_encoder().windows(text)
+    keys = get_key_encoder().key_texts(text)
     windows = split_words(text, WINDOW_WORDS, WINDOW_WORDS - WINDOW_STRIDE)
     assert keys[:len(windows)] == windows and "The special magic number is 48213?" in keys
     assert len(keys) == len(set(keys))
-    assert get_key_encoder().windows("one two three.") == ["one two three."]  # a sentence that is a window
+    assert get_key_encoder().key_texts("one two three.") == ["one two three."]  # a sentence that is a window
 
 
 def test_a_fact_among_topical_sentences_is_relevant_and_unrelated_questions_are_not(nonzero_engine: D2LEngine):
