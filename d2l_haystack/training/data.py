@@ -10,6 +10,7 @@ SQuAD articles and of speech files is committed in ``d2l_haystack/data/splits.js
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -56,8 +57,9 @@ class TrainDoc:
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
 
-def speech_sentences(part: str = "train", root: Path | None = None) -> list[str]:
-    """Sentences of the public-domain speeches (``part``: ``train`` or ``heldout`` files)."""
+def speech_sentences(part: str = "train", root: Path | None = None, digits: bool = False) -> list[str]:
+    """Sentences of the public-domain speeches (``part``: ``train`` or ``heldout`` files), in order;
+    sentences with digits only with ``digits`` (filler must not hold numbers a needle could clash with)."""
     root = root or evaldata_dir()
     splits = load_splits()["filler"]
     out: list[str] = []
@@ -71,7 +73,7 @@ def speech_sentences(part: str = "train", root: Path | None = None) -> list[str]
                 text = re.sub(r"\s+", " ", text)
                 for s in _SENT_SPLIT.split(text):
                     s = s.strip()
-                    if 20 <= len(s) <= 400 and not any(ch.isdigit() for ch in s):
+                    if 20 <= len(s) <= 400 and (digits or not any(ch.isdigit() for ch in s)):
                         out.append(s)
     return out
 
@@ -136,6 +138,12 @@ def fact_kind_probs(kinds: dict[str, float]) -> np.ndarray:
     return probs / probs.sum()
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_kind_probs(items: tuple[tuple[str, float], ...]) -> np.ndarray:
+    """:func:`fact_kind_probs` once per distinct weighting (``make_fact`` runs for every fact)."""
+    return fact_kind_probs(dict(items))
+
+
 def make_fact(rng: np.random.Generator, kinds: dict[str, float] | None = None) -> tuple[str, list[str], str, str]:
     """One fact: ``(sentence, questions, answer, key)``; the key names what the question is about.
 
@@ -145,7 +153,7 @@ def make_fact(rng: np.random.Generator, kinds: dict[str, float] | None = None) -
     if kinds is None:
         kind = int(rng.integers(len(FACT_KINDS)))
     else:
-        kind = int(rng.choice(len(FACT_KINDS), p=fact_kind_probs(kinds)))
+        kind = int(rng.choice(len(FACT_KINDS), p=_cached_kind_probs(tuple(sorted(kinds.items())))))
     if kind == 0:
         topic = pick(["special magic number", "secret number", "access number", "lucky number"])
         n = str(int(rng.integers(10000, 100000)))
@@ -262,6 +270,41 @@ def squad_document(rng: np.random.Generator, paragraphs: list[tuple[str, list[tu
     picks = rng.permutation(len(pool))[:n_questions]
     qas = [QA(pool[int(j)][0], min(pool[int(j)][1], key=len), "squad") for j in picks]
     return TrainDoc("\n\n".join(c for c, _ in chosen), qas, "squad")
+
+
+def speech_passages(part: str = "train", root: Path | None = None, words: int = 150) -> list[str]:
+    """Consecutive speech sentences (digits kept) grouped into passages of about ``words`` words."""
+    out: list[str] = []
+    current: list[str] = []
+    for s in speech_sentences(part, root, digits=True):
+        current.append(s)
+        if sum(len(x.split()) for x in current) >= words:
+            out.append(" ".join(current))
+            current = []
+    return out
+
+
+CLOZE_SQUAD_SHARE = 0.6
+"""Share of cloze documents drawn from SQuAD paragraphs (Wikipedia); the rest are speech passages."""
+
+
+def cloze_document(rng: np.random.Generator, squad_texts: list[str], speech_texts: list[str],
+                   n_questions: int, n_passages: int = 1) -> TrainDoc:
+    """Consecutive passages (SQuAD paragraphs or speech passages) with cloze-translated questions
+    (:mod:`.cloze`) about them; passages without any cloze question are skipped."""
+    from .cloze import pick_cloze
+
+    for _ in range(100):
+        texts = squad_texts if (rng.random() < CLOZE_SQUAD_SHARE or not speech_texts) else speech_texts
+        if not texts:
+            break
+        i = int(rng.integers(len(texts)))
+        chosen = [texts[(i + k) % len(texts)] for k in range(n_passages)]
+        text = "\n\n".join(chosen)
+        picked = pick_cloze(rng, text, n_questions)
+        if picked:
+            return TrainDoc(text, [QA(q.question, q.answer, "cloze") for q in picked], "cloze")
+    raise ValueError("no passage yields a cloze question (are the SQuAD and speech files there?)")
 
 
 # General-knowledge questions for interference control. None of them is a question of the

@@ -38,6 +38,11 @@ from ..core.prompts import ChatFormat, chunk_token_ids
 from . import data as D
 from .teacher import TeacherCache, soft_cross_entropy
 
+DOC_KINDS = ("needle", "squad", "cloze")
+"""Document kinds of :attr:`Phase.mix`: fact needles in filler, SQuAD paragraphs with their gold
+questions, passages with cloze-translated questions (:mod:`.cloze`)."""
+ACC_KEYS = ("acc_fact", "acc_squad", "acc_cloze", "acc_unrelated")
+
 
 @dataclass
 class Phase:
@@ -53,6 +58,9 @@ class Phase:
     """Weights of the fact kinds (:data:`.data.FACT_KINDS`) in needle documents; default uniform."""
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.mix) - set(DOC_KINDS))
+        if unknown:
+            raise ValueError(f"unknown document kinds {unknown} in mix; known: {', '.join(DOC_KINDS)}")
         if self.fact_kinds is not None:
             D.fact_kind_probs(self.fact_kinds)  # fail at load time, not at the first document
 
@@ -122,6 +130,13 @@ def _phase_at(phases: list[Phase], step: int) -> Phase:
         if step < p.until_step:
             return p
     return phases[-1]
+
+
+def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key mean over the rows that have the key (a data kind absent from some steps, even
+    the last one, is still logged)."""
+    keys = dict.fromkeys(k for row in rows for k in row)
+    return {k: float(np.mean([row[k] for row in rows if k in row])) for k in keys}
 
 
 def _draw(rng: np.random.Generator, mix: dict[str, float]) -> str:
@@ -214,6 +229,9 @@ class Trainer:
         self.filler_eval = D.FillerBank(self.tok, "heldout")
         self.squad = D.squad_paragraphs("train")
         self.squad_eval = D.squad_paragraphs("validation")
+        if any("cloze" in p.mix for p in self.cfg.phases):
+            self.cloze_texts = ([c for c, _ in self.squad], D.speech_passages("train"))
+            self.cloze_texts_eval = ([c for c, _ in self.squad_eval], D.speech_passages("heldout"))
         squad_questions = [q for _, qas in self.squad for q, _ in qas]
         cache = self.out / "unrelated.jsonl"
         if cache.is_file():
@@ -257,6 +275,9 @@ class Trainer:
             kind = _draw(rng, phase.mix)
             if kind == "squad" and squad:
                 doc = D.squad_document(rng, squad, self.cfg.questions_per_doc, n_paragraphs=chunks)
+            elif kind == "cloze":
+                texts = self.cloze_texts_eval if held_out else self.cloze_texts
+                doc = D.cloze_document(rng, *texts, self.cfg.questions_per_doc, n_passages=chunks)
             else:
                 per_chunk = int(rng.integers(phase.min_tokens, phase.max_tokens + 1))
                 n_facts = int(rng.integers(1, phase.max_facts + 1))
@@ -346,7 +367,7 @@ class Trainer:
         ce = (doc_loss / doc_n).mean()
         total = ce + self.cfg.l1 * l1
         stats: dict[str, Any] = {"loss": total.item(), "ce": ce.item(), "l1": l1.item()}
-        for kind in ("fact", "squad", "unrelated"):
+        for kind in ("fact", "squad", "cloze", "unrelated"):
             sel = [i for i, k in enumerate(kinds) if k == kind]
             if sel:
                 stats[f"ce_{kind}"] = q_loss[sel].mean().item()
@@ -430,7 +451,7 @@ class Trainer:
         train = [r for r in rows if "ce" in r]
         evals = [r for r in rows if "eval_score" in r]
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-        for key in ("ce", "ce_fact", "ce_squad", "ce_unrelated"):
+        for key in ("ce", "ce_fact", "ce_squad", "ce_cloze", "ce_unrelated"):
             pts = [(r["step"], r[key]) for r in train if key in r]
             if pts:
                 ax1.plot(*zip(*pts), label=key, lw=1)
@@ -438,7 +459,7 @@ class Trainer:
         ax1.set_ylabel("cross-entropy")
         ax1.set_yscale("log")
         ax1.legend()
-        for key in ("eval_acc_fact", "eval_acc_squad", "eval_acc_unrelated"):
+        for key in ("eval_acc_fact", "eval_acc_squad", "eval_acc_cloze", "eval_acc_unrelated"):
             pts = [(r["step"], r[key]) for r in evals if key in r]
             if pts:
                 ax2.plot(*zip(*pts), marker="o", label=key)
@@ -486,12 +507,12 @@ class Trainer:
             out_of_time = cfg.time_budget_seconds is not None and \
                 time.perf_counter() - session_start > cfg.time_budget_seconds
             if self.step % cfg.log_every == 0 or self.step == last_step or out_of_time:
-                avg = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
+                avg = _mean_rows(window)
                 avg["step"] = self.step
                 avg["elapsed"] = round(self.elapsed, 1)
                 self._write_metrics(avg)
                 self.log(f"step {self.step}/{cfg.max_steps} loss {avg['loss']:.3f} ce {avg['ce']:.3f} "
-                         + " ".join(f"{k} {avg[k]:.2f}" for k in ("acc_fact", "acc_squad", "acc_unrelated") if k in avg)
+                         + " ".join(f"{k} {avg[k]:.2f}" for k in ACC_KEYS if k in avg)
                          + f" |B| {avg['scale_B']:.3f} {avg['seconds']:.2f}s/step")
                 window = []
             if self.step % cfg.eval_every == 0 or self.step == last_step:

@@ -146,3 +146,28 @@ def test_grouped_student_loss_equals_one_question_at_a_time(tiny_llama_dir, tmp_
         target = torch.tensor(seq[starts[i]:])
         assert torch.allclose(q_loss[i], F.cross_entropy(logits.float(), target), atol=1e-4)
         assert bool(correct[i]) == bool((logits.argmax(-1) == target).all())
+
+
+def test_logged_means_keep_kinds_missing_from_the_last_step():
+    from d2l_haystack.training.trainer import _mean_rows
+
+    rows = [{"ce": 1.0, "acc_cloze": 0.5}, {"ce": 3.0, "acc_cloze": 0.0}, {"ce": 2.0}]
+    assert _mean_rows(rows) == {"ce": 2.0, "acc_cloze": 0.25}
+
+
+def test_cloze_documents_come_from_training_text_and_held_out_text(tiny_llama_dir, tmp_path):
+    import numpy as np
+
+    tr = Trainer(_config(tiny_llama_dir, tmp_path / "z", unrelated_prob=0.0,
+                         phases=[Phase(until_step=10, mix={"cloze": 1.0})]), log=_silent)
+    phase = tr.cfg.phases[0]
+    train = tr.make_docs(np.random.default_rng(0), phase, 6)
+    held = tr.make_docs(np.random.default_rng(0), phase, 6, held_out=True)
+    train_squad = {c for c, _ in tr.squad}
+    val_squad = {c for c, _ in tr.squad_eval}
+    for docs, own, other in ((train, train_squad, val_squad), (held, val_squad, train_squad)):
+        assert all(d.source == "cloze" and len(d.qas) == 2 for d in docs)
+        assert all(qa.kind == "cloze" and qa.answer in d.text and qa.answer not in qa.question
+                   for d in docs for qa in d.qas)
+        assert not any(d.text in other for d in docs)  # SQuAD validation paragraphs stay held out
+        assert any(d.text in own for d in docs)
