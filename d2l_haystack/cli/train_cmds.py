@@ -43,12 +43,14 @@ def _average(args: argparse.Namespace) -> int:
     from d2l_haystack.training.average import average_checkpoints
 
     try:
-        try:
-            weights = [float(x) for x in args.weights.split(",")] if args.weights else None
-        except ValueError:
-            raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+        weights = [float(x) for x in args.weights.split(",")] if args.weights else None
+    except ValueError:
+        print(f"d2l average: error: --weights must be comma-separated numbers, got {args.weights!r}",
+              file=sys.stderr)
+        return 2
+    try:
         ckpt_id = average_checkpoints(args.checkpoints, args.out, weights)
-    except ValueError as exc:  # bad --weights or too few checkpoints
+    except ValueError as exc:  # too few checkpoints, weights that do not fit
         print(f"d2l average: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} (checkpoint id {ckpt_id}) from {len(args.checkpoints)} checkpoints")

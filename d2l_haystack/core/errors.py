@@ -24,3 +24,7 @@ class AdapterError(D2LError):
 
 class InputError(D2LError):
     """A document or question cannot be used (empty, binary, not text...)."""
+
+
+class ConfigError(D2LError, ValueError):
+    """A training configuration file is missing, unreadable, or has an unknown or bad field."""

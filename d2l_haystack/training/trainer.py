@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.encoder import ContextEncoder, decoder_of, left_pad_batch, pad_batch
+from ..core.errors import ConfigError
 from ..core.hypernet import Hypernetwork, config_for_model, load_checkpoint, save_checkpoint
 from ..core.lora import get_hooks
 from ..core.models import get_model
@@ -109,10 +110,34 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        text = Path(path).read_text()
-        raw = json.loads(text) if str(path).endswith(".json") else _yaml(text)
+        """Load a YAML (or ``.json``) config; ``overrides`` that are not ``None`` win.
+
+        :raises ConfigError: (a ``ValueError``) naming the file and the problem: missing or
+            unreadable file, not a mapping, unknown field, bad phase.
+        """
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read training config {path}: {exc}") from None
+        is_json = str(path).endswith(".json")
+        try:
+            raw = json.loads(text) if is_json else _yaml(text)
+        except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
+            kind = "JSON" if is_json else "YAML"
+            raise ConfigError(f"training config {path} is not valid {kind}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"training config {path} must be a mapping of fields, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"training config {path}: unknown fields {unknown}")
         raw.update({k: v for k, v in overrides.items() if v is not None})
-        raw["phases"] = [Phase(**p) for p in raw.get("phases", [])] or [Phase(until_step=10**9)]
+        phases = []
+        for i, p in enumerate(raw.get("phases") or []):
+            try:
+                phases.append(Phase(**p))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"training config {path}: phase {i + 1}: {exc}") from None
+        raw["phases"] = phases or [Phase(until_step=10**9)]
         return cls(**raw)
 
     def to_dict(self) -> dict[str, Any]:

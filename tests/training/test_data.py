@@ -49,3 +49,32 @@ def test_every_committed_training_config_loads():
     for path in configs:
         cfg = TrainConfig.from_file(path)
         assert cfg.phases and cfg.max_steps > 0 and cfg.out_dir.startswith("runs/"), path.name
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "cannot read training config"),
+    ("phases: [unclosed", "not valid YAML"),
+    ("- just\n- a list\n", "must be a mapping"),
+    ("lr: 0.1\nlearning_rate: 0.1\n", r"unknown fields \['learning_rate'\]"),
+    ("phases:\n  - {until_step: 10, mix: {clozee: 1.0}}\n", r"phase 1: unknown document kinds \['clozee'\]"),
+    ("phases:\n  - {until_step: 10, mix_typo: {needle: 1.0}}\n", "phase 1: .*mix_typo"),
+])
+def test_bad_training_configs_fail_with_the_file_and_the_problem(tmp_path, text, message):
+    from d2l_haystack.core.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        TrainConfig.from_file(path)
+    assert str(path) in str(info.value)
+
+
+def test_d2l_train_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    from d2l_haystack.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("phases:\n  - {until_step: 10, mix: {clozee: 1.0}}\n")
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("d2l train: error: training config") and "clozee" in err and "Traceback" not in err
