@@ -254,9 +254,7 @@ class Trainer:
         self.filler_eval = D.FillerBank(self.tok, "heldout")
         self.squad = D.squad_paragraphs("train")
         self.squad_eval = D.squad_paragraphs("validation")
-        if any("cloze" in p.mix for p in self.cfg.phases):
-            self.cloze_texts = ([c for c, _ in self.squad], D.speech_passages("train"))
-            self.cloze_texts_eval = ([c for c, _ in self.squad_eval], D.speech_passages("heldout"))
+        self._cloze_texts: dict[bool, tuple[list[str], list[str]]] = {}
         squad_questions = [q for _, qas in self.squad for q, _ in qas]
         cache = self.out / "unrelated.jsonl"
         if cache.is_file():
@@ -291,6 +289,15 @@ class Trainer:
                 out.append(self.tok.decode(row, skip_special_tokens=True).strip())
         return out
 
+    def cloze_texts(self, held_out: bool = False) -> tuple[list[str], list[str]]:
+        """``(SQuAD paragraphs, speech passages)`` of cloze documents (training or held-out part),
+        read on first use."""
+        if held_out not in self._cloze_texts:
+            squad = self.squad_eval if held_out else self.squad
+            self._cloze_texts[held_out] = ([c for c, _ in squad],
+                                           D.speech_passages("heldout" if held_out else "train"))
+        return self._cloze_texts[held_out]
+
     def make_docs(self, rng: np.random.Generator, phase: Phase, n: int, held_out: bool = False) -> list[D.TrainDoc]:
         docs = []
         filler = self.filler_eval if held_out else self.filler
@@ -301,8 +308,8 @@ class Trainer:
             if kind == "squad" and squad:
                 doc = D.squad_document(rng, squad, self.cfg.questions_per_doc, n_paragraphs=chunks)
             elif kind == "cloze":
-                texts = self.cloze_texts_eval if held_out else self.cloze_texts
-                doc = D.cloze_document(rng, *texts, self.cfg.questions_per_doc, n_passages=chunks)
+                doc = D.cloze_document(rng, *self.cloze_texts(held_out), self.cfg.questions_per_doc,
+                                       n_passages=chunks)
             else:
                 per_chunk = int(rng.integers(phase.min_tokens, phase.max_tokens + 1))
                 n_facts = int(rng.integers(1, phase.max_facts + 1))
