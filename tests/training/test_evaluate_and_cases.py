@@ -106,13 +106,14 @@ def test_general_unrelated_questions_never_come_from_the_held_out_set():
 def test_every_committed_training_config_loads():
     from pathlib import Path
 
-    from d2l_haystack.training.trainer import TrainConfig
+    from d2l_haystack.training.trainer import DOC_KINDS, TrainConfig
 
     configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
     assert len(configs) >= 4
     for path in configs:
         cfg = TrainConfig.from_file(path)
-        assert cfg.phases and all(set(p.mix) <= {"needle", "squad"} for p in cfg.phases), path.name
+        assert cfg.phases and all(set(p.mix) <= set(DOC_KINDS) for p in cfg.phases), path.name
+        assert cfg.max_steps > 0 and cfg.out_dir.startswith("runs/"), path.name
         assert all(int(k) >= 1 for p in cfg.phases for k in p.chunk_mix), path.name
         assert [p.until_step for p in cfg.phases] == sorted(p.until_step for p in cfg.phases), path.name
         if cfg.init_from and not cfg.init_from.startswith("runs/"):
