@@ -145,16 +145,12 @@ def cloze_questions(text: str) -> list[ClozeQA]:
             if sentence.count(answer) != 1:
                 continue
             a, b, wh = _wh(sentence, start, end, kind)
-            q_sentence = sentence[:a] + ("\x00" if a else "\x01") + sentence[b:]
-            window = _window(q_sentence, a, a + 1)
-            if window is None or ("\x00" not in window and "\x01" not in window):
+            # a one-character placeholder marks the span while the clause is chosen
+            window = _window(sentence[:a] + "\x00" + sentence[b:], a, a + 1)
+            if window is None:
                 continue
-            if "\x01" in window:  # the span started the sentence: capitalise the question phrase
-                window = window.replace("\x01", wh[0].upper() + wh[1:])
-            else:
-                window = window.replace("\x00", wh)
-            question = window.strip().rstrip(".!?;:,\"' ") + "?"
-            question = question[0].upper() + question[1:]
+            question = window.replace("\x00", wh).strip().rstrip(".!?;:,\"' ") + "?"
+            question = question[0].upper() + question[1:]  # also a question phrase that starts it
             if len(question.split()) >= 4:
                 out.append(ClozeQA(question, answer, kind))
     return out

@@ -276,11 +276,13 @@ def speech_passages(part: str = "train", root: Path | None = None, words: int = 
     """Consecutive speech sentences (digits kept) grouped into passages of about ``words`` words."""
     out: list[str] = []
     current: list[str] = []
+    count = 0
     for s in speech_sentences(part, root, digits=True):
         current.append(s)
-        if sum(len(x.split()) for x in current) >= words:
+        count += len(s.split())
+        if count >= words:
             out.append(" ".join(current))
-            current = []
+            current, count = [], 0
     return out
 
 
