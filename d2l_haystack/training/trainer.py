@@ -42,7 +42,8 @@ from .teacher import TeacherCache, soft_cross_entropy
 DOC_KINDS = ("needle", "squad", "cloze")
 """Document kinds of :attr:`Phase.mix`: fact needles in filler, SQuAD paragraphs with their gold
 questions, passages with cloze-translated questions (:mod:`.cloze`)."""
-ACC_KEYS = ("acc_fact", "acc_squad", "acc_cloze", "acc_unrelated")
+QA_KINDS = ("fact", "squad", "cloze", "unrelated")
+"""Question kinds (:attr:`.data.QA.kind`); each gets ``ce_<kind>`` and ``acc_<kind>`` in the metrics."""
 
 
 @dataclass
@@ -399,7 +400,7 @@ class Trainer:
         ce = (doc_loss / doc_n).mean()
         total = ce + self.cfg.l1 * l1
         stats: dict[str, Any] = {"loss": total.item(), "ce": ce.item(), "l1": l1.item()}
-        for kind in ("fact", "squad", "cloze", "unrelated"):
+        for kind in QA_KINDS:
             sel = [i for i, k in enumerate(kinds) if k == kind]
             if sel:
                 stats[f"ce_{kind}"] = q_loss[sel].mean().item()
@@ -483,7 +484,7 @@ class Trainer:
         train = [r for r in rows if "ce" in r]
         evals = [r for r in rows if "eval_score" in r]
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-        for key in ("ce", "ce_fact", "ce_squad", "ce_cloze", "ce_unrelated"):
+        for key in ("ce", *(f"ce_{k}" for k in QA_KINDS)):
             pts = [(r["step"], r[key]) for r in train if key in r]
             if pts:
                 ax1.plot(*zip(*pts), label=key, lw=1)
@@ -491,7 +492,7 @@ class Trainer:
         ax1.set_ylabel("cross-entropy")
         ax1.set_yscale("log")
         ax1.legend()
-        for key in ("eval_acc_fact", "eval_acc_squad", "eval_acc_cloze", "eval_acc_unrelated"):
+        for key in (f"eval_acc_{k}" for k in QA_KINDS):
             pts = [(r["step"], r[key]) for r in evals if key in r]
             if pts:
                 ax2.plot(*zip(*pts), marker="o", label=key)
@@ -544,7 +545,7 @@ class Trainer:
                 avg["elapsed"] = round(self.elapsed, 1)
                 self._write_metrics(avg)
                 self.log(f"step {self.step}/{cfg.max_steps} loss {avg['loss']:.3f} ce {avg['ce']:.3f} "
-                         + " ".join(f"{k} {avg[k]:.2f}" for k in ACC_KEYS if k in avg)
+                         + " ".join(f"{k} {avg[k]:.2f}" for k in (f"acc_{q}" for q in QA_KINDS) if k in avg)
                          + f" |B| {avg['scale_B']:.3f} {avg['seconds']:.2f}s/step")
                 window = []
             if self.step % cfg.eval_every == 0 or self.step == last_step:
