@@ -20,6 +20,17 @@ class _EarlyExit(Exception):
         self.hidden = hidden
 
 
+_STOP = threading.local()
+"""Per thread: the decoder layer after which the running forward pass stops (``layer``), or none."""
+_HOOK_ATTR = "_d2l_early_exit_hook"
+
+
+def _exit_hook(module: nn.Module, inputs: Any, output: Any) -> None:
+    if getattr(_STOP, "layer", None) is module:
+        hidden = output[0] if isinstance(output, tuple) else output
+        raise _EarlyExit(hidden)
+
+
 def decoder_of(model: nn.Module) -> nn.Module:
     """The decoder (the model without its LM head) of a causal LM."""
     return model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
@@ -34,40 +45,38 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 class ContextEncoder:
-    """Encodes padded batches of wrapped chunks into hypernetwork features (no gradient)."""
+    """Encodes padded batches of wrapped chunks into hypernetwork features (no gradient).
+
+    The early exit is one forward hook per decoder layer, registered by the first encoder that
+    stops there and shared by every later one (base models are shared by the process-level
+    model cache, so engines created one after another do not pile hooks onto the same layer).
+    It does nothing unless this thread's encoder asked to stop after that layer.
+    """
 
     def __init__(self, model: nn.Module, mode: str, exit_layer: int) -> None:
         self.model = model
         self.mode = mode
         self.exit_layer = exit_layer
-        self._local = threading.local()
-        layers = decoder_layers(model)
         self._decoder = decoder_of(model)
-        self._hook = layers[exit_layer - 1].register_forward_hook(self._exit_hook)
-
-    def _exit_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
-        if getattr(self._local, "exit", False):
-            hidden = output[0] if isinstance(output, tuple) else output
-            raise _EarlyExit(hidden)
+        self._layer = decoder_layers(model)[exit_layer - 1]
+        if mode == "early_exit" and getattr(self._layer, _HOOK_ATTR, None) is None:
+            setattr(self._layer, _HOOK_ATTR, self._layer.register_forward_hook(_exit_hook))
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """:returns: ``(batch, tokens, hidden)`` (early exit) or ``(batch, layers, tokens, hidden)``."""
         if self.mode == "early_exit":
-            self._local.exit = True
+            _STOP.layer = self._layer
             try:
                 self._decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
             except _EarlyExit as stop:
                 return stop.hidden
             finally:
-                self._local.exit = False
+                _STOP.layer = None
             raise RuntimeError("early exit hook did not fire")
         out = self._decoder(input_ids=input_ids, attention_mask=attention_mask,
                             output_hidden_states=True, use_cache=False)
         return torch.stack(out.hidden_states[:-1], dim=1)
-
-    def close(self) -> None:
-        self._hook.remove()
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:

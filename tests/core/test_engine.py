@@ -215,3 +215,30 @@ def test_portable_description_has_no_machine_paths(real_engine: D2LEngine) -> No
     assert plain["model_path"].endswith("smollm2-135m-instruct") and plain["model_path"].startswith("/")
     assert {k: v for k, v in plain.items() if k not in ("model_path", "checkpoint")} == \
         {k: v for k, v in portable.items() if k not in ("model_path", "checkpoint")}
+
+
+def test_engines_share_one_early_exit_hook_per_layer(tiny_llama_dir):
+    """Engines over the same (cached) base model do not pile forward hooks onto its layers, and
+    each still stops after its own exit layer."""
+    import threading
+
+    from d2l_haystack.core.encoder import ContextEncoder, decoder_layers, pad_batch
+
+    engines = [D2LEngine(str(tiny_llama_dir), checkpoint=None, device="cpu", chunk_tokens=64) for _ in range(3)]
+    model = engines[0].model
+    assert all(e.model is model for e in engines)
+    layers = decoder_layers(model)
+    exit_layer = engines[0].config.exit_layer
+    assert len(layers[exit_layer - 1]._forward_hooks) == 1
+    other = ContextEncoder(model, "early_exit", 1)
+    assert len(layers[0]._forward_hooks) == 1 and len(layers[exit_layer - 1]._forward_hooks) == 1
+    ids, mask = pad_batch([[5, 6, 7, 8]], 0, "cpu")
+    full = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert torch.allclose(other(ids, mask), full[1], atol=1e-5)
+    assert torch.allclose(engines[1].encoder(ids, mask), full[exit_layer], atol=1e-5)
+    # a plain forward pass is not stopped, from this thread or another
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(model(input_ids=ids, attention_mask=mask).logits))
+    worker.start()
+    worker.join()
+    assert out and out[0].shape[:2] == ids.shape
