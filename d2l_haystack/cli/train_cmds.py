@@ -18,6 +18,11 @@ def register(sub: Any) -> None:
                    help="stop (and checkpoint) at this step without changing the schedule (max_steps)")
     p.add_argument("--device", help="cpu / cuda (default: cuda when available)")
     p.add_argument("--init-from", help="start from this checkpoint folder")
+    p.add_argument("--evaluate", metavar="CHECKPOINT",
+                   help="train nothing: score this checkpoint folder on the config's held-out set (the "
+                        "documents the run itself evaluates on) and print the metrics as one JSON line")
+    p.add_argument("--eval-step", type=int, metavar="STEP",
+                   help="with --evaluate: take the documents of the phase at this step (default: max_steps)")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("average", help="average hypernetwork checkpoints of one lineage (model soup)")
@@ -32,7 +37,15 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig.from_file(args.config, out_dir=args.out_dir, max_steps=args.max_steps,
                                 time_budget_seconds=args.time_budget, device=args.device,
-                                init_from=args.init_from, stop_at_step=args.stop_at)
+                                init_from=args.evaluate or args.init_from, stop_at_step=args.stop_at)
+    if args.evaluate:
+        import json
+
+        trainer = Trainer(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+        trainer.step = cfg.max_steps if args.eval_step is None else args.eval_step
+        metrics = {k: round(v, 4) for k, v in trainer.evaluate().items()}
+        print(json.dumps({"checkpoint": args.evaluate, "config": args.config, "step": trainer.step, **metrics}))
+        return 0
     result = Trainer(cfg, resume=args.resume, log=lambda s: print(s, flush=True)).train()
     print(f"stopped at step {result['step']} (best held-out score {result['best_score']:.3f}); "
           f"checkpoints in {cfg.out_dir}/checkpoint and {cfg.out_dir}/best")

@@ -37,12 +37,14 @@ from ..core.lora import get_hooks
 from ..core.models import get_model
 from ..core.prompts import ChatFormat, chunk_token_ids
 from . import data as D
+from .swap import AnswerPool, swap_document
 from .teacher import TeacherCache, soft_cross_entropy
 
-DOC_KINDS = ("needle", "squad", "cloze")
+DOC_KINDS = ("needle", "squad", "cloze", "swap")
 """Document kinds of :attr:`Phase.mix`: fact needles in filler, SQuAD paragraphs with their gold
-questions, passages with cloze-translated questions (:mod:`.cloze`)."""
-QA_KINDS = ("fact", "squad", "cloze", "unrelated")
+questions, passages with cloze-translated questions (:mod:`.cloze`), SQuAD paragraphs with their
+gold questions' answers swapped in text and target (:mod:`.swap`)."""
+QA_KINDS = ("fact", "squad", "cloze", "swap", "unrelated")
 """Question kinds (:attr:`.data.QA.kind`); each gets ``ce_<kind>`` and ``acc_<kind>`` in the metrics."""
 
 
@@ -256,6 +258,7 @@ class Trainer:
         self.squad = D.squad_paragraphs("train")
         self.squad_eval = D.squad_paragraphs("validation")
         self._cloze_texts: dict[bool, tuple[list[str], list[str]]] = {}
+        self._answer_pools: dict[bool, AnswerPool] = {}
         squad_questions = [q for _, qas in self.squad for q, _ in qas]
         cache = self.out / "unrelated.jsonl"
         if cache.is_file():
@@ -299,6 +302,12 @@ class Trainer:
                                            D.speech_passages("heldout" if held_out else "train"))
         return self._cloze_texts[held_out]
 
+    def answer_pool(self, held_out: bool = False) -> AnswerPool:
+        """Replacement answers of swapped SQuAD documents (from the same part's paragraphs)."""
+        if held_out not in self._answer_pools:
+            self._answer_pools[held_out] = AnswerPool(self.squad_eval if held_out else self.squad)
+        return self._answer_pools[held_out]
+
     def make_docs(self, rng: np.random.Generator, phase: Phase, n: int, held_out: bool = False) -> list[D.TrainDoc]:
         docs = []
         filler = self.filler_eval if held_out else self.filler
@@ -308,6 +317,9 @@ class Trainer:
             kind = _draw(rng, phase.mix)
             if kind == "squad" and squad:
                 doc = D.squad_document(rng, squad, self.cfg.questions_per_doc, n_paragraphs=chunks)
+            elif kind == "swap" and squad:
+                doc = swap_document(rng, squad, self.answer_pool(held_out), self.cfg.questions_per_doc,
+                                    n_paragraphs=chunks)
             elif kind == "cloze":
                 doc = D.cloze_document(rng, *self.cloze_texts(held_out), self.cfg.questions_per_doc,
                                        n_passages=chunks)

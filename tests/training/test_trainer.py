@@ -171,3 +171,26 @@ def test_cloze_documents_come_from_training_text_and_held_out_text(tiny_llama_di
                    for d in docs for qa in d.qas)
         assert not any(d.text in other for d in docs)  # SQuAD validation paragraphs stay held out
         assert any(d.text in own for d in docs)
+
+
+def test_d2l_train_evaluate_scores_a_checkpoint_like_the_run_did(tiny_llama_dir, tmp_path, capsys):
+    """``d2l train --evaluate CKPT`` trains nothing and reproduces the run's own last held-out score."""
+    from d2l_haystack.cli import main
+
+    cfg = _config(tiny_llama_dir, tmp_path / "run")
+    Trainer(cfg, log=_silent).train()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "eval_score" in r][-1]
+    assert last["step"] == cfg.max_steps
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    state = (tmp_path / "run" / "state.pt").stat().st_mtime_ns
+    assert main(["train", "--config", str(path), "--evaluate", str(tmp_path / "run" / "checkpoint")]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["step"] == cfg.max_steps
+    for key in ("eval_ce", "eval_ce_fact", "eval_acc_fact"):
+        assert got[key] == pytest.approx(last[key], abs=0.02), key  # the checkpoint is stored in fp16
+    assert (tmp_path / "run" / "state.pt").stat().st_mtime_ns == state  # nothing trained or written
+    capsys.readouterr()
+    assert main(["train", "--config", str(path), "--evaluate", str(tmp_path / "nothing")]) == 2
+    assert "is not a hypernetwork checkpoint" in capsys.readouterr().err
