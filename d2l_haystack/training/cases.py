@@ -107,6 +107,35 @@ def squad_cases(unit: str = "paragraph", part: str = "validation", max_docs: int
     return cases
 
 
+def sentence_cloze_cases(max_docs: int = 100, seed: int = 0, min_words: int = 8,
+                         max_words: int = 40) -> list[dict[str, Any]]:
+    """One sentence of a SQuAD validation paragraph per document, asked one of its own
+    cloze-translated questions (:mod:`.cloze`): the simplest reading a hypernetwork can be asked to
+    do on ordinary text (the question is nearly the sentence), without the templates of needles.
+
+    Paragraphs are visited in a seeded order; each gives at most one sentence of
+    ``min_words``-``max_words`` words that has a cloze question.
+    """
+    from .cloze import cloze_questions, pick_cloze, split_cloze_sentences
+
+    rng = np.random.default_rng(seed)
+    paras = D.squad_paragraphs("validation")
+    cases: list[dict[str, Any]] = []
+    for i in rng.permutation(len(paras)):
+        sentences = [x for x in split_cloze_sentences(paras[int(i)][0])
+                     if min_words <= len(x.split()) <= max_words and cloze_questions(x)]
+        if not sentences:
+            continue
+        sentence = sentences[int(rng.integers(len(sentences)))]
+        qa = pick_cloze(rng, sentence, 1)[0]
+        doc_id = f"para-{int(i)}"
+        cases.append({"id": f"cloze-{doc_id}", "document": sentence, "question": qa.question,
+                      "answers": [qa.answer], "doc_id": doc_id, "meta": {"unit": "sentence", "kind": qa.kind}})
+        if len(cases) >= max_docs:
+            break
+    return cases
+
+
 def general_questions() -> list[dict[str, Any]]:
     path = D.DATA_DIR / "general_qa.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

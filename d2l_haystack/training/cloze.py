@@ -156,6 +156,11 @@ def cloze_questions(text: str) -> list[ClozeQA]:
     return out
 
 
+def split_cloze_sentences(text: str) -> list[str]:
+    """The sentences of ``text`` as the cloze rules cut them (non-empty, stripped)."""
+    return [s.strip() for s in _SENTENCES.split(" ".join(text.split())) if s.strip()]
+
+
 def pick_cloze(rng: np.random.Generator, text: str, n: int) -> list[ClozeQA]:
     """Up to ``n`` distinct cloze questions of ``text``, kinds balanced (names are the most common
     span, numbers the rarest), drawn with ``rng``."""

@@ -291,18 +291,27 @@ CLOZE_SQUAD_SHARE = 0.6
 
 
 def cloze_document(rng: np.random.Generator, squad_texts: list[str], speech_texts: list[str],
-                   n_questions: int, n_passages: int = 1) -> TrainDoc:
+                   n_questions: int, n_passages: int = 1, max_sentences: int = 0) -> TrainDoc:
     """Consecutive passages (SQuAD paragraphs or speech passages) with cloze-translated questions
-    (:mod:`.cloze`) about them; passages without any cloze question are skipped."""
-    from .cloze import pick_cloze
+    (:mod:`.cloze`) about them; passages without any cloze question are skipped.
+
+    With ``max_sentences`` > 0 the document is instead a run of 1 to ``max_sentences`` consecutive
+    sentences of one passage (short natural documents: the first step from templated needles to
+    reading ordinary text)."""
+    from .cloze import pick_cloze, split_cloze_sentences
 
     for _ in range(100):
         texts = squad_texts if (rng.random() < CLOZE_SQUAD_SHARE or not speech_texts) else speech_texts
         if not texts:
             break
         i = int(rng.integers(len(texts)))
-        chosen = [texts[(i + k) % len(texts)] for k in range(n_passages)]
-        text = "\n\n".join(chosen)
+        if max_sentences > 0:
+            sentences = split_cloze_sentences(texts[i])
+            k = min(len(sentences), int(rng.integers(1, max_sentences + 1)))
+            start = int(rng.integers(len(sentences) - k + 1))
+            text = " ".join(sentences[start:start + k])
+        else:
+            text = "\n\n".join(texts[(i + k) % len(texts)] for k in range(n_passages))
         picked = pick_cloze(rng, text, n_questions)
         if picked:
             return TrainDoc(text, [QA(q.question, q.answer, "cloze") for q in picked], "cloze")

@@ -60,6 +60,9 @@ class Phase:
     max_facts: int = 3
     fact_kinds: dict[str, float] | None = None
     """Weights of the fact kinds (:data:`.data.FACT_KINDS`) in needle documents; default uniform."""
+    cloze_sentences: int = 0
+    """Cloze documents of this phase are runs of 1 to this many sentences of one passage (0: whole
+    passages, ``chunk_mix`` of them)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.mix) - set(DOC_KINDS))
@@ -322,7 +325,7 @@ class Trainer:
                                     n_paragraphs=chunks)
             elif kind == "cloze":
                 doc = D.cloze_document(rng, *self.cloze_texts(held_out), self.cfg.questions_per_doc,
-                                       n_passages=chunks)
+                                       n_passages=chunks, max_sentences=phase.cloze_sentences)
             else:
                 per_chunk = int(rng.integers(phase.min_tokens, phase.max_tokens + 1))
                 n_facts = int(rng.integers(1, phase.max_facts + 1))

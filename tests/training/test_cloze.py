@@ -78,3 +78,36 @@ def test_unknown_document_kinds_fail_when_the_phase_is_made():
     with pytest.raises(ValueError, match=r"unknown document kinds \['clozee'\]"):
         Phase(until_step=10, mix={"needle": 0.5, "clozee": 0.5})
     Phase(until_step=10, mix={"needle": 0.3, "squad": 0.3, "cloze": 0.4})
+
+
+def test_short_cloze_documents_are_runs_of_consecutive_sentences():
+    from d2l_haystack.training.cloze import split_cloze_sentences
+
+    sentences = split_cloze_sentences(PARAGRAPH)
+    assert len(sentences) == 4 and " ".join(sentences) == " ".join(PARAGRAPH.split())
+    lengths = set()
+    for seed in range(30):
+        doc = D.cloze_document(np.random.default_rng(seed), [PARAGRAPH], [], 2, max_sentences=2)
+        parts = split_cloze_sentences(doc.text)
+        lengths.add(len(parts))
+        assert 1 <= len(parts) <= 2 and doc.text in " ".join(sentences)  # consecutive, in order
+        assert doc.qas and all(qa.answer in doc.text for qa in doc.qas)
+    assert lengths == {1, 2}
+    # whole passages by default
+    whole = D.cloze_document(np.random.default_rng(3), [PARAGRAPH], [], 2)
+    assert whole.text == PARAGRAPH
+
+
+def test_phase_cloze_sentences_reaches_the_documents(tiny_llama_dir, tmp_path):
+    if not (D.evaldata_dir() / "squad-v1.1-dev-40articles.json").is_file():
+        pytest.skip("evaluation data not available (D2L_EVALDATA)")
+    from d2l_haystack.training.cloze import split_cloze_sentences
+    from d2l_haystack.training.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(model=str(tiny_llama_dir), out_dir=str(tmp_path / "s"), device="cpu", unrelated_prob=0.0,
+                      hypernet={"latent_dim": 32, "proj_hidden": 64, "num_heads": 2})
+    tr = Trainer(cfg, log=lambda _: None)
+    short = tr.make_docs(np.random.default_rng(0), Phase(until_step=9, mix={"cloze": 1.0}, cloze_sentences=1), 8)
+    whole = tr.make_docs(np.random.default_rng(0), Phase(until_step=9, mix={"cloze": 1.0}), 8)
+    assert all(len(split_cloze_sentences(d.text)) == 1 for d in short)
+    assert sum(len(split_cloze_sentences(d.text)) for d in whole) > 3 * len(whole)

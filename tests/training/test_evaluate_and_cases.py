@@ -139,3 +139,24 @@ def test_d2l_applies_at_most_max_chunks_and_d2l_all_every_chunk(nonzero_engine, 
     selected, every = applied
     assert every["chunks_total"] == selected["chunks_total"] > 8
     assert selected["chunks_applied"] == 8 and every["chunks_applied"] == every["chunks_total"]
+
+
+def test_sentence_cloze_cases_are_held_out_seeded_sentences_with_their_own_questions(tmp_path):
+    from d2l_haystack.cli import main
+    from d2l_haystack.training import data as D
+    from d2l_haystack.training.cases import sentence_cloze_cases
+
+    if not (D.evaldata_dir() / "squad-v1.1-dev-40articles.json").is_file():
+        pytest.skip("evaluation data not available (D2L_EVALDATA)")
+    cases = sentence_cloze_cases(max_docs=30, seed=3)
+    assert len(cases) == 30 and cases == sentence_cloze_cases(max_docs=30, seed=3)
+    assert [c["id"] for c in cases] != [c["id"] for c in sentence_cloze_cases(max_docs=30, seed=4)]
+    validation = " ".join(" ".join(c.split()) for c, _ in D.squad_paragraphs("validation"))
+    training = " ".join(" ".join(c.split()) for c, _ in D.squad_paragraphs("train"))
+    for c in cases:
+        assert c["document"] in validation and c["document"] not in training
+        assert 8 <= len(c["document"].split()) <= 40 and c["question"].endswith("?")
+        assert c["answers"][0] in c["document"] and c["answers"][0] not in c["question"]
+    assert len({c["doc_id"] for c in cases}) == 30  # one sentence per paragraph
+    assert main(["cases", "squad-sentences", "--max-docs", "5", "-o", str(tmp_path / "s.jsonl")]) == 0
+    assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 5
