@@ -70,6 +70,8 @@ class Phase:
             raise ValueError(f"unknown document kinds {unknown} in mix; known: {', '.join(DOC_KINDS)}")
         if self.fact_kinds is not None:
             D.fact_kind_probs(self.fact_kinds)  # fail at load time, not at the first document
+        if self.cloze_sentences < 0:
+            raise ValueError(f"cloze_sentences must be 0 (whole passages) or more, got {self.cloze_sentences}")
 
 
 @dataclass

@@ -78,6 +78,8 @@ def test_unknown_document_kinds_fail_when_the_phase_is_made():
     with pytest.raises(ValueError, match=r"unknown document kinds \['clozee'\]"):
         Phase(until_step=10, mix={"needle": 0.5, "clozee": 0.5})
     Phase(until_step=10, mix={"needle": 0.3, "squad": 0.3, "cloze": 0.4})
+    with pytest.raises(ValueError, match="cloze_sentences"):
+        Phase(until_step=10, mix={"cloze": 1.0}, cloze_sentences=-1)
 
 
 def test_short_cloze_documents_are_runs_of_consecutive_sentences():
