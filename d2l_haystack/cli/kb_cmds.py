@@ -288,7 +288,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("\n== 4. questions (the query router picks the adapter of a relevant document, or RAG)")
     from d2l_haystack.training.evaluate import contains
 
-    right: dict[str, list[int]] = {}
+    right: dict[str, list[bool]] = {}
     for question, expected in DEMO_QUESTIONS:
         answer = ws.query(question, max_new_tokens=args.max_new_tokens)
         hit = bool(contains(answer.answer, expected))

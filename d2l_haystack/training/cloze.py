@@ -136,8 +136,7 @@ def cloze_questions(text: str) -> list[ClozeQA]:
     ['The bridge opened in what year after six years of work?']
     """
     out: list[ClozeQA] = []
-    for sentence in _SENTENCES.split(" ".join(text.split())):
-        sentence = sentence.strip()
+    for sentence in split_cloze_sentences(text):
         if len(sentence.split()) < 5:
             continue
         for start, end, kind in _candidates(sentence):

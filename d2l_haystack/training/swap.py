@@ -25,7 +25,6 @@ Usage example::
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import numpy as np
 
@@ -72,10 +71,10 @@ class AnswerPool:
                     new = str(int(rng.integers(1100, 2021)))
                     if new != answer:
                         return new
+            first = next(i for i, c in enumerate(answer) if c.isdigit())
             for _ in range(10):
                 chars = [str(int(rng.integers(0, 10))) if c.isdigit() else c for c in answer]
-                first = next((i for i, c in enumerate(answer) if c.isdigit()), None)
-                if first is not None and answer[first] != "0" and chars[first] == "0":
+                if answer[first] != "0" and chars[first] == "0":
                     chars[first] = str(int(rng.integers(1, 10)))
                 new = "".join(chars)
                 if new != answer:
@@ -138,6 +137,5 @@ def swap_document(rng: np.random.Generator, paragraphs: Paragraphs, pool: Answer
         qas = [qa for _, p_qas in chosen for qa in p_qas]
         text, swapped = swap_qas(rng, text, qas, pool, n_questions)
         if swapped:
-            meta: dict[str, Any] = {"paragraph": i}
-            return TrainDoc(text, swapped, "swap", meta=meta)
+            return TrainDoc(text, swapped, "swap", meta={"paragraph": i})
     raise ValueError("no SQuAD paragraph has an answer that can be swapped (is the SQuAD file there?)")
