@@ -160,3 +160,19 @@ def test_sentence_cloze_cases_are_held_out_seeded_sentences_with_their_own_quest
     assert len({c["doc_id"] for c in cases}) == 30  # one sentence per paragraph
     assert main(["cases", "squad-sentences", "--max-docs", "5", "-o", str(tmp_path / "s.jsonl")]) == 0
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 5
+
+
+def test_hand_written_short_docs_are_answerable_from_their_documents():
+    """benchmarks/cases/short_docs.jsonl (model card): every gold answer is in its document and
+    not in its question, and the questions of one note share one document."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "cases" / "short_docs.jsonl"
+    cases = load_cases(path)
+    assert len(cases) == 20
+    by_doc: dict[str, set[str]] = {}
+    for case in cases:
+        assert all(contains(case.document, [a]) for a in case.answers), case.id
+        assert not contains(case.question, case.answers), case.id
+        by_doc.setdefault(case.doc_id, set()).add(case.document)
+    assert len(by_doc) == 5 and all(len(texts) == 1 for texts in by_doc.values())
