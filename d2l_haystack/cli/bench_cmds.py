@@ -147,7 +147,8 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"  {w.name:<17} {d['documents']:>3} documents ({d['min_tokens']}-{d['max_tokens']} tokens), "
                   f"{d['questions']:>3} questions{edits}: "
                   f"~{est[w.name] / 60:.1f} min")
-        print(f"estimated total on 2 idle cores: ~{sum(est.values()) / 60:.0f} min (+ ~1 min loading)")
+        print(f"estimated total on 2 CPU cores (calibrated on a measured full run): "
+              f"~{sum(est.values()) / 60:.0f} min (+ ~1 min loading)")
         return 0
     if not args.out:
         raise InputError("d2l bench needs --out DIR (or --dry-run / --render DIR)")
