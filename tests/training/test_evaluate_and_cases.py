@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -104,8 +105,6 @@ def test_general_unrelated_questions_never_come_from_the_held_out_set():
 
 
 def test_every_committed_training_config_loads():
-    from pathlib import Path
-
     from d2l_haystack.training.trainer import DOC_KINDS, TrainConfig
 
     configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
@@ -165,8 +164,6 @@ def test_sentence_cloze_cases_are_held_out_seeded_sentences_with_their_own_quest
 def test_hand_written_short_docs_are_answerable_from_their_documents():
     """benchmarks/cases/short_docs.jsonl (model card): every gold answer is in its document and
     not in its question, and the questions of one note share one document."""
-    from pathlib import Path
-
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "cases" / "short_docs.jsonl"
     cases = load_cases(path)
     assert len(cases) == 20
