@@ -348,9 +348,9 @@ DECODE_SECONDS_PER_TOKEN = 1 / 17
 INTERNALIZE_SECONDS_PER_CHUNK = 0.45
 INDEX_SECONDS_PER_1K_TOKENS = 0.15
 ANSWER_TOKENS = 8
-CALIBRATION = 2.0
-"""Measured over modelled: the full run of 2026-11-27 (``--threads 1``, memory measured, chunk keys)
-took 1.8-2.1x the sum of the constants above per workload (55.8 min against 27), from one thread
+CALIBRATION = 1.9
+"""Measured over modelled: the last two full runs of 2026-11-27 (``--threads 1``, memory measured,
+chunk keys) took 55.8 and 49.1 min against 27 modelled (1.7-2.1x per workload), from one thread
 instead of two, answers longer than :data:`ANSWER_TOKENS` and embedding chunk keys."""
 
 
@@ -361,7 +361,7 @@ def _prefill(tokens: float) -> float:
 def estimate_seconds(workloads: list[Workload], cfg: BenchConfig, chunk_tokens: int = 512,
                      window: int = 8192) -> dict[str, float]:
     """A rough duration estimate per workload on 2 idle cores (model load and warm-up excluded),
-    scaled by :data:`CALIBRATION` to what the last full run measured."""
+    scaled by :data:`CALIBRATION` to what the last full runs measured."""
     decode = ANSWER_TOKENS * DECODE_SECONDS_PER_TOKEN
     rag_prompt = 700
     out: dict[str, float] = {}

@@ -147,7 +147,7 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"  {w.name:<17} {d['documents']:>3} documents ({d['min_tokens']}-{d['max_tokens']} tokens), "
                   f"{d['questions']:>3} questions{edits}: "
                   f"~{est[w.name] / 60:.1f} min")
-        print(f"estimated total on 2 CPU cores (calibrated on a measured full run): "
+        print(f"estimated total on 2 CPU cores (calibrated on measured full runs): "
               f"~{sum(est.values()) / 60:.0f} min (+ ~1 min loading)")
         return 0
     if not args.out:
