@@ -19,6 +19,8 @@ from d2l_haystack.training.evaluate import (
     normalize_answer,
 )
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 class TestMetrics:
     def test_squad_normalisation(self):
@@ -107,7 +109,7 @@ def test_general_unrelated_questions_never_come_from_the_held_out_set():
 def test_every_committed_training_config_loads():
     from d2l_haystack.training.trainer import DOC_KINDS, TrainConfig
 
-    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    configs = sorted((REPO / "configs").glob("*.yaml"))
     assert len(configs) >= 4
     for path in configs:
         cfg = TrainConfig.from_file(path)
@@ -164,7 +166,7 @@ def test_sentence_cloze_cases_are_held_out_seeded_sentences_with_their_own_quest
 def test_hand_written_short_docs_are_answerable_from_their_documents():
     """benchmarks/cases/short_docs.jsonl (model card): every gold answer is in its document and
     not in its question, and the questions of one note share one document."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "cases" / "short_docs.jsonl"
+    path = REPO / "benchmarks" / "cases" / "short_docs.jsonl"
     cases = load_cases(path)
     assert len(cases) == 20
     by_doc: dict[str, set[str]] = {}
