@@ -37,8 +37,11 @@ def register(sub: Any) -> None:
                        description="squad-paragraphs / squad-articles: SQuAD validation documents with their "
                                    "gold questions; squad-sentences: one sentence of a validation paragraph "
                                    "per document with one of its cloze-translated questions (default 100); "
+                                   "squad-gold-sentences: one gold question per validation paragraph, asked "
+                                   "with only the sentence holding its answer (default 100); "
                                    "interference: general questions asked with an unrelated document.")
-    c.add_argument("kind", choices=["squad-paragraphs", "squad-articles", "squad-sentences", "interference"])
+    c.add_argument("kind", choices=["squad-paragraphs", "squad-articles", "squad-sentences", "squad-gold-sentences",
+                                      "interference"])
     c.add_argument("--max-docs", type=int)
     c.add_argument("--questions-per-doc", type=int)
     c.add_argument("--seed", type=int, default=0)
@@ -83,13 +86,15 @@ def _niah(args: argparse.Namespace) -> int:
 
 
 def _cases(args: argparse.Namespace) -> int:
-    from d2l_haystack.training.cases import interference_cases, sentence_cloze_cases, squad_cases
+    from d2l_haystack.training.cases import gold_sentence_cases, interference_cases, sentence_cloze_cases, squad_cases
     from d2l_haystack.training.evaluate import write_cases
 
     if args.kind == "interference":
         cases = interference_cases(seed=args.seed)
     elif args.kind == "squad-sentences":
         cases = sentence_cloze_cases(max_docs=args.max_docs or 100, seed=args.seed)
+    elif args.kind == "squad-gold-sentences":
+        cases = gold_sentence_cases(max_docs=args.max_docs or 100, seed=args.seed)
     else:
         unit = "paragraph" if args.kind == "squad-paragraphs" else "article"
         cases = squad_cases(unit, max_docs=args.max_docs, questions_per_doc=args.questions_per_doc, seed=args.seed)

@@ -136,6 +136,35 @@ def sentence_cloze_cases(max_docs: int = 100, seed: int = 0, min_words: int = 8,
     return cases
 
 
+def gold_sentence_cases(max_docs: int = 100, seed: int = 0) -> list[dict[str, Any]]:
+    """One gold question of a SQuAD validation paragraph per document, asked with only the
+    sentence that holds its answer as the document: SQuAD's paraphrased questions without the
+    rest of the paragraph (between :func:`sentence_cloze_cases` and whole paragraphs).
+
+    Paragraphs are visited in a seeded order; each gives at most one case, its question drawn
+    among those whose answer lies inside one sentence; all gold answers found in that sentence
+    are kept."""
+    from .cloze import split_cloze_sentences
+
+    rng = np.random.default_rng(seed)
+    paras = D.squad_paragraphs("validation")
+    cases: list[dict[str, Any]] = []
+    for i in rng.permutation(len(paras)):
+        sentences = split_cloze_sentences(paras[int(i)][0])
+        anchored = [(q, answers, hit) for q, answers in paras[int(i)][1]
+                    if (hit := D.answer_sentence(sentences, answers))]
+        if not anchored:
+            continue
+        question, answers, (at, _) = anchored[int(rng.integers(len(anchored)))]
+        doc_id = f"para-{int(i)}"
+        cases.append({"id": f"gold-{doc_id}", "document": sentences[at], "question": question,
+                      "answers": [a for a in answers if a in sentences[at]], "doc_id": doc_id,
+                      "meta": {"unit": "sentence"}})
+        if len(cases) >= max_docs:
+            break
+    return cases
+
+
 def general_questions() -> list[dict[str, Any]]:
     path = D.DATA_DIR / "general_qa.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

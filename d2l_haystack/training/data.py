@@ -272,6 +272,47 @@ def squad_document(rng: np.random.Generator, paragraphs: list[tuple[str, list[tu
     return TrainDoc("\n\n".join(c for c, _ in chosen), qas, "squad")
 
 
+def answer_sentence(sentences: list[str], answers: list[str]) -> tuple[int, str] | None:
+    """``(index, answer)``: the first sentence holding one of ``answers`` (the shortest that
+    occurs), or ``None`` when no single sentence holds any of them (an answer cut by the split)."""
+    for i, sentence in enumerate(sentences):
+        found = [a for a in answers if a and a in sentence]
+        if found:
+            return i, min(found, key=len)
+    return None
+
+
+def squad_run_document(rng: np.random.Generator, paragraphs: list[tuple[str, list[tuple[str, list[str]]]]],
+                       n_questions: int, max_sentences: int) -> TrainDoc:
+    """A run of 1 to ``max_sentences`` consecutive sentences of a SQuAD paragraph around the
+    answer of one of its gold questions, asked that question and up to ``n_questions - 1`` more
+    whose answers the run holds: SQuAD's own paraphrased questions on short documents (the length
+    curriculum of the needles and the cloze runs, applied to real questions)."""
+    from .cloze import split_cloze_sentences
+
+    for _ in range(100):
+        context, qas = paragraphs[int(rng.integers(len(paragraphs)))]
+        sentences = split_cloze_sentences(context)
+        anchored = [(q, hit) for q, answers in qas if (hit := answer_sentence(sentences, answers))]
+        if not anchored:
+            continue
+        question, (at, answer) = anchored[int(rng.integers(len(anchored)))]
+        k = min(len(sentences), int(rng.integers(1, max_sentences + 1)))
+        start = int(rng.integers(max(0, at - k + 1), min(at, len(sentences) - k) + 1))
+        text = " ".join(sentences[start:start + k])
+        picked = [QA(question, answer, "squad")]
+        others = [(q, answers) for q, answers in qas if q != question]
+        for j in rng.permutation(len(others)):
+            if len(picked) >= n_questions:
+                break
+            q, answers = others[int(j)]
+            found = [a for a in answers if a and a in text]
+            if found:
+                picked.append(QA(q, min(found, key=len), "squad"))
+        return TrainDoc(text, picked, "squad")
+    raise ValueError("no SQuAD paragraph has a gold answer inside one sentence (is the SQuAD file there?)")
+
+
 def speech_passages(part: str = "train", root: Path | None = None, words: int = 150) -> list[str]:
     """Consecutive speech sentences (digits kept) grouped into passages of about ``words`` words."""
     out: list[str] = []

@@ -63,6 +63,10 @@ class Phase:
     cloze_sentences: int = 0
     """Cloze documents of this phase are runs of 1 to this many sentences of one passage (0: whole
     passages, ``chunk_mix`` of them)."""
+    squad_sentences: int = 0
+    """SQuAD documents of this phase are runs of 1 to this many sentences of a paragraph around a
+    gold answer, asked their gold questions (:func:`.data.squad_run_document`; 0: whole
+    paragraphs, ``chunk_mix`` of them)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.mix) - set(DOC_KINDS))
@@ -70,8 +74,9 @@ class Phase:
             raise ValueError(f"unknown document kinds {unknown} in mix; known: {', '.join(DOC_KINDS)}")
         if self.fact_kinds is not None:
             D.fact_kind_probs(self.fact_kinds)  # fail at load time, not at the first document
-        if self.cloze_sentences < 0:
-            raise ValueError(f"cloze_sentences must be 0 (whole passages) or more, got {self.cloze_sentences}")
+        for name in ("cloze_sentences", "squad_sentences"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (whole passages) or more, got {getattr(self, name)}")
 
 
 @dataclass
@@ -320,7 +325,9 @@ class Trainer:
         for _ in range(n):
             chunks = int(_draw(rng, phase.chunk_mix))
             kind = _draw(rng, phase.mix)
-            if kind == "squad" and squad:
+            if kind == "squad" and squad and phase.squad_sentences > 0:
+                doc = D.squad_run_document(rng, squad, self.cfg.questions_per_doc, phase.squad_sentences)
+            elif kind == "squad" and squad:
                 doc = D.squad_document(rng, squad, self.cfg.questions_per_doc, n_paragraphs=chunks)
             elif kind == "swap" and squad:
                 doc = swap_document(rng, squad, self.answer_pool(held_out), self.cfg.questions_per_doc,

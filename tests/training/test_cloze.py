@@ -100,15 +100,10 @@ def test_short_cloze_documents_are_runs_of_consecutive_sentences():
     assert whole.text == PARAGRAPH
 
 
-def test_phase_cloze_sentences_reaches_the_documents(tiny_llama_dir, tmp_path):
-    if not (D.evaldata_dir() / "squad-v1.1-dev-40articles.json").is_file():
-        pytest.skip("evaluation data not available (D2L_EVALDATA)")
+def test_phase_cloze_sentences_reaches_the_documents(data_trainer):
     from d2l_haystack.training.cloze import split_cloze_sentences
-    from d2l_haystack.training.trainer import TrainConfig, Trainer
 
-    cfg = TrainConfig(model=str(tiny_llama_dir), out_dir=str(tmp_path / "s"), device="cpu", unrelated_prob=0.0,
-                      hypernet={"latent_dim": 32, "proj_hidden": 64, "num_heads": 2})
-    tr = Trainer(cfg, log=lambda _: None)
+    tr = data_trainer
     short = tr.make_docs(np.random.default_rng(0), Phase(until_step=9, mix={"cloze": 1.0}, cloze_sentences=1), 8)
     whole = tr.make_docs(np.random.default_rng(0), Phase(until_step=9, mix={"cloze": 1.0}), 8)
     assert all(len(split_cloze_sentences(d.text)) == 1 for d in short)

@@ -55,17 +55,8 @@ def test_unswappable_questions_are_skipped():
         swap_document(np.random.default_rng(0), [(TEXT, qas)], pool, 2)
 
 
-def test_swap_documents_are_seeded_and_use_their_own_part(tiny_llama_dir, tmp_path):
-    from d2l_haystack.training import data as D
-
-    if not (D.evaldata_dir() / "squad-v1.1-dev-40articles.json").is_file():
-        pytest.skip("evaluation data not available (D2L_EVALDATA)")
-    from d2l_haystack.training.trainer import TrainConfig, Trainer
-
-    cfg = TrainConfig(model=str(tiny_llama_dir), out_dir=str(tmp_path / "s"), device="cpu", batch_docs=2,
-                      questions_per_doc=3, unrelated_prob=0.0, max_steps=1,
-                      hypernet={"latent_dim": 32, "proj_hidden": 64, "num_heads": 2})
-    tr = Trainer(cfg, log=lambda _: None)
+def test_swap_documents_are_seeded_and_use_their_own_part(data_trainer):
+    tr = data_trainer
     phase = Phase(until_step=10, mix={"swap": 1.0})
     first = tr.make_docs(np.random.default_rng(0), phase, 6)
     again = tr.make_docs(np.random.default_rng(0), phase, 6)
