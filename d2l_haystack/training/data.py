@@ -306,9 +306,8 @@ def squad_run_document(rng: np.random.Generator, paragraphs: list[tuple[str, lis
             if len(picked) >= n_questions:
                 break
             q, answers = others[int(j)]
-            found = [a for a in answers if a and a in text]
-            if found:
-                picked.append(QA(q, min(found, key=len), "squad"))
+            if hit := answer_sentence([text], answers):
+                picked.append(QA(q, hit[1], "squad"))
         return TrainDoc(text, picked, "squad")
     raise ValueError("no SQuAD paragraph has a gold answer inside one sentence (is the SQuAD file there?)")
 
