@@ -28,7 +28,7 @@ import re
 
 import numpy as np
 
-from .data import QA, TrainDoc
+from .data import QA, TrainDoc, squad_run_document
 
 Paragraphs = list[tuple[str, list[tuple[str, list[str]]]]]
 
@@ -139,3 +139,18 @@ def swap_document(rng: np.random.Generator, paragraphs: Paragraphs, pool: Answer
         if swapped:
             return TrainDoc(text, swapped, "swap", meta={"paragraph": i})
     raise ValueError("no SQuAD paragraph has an answer that can be swapped (is the SQuAD file there?)")
+
+
+def swap_run_document(rng: np.random.Generator, paragraphs: Paragraphs, pool: AnswerPool, n_questions: int,
+                      max_sentences: int) -> TrainDoc:
+    """A short run of sentences around gold answers (:func:`.data.squad_run_document`) with those
+    answers swapped (:func:`swap_qas`): SQuAD's paraphrased questions on documents a few sentences
+    long, with answers that cannot be remembered from the training articles. Runs whose questions
+    cannot be swapped are skipped."""
+    for _ in range(100):
+        run = squad_run_document(rng, paragraphs, n_questions, max_sentences)
+        text, swapped = swap_qas(rng, run.text, [(qa.question, [qa.answer]) for qa in run.qas], pool,
+                                 n_questions)
+        if swapped:
+            return TrainDoc(text, swapped, "swap", meta={"sentences": max_sentences})
+    raise ValueError("no short SQuAD run has an answer that can be swapped (is the SQuAD file there?)")

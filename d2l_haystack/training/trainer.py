@@ -37,7 +37,7 @@ from ..core.lora import get_hooks
 from ..core.models import get_model
 from ..core.prompts import ChatFormat, chunk_token_ids
 from . import data as D
-from .swap import AnswerPool, swap_document
+from .swap import AnswerPool, swap_document, swap_run_document
 from .teacher import TeacherCache, soft_cross_entropy
 
 DOC_KINDS = ("needle", "squad", "cloze", "swap")
@@ -64,9 +64,9 @@ class Phase:
     """Cloze documents of this phase are runs of 1 to this many sentences of one passage (0: whole
     passages, ``chunk_mix`` of them)."""
     squad_sentences: int = 0
-    """SQuAD documents of this phase are runs of 1 to this many sentences of a paragraph around a
-    gold answer, asked their gold questions (:func:`.data.squad_run_document`; 0: whole
-    paragraphs, ``chunk_mix`` of them)."""
+    """SQuAD documents (gold and swapped) of this phase are runs of 1 to this many sentences of a
+    paragraph around a gold answer, asked their gold questions (:func:`.data.squad_run_document`,
+    :func:`.swap.swap_run_document`; 0: whole paragraphs, ``chunk_mix`` of them)."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.mix) - set(DOC_KINDS))
@@ -329,6 +329,9 @@ class Trainer:
                 doc = D.squad_run_document(rng, squad, self.cfg.questions_per_doc, phase.squad_sentences)
             elif kind == "squad" and squad:
                 doc = D.squad_document(rng, squad, self.cfg.questions_per_doc, n_paragraphs=chunks)
+            elif kind == "swap" and squad and phase.squad_sentences > 0:
+                doc = swap_run_document(rng, squad, self.answer_pool(held_out), self.cfg.questions_per_doc,
+                                        phase.squad_sentences)
             elif kind == "swap" and squad:
                 doc = swap_document(rng, squad, self.answer_pool(held_out), self.cfg.questions_per_doc,
                                     n_paragraphs=chunks)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from d2l_haystack.training.swap import AnswerPool, swap_document, swap_qas
+from d2l_haystack.training.cloze import split_cloze_sentences
+from d2l_haystack.training.swap import AnswerPool, swap_document, swap_qas, swap_run_document
 from d2l_haystack.training.trainer import Phase
 
 TEXT = ("The Harbour Bridge opened in 1932 after eight years of work. It was designed by John Bradfield, "
@@ -71,3 +72,32 @@ def test_swap_documents_are_seeded_and_use_their_own_part(data_trainer):
     assert not any(d.text[:80] in train_text for d in held)
     # their word replacements come from validation answers only
     assert any(qa.answer in val_answers for d in held for qa in d.qas if not any(c.isdigit() for c in qa.answer))
+
+
+def test_short_runs_swap_the_answers_of_their_own_sentences():
+    pool = AnswerPool(POOL_PARAGRAPHS + [(TEXT, QAS)])
+    sentences = split_cloze_sentences(TEXT)
+    for seed in range(20):
+        doc = swap_run_document(np.random.default_rng(seed), [(TEXT, QAS)], pool, 2, max_sentences=1)
+        assert doc.source == "swap" and doc.qas and all(qa.kind == "swap" for qa in doc.qas)
+        assert len(split_cloze_sentences(doc.text)) == 1 and doc.text not in sentences
+        for qa in doc.qas:
+            gold = dict(QAS)[qa.question]
+            assert qa.answer in doc.text and qa.answer not in gold
+            assert min(gold, key=len) not in doc.text  # the remembered answer is gone
+    with pytest.raises(ValueError, match="swapped"):
+        swap_run_document(np.random.default_rng(0), [(TEXT, [("When did the bridge open in 1932?", ["1932"])])],
+                          pool, 2, max_sentences=2)
+
+
+def test_phases_with_short_runs_draw_short_swapped_runs(data_trainer):
+    tr = data_trainer
+    phase = Phase(until_step=10, mix={"swap": 1.0}, squad_sentences=2)
+    docs = tr.make_docs(np.random.default_rng(0), phase, 6)
+    held = tr.make_docs(np.random.default_rng(0), phase, 6, held_out=True)
+    assert [d.text for d in docs] == [d.text for d in tr.make_docs(np.random.default_rng(0), phase, 6)]
+    for d in docs + held:
+        assert d.source == "swap" and all(qa.kind == "swap" and qa.answer in d.text for qa in d.qas)
+        assert 1 <= len(split_cloze_sentences(d.text)) <= 2
+    train_text = " ".join(c for c, _ in tr.squad)
+    assert not any(d.text[:40] in train_text for d in held)
