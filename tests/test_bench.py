@@ -344,7 +344,7 @@ def test_workloads_from_the_evaluation_data(tokenizer_dir):
     from d2l_haystack.bench.workloads import mixed_workload, squad_article_workload
     from d2l_haystack.training import data as D
 
-    if not (D.evaldata_dir() / "squad-v1.1-dev-40articles.json").is_file():
+    if not D.has_squad():
         pytest.skip("evaluation data not available (D2L_EVALDATA)")
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     w = mixed_workload(tok, n_docs=5, n_queries=60, volatile_docs=2, edits_per_volatile=2, seed=3)

@@ -242,10 +242,19 @@ def needle_document(rng: np.random.Generator, filler: FillerBank, target_tokens:
 
 
 # ---------------------------------------------------------------------------------------------
+SQUAD_FILE = "squad-v1.1-dev-40articles.json"
+"""The SQuAD v1.1 dev articles in the evaluation-data folder (:func:`evaldata_dir`)."""
+
+
+def has_squad(root: Path | None = None) -> bool:
+    """Whether the SQuAD file is in the evaluation-data folder (tests skip without it)."""
+    return ((root or evaldata_dir()) / SQUAD_FILE).is_file()
+
+
 def load_squad(part: str, root: Path | None = None) -> list[dict[str, Any]]:
     """SQuAD articles of a split part (``train`` or ``validation``): ``[{title, paragraphs}]``."""
     root = root or evaldata_dir()
-    data = json.loads((root / "squad-v1.1-dev-40articles.json").read_text())
+    data = json.loads((root / SQUAD_FILE).read_text())
     titles = set(load_splits()["squad"][part])
     return [a for a in data["data"] if a["title"] in titles]
 

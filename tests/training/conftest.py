@@ -14,7 +14,7 @@ def data_trainer(tiny_llama_dir: Path, tmp_path: Path):
     from d2l_haystack.training import data as D
     from d2l_haystack.training.trainer import TrainConfig, Trainer
 
-    if not (D.evaldata_dir() / "squad-v1.1-dev-40articles.json").is_file():
+    if not D.has_squad():
         pytest.skip("evaluation data not available (D2L_EVALDATA)")
     cfg = TrainConfig(model=str(tiny_llama_dir), out_dir=str(tmp_path / "s"), device="cpu", batch_docs=2,
                       questions_per_doc=3, unrelated_prob=0.0, max_steps=1,

@@ -147,7 +147,7 @@ def test_sentence_cloze_cases_are_held_out_seeded_sentences_with_their_own_quest
     from d2l_haystack.training import data as D
     from d2l_haystack.training.cases import sentence_cloze_cases
 
-    if not (D.evaldata_dir() / "squad-v1.1-dev-40articles.json").is_file():
+    if not D.has_squad():
         pytest.skip("evaluation data not available (D2L_EVALDATA)")
     cases = sentence_cloze_cases(max_docs=30, seed=3)
     assert len(cases) == 30 and cases == sentence_cloze_cases(max_docs=30, seed=3)

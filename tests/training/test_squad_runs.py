@@ -18,7 +18,7 @@ QAS = [("Who designed the bridge?", ["John Bradfield", "Bradfield"]),
        ("What crosses the bay each day?", ["Ferries"]),
        ("What did the toll rise pay for?", ["the tunnel", "tunnel"]),
        ("Which river does it cross?", ["the Parramatta"])]  # answer not in the text: never asked
-HAS_SQUAD = (D.evaldata_dir() / "squad-v1.1-dev-40articles.json").is_file()
+HAS_SQUAD = D.has_squad()
 
 
 def test_answer_sentence_finds_the_first_sentence_and_the_shortest_answer_in_it():

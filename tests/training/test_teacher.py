@@ -80,8 +80,7 @@ def test_a_document_longer_than_the_window_is_shortened_not_the_question(tiny):
     assert 1 <= len(t.ids) <= 3
 
 
-@pytest.mark.skipif(not (D.evaldata_dir() / "squad-v1.1-dev-40articles.json").is_file(),
-                    reason="evaluation data not available (D2L_EVALDATA)")
+@pytest.mark.skipif(not D.has_squad(), reason="evaluation data not available (D2L_EVALDATA)")
 def test_trainer_distils_squad_questions(tiny_llama_dir, tmp_path):
     from d2l_haystack.training.trainer import Phase, TrainConfig, Trainer
 
