@@ -152,5 +152,5 @@ def swap_run_document(rng: np.random.Generator, paragraphs: Paragraphs, pool: An
         text, swapped = swap_qas(rng, run.text, [(qa.question, [qa.answer]) for qa in run.qas], pool,
                                  n_questions)
         if swapped:
-            return TrainDoc(text, swapped, "swap", meta={"sentences": max_sentences})
+            return TrainDoc(text, swapped, "swap")
     raise ValueError("no short SQuAD run has an answer that can be swapped (is the SQuAD file there?)")
