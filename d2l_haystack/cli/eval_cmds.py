@@ -45,6 +45,9 @@ def register(sub: Any) -> None:
     c.add_argument("--max-docs", type=int)
     c.add_argument("--questions-per-doc", type=int)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--exclude", action="append", default=[], metavar="CASES.jsonl",
+                   help="squad-paragraphs / squad-articles: leave out the documents (doc_id) of this case "
+                        "file, so the new file is disjoint from it (repeatable)")
     c.add_argument("-o", "--out", required=True)
     c.set_defaults(handler=_cases)
 
@@ -87,8 +90,11 @@ def _niah(args: argparse.Namespace) -> int:
 
 def _cases(args: argparse.Namespace) -> int:
     from d2l_haystack.training.cases import gold_sentence_cases, interference_cases, sentence_cloze_cases, squad_cases
-    from d2l_haystack.training.evaluate import write_cases
+    from d2l_haystack.training.evaluate import load_cases, write_cases
 
+    if args.exclude and args.kind not in ("squad-paragraphs", "squad-articles"):
+        raise SystemExit(f"--exclude applies to squad-paragraphs and squad-articles, not {args.kind}")
+    exclude = {c.doc_id for path in args.exclude for c in load_cases(path)}
     if args.kind == "interference":
         cases = interference_cases(seed=args.seed)
     elif args.kind == "squad-sentences":
@@ -97,6 +103,7 @@ def _cases(args: argparse.Namespace) -> int:
         cases = gold_sentence_cases(max_docs=args.max_docs or 100, seed=args.seed)
     else:
         unit = "paragraph" if args.kind == "squad-paragraphs" else "article"
-        cases = squad_cases(unit, max_docs=args.max_docs, questions_per_doc=args.questions_per_doc, seed=args.seed)
+        cases = squad_cases(unit, max_docs=args.max_docs, questions_per_doc=args.questions_per_doc, seed=args.seed,
+                            exclude_docs=exclude)
     print(f"wrote {write_cases(cases, args.out)} cases to {args.out}")
     return 0

@@ -8,6 +8,7 @@ validation articles (``d2l_haystack/data/splits.json``) and the general-knowledg
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,13 @@ def niah_cases(tokenizer: Any, lengths: list[int], depths: list[float], per_cell
 
 
 def squad_cases(unit: str = "paragraph", part: str = "validation", max_docs: int | None = None,
-                questions_per_doc: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """SQuAD cases; ``unit`` is ``paragraph`` (one paragraph per document) or ``article``."""
+                questions_per_doc: int | None = None, seed: int = 0,
+                exclude_docs: Collection[str] = ()) -> list[dict[str, Any]]:
+    """SQuAD cases; ``unit`` is ``paragraph`` (one paragraph per document) or ``article``.
+
+    Documents whose ``doc_id`` is in ``exclude_docs`` are left out before ``max_docs`` are drawn,
+    so a new case file can be disjoint from earlier ones (a selection set beside a report set).
+    """
     rng = np.random.default_rng(seed)
     cases = []
     articles = D.load_squad(part)
@@ -95,6 +101,8 @@ def squad_cases(unit: str = "paragraph", part: str = "validation", max_docs: int
             docs.append((a["title"], "\n\n".join(c for c, _ in paras), [qa for _, qas in paras for qa in qas]))
         else:
             docs.extend((f"{a['title']}-{i}", c, qas) for i, (c, qas) in enumerate(paras))
+    excluded = set(exclude_docs)
+    docs = [d for d in docs if d[0] not in excluded]
     if max_docs and len(docs) > max_docs:
         idx = sorted(rng.choice(len(docs), size=max_docs, replace=False).tolist())
         docs = [docs[i] for i in idx]

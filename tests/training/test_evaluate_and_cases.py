@@ -142,13 +142,12 @@ def test_d2l_applies_at_most_max_chunks_and_d2l_all_every_chunk(nonzero_engine, 
     assert selected["chunks_applied"] == 8 and every["chunks_applied"] == every["chunks_total"]
 
 
+@pytest.mark.requires_squad
 def test_sentence_cloze_cases_are_held_out_seeded_sentences_with_their_own_questions(tmp_path):
     from d2l_haystack.cli import main
     from d2l_haystack.training import data as D
     from d2l_haystack.training.cases import sentence_cloze_cases
 
-    if not D.has_squad():
-        pytest.skip("evaluation data not available (D2L_EVALDATA)")
     cases = sentence_cloze_cases(max_docs=30, seed=3)
     assert len(cases) == 30 and cases == sentence_cloze_cases(max_docs=30, seed=3)
     assert [c["id"] for c in cases] != [c["id"] for c in sentence_cloze_cases(max_docs=30, seed=4)]
@@ -161,6 +160,25 @@ def test_sentence_cloze_cases_are_held_out_seeded_sentences_with_their_own_quest
     assert len({c["doc_id"] for c in cases}) == 30  # one sentence per paragraph
     assert main(["cases", "squad-sentences", "--max-docs", "5", "-o", str(tmp_path / "s.jsonl")]) == 0
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 5
+
+
+@pytest.mark.requires_squad
+def test_squad_paragraph_cases_can_exclude_the_documents_of_earlier_files(tmp_path):
+    from d2l_haystack.cli import main
+
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    assert main(["cases", "squad-paragraphs", "--max-docs", "30", "--questions-per-doc", "1", "-o", str(first)]) == 0
+    assert main(["cases", "squad-paragraphs", "--max-docs", "30", "--questions-per-doc", "1", "--exclude",
+                 str(first), "-o", str(second)]) == 0
+    a, b = load_cases(first), load_cases(second)
+    assert len(a) == len(b) == 30
+    assert not {c.doc_id for c in a} & {c.doc_id for c in b}
+    # without --exclude the same seed draws the same documents again
+    assert main(["cases", "squad-paragraphs", "--max-docs", "30", "--questions-per-doc", "1", "-o",
+                 str(second)]) == 0
+    assert [c.doc_id for c in load_cases(second)] == [c.doc_id for c in a]
+    with pytest.raises(SystemExit, match="--exclude applies to squad-paragraphs"):
+        main(["cases", "interference", "--exclude", str(first), "-o", str(tmp_path / "i.jsonl")])
 
 
 def test_hand_written_short_docs_are_answerable_from_their_documents():
