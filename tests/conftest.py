@@ -120,10 +120,18 @@ INTEGRATION_FIXTURES = {"real_engine"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test using the real embedded engine is marked ``integration`` (``-m "not integration"``)."""
+    """Every test using the real embedded engine is marked ``integration`` (``-m "not integration"``),
+    and the tests marked ``requires_squad`` are skipped when the evaluation data is not beside the
+    clone."""
+    from d2l_haystack.training import data as D
+
+    no_squad = None if D.has_squad() else pytest.mark.skip(
+        reason=f"evaluation data not available (D2L_EVALDATA; {D.SQUAD_FILE} not found)")
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        if no_squad is not None and item.get_closest_marker("requires_squad"):
+            item.add_marker(no_squad)
 
 
 @pytest.fixture(scope="session")

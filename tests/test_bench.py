@@ -338,14 +338,12 @@ def test_run_benchmark_end_to_end_on_the_tiny_model(tiny_engine, tmp_path: Path)
     assert len(ADAPTERS) == 0  # nothing left behind
 
 
+@pytest.mark.requires_squad
 def test_workloads_from_the_evaluation_data(tokenizer_dir):
     from transformers import AutoTokenizer
 
     from d2l_haystack.bench.workloads import mixed_workload, squad_article_workload
-    from d2l_haystack.training import data as D
 
-    if not D.has_squad():
-        pytest.skip("evaluation data not available (D2L_EVALDATA)")
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     w = mixed_workload(tok, n_docs=5, n_queries=60, volatile_docs=2, edits_per_volatile=2, seed=3)
     queries = [e for e in w.events if e["kind"] == "query"]

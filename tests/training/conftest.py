@@ -10,12 +10,10 @@ import pytest
 @pytest.fixture
 def data_trainer(tiny_llama_dir: Path, tmp_path: Path):
     """A trainer on the tiny model with a small hypernetwork and no unrelated questions, for
-    tests of the documents it draws (``make_docs``); skipped without the evaluation data."""
-    from d2l_haystack.training import data as D
+    tests of the documents it draws (``make_docs``); it reads the evaluation data, so the tests
+    that use it are marked ``requires_squad``."""
     from d2l_haystack.training.trainer import TrainConfig, Trainer
 
-    if not D.has_squad():
-        pytest.skip("evaluation data not available (D2L_EVALDATA)")
     cfg = TrainConfig(model=str(tiny_llama_dir), out_dir=str(tmp_path / "s"), device="cpu", batch_docs=2,
                       questions_per_doc=3, unrelated_prob=0.0, max_steps=1,
                       hypernet={"latent_dim": 32, "proj_hidden": 64, "num_heads": 2})

@@ -100,6 +100,7 @@ def test_short_cloze_documents_are_runs_of_consecutive_sentences():
     assert whole.text == PARAGRAPH
 
 
+@pytest.mark.requires_squad
 def test_phase_cloze_sentences_reaches_the_documents(data_trainer):
     from d2l_haystack.training.cloze import split_cloze_sentences
 

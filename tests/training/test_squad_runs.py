@@ -18,7 +18,6 @@ QAS = [("Who designed the bridge?", ["John Bradfield", "Bradfield"]),
        ("What crosses the bay each day?", ["Ferries"]),
        ("What did the toll rise pay for?", ["the tunnel", "tunnel"]),
        ("Which river does it cross?", ["the Parramatta"])]  # answer not in the text: never asked
-HAS_SQUAD = D.has_squad()
 
 
 def test_answer_sentence_finds_the_first_sentence_and_the_shortest_answer_in_it():
@@ -56,6 +55,7 @@ def test_phase_squad_sentences_is_checked():
         Phase(until_step=10, mix={"squad": 1.0}, squad_sentences=-2)
 
 
+@pytest.mark.requires_squad
 def test_phase_squad_sentences_reaches_the_documents(data_trainer):
     tr = data_trainer
     short = tr.make_docs(np.random.default_rng(0), Phase(until_step=9, mix={"squad": 1.0}, squad_sentences=1), 8)
@@ -69,7 +69,7 @@ def test_phase_squad_sentences_reaches_the_documents(data_trainer):
     assert all(d.text in validation for d in held)
 
 
-@pytest.mark.skipif(not HAS_SQUAD, reason="evaluation data not available (D2L_EVALDATA)")
+@pytest.mark.requires_squad
 def test_gold_sentence_cases_are_held_out_sentences_holding_their_answer(tmp_path):
     from d2l_haystack.cli import main
     from d2l_haystack.training.cases import gold_sentence_cases

@@ -56,6 +56,7 @@ def test_unswappable_questions_are_skipped():
         swap_document(np.random.default_rng(0), [(TEXT, qas)], pool, 2)
 
 
+@pytest.mark.requires_squad
 def test_swap_documents_are_seeded_and_use_their_own_part(data_trainer):
     tr = data_trainer
     phase = Phase(until_step=10, mix={"swap": 1.0})
@@ -90,6 +91,7 @@ def test_short_runs_swap_the_answers_of_their_own_sentences():
                           pool, 2, max_sentences=2)
 
 
+@pytest.mark.requires_squad
 def test_phases_with_short_runs_draw_short_swapped_runs(data_trainer):
     tr = data_trainer
     phase = Phase(until_step=10, mix={"swap": 1.0}, squad_sentences=2)

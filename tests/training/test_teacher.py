@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from d2l_haystack.core.prompts import ChatFormat
-from d2l_haystack.training import data as D
 from d2l_haystack.training.teacher import TeacherCache, soft_cross_entropy
 
 DOC = "The access code for the red canoe is QX-417. The harbor was quiet that morning."
@@ -80,7 +79,7 @@ def test_a_document_longer_than_the_window_is_shortened_not_the_question(tiny):
     assert 1 <= len(t.ids) <= 3
 
 
-@pytest.mark.skipif(not D.has_squad(), reason="evaluation data not available (D2L_EVALDATA)")
+@pytest.mark.requires_squad
 def test_trainer_distils_squad_questions(tiny_llama_dir, tmp_path):
     from d2l_haystack.training.trainer import Phase, TrainConfig, Trainer
 

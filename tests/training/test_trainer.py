@@ -11,7 +11,7 @@ from d2l_haystack.core.hypernet import load_checkpoint
 from d2l_haystack.training import data as D
 from d2l_haystack.training.trainer import Phase, TrainConfig, Trainer
 
-pytestmark = pytest.mark.skipif(not D.has_squad(), reason="evaluation data not available (D2L_EVALDATA)")
+pytestmark = pytest.mark.requires_squad
 
 
 def _config(model_dir, out_dir, **over):
