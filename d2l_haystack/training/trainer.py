@@ -325,16 +325,14 @@ class Trainer:
         for _ in range(n):
             chunks = int(_draw(rng, phase.chunk_mix))
             kind = _draw(rng, phase.mix)
-            if kind == "squad" and squad and phase.squad_sentences > 0:
-                doc = D.squad_run_document(rng, squad, self.cfg.questions_per_doc, phase.squad_sentences)
-            elif kind == "squad" and squad:
-                doc = D.squad_document(rng, squad, self.cfg.questions_per_doc, n_paragraphs=chunks)
-            elif kind == "swap" and squad and phase.squad_sentences > 0:
-                doc = swap_run_document(rng, squad, self.answer_pool(held_out), self.cfg.questions_per_doc,
-                                        phase.squad_sentences)
+            runs = phase.squad_sentences  # > 0: SQuAD documents are runs of 1 to this many sentences
+            if kind == "squad" and squad:
+                doc = (D.squad_run_document(rng, squad, self.cfg.questions_per_doc, runs) if runs else
+                       D.squad_document(rng, squad, self.cfg.questions_per_doc, n_paragraphs=chunks))
             elif kind == "swap" and squad:
-                doc = swap_document(rng, squad, self.answer_pool(held_out), self.cfg.questions_per_doc,
-                                    n_paragraphs=chunks)
+                pool = self.answer_pool(held_out)
+                doc = (swap_run_document(rng, squad, pool, self.cfg.questions_per_doc, runs) if runs else
+                       swap_document(rng, squad, pool, self.cfg.questions_per_doc, n_paragraphs=chunks))
             elif kind == "cloze":
                 doc = D.cloze_document(rng, *self.cloze_texts(held_out), self.cfg.questions_per_doc,
                                        n_passages=chunks, max_sentences=phase.cloze_sentences)
