@@ -45,9 +45,10 @@ def register(sub: Any) -> None:
     c.add_argument("--max-docs", type=int)
     c.add_argument("--questions-per-doc", type=int)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--exclude", action="append", default=[], metavar="CASES.jsonl",
+    c.add_argument("--exclude", action="append", default=[], metavar="FILE",
                    help="squad-paragraphs / squad-articles: leave out the documents (doc_id) of this case "
-                        "file, so the new file is disjoint from it (repeatable)")
+                        "file (.jsonl) or d2l eval report (.json), so the new file is disjoint from it "
+                        "(repeatable)")
     c.add_argument("-o", "--out", required=True)
     c.set_defaults(handler=_cases)
 
@@ -88,13 +89,28 @@ def _niah(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doc_ids(path: str) -> set[str]:
+    """The document ids of a case file (``.jsonl``) or of a ``d2l eval`` report (``.json``)."""
+    from d2l_haystack.training.evaluate import load_cases
+
+    if not path.endswith(".json"):
+        return {c.doc_id for c in load_cases(path)}
+    try:
+        rows = json.loads(Path(path).read_text())["cases"]
+        return {str(r["doc_id"]) for r in rows}
+    except FileNotFoundError:
+        raise SystemExit(f"--exclude: {path} not found") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--exclude: {path} is not a d2l eval report (a 'cases' list with doc_id): {e}") from None
+
+
 def _cases(args: argparse.Namespace) -> int:
     from d2l_haystack.training.cases import gold_sentence_cases, interference_cases, sentence_cloze_cases, squad_cases
-    from d2l_haystack.training.evaluate import load_cases, write_cases
+    from d2l_haystack.training.evaluate import write_cases
 
     if args.exclude and args.kind not in ("squad-paragraphs", "squad-articles"):
         raise SystemExit(f"--exclude applies to squad-paragraphs and squad-articles, not {args.kind}")
-    exclude = {c.doc_id for path in args.exclude for c in load_cases(path)}
+    exclude = {doc_id for path in args.exclude for doc_id in _doc_ids(path)}
     if args.kind == "interference":
         cases = interference_cases(seed=args.seed)
     elif args.kind == "squad-sentences":

@@ -165,6 +165,7 @@ def test_sentence_cloze_cases_are_held_out_seeded_sentences_with_their_own_quest
 @pytest.mark.requires_squad
 def test_squad_paragraph_cases_can_exclude_the_documents_of_earlier_files(tmp_path):
     from d2l_haystack.cli import main
+    from d2l_haystack.training.cases import squad_cases
 
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     assert main(["cases", "squad-paragraphs", "--max-docs", "30", "--questions-per-doc", "1", "-o", str(first)]) == 0
@@ -177,6 +178,17 @@ def test_squad_paragraph_cases_can_exclude_the_documents_of_earlier_files(tmp_pa
     assert main(["cases", "squad-paragraphs", "--max-docs", "30", "--questions-per-doc", "1", "-o",
                  str(second)]) == 0
     assert [c.doc_id for c in load_cases(second)] == [c.doc_id for c in a]
+    # a d2l eval report (.json) names its documents too
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"results": {}, "cases": [{"id": c.id, "doc_id": c.doc_id} for c in a[:10]]}))
+    assert main(["cases", "squad-paragraphs", "--questions-per-doc", "1", "--exclude", str(report), "-o",
+                 str(second)]) == 0
+    rest = {c.doc_id for c in load_cases(second)}
+    every = {c["doc_id"] for c in squad_cases("paragraph", questions_per_doc=1)}
+    assert rest == every - {c.doc_id for c in a[:10]} and len(rest) == len(every) - 10
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a d2l eval report"):
+        main(["cases", "squad-paragraphs", "--exclude", str(tmp_path / "bad.json"), "-o", str(second)])
     with pytest.raises(SystemExit, match="--exclude applies to squad-paragraphs"):
         main(["cases", "interference", "--exclude", str(first), "-o", str(tmp_path / "i.jsonl")])
 
