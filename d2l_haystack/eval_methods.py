@@ -106,7 +106,7 @@ class AdapterCache:
 
     @staticmethod
     def key(engine: D2LEngine, text: str) -> tuple[Any, ...]:
-        return (id(engine), engine.checkpoint_id, engine.chunk_tokens, content_hash(text))
+        return (id(engine), engine.checkpoint_id, engine.chunk_tokens, engine.chunking, content_hash(text))
 
     def get(self, engine: D2LEngine, text: str) -> tuple[Any, float] | None:
         return self._items.get(self.key(engine, text))
@@ -297,7 +297,8 @@ def share_engine(engine: D2LEngine, settings: dict[str, Any], device: str) -> No
     """
     from d2l_haystack.core import engine as engine_module
 
-    key = (settings["model"], settings["checkpoint"], device, settings["dtype"], settings["chunk_tokens"])
+    key = engine_module.engine_key(settings["model"], settings["checkpoint"], device, settings["dtype"],
+                                   settings["chunk_tokens"], settings.get("chunking"))
     with engine_module._ENGINES_LOCK:
         engine_module._ENGINES[key] = engine
 
@@ -321,7 +322,8 @@ class RoutedMethod(Method):
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
         self.settings: dict[str, Any] = {
             "model": engine.loaded.path, "checkpoint": engine.checkpoint_path, "dtype": "float32",
-            "chunk_tokens": engine.chunk_tokens, "split_length": SPLIT_WORDS, "split_overlap": SPLIT_OVERLAP,
+            "chunk_tokens": engine.chunk_tokens, "chunking": engine.chunking,
+            "split_length": SPLIT_WORDS, "split_overlap": SPLIT_OVERLAP,
             "top_k": TOP_K, "max_new_tokens": max_new_tokens, "router": dict(router or {}),
             "query_router": dict(query_router or {}),
         }

@@ -287,8 +287,10 @@ def markdown(report: dict[str, Any]) -> str:
              + (f"; plus {report['load_seconds']:.0f} s loading the model" if report.get("load_seconds") else "")
              + ")",
              f"- base model `{eng.get('base_model')}`, checkpoint `{eng.get('checkpoint')}` "
-             f"(id {eng.get('checkpoint_id')}, trained: {eng.get('trained')}), chunk {eng.get('chunk_tokens')} tokens, "
-             f"window {window} tokens, device {eng.get('device')}",
+             f"(id {eng.get('checkpoint_id')}, trained: {eng.get('trained')}), "
+             + ("one chunk per sentence, " if eng.get("chunking") == "sentences"
+                else f"chunk {eng.get('chunk_tokens')} tokens, ")
+             + f"window {window} tokens, device {eng.get('device')}",
              f"- machine: {mach.get('cpu_count')} CPUs, torch {mach.get('torch')} "
              f"({mach.get('torch_threads')} torch threads), "
              f"load average {_f(mach.get('load_average_start', [math.nan])[0], 2)} at start, "

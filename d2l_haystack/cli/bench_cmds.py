@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .core_cmds import add_chunking_option
+
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
@@ -51,6 +53,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--device", default=None, help="cpu/cuda (default: CUDA when available)")
     p.add_argument("--chunk-tokens", type=int, help="tokens per internalized chunk (default: the checkpoint's)")
+    add_chunking_option(p)
     p.add_argument("--methods", type=_words, help="comma-separated subset of base,icl,rag,d2l,hybrid,routed")
     p.add_argument("--workloads", type=_words,
                    help="comma-separated subset of squad_paragraphs,squad_articles,niah,mixed")
@@ -171,7 +174,8 @@ def _bench(args: argparse.Namespace) -> int:
               f"slow and noisy, and {torch.get_num_threads()} torch threads contend with the other processes "
               "(--threads 1 is often much faster on a shared machine)")
     t = time.perf_counter()
-    engine = D2LEngine(args.model, _checkpoint(args.checkpoint), device=args.device, chunk_tokens=args.chunk_tokens)
+    engine = D2LEngine(args.model, _checkpoint(args.checkpoint), device=args.device, chunk_tokens=args.chunk_tokens,
+                       chunking=args.chunking)
     load_seconds = time.perf_counter() - t
     if not engine.trained:
         print("d2l bench: note: no trained checkpoint; the hypernetwork is untrained (d2l answers like base)")

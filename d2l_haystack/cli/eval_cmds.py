@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .core_cmds import add_chunking_option
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate methods (base, icl, d2l, ...) on a QA case file")
@@ -18,6 +20,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--checkpoint", default="default", help="'default', a folder, or 'none' (untrained)")
     p.add_argument("--chunk-tokens", type=int, help="tokens per chunk when internalizing")
+    add_chunking_option(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_eval)
 
@@ -62,7 +65,8 @@ def _eval(args: argparse.Namespace) -> int:
     from d2l_haystack.training.evaluate import format_table, load_cases, run_eval
 
     cases = load_cases(args.cases, args.limit)
-    engine = D2LEngine(args.model, _checkpoint(args.checkpoint), chunk_tokens=args.chunk_tokens)
+    engine = D2LEngine(args.model, _checkpoint(args.checkpoint), chunk_tokens=args.chunk_tokens,
+                       chunking=args.chunking)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     report = run_eval(engine, cases, methods, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
     report["cases_file"] = str(args.cases)

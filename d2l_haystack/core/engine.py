@@ -37,7 +37,7 @@ from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
 from .lora import Factors, get_hooks
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, get_model
 from .prompts import ChatFormat, chunk_token_ids
-from .textio import content_hash, validate_text
+from .textio import CHUNKINGS, content_hash, split_text_sentences, validate_text
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,11 @@ class D2LEngine:
     :param device: ``cpu``/``cuda``; defaults to CUDA when available.
     :param dtype: base model dtype.
     :param chunk_tokens: tokens per chunk (default: the checkpoint's).
+    :param chunking: ``"tokens"`` (default): chunks of ``chunk_tokens`` tokens; ``"sentences"``: one
+        chunk per sentence (:func:`~d2l_haystack.core.textio.split_text_sentences`), so the chunk
+        keys choose the sentences a question is about. Measured on 390 SQuAD validation questions
+        with the shipped checkpoint: F1 0.067 -> 0.103 (base 0.044); each chunk's factors cost the
+        same, so an adapter holds as many chunks as the document has sentences (model card).
     :param hypernet_widths: widths for an untrained hypernetwork (ignored with a checkpoint).
     :param max_chunks: most chunks applied per question (:meth:`select_chunks`); 0 applies every
         chunk of every adapter, without selection or relevance gate.
@@ -126,7 +131,7 @@ class D2LEngine:
 
     def __init__(self, model: str = DEFAULT_MODEL, checkpoint: str | None = "default",
                  device: str | None = None, dtype: str = "float32", chunk_tokens: int | None = None,
-                 hypernet_widths: dict[str, Any] | None = None, seed: int = 0,
+                 hypernet_widths: dict[str, Any] | None = None, seed: int = 0, chunking: str = "tokens",
                  max_chunks: int = DEFAULT_MAX_CHUNKS, keys: str | None = DEFAULT_KEY_MODEL,
                  min_relevance: float | None = DEFAULT_MIN_RELEVANCE,
                  relevance_margin: float = DEFAULT_RELEVANCE_MARGIN) -> None:
@@ -154,6 +159,9 @@ class D2LEngine:
         self.hypernet.eval().requires_grad_(False)
         self.config: HypernetConfig = self.hypernet.config
         self.chunk_tokens = chunk_tokens or self.config.chunk_tokens
+        if chunking not in CHUNKINGS:
+            raise ValueError(f"chunking must be one of {', '.join(CHUNKINGS)}, got {chunking!r}")
+        self.chunking = chunking
         self.max_chunks = _checked_max_chunks(max_chunks)
         self.key_model = keys or None
         self.min_relevance = min_relevance
@@ -192,8 +200,7 @@ class D2LEngine:
         :raises InputError: empty or binary text.
         """
         validate_text(text, source)
-        ids = self.format.document_ids(text)
-        chunks = chunk_token_ids(ids, self.chunk_tokens)
+        chunks = self.chunk_ids(text)
         show = progress if progress is not None else len(chunks) > 1
         from tqdm.auto import tqdm
 
@@ -223,11 +230,18 @@ class D2LEngine:
         return Adapter(factors=factors, scale=self.config.alpha, rank=self.config.rank,
                        bias_rank=self.config.bias_rank, num_chunks=len(chunks),
                        base_model=self.loaded.name, checkpoint_id=self.checkpoint_id,
-                       content_hash=content_hash(text), num_tokens=len(ids),
+                       content_hash=content_hash(text), num_tokens=sum(len(c) for c in chunks),
                        module_paths=list(self.config.module_paths), meta=dict(meta or {}),
                        keys=torch.cat([v for v, _ in keys]) if keys else None,
                        key_chunks=torch.cat([o for _, o in keys]) if keys else None,
                        key_model=self.key_model if keys else "", key_scheme=KEY_SCHEME if keys else "")
+
+    def chunk_ids(self, text: str) -> list[list[int]]:
+        """The token ids of each chunk of ``text`` (no template), as :attr:`chunking` cuts it."""
+        if self.chunking == "tokens":
+            return chunk_token_ids(self.format.document_ids(text), self.chunk_tokens)
+        return [c for s in split_text_sentences(text)
+                for c in chunk_token_ids(self.format.document_ids(s), self.chunk_tokens)]
 
     # -- generation -----------------------------------------------------------------------
     def _adapter_list(self, adapters: Adapter | list[Adapter] | None) -> list[Adapter]:
@@ -400,7 +414,8 @@ class D2LEngine:
                 "checkpoint": checkpoint, "checkpoint_id": self.checkpoint_id,
                 "trained": self.trained, "hypernet_parameters": self.hypernet.num_parameters(),
                 "encoder_mode": self.config.encoder_mode, "exit_layer": self.config.exit_layer,
-                "rank": self.config.rank, "chunk_tokens": self.chunk_tokens, "max_chunks": self.max_chunks,
+                "rank": self.config.rank, "chunk_tokens": self.chunk_tokens, "chunking": self.chunking,
+                "max_chunks": self.max_chunks,
                 "key_model": self.key_model, "min_relevance": self.min_relevance,
                 "relevance_margin": self.relevance_margin}
 
@@ -431,17 +446,24 @@ def _portable_path(path: str, root: Path, label: str | None) -> str:
 
 
 _ENGINES: dict[tuple[Any, ...], D2LEngine] = {}
+
+
+def engine_key(model: str, checkpoint: str | None, device: str, dtype: str, chunk_tokens: int | None,
+               chunking: str | None) -> tuple[Any, ...]:
+    """The key of :func:`get_engine`'s process-level cache (``chunking`` ``None`` is ``"tokens"``)."""
+    return (model, checkpoint, device, dtype, chunk_tokens, chunking or "tokens")
 _ENGINES_LOCK = threading.Lock()
 
 
 def get_engine(model: str = DEFAULT_MODEL, checkpoint: str | None = "default", device: str | None = None,
-               dtype: str = "float32", chunk_tokens: int | None = None) -> D2LEngine:
-    """One engine per (model, checkpoint, device, dtype, chunk size) per process."""
+               dtype: str = "float32", chunk_tokens: int | None = None, chunking: str = "tokens") -> D2LEngine:
+    """One engine per (model, checkpoint, device, dtype, chunk size, chunking) per process."""
     from .models import default_device
 
     device = device or default_device()
-    key = (model, checkpoint, device, dtype, chunk_tokens)
+    key = engine_key(model, checkpoint, device, dtype, chunk_tokens, chunking)
     with _ENGINES_LOCK:
         if key not in _ENGINES:
-            _ENGINES[key] = D2LEngine(model, checkpoint, device=device, dtype=dtype, chunk_tokens=chunk_tokens)
+            _ENGINES[key] = D2LEngine(model, checkpoint, device=device, dtype=dtype, chunk_tokens=chunk_tokens,
+                                      chunking=chunking)
         return _ENGINES[key]

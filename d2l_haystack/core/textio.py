@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from .errors import InputError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+CHUNKINGS = ("tokens", "sentences")
+"""How a document is cut into chunks when it is internalized: ``tokens`` (chunks of
+``chunk_tokens`` tokens) or ``sentences`` (one chunk per sentence of
+:func:`split_text_sentences`; a sentence longer than ``chunk_tokens`` is cut like a document)."""
+
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+"""Whitespace after ``.``, ``!`` or ``?`` before a capital, quote or parenthesis: a sentence break
+(the cloze rules and sentence chunking cut text here)."""
+_BLANK_LINE = re.compile(r"\n\s*\n")
+
+
+def split_text_sentences(text: str) -> list[str]:
+    """Every sentence of ``text``, in order, whitespace normalised; nothing is dropped.
+
+    Text is cut at blank lines (headings, list items and paragraphs stay apart) and at
+    :data:`SENTENCE_BREAK`; text without sentence punctuation is one piece.
+    """
+    out: list[str] = []
+    for block in _BLANK_LINE.split(text):
+        flat = " ".join(block.split())
+        out.extend(s for s in (p.strip() for p in SENTENCE_BREAK.split(flat)) if s)
+    return out
 
 
 def content_hash(text: str) -> str:

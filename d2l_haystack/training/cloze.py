@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.textio import SENTENCE_BREAK
+
 _MONTHS = ("January February March April May June July August September October November "
            "December").split()
 _DATE = re.compile(r"\b(?:" + "|".join(_MONTHS) + r")(?: \d{1,2})?,? \d{4}\b|\b\d{1,2} (?:"
@@ -34,7 +36,6 @@ _NOT_NAMES = set(("I A An The This That These Those It Its He She They We You Ou
                   "In On At For From By With As But And Or If When While Mr Mrs Ms Dr St "
                   + " ".join(_MONTHS)
                   + " Monday Tuesday Wednesday Thursday Friday Saturday Sunday").split())
-_SENTENCES = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 MAX_QUESTION_WORDS = 40
 
 
@@ -157,7 +158,7 @@ def cloze_questions(text: str) -> list[ClozeQA]:
 
 def split_cloze_sentences(text: str) -> list[str]:
     """The sentences of ``text`` as the cloze rules cut them (non-empty, stripped)."""
-    return [s.strip() for s in _SENTENCES.split(" ".join(text.split())) if s.strip()]
+    return [s.strip() for s in SENTENCE_BREAK.split(" ".join(text.split())) if s.strip()]
 
 
 def pick_cloze(rng: np.random.Generator, text: str, n: int) -> list[ClozeQA]:

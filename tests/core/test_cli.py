@@ -41,6 +41,19 @@ def test_internalize_writes_an_adapter(tmp_path: Path, doc: Path, tiny: list[str
     assert f"{adapter.num_chunks} chunk(s)" in captured.out
 
 
+def test_internalize_with_one_chunk_per_sentence(tmp_path: Path, doc: Path, tiny: list[str],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from d2l_haystack.core.textio import split_text_sentences
+
+    out = tmp_path / "adapters" / "river"
+    assert main(["internalize", str(doc), "-o", str(out), *tiny, "--chunking", "sentences"]) == 0
+    sentences = split_text_sentences(doc.read_text(encoding="utf-8"))
+    assert Adapter.load(out).num_chunks == len(sentences) > 1
+    capsys.readouterr()
+    assert main(["info", *tiny, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["chunking"] == "tokens"
+
+
 @pytest.mark.parametrize("content,message", [
     (None, "no such file"),
     (b"\x00\x01binary\x00", "binary"),

@@ -167,6 +167,44 @@ def test_generation_refuses_an_adapter_of_another_model(tiny_engine: D2LEngine, 
                                  max_new_tokens=2)
 
 
+def test_split_text_sentences_keeps_every_word_in_order() -> None:
+    from d2l_haystack.core.textio import split_text_sentences
+
+    text = ("The bridge opened in 1932.  It took eight years!\n\n# Notes\nno stop here\n\n"
+            "Was it (really) done? \"Yes.\" (Maybe.) e.g. not a break. Dr. Smith agreed.")
+    parts = split_text_sentences(text)
+    assert parts == ["The bridge opened in 1932.", "It took eight years!", "# Notes no stop here",
+                     "Was it (really) done?", '"Yes." (Maybe.) e.g. not a break.', "Dr.", "Smith agreed."]
+    assert " ".join(parts).split() == text.split()
+    assert split_text_sentences("one line without an end") == ["one line without an end"]
+    assert split_text_sentences(" \n\n ") == []
+
+
+def test_sentence_chunking_gives_each_sentence_its_chunk(tiny_engine: D2LEngine, tiny_llama_dir, sample_text,
+                                                         long_text) -> None:
+    from d2l_haystack.core import get_engine
+    from d2l_haystack.core.textio import split_text_sentences
+
+    engine = D2LEngine(str(tiny_llama_dir), checkpoint=None, device="cpu", chunk_tokens=64, chunking="sentences")
+    sentences = split_text_sentences(sample_text)
+    assert len(sentences) == 3
+    adapter = engine.internalize(sample_text)
+    assert adapter.num_chunks == 3 and tiny_engine.internalize(sample_text).num_chunks == 1
+    assert engine.chunk_ids(sample_text) == [engine.format.document_ids(s) for s in sentences]
+    assert adapter.num_tokens == sum(len(engine.format.document_ids(s)) for s in sentences)
+    assert adapter.keys is not None and set(adapter.key_chunks.tolist()) == {0, 1, 2}
+    # a sentence longer than chunk_tokens is cut like a document
+    long_sentence = long_text(300).replace(".", ",") + "."
+    assert len(engine.format.document_ids(long_sentence)) > 64
+    assert engine.chunk_ids(long_sentence) == tiny_engine.chunk_ids(long_sentence)
+    assert engine.describe()["chunking"] == "sentences" and tiny_engine.describe()["chunking"] == "tokens"
+    with pytest.raises(ValueError, match="chunking must be one of tokens, sentences"):
+        D2LEngine(str(tiny_llama_dir), checkpoint=None, device="cpu", chunking="paragraphs")
+    shared = get_engine(str(tiny_llama_dir), None, "cpu", chunk_tokens=64)
+    assert get_engine(str(tiny_llama_dir), None, "cpu", chunk_tokens=64, chunking="sentences") is not shared
+    assert get_engine(str(tiny_llama_dir), None, "cpu", chunk_tokens=64, chunking="tokens") is shared
+
+
 def test_describe(tiny_engine: D2LEngine) -> None:
     info = tiny_engine.describe()
     assert info["base_model"] == "tiny-llama" and info["trained"] is False
@@ -193,6 +231,23 @@ def test_internalize_on_the_real_model(real_engine: D2LEngine, sample_text: str)
         assert torch.equal(adapted, base)
     result = real_engine.generate("Who built the Marlow lighthouse?", context=sample_text, max_new_tokens=12)
     assert result.text and result.num_tokens <= 12
+
+
+@pytest.mark.integration
+def test_sentence_chunks_apply_the_sentence_a_question_is_about(real_engine: D2LEngine, sample_text: str) -> None:
+    from d2l_haystack.core import get_engine
+
+    engine = get_engine(real_engine.loaded.name, device="cpu", chunking="sentences")
+    assert engine.model is real_engine.model  # the base model is loaded once
+    adapter = engine.internalize(sample_text)
+    assert adapter.num_chunks == 3
+    r = engine.config.rank
+    everything = adapter.document_factors()["down_proj"][0]
+    for question, sentence in (("Who built the Marlow lighthouse?", 0), ("What are the keeper's cats called?", 2),
+                               ("How far away can its lamp be seen?", 1)):
+        chosen, _, meta = engine.select_chunks(engine.prompt_ids(question), adapter, max_chunks=1, query=question)
+        assert meta["chunks_applied"] == 1 and not meta["gated"], question
+        assert torch.equal(chosen[0].document_factors()["down_proj"][0], everything[:, sentence * r:(sentence + 1) * r])
 
 
 def test_read_text_file_refuses_a_fifo_without_blocking(tmp_path):
