@@ -90,7 +90,7 @@ class _Settings:
 
     def __init__(self, workspace: Workspace | str | None, store: Any, document_store: Any, model: str | None,
                  checkpoint: str | None, device: str | None, embedding_model: str | None,
-                 chunk_tokens: int | None) -> None:
+                 chunk_tokens: int | None, chunking: str | None = None) -> None:
         from d2l_haystack.workspace import Workspace
 
         self.workspace_path: str | None = None
@@ -105,6 +105,7 @@ class _Settings:
             self.device = device or workspace.device
             self.embedding_model = embedding_model or s["embedding_model"]
             self.chunk_tokens = chunk_tokens or s["chunk_tokens"]
+            self.chunking = chunking or s.get("chunking") or "tokens"
             self.dtype = s["dtype"]
             self.router = dict(s["router"])
             self.query_router = dict(s["query_router"])
@@ -125,6 +126,7 @@ class _Settings:
         self.device = device
         self.embedding_model = embedding_model
         self.chunk_tokens = chunk_tokens
+        self.chunking = chunking or "tokens"
         self.dtype = "float32"
         self.router, self.query_router = {}, {}
         self.split_length, self.split_overlap, self.top_k = 60, 10, 4
@@ -132,7 +134,7 @@ class _Settings:
 
     def engine_params(self) -> dict[str, Any]:
         return {"model": self.model, "checkpoint": self.checkpoint, "device": self.device, "dtype": self.dtype,
-                "chunk_tokens": self.chunk_tokens}
+                "chunk_tokens": self.chunk_tokens, "chunking": self.chunking}
 
     def embedding_path(self) -> str:
         name = self.embedding_model
@@ -149,13 +151,16 @@ class _Settings:
 
 def _settings(workspace: Workspace | str | None, store: Any = None, document_store: Any = None,
               model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
-              embedding_model: str | None = None, chunk_tokens: int | None = None) -> _Settings:
-    return _Settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens)
+              embedding_model: str | None = None, chunk_tokens: int | None = None,
+              chunking: str | None = None) -> _Settings:
+    return _Settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens,
+                     chunking)
 
 
 def build_indexing_pipeline(workspace: Workspace | str | None = None, *, store: Any = None, document_store: Any = None,
                             model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
-                            embedding_model: str | None = None, chunk_tokens: int | None = None) -> Pipeline:
+                            embedding_model: str | None = None, chunk_tokens: int | None = None,
+                            chunking: str | None = None) -> Pipeline:
     """Files -> documents -> per-document route -> adapters or FAISS chunks.
 
     Run it with ``{"converter": {"sources": [paths]}}``.
@@ -165,7 +170,8 @@ def build_indexing_pipeline(workspace: Workspace | str | None = None, *, store: 
     :param store: an :class:`AdapterStore` or folder (instead of the workspace's).
     :param document_store: a FAISS store or index path (instead of the workspace's).
     """
-    s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens)
+    s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens,
+                  chunking)
     pipe = Pipeline(metadata={"d2l_pipeline": "indexing"})
     pipe.add_component("converter", SourceFileConverter())
     pipe.add_component("internalization_router", InternalizationRouter(
@@ -188,7 +194,8 @@ def build_indexing_pipeline(workspace: Workspace | str | None = None, *, store: 
 def build_query_pipeline(workspace: Workspace | str | None = None, *, store: Any = None, document_store: Any = None,
                          model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
                          embedding_model: str | None = None, chunk_tokens: int | None = None,
-                         router: dict[str, Any] | None = None, top_k: int | None = None) -> Pipeline:
+                         chunking: str | None = None, router: dict[str, Any] | None = None,
+                         top_k: int | None = None) -> Pipeline:
     """Query -> embed -> retrieve -> route (adapter / RAG / hybrid) -> answer.
 
     Run it with :func:`query_inputs`; the answer is ``result["answer_joiner"]["value"][0]``.
@@ -196,7 +203,8 @@ def build_query_pipeline(workspace: Workspace | str | None = None, *, store: Any
     :param router: :class:`QueryRouter` init parameters (thresholds, ``mode``).
     :param top_k: chunks retrieved per query.
     """
-    s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens)
+    s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens,
+                  chunking)
     pipe = Pipeline(metadata={"d2l_pipeline": "query"})
     pipe.add_component("query_embedder", s.text_embedder())
     pipe.add_component("retriever", FAISSEmbeddingRetriever(document_store=s.document_store, top_k=top_k or s.top_k))
@@ -222,12 +230,13 @@ def build_query_pipeline(workspace: Workspace | str | None = None, *, store: Any
 def build_rag_pipeline(workspace: Workspace | str | None = None, *, store: Any = None, document_store: Any = None,
                        model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
                        embedding_model: str | None = None, chunk_tokens: int | None = None,
-                       top_k: int | None = None) -> Pipeline:
+                       chunking: str | None = None, top_k: int | None = None) -> Pipeline:
     """RAG only: embed -> retrieve -> the same base model with the chunks in the prompt.
 
     Run it with :func:`query_inputs`; the answer is ``result["generator"]["replies"][0]``.
     """
-    s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens)
+    s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens,
+                  chunking)
     pipe = Pipeline(metadata={"d2l_pipeline": "rag_only"})
     pipe.add_component("query_embedder", s.text_embedder())
     pipe.add_component("retriever", FAISSEmbeddingRetriever(document_store=s.document_store, top_k=top_k or s.top_k))
@@ -240,12 +249,13 @@ def build_rag_pipeline(workspace: Workspace | str | None = None, *, store: Any =
 def build_d2l_pipeline(workspace: Workspace | str | None = None, *, store: Any = None, document_store: Any = None,
                        model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
                        embedding_model: str | None = None, chunk_tokens: int | None = None,
-                       router: dict[str, Any] | None = None) -> Pipeline:
+                       chunking: str | None = None, router: dict[str, Any] | None = None) -> Pipeline:
     """D2L only: embed -> pick the relevant adapter (if any) -> answer without the document.
 
     Run it with :func:`query_inputs`; the answer is ``result["generator"]["replies"][0]``.
     """
-    s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens)
+    s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens,
+                  chunking)
     pipe = Pipeline(metadata={"d2l_pipeline": "d2l_only"})
     pipe.add_component("query_embedder", s.text_embedder())
     params = {**s.query_router, **(router or {}), "mode": "d2l"}
@@ -293,6 +303,7 @@ _PLACEHOLDER_DEFAULTS = {
     "D2L_MODEL": "${D2L_MODEL:-" + DEFAULT_MODEL + "}",
     "D2L_CHECKPOINT": "${D2L_CHECKPOINT:-default}",
     "D2L_EMBEDDING_MODEL": "${D2L_EMBEDDING_MODEL:-all-minilm-l6-v2}",
+    "D2L_CHUNKING": "${D2L_CHUNKING:-tokens}",
 }
 
 
@@ -302,7 +313,8 @@ def render_yaml(name: str) -> str:
         raise PipelineLoadError(f"unknown pipeline '{name}' (built-in: {', '.join(PIPELINE_NAMES)})")
     pipe = BUILDERS[name](_PLACEHOLDER_DEFAULTS["D2L_WORKSPACE"], model=_PLACEHOLDER_DEFAULTS["D2L_MODEL"],
                           checkpoint=_PLACEHOLDER_DEFAULTS["D2L_CHECKPOINT"],
-                          embedding_model=_PLACEHOLDER_DEFAULTS["D2L_EMBEDDING_MODEL"])
+                          embedding_model=_PLACEHOLDER_DEFAULTS["D2L_EMBEDDING_MODEL"],
+                          chunking=_PLACEHOLDER_DEFAULTS["D2L_CHUNKING"])
     header = (f"# d2l-haystack '{name}' pipeline (generated by d2l_haystack.pipelines.render_yaml).\n"
               f"# Load it with: d2l_haystack.pipelines.load_pipeline('{name}', workspace='FOLDER')\n"
               "# ${NAME:-default} placeholders are filled from the workspace / environment.\n")
@@ -367,7 +379,7 @@ def _variables(workspace: Workspace | str | Path | None, extra: dict[str, Any] |
         ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         s = ws.settings
         out.update(D2L_WORKSPACE=str(ws.path), D2L_MODEL=s["model"], D2L_CHECKPOINT=s["checkpoint"],
-                   D2L_EMBEDDING_MODEL=s["embedding_model"])
+                   D2L_EMBEDDING_MODEL=s["embedding_model"], D2L_CHUNKING=s["chunking"])
     out.update(extra or {})
     embedding = out["D2L_EMBEDDING_MODEL"] if "D2L_EMBEDDING_MODEL" in out else os.environ.get("D2L_EMBEDDING_MODEL")
     out["D2L_EMBEDDING_MODEL"] = resolve_embedding_model(embedding)

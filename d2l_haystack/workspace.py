@@ -77,7 +77,7 @@ from d2l_haystack.components.source_file_converter import read_source, supported
 from d2l_haystack.core.errors import D2LError, InputError
 from d2l_haystack.core.keys import resolve_embedding_model
 from d2l_haystack.core.models import DEFAULT_MODEL
-from d2l_haystack.core.textio import content_hash, validate_text
+from d2l_haystack.core.textio import CHUNKINGS, content_hash, validate_text
 
 try:  # POSIX
     import fcntl
@@ -92,6 +92,7 @@ MAX_HISTORY = 50
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "model": DEFAULT_MODEL, "checkpoint": "default", "dtype": "float32", "chunk_tokens": None,
+    "chunking": "tokens",
     "embedding_model": None, "split_length": 60, "split_overlap": 10, "top_k": 4, "max_new_tokens": 64,
     "router": {}, "query_router": {},
 }
@@ -240,6 +241,9 @@ class Workspace:
         unknown = set(settings) - set(DEFAULT_SETTINGS)
         if unknown:
             raise WorkspaceError(f"unknown workspace setting(s): {', '.join(sorted(unknown))}")
+        if settings.get("chunking", "tokens") not in CHUNKINGS:
+            raise WorkspaceError(f"workspace setting chunking must be one of {', '.join(CHUNKINGS)}, "
+                                 f"got {settings['chunking']!r}")
         self.path = Path(path).expanduser().resolve()
         self.device = device
         self._lock = shared_lock(self.path / ".lock")
@@ -373,7 +377,7 @@ class Workspace:
     def _engine_params(self) -> dict[str, Any]:
         s = self.settings
         return {"model": s["model"], "checkpoint": s["checkpoint"], "device": self.device, "dtype": s["dtype"],
-                "chunk_tokens": s["chunk_tokens"]}
+                "chunk_tokens": s["chunk_tokens"], "chunking": s["chunking"]}
 
     def _component(self, name: str) -> Any:
         if name in self._components:
@@ -558,7 +562,8 @@ class Workspace:
                         adapter, routing, seconds = prepared
                         self.adapters.put(doc_id, adapter, source=str(meta.get("file_path") or doc_id),
                                           routing=routing, title=str(doc.meta.get("title") or ""),
-                                          meta={"internalize_seconds": round(seconds, 4)})
+                                          meta={"internalize_seconds": round(seconds, 4),
+                                                "chunking": self._component("converter").chunking})
                     # the converter reuses that adapter (or a stored one) and removes the document's chunks
                     out = self._component("converter").run(documents=[doc], force=force and prepared is None)
                     action = out["documents"][0].meta.get("d2l_action", "internalized")
@@ -594,8 +599,8 @@ class Workspace:
         converter = self._component("converter")
         engine = converter.engine
         base, checkpoint_id = engine.loaded.name, engine.checkpoint_id
-        if not force and (self.adapters.is_current(doc_id, digest, base, checkpoint_id)
-                          or self.adapters.find(digest, base, checkpoint_id) is not None):
+        if not force and (self.adapters.is_current(doc_id, digest, base, checkpoint_id, engine.chunking)
+                          or self.adapters.find(digest, base, checkpoint_id, engine.chunking) is not None):
             return None
         start = time.perf_counter()
         adapter = engine.internalize(text, source=doc_id, progress=converter.progress)

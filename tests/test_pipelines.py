@@ -61,6 +61,16 @@ class TestYamlFiles:
             if store is not None:  # bound to the workspace's shared, auto-saving store
                 assert store is Workspace(tmp_path / "ws").faiss
 
+    def test_the_workspace_chunking_reaches_the_yaml_pipelines(self, tmp_path: Path, tiny_model: str):
+        ws = Workspace(tmp_path / "ws", chunking="sentences")
+        indexing = load_pipeline("indexing", workspace=ws, variables=_tiny_vars(tiny_model))
+        assert indexing.get_component("doc_to_lora").chunking == "sentences"
+        query = load_pipeline("query", workspace=tmp_path / "other", variables=_tiny_vars(tiny_model))
+        assert query.get_component("d2l_generator").chunking == "tokens"
+        chosen = load_pipeline("query", workspace=tmp_path / "other",
+                               variables={**_tiny_vars(tiny_model), "D2L_CHUNKING": "sentences"})
+        assert chosen.get_component("d2l_generator").chunking == "sentences"
+
     def test_plain_haystack_needs_the_allowlist(self, tmp_path: Path, monkeypatch):
         text = (PIPELINES_DIR / "rag_only.yaml").read_text().replace("${D2L_WORKSPACE}", str(tmp_path))
         monkeypatch.delenv("HAYSTACK_DESERIALIZATION_ALLOWLIST", raising=False)

@@ -220,6 +220,9 @@ class TestWorkspacePersistence:
             Workspace.open(ws.path)
         with pytest.raises(WorkspaceError, match="unknown workspace setting"):
             Workspace(tmp_path / "x", colour="blue")
+        with pytest.raises(WorkspaceError, match="chunking must be one of tokens, sentences, got 'words'"):
+            Workspace(tmp_path / "x", chunking="words")
+        assert not (tmp_path / "x").exists()
 
     def test_damaged_adapter_is_never_served(self, workspace_factory, docs_dir: Path):
         from d2l_haystack.core.errors import AdapterError

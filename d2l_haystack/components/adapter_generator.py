@@ -60,6 +60,8 @@ class AdapterGenerator:
     :param device: ``cpu``/``cuda`` (default: CUDA when available).
     :param dtype: base model dtype.
     :param chunk_tokens: tokens per internalized chunk (part of the shared-engine key).
+    :param chunking: ``"tokens"`` or ``"sentences"`` (part of the shared-engine key, as in
+        :class:`DocToLoRAConverter`).
     :param store: the :class:`AdapterStore` (or its folder) that ``adapter_ids`` refer to.
     :param generation_kwargs: defaults for ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``,
         ``max_chunks``, ``gate``.
@@ -69,7 +71,8 @@ class AdapterGenerator:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, checkpoint: str | None = "default", device: str | None = None,
-                 dtype: str = "float32", chunk_tokens: int | None = None, store: AdapterStore | str | None = None,
+                 dtype: str = "float32", chunk_tokens: int | None = None,
+                 chunking: str = "tokens", store: AdapterStore | str | None = None,
                  generation_kwargs: dict[str, Any] | None = None,
                  streaming_callback: Callable[[StreamingChunk], None] | None = None,
                  max_context_tokens: int = 1536, record_queries: bool = True) -> None:
@@ -78,6 +81,7 @@ class AdapterGenerator:
         self.device = device
         self.dtype = dtype
         self.chunk_tokens = chunk_tokens
+        self.chunking = chunking
         self.store = store
         self.generation_kwargs = generation_kwargs or {}
         self.streaming_callback = streaming_callback
@@ -93,7 +97,8 @@ class AdapterGenerator:
         if self._engine is None:
             from d2l_haystack.core import get_engine
 
-            self._engine = get_engine(self.model, self.checkpoint, self.device, self.dtype, self.chunk_tokens)
+            self._engine = get_engine(self.model, self.checkpoint, self.device, self.dtype, self.chunk_tokens,
+                                      self.chunking)
 
     @property
     def engine(self) -> Any:
@@ -103,7 +108,8 @@ class AdapterGenerator:
     def to_dict(self) -> dict[str, Any]:
         callback = serialize_callable(self.streaming_callback) if self.streaming_callback else None
         return default_to_dict(self, model=self.model, checkpoint=self.checkpoint, device=self.device,
-                               dtype=self.dtype, chunk_tokens=self.chunk_tokens, store=self.store,
+                               dtype=self.dtype, chunk_tokens=self.chunk_tokens, chunking=self.chunking,
+                               store=self.store,
                                generation_kwargs=self.generation_kwargs, streaming_callback=callback,
                                max_context_tokens=self.max_context_tokens, record_queries=self.record_queries)
 

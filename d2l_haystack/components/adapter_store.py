@@ -43,6 +43,12 @@ _REGISTRY: dict[str, AdapterStore] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
+def entry_chunking(entry: dict[str, Any]) -> str:
+    """How the adapter of a manifest entry was chunked (``meta["chunking"]``; entries written
+    before chunking was recorded were made with ``"tokens"``)."""
+    return str((entry.get("meta") or {}).get("chunking") or "tokens")
+
+
 class AdapterStore:
     """Adapters on disk (safetensors + a JSON manifest) with checksums, an LRU cache and locking.
 
@@ -188,8 +194,8 @@ class AdapterStore:
             return doc_id in self._entries
 
     def find(self, content_hash: str, base_model: str | None = None,
-             checkpoint_id: str | None = None) -> dict[str, Any] | None:
-        """An entry with this content hash (and model and checkpoint, when given), or ``None``."""
+             checkpoint_id: str | None = None, chunking: str | None = None) -> dict[str, Any] | None:
+        """An entry with this content hash (and model, checkpoint and chunking, when given), or ``None``."""
         with self._lock:
             self._refresh()
             for entry in self._entries.values():
@@ -199,14 +205,19 @@ class AdapterStore:
                     continue
                 if checkpoint_id is not None and entry["checkpoint_id"] != checkpoint_id:
                     continue
+                if chunking is not None and entry_chunking(entry) != chunking:
+                    continue
                 return json.loads(json.dumps(entry))
             return None
 
-    def is_current(self, doc_id: str, content_hash: str, base_model: str, checkpoint_id: str) -> bool:
-        """Whether ``doc_id`` has an adapter of exactly this content, model and checkpoint."""
+    def is_current(self, doc_id: str, content_hash: str, base_model: str, checkpoint_id: str,
+                   chunking: str | None = None) -> bool:
+        """Whether ``doc_id`` has an adapter of exactly this content, model and checkpoint (and
+        chunking, when given: ``meta["chunking"]`` of the entry, ``"tokens"`` when absent)."""
         entry = self.info(doc_id)
         return bool(entry and entry["content_hash"] == content_hash and entry["base_model"] == base_model
-                    and entry["checkpoint_id"] == checkpoint_id)
+                    and entry["checkpoint_id"] == checkpoint_id
+                    and (chunking is None or entry_chunking(entry) == chunking))
 
     def _verified(self, doc_id: str, entry: dict[str, Any], role: str) -> Path:
         name, expected = entry["files"][role]

@@ -65,6 +65,9 @@ class DocToLoRAConverter:
     :param device: ``cpu``/``cuda`` (default: CUDA when available).
     :param dtype: base model dtype.
     :param chunk_tokens: tokens per internalized chunk (default: the checkpoint's).
+    :param chunking: ``"tokens"`` (chunks of ``chunk_tokens``) or ``"sentences"`` (one chunk per
+        sentence: better answers on short factual text, an adapter as large as its sentence count;
+        :class:`~d2l_haystack.core.D2LEngine`).
     :param embedding_model: sentence-transformers model for routing embeddings (``None``: the
         packaged all-MiniLM-L6-v2).
     :param routing_words: words per routing passage.
@@ -75,6 +78,7 @@ class DocToLoRAConverter:
 
     def __init__(self, store: AdapterStore | str, model: str = DEFAULT_MODEL, checkpoint: str | None = "default",
                  device: str | None = None, dtype: str = "float32", chunk_tokens: int | None = None,
+                 chunking: str = "tokens",
                  embedding_model: str | None = None, routing_words: int = 50, document_store: Any = None,
                  skip_invalid: bool = False, progress: bool | None = False) -> None:
         self.store = store
@@ -83,6 +87,7 @@ class DocToLoRAConverter:
         self.device = device
         self.dtype = dtype
         self.chunk_tokens = chunk_tokens
+        self.chunking = chunking
         self.embedding_model = embedding_model
         self.routing_words = routing_words
         self.document_store = document_store
@@ -100,7 +105,8 @@ class DocToLoRAConverter:
         if self._engine is None:
             from d2l_haystack.core import get_engine
 
-            self._engine = get_engine(self.model, self.checkpoint, self.device, self.dtype, self.chunk_tokens)
+            self._engine = get_engine(self.model, self.checkpoint, self.device, self.dtype, self.chunk_tokens,
+                                      self.chunking)
         if self._embedder is None:
             from haystack_integrations.components.embedders.sentence_transformers import (
                 SentenceTransformersDocumentEmbedder,
@@ -120,7 +126,8 @@ class DocToLoRAConverter:
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
             self, store=self.store, model=self.model, checkpoint=self.checkpoint, device=self.device,
-            dtype=self.dtype, chunk_tokens=self.chunk_tokens, embedding_model=self.embedding_model,
+            dtype=self.dtype, chunk_tokens=self.chunk_tokens, chunking=self.chunking,
+            embedding_model=self.embedding_model,
             routing_words=self.routing_words, document_store=self.document_store,
             skip_invalid=self.skip_invalid, progress=self.progress)
 
@@ -179,7 +186,7 @@ class DocToLoRAConverter:
             key = source_key(doc.meta, doc.id)
             digest = content_hash(text)
             start = time.perf_counter()
-            current = not force and store.is_current(key, digest, base_model, checkpoint_id)
+            current = not force and store.is_current(key, digest, base_model, checkpoint_id, engine.chunking)
             if current and store.check(key) is not None:
                 logger.warning("DocToLoRAConverter: %s; internalizing it again", store.check(key))
                 current = False
@@ -188,7 +195,7 @@ class DocToLoRAConverter:
                 action = "unchanged"
             else:
                 title = str(doc.meta.get("title") or "")
-                twin = None if force else store.find(digest, base_model, checkpoint_id)
+                twin = None if force else store.find(digest, base_model, checkpoint_id, engine.chunking)
                 if twin is not None and store.check(twin["id"]) is not None:
                     twin = None
                 adapter = store.get(twin["id"]) if twin is not None else None
@@ -204,7 +211,8 @@ class DocToLoRAConverter:
                 if routing is None:
                     routing = self.routing_embeddings(text, title)
                 store.put(key, adapter, source=str(doc.meta.get("file_path") or key), routing=routing,
-                          title=title, meta={"internalize_seconds": round(time.perf_counter() - start, 4)})
+                          title=title, meta={"internalize_seconds": round(time.perf_counter() - start, 4),
+                                             "chunking": engine.chunking})
             chunk_store = PersistentFAISSDocumentStore.resolve(self.document_store)
             if chunk_store is not None:
                 chunk_store.delete_by_filter(source_filter(key))

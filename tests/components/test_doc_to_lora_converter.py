@@ -49,6 +49,23 @@ class TestDocToLoRAConverter:
         assert out["documents"][0].meta["d2l_action"] == "copied"
         assert converter._store.count() == 2
 
+    def test_changing_the_chunking_internalizes_again(self, converter: DocToLoRAConverter, engine_params: dict,
+                                                      count_internalize):
+        doc = Document(content=TEXT_A, meta={"file_path": "/a.md"})
+        converter.run(documents=[doc])
+        assert converter._store.info("/a.md")["meta"]["chunking"] == "tokens"
+        per_sentence = DocToLoRAConverter(store=converter.store, **{**engine_params, "chunking": "sentences"})
+        calls = count_internalize(per_sentence.engine)
+        out = per_sentence.run(documents=[doc])
+        assert (out["internalized"], out["skipped"], len(calls)) == (1, 0, 1)
+        entry = converter._store.info("/a.md")
+        assert entry["meta"]["chunking"] == "sentences" and entry["num_chunks"] == 2  # two sentences
+        # a copy under another key reuses only an adapter made the same way
+        copy = per_sentence.run(documents=[Document(content=TEXT_A, meta={"file_path": "/b.md"})])
+        assert copy["documents"][0].meta["d2l_action"] == "copied" and len(calls) == 1
+        assert per_sentence.run(documents=[doc])["skipped"] == 1 and len(calls) == 1
+        assert converter.run(documents=[doc])["internalized"] == 1
+
     @pytest.mark.parametrize("content", ["", "   \n\t", "\x00\x01binary\x02"])
     def test_bad_document_is_a_clear_error_and_store_untouched(self, converter, content):
         docs = [Document(content=TEXT_A, meta={"file_path": "/good.md"}),
@@ -91,3 +108,8 @@ class TestDocToLoRAConverter:
         assert again.to_dict() == data
         by_path = DocToLoRAConverter(store=str(tmp_path / "s"), **engine_params)
         assert DocToLoRAConverter.from_dict(by_path.to_dict()).store == str(tmp_path / "s")
+        assert params["chunking"] == "tokens"
+        per_sentence = DocToLoRAConverter(store=str(tmp_path / "s"), **{**engine_params, "chunking": "sentences"})
+        again = DocToLoRAConverter.from_dict(per_sentence.to_dict())
+        assert again.chunking == "sentences" and again.engine.chunking == "sentences"
+        assert again.engine is not conv.engine
