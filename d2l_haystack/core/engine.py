@@ -197,11 +197,12 @@ class D2LEngine:
         Memory stays bounded for any length: chunks are encoded ``batch_size`` at a time and only
         their (small) factors are kept.
 
+        :param progress: show a progress bar (``None``: when there is more than one batch of chunks).
         :raises InputError: empty or binary text.
         """
         validate_text(text, source)
         chunks = self.chunk_ids(text)
-        show = progress if progress is not None else len(chunks) > 1
+        show = progress if progress is not None else len(chunks) > batch_size  # more than one batch
         from tqdm.auto import tqdm
 
         parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in self.config.target_modules}
@@ -446,13 +447,13 @@ def _portable_path(path: str, root: Path, label: str | None) -> str:
 
 
 _ENGINES: dict[tuple[Any, ...], D2LEngine] = {}
+_ENGINES_LOCK = threading.Lock()
 
 
 def engine_key(model: str, checkpoint: str | None, device: str, dtype: str, chunk_tokens: int | None,
                chunking: str | None) -> tuple[Any, ...]:
     """The key of :func:`get_engine`'s process-level cache (``chunking`` ``None`` is ``"tokens"``)."""
     return (model, checkpoint, device, dtype, chunk_tokens, chunking or "tokens")
-_ENGINES_LOCK = threading.Lock()
 
 
 def get_engine(model: str = DEFAULT_MODEL, checkpoint: str | None = "default", device: str | None = None,
