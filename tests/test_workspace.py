@@ -151,6 +151,15 @@ class TestWorkspaceIndexing:
             ws.index_text("", "note:empty")
         assert ws.remove_file("note:rooms")
 
+    def test_sentence_chunking_setting(self, workspace_factory):
+        ws = workspace_factory(chunking="sentences")
+        text = "The meeting room is called Kestrel. It seats twelve people. Book it at the desk."
+        r = ws.index_text(text, "note:rooms")
+        entry = ws.adapters.info("note:rooms")
+        assert r.route == "d2l" and entry["num_chunks"] == 3 and entry["meta"]["chunking"] == "sentences"
+        assert Workspace.open(ws.path).settings["chunking"] == "sentences"
+        assert ws.index_text(text, "note:rooms").action == "unchanged"
+
     def test_threads_index_concurrently(self, workspace_factory, docs_dir: Path):
         ws = workspace_factory()
         files = sorted(docs_dir.iterdir())
