@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .core_cmds import add_chunking_option
+from .core_cmds import add_chunking_option, checkpoint_arg
 
 
 def _ints(text: str) -> list[int]:
@@ -98,10 +98,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return BenchConfig.quick(**overrides) if args.quick else BenchConfig.full(**overrides)
 
 
-def _checkpoint(value: str) -> str | None:
-    return None if value.lower() in ("none", "untrained") else value
-
-
 def _print_tables(report: dict[str, Any]) -> None:
     for name, summary in report["summary"].items():
         metric = report["config"].get("accuracy_metric") or report["workloads"][name]["workload"]["primary_metric"]
@@ -174,7 +170,7 @@ def _bench(args: argparse.Namespace) -> int:
               f"slow and noisy, and {torch.get_num_threads()} torch threads contend with the other processes "
               "(--threads 1 is often much faster on a shared machine)")
     t = time.perf_counter()
-    engine = D2LEngine(args.model, _checkpoint(args.checkpoint), device=args.device, chunk_tokens=args.chunk_tokens,
+    engine = D2LEngine(args.model, checkpoint_arg(args.checkpoint), device=args.device, chunk_tokens=args.chunk_tokens,
                        chunking=args.chunking)
     load_seconds = time.perf_counter() - t
     if not engine.trained:

@@ -26,7 +26,8 @@ from typing import Any
 UNTRAINED_CHOICES = ("none", "untrained")
 
 
-def _checkpoint_arg(value: str) -> str | None:
+def checkpoint_arg(value: str) -> str | None:
+    """A ``--checkpoint`` value: ``none``/``untrained`` (any case) is ``None`` (an untrained hypernetwork)."""
     return None if value.lower() in UNTRAINED_CHOICES else value
 
 
@@ -36,7 +37,7 @@ def _add_engine_options(p: argparse.ArgumentParser, from_adapter: bool = False) 
     default = f"the adapter's model, else {DEFAULT_MODEL}" if from_adapter else DEFAULT_MODEL
     p.add_argument("--model", default=None,
                    help=f"base model: embedded name, local model folder, or hub id org/name (default: {default})")
-    p.add_argument("--checkpoint", type=_checkpoint_arg, default="default",
+    p.add_argument("--checkpoint", type=checkpoint_arg, default="default",
                    help="hypernetwork checkpoint: 'default' (shipped for the model, untrained if none), "
                         "a checkpoint folder, or 'none' (untrained: zero adapters)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .core_cmds import add_chunking_option
+from .core_cmds import add_chunking_option, checkpoint_arg
 
 
 def register(sub: Any) -> None:
@@ -56,16 +56,12 @@ def register(sub: Any) -> None:
     c.set_defaults(handler=_cases)
 
 
-def _checkpoint(value: str) -> str | None:
-    return None if value.lower() in ("none", "untrained") else value
-
-
 def _eval(args: argparse.Namespace) -> int:
     from d2l_haystack.core.engine import D2LEngine
     from d2l_haystack.training.evaluate import format_table, load_cases, run_eval
 
     cases = load_cases(args.cases, args.limit)
-    engine = D2LEngine(args.model, _checkpoint(args.checkpoint), chunk_tokens=args.chunk_tokens,
+    engine = D2LEngine(args.model, checkpoint_arg(args.checkpoint), chunk_tokens=args.chunk_tokens,
                        chunking=args.chunking)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     report = run_eval(engine, cases, methods, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)

@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-UNTRAINED_CHOICES = ("none", "untrained")
+from .core_cmds import checkpoint_arg
 
 DEMO_QUESTIONS: list[tuple[str, list[str]]] = [
     ("How long is the warranty of the Aurora K2 kettle?", ["3 years", "3-year", "three years"]),
@@ -45,10 +45,6 @@ DEMO_EDITS = [
     "- Changed: schedules can now repeat on weekends.\n",
     "## 2.5.1 (2026-04-20)\n- Fixed: the descaling reminder appeared in the wrong language.\n",
 ]
-
-
-def _checkpoint_arg(value: str) -> str | None:
-    return None if value.lower() in UNTRAINED_CHOICES else value
 
 
 def _default_workspace() -> str:
@@ -75,7 +71,7 @@ def _add_workspace(p: argparse.ArgumentParser) -> None:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="base model, saved in the workspace (default: the saved one, else smollm2-135m-instruct)")
-    p.add_argument("--checkpoint", type=_checkpoint_arg, default=argparse.SUPPRESS,
+    p.add_argument("--checkpoint", type=checkpoint_arg, default=argparse.SUPPRESS,
                    help="hypernetwork checkpoint, saved in the workspace: 'default', a folder, or 'none' (untrained)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
