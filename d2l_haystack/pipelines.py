@@ -105,7 +105,7 @@ class _Settings:
             self.device = device or workspace.device
             self.embedding_model = embedding_model or s["embedding_model"]
             self.chunk_tokens = chunk_tokens or s["chunk_tokens"]
-            self.chunking = chunking or s.get("chunking") or "tokens"
+            self.chunking = chunking or s["chunking"]
             self.dtype = s["dtype"]
             self.router = dict(s["router"])
             self.query_router = dict(s["query_router"])

@@ -55,7 +55,7 @@ def _engine(args: argparse.Namespace, model: str | None = None) -> Any:
         hf_logging.disable_progress_bar()
     return get_engine(model or args.model or DEFAULT_MODEL, args.checkpoint, device=args.device,
                       dtype=args.dtype, chunk_tokens=getattr(args, "chunk_tokens", None),
-                      chunking=getattr(args, "chunking", None) or "tokens")
+                      chunking=getattr(args, "chunking", "tokens"))
 
 
 def _notice_untrained(command: str, what: str) -> None:
@@ -211,7 +211,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def add_chunking_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chunking", choices=["tokens", "sentences"], default="tokens",
+    from d2l_haystack.core.textio import CHUNKINGS
+
+    p.add_argument("--chunking", choices=CHUNKINGS, default=CHUNKINGS[0],
                    help="chunks of --chunk-tokens tokens (default), or one chunk per sentence: better answers "
                         "on short factual text, an adapter with as many chunks as sentences")
 
