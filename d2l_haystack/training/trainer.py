@@ -37,14 +37,18 @@ from ..core.lora import get_hooks
 from ..core.models import get_model
 from ..core.prompts import ChatFormat, chunk_token_ids
 from . import data as D
+from .realistic import realistic_document
 from .swap import AnswerPool, swap_document, swap_run_document
 from .teacher import TeacherCache, soft_cross_entropy
 
-DOC_KINDS = ("needle", "squad", "cloze", "swap")
+DOC_KINDS = ("needle", "squad", "cloze", "swap", "realistic")
 """Document kinds of :attr:`Phase.mix`: fact needles in filler, SQuAD paragraphs with their gold
 questions, passages with cloze-translated questions (:mod:`.cloze`), SQuAD paragraphs with their
-gold questions' answers swapped in text and target (:mod:`.swap`)."""
-QA_KINDS = ("fact", "squad", "cloze", "swap", "unrelated")
+gold questions' answers swapped in text and target (:mod:`.swap`), generated everyday documents
+with fresh values (:mod:`.realistic`; held-out kinds and templates in evaluation)."""
+QA_KINDS = ("fact", "squad", "cloze", "swap", "realistic", "unrelated")
+SCORE_KINDS = ("fact", "squad", "realistic")
+"""The held-out accuracies whose mean is ``eval_score`` (those the evaluation documents have)."""
 """Question kinds (:attr:`.data.QA.kind`); each gets ``ce_<kind>`` and ``acc_<kind>`` in the metrics."""
 
 
@@ -333,6 +337,8 @@ class Trainer:
                 pool = self.answer_pool(held_out)
                 doc = (swap_run_document(rng, squad, pool, self.cfg.questions_per_doc, runs) if runs else
                        swap_document(rng, squad, pool, self.cfg.questions_per_doc, n_paragraphs=chunks))
+            elif kind == "realistic":
+                doc = realistic_document(rng, self.cfg.questions_per_doc, part="heldout" if held_out else "train")
             elif kind == "cloze":
                 doc = D.cloze_document(rng, *self.cloze_texts(held_out), self.cfg.questions_per_doc,
                                        n_passages=chunks, max_sentences=phase.cloze_sentences)
@@ -487,7 +493,10 @@ class Trainer:
                 sums.setdefault(k, []).append(v)
         self.hypernet.train()
         result = {f"eval_{k}": float(np.mean(v)) for k, v in sums.items()}
-        result["eval_score"] = float(np.mean([result.get("eval_acc_fact", 0.0), result.get("eval_acc_squad", 0.0)]))
+        # fact and squad always count (0 when absent), as for every earlier checkpoint
+        scored = [result.get(f"eval_acc_{k}", 0.0) for k in SCORE_KINDS
+                  if k in ("fact", "squad") or f"eval_acc_{k}" in result]
+        result["eval_score"] = float(np.mean(scored))
         return result
 
     def _write_metrics(self, row: dict[str, Any]) -> None:

@@ -1,0 +1,201 @@
+"""Metrics, case files and case builders of the evaluation (no model needed beyond a tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from d2l_haystack.core.errors import InputError
+from d2l_haystack.evaluation.cases import NEEDLE_TEMPLATES, load_cases, niah_cases
+from d2l_haystack.evaluation.metrics import contains, exact_match, f1_score, normalize_answer
+from d2l_haystack.evaluation.runner import available_methods, format_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class TestMetrics:
+    def test_squad_normalisation(self):
+        assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+        assert normalize_answer("an apple, a pear") == "apple pear"
+
+    def test_exact_match_uses_the_best_gold_answer(self):
+        assert exact_match("the Paris", ["London", "Paris"]) == 1.0
+        assert exact_match("Paris, France", ["Paris"]) == 0.0
+
+    def test_f1_is_token_overlap(self):
+        assert f1_score("Paris France", ["Paris"]) == pytest.approx(2 / 3)
+        assert f1_score("Berlin", ["Paris"]) == 0.0
+        assert f1_score("", [""]) == 1.0
+
+    def test_contains_matches_whole_words_only(self):
+        assert contains("The number is 48213.", ["48213"]) == 1.0
+        assert contains("It is 148213", ["48213"]) == 0.0
+
+    def test_table_lists_every_method(self):
+        row = {"n": 2, "exact_match": 0.5, "f1": 0.5, "contains": 1.0, "seconds_per_query": 0.1,
+               "internalize_seconds": 0.2}
+        table = format_table({"base": row, "icl": {**row, "truncated": 1}})
+        assert "base" in table and "icl" in table and "(1 truncated)" in table
+
+
+class TestCaseFiles:
+    def test_round_trip_and_shared_documents(self, tmp_path):
+        path = tmp_path / "cases.jsonl"
+        rows = [{"id": "a", "document": "Doc one.", "question": "Q1?", "answers": ["x"]},
+                {"id": "b", "document": "Doc one.", "question": "Q2?", "answers": ["y"]},
+                {"id": "c", "document": "Other.", "question": "Q3?", "answers": ["z"], "doc_id": "d7"}]
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+        cases = load_cases(path)
+        assert [c.id for c in cases] == ["a", "b", "c"]
+        assert cases[0].doc_id == cases[1].doc_id != cases[2].doc_id == "d7"
+        assert len(load_cases(path, limit=2)) == 2
+
+    def test_bad_line_is_named(self, tmp_path):
+        path = tmp_path / "bad.jsonl"
+        path.write_text('{"id": "a", "document": "d", "question": "q", "answers": ["x"]}\n{"id": "b"}\n')
+        with pytest.raises(InputError, match=r"bad.jsonl:2"):
+            load_cases(path)
+
+    def test_missing_file_is_named(self, tmp_path):
+        with pytest.raises(InputError, match="no such case file"):
+            load_cases(tmp_path / "nope.jsonl")
+
+    def test_core_methods_are_registered(self):
+        assert {"base", "icl", "d2l"} <= set(available_methods())
+
+
+class TestNeedleCases:
+    def test_lengths_depths_and_needle(self, tokenizer_dir):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+        cases = niah_cases(tok, [200, 800], [0.0, 1.0], per_cell=2, filler="synthetic", seed=5)
+        assert len(cases) == 8
+        for c in cases:
+            answer = c["answers"][0]
+            assert answer in c["document"]
+            assert c["question"] == NEEDLE_TEMPLATES["magic"][1]
+            n = len(tok(c["document"], add_special_tokens=False)["input_ids"])
+            assert c["meta"]["length"] <= n <= c["meta"]["length"] * 1.3 + 40
+            pos = c["document"].index(answer) / len(c["document"])
+            assert pos < 0.2 if c["meta"]["depth"] == 0.0 else pos > 0.8
+        assert len({c["answers"][0] for c in cases}) > 1
+
+
+def test_general_unrelated_questions_never_come_from_the_held_out_set():
+    import numpy as np
+
+    from d2l_haystack.training import data as D
+
+    held_out = D.held_out_general_questions()
+    assert "What is 5 plus 3?" in held_out  # reachable by the arithmetic template, so excluded
+    rng = np.random.default_rng(0)
+    drawn = [D.general_question(rng, held_out) for _ in range(3000)]
+    assert not set(drawn) & held_out and len(set(drawn)) > 300
+    pool = D.unrelated_questions(np.random.default_rng(1), 400, ["a SQuAD question?"], general_share=0.5)
+    assert not set(pool) & held_out
+    assert 150 < sum(q in set(drawn) or q.startswith("What is ") for q in pool) < 400
+
+
+def test_every_committed_training_config_loads():
+    from d2l_haystack.training.trainer import DOC_KINDS, TrainConfig
+
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        cfg = TrainConfig.from_file(path)
+        assert cfg.phases and all(set(p.mix) <= set(DOC_KINDS) for p in cfg.phases), path.name
+        assert cfg.max_steps > 0 and cfg.out_dir.startswith("runs/"), path.name
+        assert all(int(k) >= 1 for p in cfg.phases for k in p.chunk_mix), path.name
+        assert [p.until_step for p in cfg.phases] == sorted(p.until_step for p in cfg.phases), path.name
+        if cfg.init_from and not cfg.init_from.startswith("runs/"):
+            assert (path.parents[1] / cfg.init_from / "config.json").is_file(), path.name
+
+
+def test_d2l_applies_at_most_max_chunks_and_d2l_all_every_chunk(nonzero_engine, long_text, monkeypatch):
+    from d2l_haystack.core.engine import D2LEngine
+    from d2l_haystack.evaluation.cases import Case
+    from d2l_haystack.evaluation.runner import run_eval
+
+    applied: list[dict] = []
+    original = D2LEngine.generate
+
+    def spy(self, question, adapters=None, **kwargs):
+        result = original(self, question, adapters, **kwargs)
+        applied.append(result.meta)
+        return result
+
+    monkeypatch.setattr(D2LEngine, "generate", spy)
+    case = Case(id="x", document=long_text(1200), question="How many barrels?", answers=["3"])
+    report = run_eval(nonzero_engine, [case], ["d2l", "d2l-all"], max_new_tokens=2, progress=False)
+    assert set(report["results"]) == {"d2l", "d2l-all"}
+    selected, every = applied
+    assert every["chunks_total"] == selected["chunks_total"] > 8
+    assert selected["chunks_applied"] == 8 and every["chunks_applied"] == every["chunks_total"]
+
+
+@pytest.mark.requires_squad
+def test_sentence_cloze_cases_are_held_out_seeded_sentences_with_their_own_questions(tmp_path):
+    from d2l_haystack.cli import main
+    from d2l_haystack.evaluation.cases import sentence_cloze_cases
+    from d2l_haystack.training import data as D
+
+    cases = sentence_cloze_cases(max_docs=30, seed=3)
+    assert len(cases) == 30 and cases == sentence_cloze_cases(max_docs=30, seed=3)
+    assert [c["id"] for c in cases] != [c["id"] for c in sentence_cloze_cases(max_docs=30, seed=4)]
+    validation = " ".join(" ".join(c.split()) for c, _ in D.squad_paragraphs("validation"))
+    training = " ".join(" ".join(c.split()) for c, _ in D.squad_paragraphs("train"))
+    for c in cases:
+        assert c["document"] in validation and c["document"] not in training
+        assert 8 <= len(c["document"].split()) <= 40 and c["question"].endswith("?")
+        assert c["answers"][0] in c["document"] and c["answers"][0] not in c["question"]
+    assert len({c["doc_id"] for c in cases}) == 30  # one sentence per paragraph
+    assert main(["cases", "squad-sentences", "--max-docs", "5", "-o", str(tmp_path / "s.jsonl")]) == 0
+    assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 5
+
+
+@pytest.mark.requires_squad
+def test_squad_paragraph_cases_can_exclude_the_documents_of_earlier_files(tmp_path):
+    from d2l_haystack.cli import main
+    from d2l_haystack.evaluation.cases import squad_cases
+
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    assert main(["cases", "squad-paragraphs", "--max-docs", "30", "--questions-per-doc", "1", "-o", str(first)]) == 0
+    assert main(["cases", "squad-paragraphs", "--max-docs", "30", "--questions-per-doc", "1", "--exclude",
+                 str(first), "-o", str(second)]) == 0
+    a, b = load_cases(first), load_cases(second)
+    assert len(a) == len(b) == 30
+    assert not {c.doc_id for c in a} & {c.doc_id for c in b}
+    # without --exclude the same seed draws the same documents again
+    assert main(["cases", "squad-paragraphs", "--max-docs", "30", "--questions-per-doc", "1", "-o",
+                 str(second)]) == 0
+    assert [c.doc_id for c in load_cases(second)] == [c.doc_id for c in a]
+    # a d2l eval report (.json) names its documents too
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"results": {}, "cases": [{"id": c.id, "doc_id": c.doc_id} for c in a[:10]]}))
+    assert main(["cases", "squad-paragraphs", "--questions-per-doc", "1", "--exclude", str(report), "-o",
+                 str(second)]) == 0
+    rest = {c.doc_id for c in load_cases(second)}
+    every = {c["doc_id"] for c in squad_cases("paragraph", questions_per_doc=1)}
+    assert rest == every - {c.doc_id for c in a[:10]} and len(rest) == len(every) - 10
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a d2l eval report"):
+        main(["cases", "squad-paragraphs", "--exclude", str(tmp_path / "bad.json"), "-o", str(second)])
+    with pytest.raises(SystemExit, match="--exclude applies to squad-paragraphs"):
+        main(["cases", "interference", "--exclude", str(first), "-o", str(tmp_path / "i.jsonl")])
+
+
+def test_hand_written_short_docs_are_answerable_from_their_documents():
+    """benchmarks/cases/short_docs.jsonl (model card): every gold answer is in its document and
+    not in its question, and the questions of one note share one document."""
+    path = REPO / "benchmarks" / "cases" / "short_docs.jsonl"
+    cases = load_cases(path)
+    assert len(cases) == 20
+    by_doc: dict[str, set[str]] = {}
+    for case in cases:
+        assert all(contains(case.document, [a]) for a in case.answers), case.id
+        assert not contains(case.question, case.answers), case.id
+        by_doc.setdefault(case.doc_id, set()).add(case.document)
+    assert len(by_doc) == 5 and all(len(texts) == 1 for texts in by_doc.values())
