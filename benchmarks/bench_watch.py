@@ -206,8 +206,8 @@ def _until_in_step(ws: Any, folder: Path, timeout: float) -> float | None:
 
 
 def run_burst(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from d2l_haystack.watcher import DocumentWatcher
-    from d2l_haystack.workspace import Workspace
+    from d2l_haystack.kb.watcher import DocumentWatcher
+    from d2l_haystack.kb.workspace import Workspace
 
     rng = random.Random(args.seed)
     folder = tmp / "burst" / "docs"
@@ -291,7 +291,7 @@ def long_document(code: int, tokens: int, count: Any) -> str:
 
 
 def run_latency(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from d2l_haystack.workspace import Workspace
+    from d2l_haystack.kb.workspace import Workspace
 
     folder = tmp / "latency" / "docs"
     folder.mkdir(parents=True)
@@ -318,7 +318,7 @@ def run_latency(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def _latency_runs(ws: Any, doc: Path, folder: Path, debounce: float, question: str, router: Any,
                   rng: random.Random, args: argparse.Namespace) -> dict[str, Any]:
     from d2l_haystack.core.textio import content_hash
-    from d2l_haystack.watcher import DocumentWatcher
+    from d2l_haystack.kb.watcher import DocumentWatcher
 
     results: dict[str, Any] = {"debounce_s": debounce, "routes": {}}
     with DocumentWatcher(ws, [folder], debounce=debounce) as watcher:

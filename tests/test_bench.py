@@ -333,7 +333,7 @@ def test_run_benchmark_end_to_end_on_the_tiny_model(tiny_engine, tmp_path: Path)
     assert (tmp_path / "results.md").is_file() and (tmp_path / "accuracy_vs_length.png").is_file()
     be = report["analysis"]["break_even"]["niah"]["2100"]["vs_icl"]
     assert be is None or be >= 0
-    from d2l_haystack.eval_methods import ADAPTERS
+    from d2l_haystack.evaluation.haystack_methods import ADAPTERS
 
     assert len(ADAPTERS) == 0  # nothing left behind
 

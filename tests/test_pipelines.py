@@ -16,7 +16,7 @@ from components.conftest import (  # noqa: F401  (fixtures shared with tests/com
 from haystack import Pipeline
 from haystack.core.errors import DeserializationError
 
-from d2l_haystack.pipelines import (
+from d2l_haystack.kb.pipelines import (
     PIPELINE_NAMES,
     PIPELINES_DIR,
     PipelineLoadError,
@@ -30,7 +30,7 @@ from d2l_haystack.pipelines import (
     query_inputs,
     render_yaml,
 )
-from d2l_haystack.workspace import Workspace
+from d2l_haystack.kb.workspace import Workspace
 
 KETTLE_Q = "How long is the warranty of the Aurora K2 kettle?"
 UNRELATED_Q = "Who wrote the novel Pride and Prejudice?"

@@ -35,8 +35,8 @@ from components.conftest import (  # noqa: F401  (fixtures shared with tests/com
 
 from d2l_haystack.components.source_file_converter import read_source
 from d2l_haystack.core.textio import content_hash
-from d2l_haystack.watcher import DocumentWatcher
-from d2l_haystack.workspace import Workspace
+from d2l_haystack.kb.watcher import DocumentWatcher
+from d2l_haystack.kb.workspace import Workspace
 
 DEBOUNCE = 0.15
 REPO = Path(__file__).resolve().parents[1]
@@ -207,7 +207,7 @@ class TestWatcher:
         changes = ws.status()["documents"][0]["route_changes"]
         assert [(c["from"], c["to"]) for c in changes] == [("rag", "d2l"), ("d2l", "rag")]
         assert changes[0]["reason"].startswith("cost model") and changes[1]["reason"].startswith("volatile")
-        logged = [r.getMessage() for r in caplog.records if r.name == "d2l_haystack.watcher"]
+        logged = [r.getMessage() for r in caplog.records if r.name == "d2l_haystack.kb.watcher"]
         assert sum("route change" in m and "lighthouse.md" in m for m in logged) == 2
         from d2l_haystack.cli import main
 
@@ -360,7 +360,7 @@ class TestBadFiles:
         docs.mkdir()
         (docs / "good.md").write_text("A good document about kettles.\n")
         (docs / "turns-bad.md").write_text("This one is fine until it becomes binary.\n")
-        caplog.set_level(logging.INFO, logger="d2l_haystack.watcher")
+        caplog.set_level(logging.INFO, logger="d2l_haystack.kb.watcher")
         w = _watch(ws, docs, max_file_bytes=50_000).start()
         try:
             _idle(w)

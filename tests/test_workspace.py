@@ -23,7 +23,7 @@ from components.conftest import (  # noqa: F401  (fixtures shared with tests/com
 )
 
 from d2l_haystack.core.errors import InputError
-from d2l_haystack.workspace import Workspace, WorkspaceError
+from d2l_haystack.kb.workspace import Workspace, WorkspaceError
 
 KETTLE_Q = "How long is the warranty of the Aurora K2 kettle?"
 UNRELATED_Q = "Who wrote the novel Pride and Prejudice?"

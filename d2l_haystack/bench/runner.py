@@ -110,7 +110,8 @@ def build_workloads(tokenizer: Any, cfg: BenchConfig) -> list[Workload]:
 
 # -- method plumbing ------------------------------------------------------------------------------
 def make_method(name: str, engine: D2LEngine, cfg: BenchConfig) -> Any:
-    from d2l_haystack.training.evaluate import METHODS, available_methods
+    from d2l_haystack.evaluation.methods import METHODS
+    from d2l_haystack.evaluation.runner import available_methods
 
     known = available_methods()
     if name not in known:
@@ -136,7 +137,7 @@ def share_adapter(method: Any, engine: D2LEngine, doc_id: str, text: str, second
     """After ``d2l`` prepared a document, offer its adapter to ``hybrid`` (same text, same engine)."""
     adapters = getattr(method, "adapters", None)
     if getattr(method, "name", "") == "d2l" and isinstance(adapters, dict) and doc_id in adapters:
-        from d2l_haystack.eval_methods import ADAPTERS
+        from d2l_haystack.evaluation.haystack_methods import ADAPTERS
 
         ADAPTERS.put(engine, text, adapters[doc_id], seconds)
 
@@ -193,7 +194,7 @@ class Recorder:
 
     def answer(self, method: Any, name: str, doc: BenchDoc, text: str, tokens: int, question: str,
                answers: list[str], measure: bool, extra: dict[str, Any] | None = None) -> None:
-        from d2l_haystack.training.evaluate import contains, exact_match, f1_score
+        from d2l_haystack.evaluation.metrics import contains, exact_match, f1_score
 
         error = None
         with PeakRSS(self.cfg.measure_memory and measure) as mem:
@@ -228,7 +229,7 @@ class Recorder:
 
 def run_per_document(engine: D2LEngine, workload: Workload, cfg: BenchConfig,
                      methods: dict[str, Any], rec: Recorder) -> None:
-    from d2l_haystack.eval_methods import ADAPTERS
+    from d2l_haystack.evaluation.haystack_methods import ADAPTERS
 
     for doc in workload.docs:
         for name, method in methods.items():
@@ -242,7 +243,7 @@ def run_per_document(engine: D2LEngine, workload: Workload, cfg: BenchConfig,
 
 def run_stream(engine: D2LEngine, workload: Workload, cfg: BenchConfig, methods: dict[str, Any],
                rec: Recorder) -> None:
-    from d2l_haystack.eval_methods import ADAPTERS
+    from d2l_haystack.evaluation.haystack_methods import ADAPTERS
 
     by_id = {d.id: d for d in workload.docs}
     for name, method in methods.items():
@@ -277,8 +278,7 @@ def run_benchmark(engine: D2LEngine, cfg: BenchConfig, progress: bool = True,
     """
     from tqdm.auto import tqdm
 
-    import d2l_haystack.eval_methods  # noqa: F401  (registers rag / hybrid / routed)
-    from d2l_haystack.eval_methods import embedders
+    from d2l_haystack.evaluation.haystack_methods import embedders
 
     started = time.time()
     load_start = os.getloadavg()

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from d2l_haystack.evaluation.cases import niah_cases, squad_cases
 from d2l_haystack.training import data as D
-from d2l_haystack.training.cases import niah_cases, squad_cases
 
 
 @dataclass

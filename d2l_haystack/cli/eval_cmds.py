@@ -42,9 +42,14 @@ def register(sub: Any) -> None:
                                    "per document with one of its cloze-translated questions (default 100); "
                                    "squad-gold-sentences: one gold question per validation paragraph, asked "
                                    "with only the sentence holding its answer (default 100); "
-                                   "interference: general questions asked with an unrelated document.")
+                                   "interference: general questions asked with an unrelated document; "
+                                   "realistic: generated everyday documents of held-out kinds and templates "
+                                   "(training never sees them; default 100 documents, 2 questions each; "
+                                   "--part train for the training distribution).")
     c.add_argument("kind", choices=["squad-paragraphs", "squad-articles", "squad-sentences", "squad-gold-sentences",
-                                      "interference"])
+                                      "interference", "realistic"])
+    c.add_argument("--part", choices=["heldout", "train"], default="heldout",
+                   help="realistic: which part of the generator (default heldout)")
     c.add_argument("--max-docs", type=int)
     c.add_argument("--questions-per-doc", type=int)
     c.add_argument("--seed", type=int, default=0)
@@ -58,7 +63,8 @@ def register(sub: Any) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from d2l_haystack.core.engine import D2LEngine
-    from d2l_haystack.training.evaluate import format_table, load_cases, run_eval
+    from d2l_haystack.evaluation.cases import load_cases
+    from d2l_haystack.evaluation.runner import format_table, run_eval
 
     cases = load_cases(args.cases, args.limit)
     engine = D2LEngine(args.model, checkpoint_arg(args.checkpoint), chunk_tokens=args.chunk_tokens,
@@ -78,8 +84,7 @@ def _niah(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from d2l_haystack.core.models import resolve_model
-    from d2l_haystack.training.cases import niah_cases
-    from d2l_haystack.training.evaluate import write_cases
+    from d2l_haystack.evaluation.cases import niah_cases, write_cases
 
     tok = AutoTokenizer.from_pretrained(resolve_model(args.model))
     cases = niah_cases(tok, [int(x) for x in args.lengths.split(",")], [float(x) for x in args.depths.split(",")],
@@ -91,7 +96,7 @@ def _niah(args: argparse.Namespace) -> int:
 
 def _doc_ids(path: str) -> set[str]:
     """The document ids of a case file (``.jsonl``) or of a ``d2l eval`` report (``.json``)."""
-    from d2l_haystack.training.evaluate import load_cases
+    from d2l_haystack.evaluation.cases import load_cases
 
     if not path.endswith(".json"):
         return {c.doc_id for c in load_cases(path)}
@@ -105,8 +110,14 @@ def _doc_ids(path: str) -> set[str]:
 
 
 def _cases(args: argparse.Namespace) -> int:
-    from d2l_haystack.training.cases import gold_sentence_cases, interference_cases, sentence_cloze_cases, squad_cases
-    from d2l_haystack.training.evaluate import write_cases
+    from d2l_haystack.evaluation.cases import (
+        gold_sentence_cases,
+        interference_cases,
+        realistic_cases,
+        sentence_cloze_cases,
+        squad_cases,
+        write_cases,
+    )
 
     if args.exclude and args.kind not in ("squad-paragraphs", "squad-articles"):
         raise SystemExit(f"--exclude applies to squad-paragraphs and squad-articles, not {args.kind}")
@@ -117,6 +128,9 @@ def _cases(args: argparse.Namespace) -> int:
         cases = sentence_cloze_cases(max_docs=args.max_docs or 100, seed=args.seed)
     elif args.kind == "squad-gold-sentences":
         cases = gold_sentence_cases(max_docs=args.max_docs or 100, seed=args.seed)
+    elif args.kind == "realistic":
+        cases = realistic_cases(n_docs=args.max_docs or 100, seed=args.seed, part=args.part,
+                                questions_per_doc=args.questions_per_doc or 2)
     else:
         unit = "paragraph" if args.kind == "squad-paragraphs" else "article"
         cases = squad_cases(unit, max_docs=args.max_docs, questions_per_doc=args.questions_per_doc, seed=args.seed,

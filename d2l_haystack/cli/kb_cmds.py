@@ -86,7 +86,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _open(args: argparse.Namespace, create: bool) -> Any:
-    from d2l_haystack.workspace import Workspace
+    from d2l_haystack.kb.workspace import Workspace
 
     path = args.workspace or _default_workspace()
     settings = _settings(args) if create else {}
@@ -246,7 +246,7 @@ def sample_documents() -> list[Path]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     _quiet()
-    from d2l_haystack.workspace import Workspace
+    from d2l_haystack.kb.workspace import Workspace
 
     start = time.perf_counter()
     path = Path(args.workspace) if args.workspace else Path(tempfile.mkdtemp(prefix="d2l-demo-"))
@@ -282,7 +282,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(", ".join(f"{Path(r.path).name}: {r.action}" for r in results))
 
     print("\n== 4. questions (the query router picks the adapter of a relevant document, or RAG)")
-    from d2l_haystack.training.evaluate import contains
+    from d2l_haystack.evaluation.metrics import contains
 
     right: dict[str, list[bool]] = {}
     for question, expected in DEMO_QUESTIONS:

@@ -44,7 +44,7 @@ def _print_event(event: Any, as_json: bool) -> None:
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     _quiet()
-    from d2l_haystack.watcher import DocumentWatcher
+    from d2l_haystack.kb.watcher import DocumentWatcher
 
     ws = _open(args, create=True)
     watcher = DocumentWatcher(
@@ -85,7 +85,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024
-"""Same as :data:`d2l_haystack.watcher.DEFAULT_MAX_FILE_BYTES` (not imported here: keeps ``d2l --help`` fast)."""
+"""Same as :data:`d2l_haystack.kb.watcher.DEFAULT_MAX_FILE_BYTES` (not imported here: keeps ``d2l --help`` fast)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

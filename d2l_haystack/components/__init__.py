@@ -1,24 +1,24 @@
 """Haystack components of d2l-haystack (thin layers over :mod:`d2l_haystack.core`).
 
-* :class:`DocToLoRAConverter` -- documents -> adapters in an :class:`AdapterStore`;
+* :class:`DocToLoRAConverter` -- documents -> adapters in an
+  :class:`~d2l_haystack.stores.AdapterStore`;
 * :class:`AdapterGenerator` -- chat generator: base model + per-request adapters and/or chunks;
 * :class:`InternalizationRouter` -- per document: internalize (D2L) or index (RAG);
 * :class:`QueryRouter` -- per query: adapter, RAG or hybrid;
 * :class:`ChunkWriter` -- write chunks, replacing a source's earlier chunks;
 * :class:`SourceFileConverter` -- text/Markdown/HTML/PDF files -> documents keyed by path;
-* :class:`AdapterStore`, :class:`PersistentFAISSDocumentStore` -- the persistent stores.
+
+The stores they read and write live in :mod:`d2l_haystack.stores`.
 """
 
 from .adapter_generator import AdapterGenerator
-from .adapter_store import AdapterStore
 from .chunk_writer import ChunkWriter
 from .doc_to_lora_converter import DocToLoRAConverter
 from .internalization_router import InternalizationRouter
-from .persistent_faiss_document_store import PersistentFAISSDocumentStore
 from .query_router import QueryRouter
 from .source_file_converter import SourceFileConverter
 
 __all__ = [
-    "AdapterGenerator", "AdapterStore", "ChunkWriter", "DocToLoRAConverter", "InternalizationRouter",
-    "PersistentFAISSDocumentStore", "QueryRouter", "SourceFileConverter",
+    "AdapterGenerator", "ChunkWriter", "DocToLoRAConverter", "InternalizationRouter", "QueryRouter",
+    "SourceFileConverter",
 ]

@@ -1,149 +1,15 @@
-"""Private helpers shared by the components and the workspace (not part of the public API).
+"""Private helpers of the components (not part of the public API).
 
-* atomic file writes (temporary file in the same folder, ``fsync``, ``os.replace``);
-* :class:`FileLock`: a re-entrant lock that serializes threads of one process *and* processes
-  (``fcntl.flock`` on a lock file, where the platform has it);
 * :func:`source_key`: the one rule naming the source of a document (adapter id, chunk filter);
-* the packaged MiniLM embedding model and a cached sentence-transformers embedder.
+* :func:`source_filter`: the Haystack filter of a source's chunks;
+* :func:`document_label`: a document's name in error messages;
+* :func:`get_tokenizer`: a base model's tokenizer, loaded once per process.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Generic, TypeVar
-
-try:  # POSIX
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: thread locking only
-    fcntl = None  # type: ignore[assignment]
-
-T = TypeVar("T")
-
-EMBEDDING_DIM = 384
-"""Dimension of the packaged all-MiniLM-L6-v2 embeddings."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8"))
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_signature(path: str | Path) -> tuple[int, int, int] | None:
-    """``(inode, size, mtime_ns)`` of a file, or ``None``: changes whenever the file is replaced."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-class FileLock:
-    """A re-entrant lock for threads of this process and for other processes.
-
-    Threads are serialized by an :class:`threading.RLock`; the first acquisition of the owning
-    thread also takes an exclusive ``flock`` on ``path`` (released with the last), so two
-    processes opening the same store never interleave their read-modify-write cycles.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._rlock = threading.RLock()
-        self._depth = 0
-        self._fh: Any = None
-
-    def acquire(self) -> None:
-        self._rlock.acquire()
-        if self._depth == 0 and fcntl is not None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "a+b")  # noqa: SIM115 - held until release()
-                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
-            except BaseException:
-                if self._fh is not None:
-                    self._fh.close()
-                    self._fh = None
-                self._rlock.release()
-                raise
-        self._depth += 1
-
-    def release(self) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._fh is not None:
-            try:
-                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            finally:
-                self._fh.close()
-                self._fh = None
-        self._rlock.release()
-
-    def __enter__(self) -> FileLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        with self:
-            yield
-
-
-class PerPath(Generic[T]):
-    """One process-wide object per real path, built on first use by ``factory(real_path)``."""
-
-    def __init__(self, factory: Callable[[str], T]) -> None:
-        self._factory = factory
-        self._objects: dict[str, T] = {}
-        self._guard = threading.Lock()
-
-    def __call__(self, path: str | Path) -> T:
-        key = os.path.realpath(os.path.expanduser(str(path)))
-        with self._guard:
-            obj = self._objects.get(key)
-            if obj is None:
-                obj = self._objects[key] = self._factory(key)
-            return obj
-
-
-shared_lock: PerPath[FileLock] = PerPath(FileLock)
-"""The process-wide :class:`FileLock` of a path.
-
-Every object guarding the same file uses one lock object, so nested use from one thread
-(two store instances of one folder) re-enters instead of deadlocking on ``flock``.
-"""
+from typing import Any
 
 
 def source_key(meta: dict[str, Any], fallback: str) -> str:

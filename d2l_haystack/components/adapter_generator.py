@@ -13,9 +13,9 @@ from haystack.utils import deserialize_callable, serialize_callable
 
 from d2l_haystack.core.errors import AdapterError, InputError
 from d2l_haystack.core.models import DEFAULT_MODEL
+from d2l_haystack.stores.adapter_store import AdapterStore
 
 from ._utils import source_key
-from .adapter_store import AdapterStore
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.document_stores.types import DuplicatePolicy
 
+from d2l_haystack.stores.adapter_store import AdapterStore
+from d2l_haystack.stores.faiss_document_store import PersistentFAISSDocumentStore
+
 from ._utils import source_filter, source_key
-from .adapter_store import AdapterStore
-from .persistent_faiss_document_store import PersistentFAISSDocumentStore
 
 
 @component
@@ -26,7 +27,8 @@ class ChunkWriter:
 
     Usage example::
 
-        from d2l_haystack.components import ChunkWriter, PersistentFAISSDocumentStore
+        from d2l_haystack.components import ChunkWriter
+        from d2l_haystack.stores import PersistentFAISSDocumentStore
 
         writer = ChunkWriter(document_store=PersistentFAISSDocumentStore.open("kb/faiss/index"))
         writer.run(documents=embedded_chunks)   # chunks carrying meta["file_path"]

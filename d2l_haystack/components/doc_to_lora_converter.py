@@ -14,10 +14,10 @@ from d2l_haystack.core.errors import InputError
 from d2l_haystack.core.keys import resolve_embedding_model, split_words
 from d2l_haystack.core.models import DEFAULT_MODEL
 from d2l_haystack.core.textio import content_hash, validate_text
+from d2l_haystack.stores.adapter_store import AdapterStore
+from d2l_haystack.stores.faiss_document_store import PersistentFAISSDocumentStore
 
 from ._utils import document_label, source_filter, source_key
-from .adapter_store import AdapterStore
-from .persistent_faiss_document_store import PersistentFAISSDocumentStore
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class DocToLoRAConverter:
     Usage example::
 
         from haystack import Document
-        from d2l_haystack.components import AdapterStore, DocToLoRAConverter
+        from d2l_haystack.components import DocToLoRAConverter
+        from d2l_haystack.stores import AdapterStore
 
         converter = DocToLoRAConverter(store="kb/adapters")
         result = converter.run(documents=[Document(content=open("manual.md").read(),

@@ -74,7 +74,7 @@ class InternalizationRouter:
        ``min_expected_queries`` queries are expected.
 
     History comes from the ``history`` input (``{doc_id: {"first_seen", "changes", "queries"}}``,
-    as kept by :class:`~d2l_haystack.workspace.Workspace`) or, when ``workspace`` is set, from the
+    as kept by :class:`~d2l_haystack.kb.workspace.Workspace`) or, when ``workspace`` is set, from the
     workspace's file records. Documents are identified by ``meta["d2l_doc_id"]``, else
     ``meta["file_path"]``, else their id.
 

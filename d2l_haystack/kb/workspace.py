@@ -29,7 +29,7 @@ run loses nothing.
 
 Usage example::
 
-    from d2l_haystack.workspace import Workspace
+    from d2l_haystack.kb.workspace import Workspace
 
     ws = Workspace("kb")                         # created on first use
     ws.index_paths(["docs/"])                    # routes each file to D2L or RAG
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 import threading
@@ -56,28 +55,23 @@ from typing import Any
 import numpy as np
 from haystack import Document
 
-from d2l_haystack.components import (
-    AdapterStore,
-    ChunkWriter,
-    DocToLoRAConverter,
-    InternalizationRouter,
-    PersistentFAISSDocumentStore,
-)
-from d2l_haystack.components._utils import (
-    EMBEDDING_DIM,
-    PerPath,
-    atomic_write_json,
-    file_signature,
-    shared_lock,
-    source_filter,
-)
+from d2l_haystack.components import ChunkWriter, DocToLoRAConverter, InternalizationRouter
+from d2l_haystack.components._utils import source_filter
 from d2l_haystack.components.internalization_router import parse_route
 from d2l_haystack.components.query_router import chunk_similarity
 from d2l_haystack.components.source_file_converter import read_source, supported_suffixes, title_of
 from d2l_haystack.core.errors import D2LError, InputError
-from d2l_haystack.core.keys import resolve_embedding_model
-from d2l_haystack.core.models import DEFAULT_MODEL
-from d2l_haystack.core.textio import CHUNKINGS, content_hash, validate_text
+from d2l_haystack.core.keys import EMBEDDING_DIM, resolve_embedding_model
+from d2l_haystack.core.textio import content_hash, validate_text
+from d2l_haystack.kb.settings import (
+    WORKSPACE_FORMAT,
+    WorkspaceError,
+    open_config,
+    read_json,
+    settings_of,
+)
+from d2l_haystack.stores import AdapterStore, PersistentFAISSDocumentStore
+from d2l_haystack.stores.files import PerPath, atomic_write_json, file_signature, shared_lock
 
 try:  # POSIX
     import fcntl
@@ -86,22 +80,8 @@ except ImportError:  # pragma: no cover - Windows: the gate serializes threads o
 
 logger = logging.getLogger(__name__)
 
-WORKSPACE_FORMAT = "d2l-workspace/1"
-CONFIG_FILE, FILES_FILE, JOURNAL_FILE = "workspace.json", "files.json", "journal.json"
+FILES_FILE, JOURNAL_FILE = "files.json", "journal.json"
 MAX_HISTORY = 50
-
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "model": DEFAULT_MODEL, "checkpoint": "default", "dtype": "float32", "chunk_tokens": None,
-    "chunking": "tokens",
-    "embedding_model": None, "split_length": 60, "split_overlap": 10, "top_k": 4, "max_new_tokens": 64,
-    "router": {}, "query_router": {},
-}
-"""Workspace settings (saved in ``workspace.json``); ``router`` and ``query_router`` hold
-:class:`InternalizationRouter` and :class:`QueryRouter` init parameters."""
-
-
-class WorkspaceError(D2LError):
-    """A workspace folder is missing, not a workspace, or damaged."""
 
 
 @dataclass
@@ -140,18 +120,6 @@ class QueryResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise WorkspaceError(f"damaged workspace {what} {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise WorkspaceError(f"damaged workspace {what} {path}: not a JSON object")
-    return data
 
 
 class CommitGate:
@@ -232,18 +200,13 @@ class Workspace:
     :param create: create the workspace if the folder does not exist or is empty (otherwise a
         missing workspace raises :class:`WorkspaceError`).
     :param device: ``cpu``/``cuda`` for the models (not saved).
-    :param settings: any of :data:`DEFAULT_SETTINGS`; given values are saved in ``workspace.json``.
+    :param settings: any of :data:`~d2l_haystack.kb.settings.DEFAULT_SETTINGS`; given values are
+        saved in ``workspace.json``.
     :raises WorkspaceError: missing (with ``create=False``), not a workspace, or damaged.
     """
 
     def __init__(self, path: str | Path, *, create: bool = True, device: str | None = None,
                  **settings: Any) -> None:
-        unknown = set(settings) - set(DEFAULT_SETTINGS)
-        if unknown:
-            raise WorkspaceError(f"unknown workspace setting(s): {', '.join(sorted(unknown))}")
-        if settings.get("chunking", "tokens") not in CHUNKINGS:
-            raise WorkspaceError(f"workspace setting chunking must be one of {', '.join(CHUNKINGS)}, "
-                                 f"got {settings['chunking']!r}")
         self.path = Path(path).expanduser().resolve()
         self.device = device
         self._lock = shared_lock(self.path / ".lock")
@@ -254,29 +217,9 @@ class Workspace:
         self._files_sig: tuple[int, int, int] | None = None
         self._components: dict[str, Any] = {}
         self._query_pipeline: Any = None
-        config_path = self.path / CONFIG_FILE
-        if not config_path.is_file():
-            if not create:
-                raise WorkspaceError(f"no workspace at {self.path} (missing {CONFIG_FILE}); "
-                                     f"create one with `d2l index FILES --workspace {self.path}`")
-            if self.path.is_file():
-                raise WorkspaceError(f"{self.path} is a file, not a workspace folder")
-            if self.path.is_dir() and any(p.name not in (".lock", ".gate") for p in self.path.iterdir()):
-                raise WorkspaceError(f"{self.path} is not empty and is not a d2l workspace (no {CONFIG_FILE})")
-            self.path.mkdir(parents=True, exist_ok=True)
-            config: dict[str, Any] = {"format": WORKSPACE_FORMAT, "created": time.time(),
-                      "settings": {**copy.deepcopy(DEFAULT_SETTINGS), **settings}}
-            atomic_write_json(config_path, config)
-        else:
-            config = _read_json(config_path, "settings")
-            if config.get("format") != WORKSPACE_FORMAT:
-                raise WorkspaceError(f"damaged workspace settings {config_path}: unknown format "
-                                     f"{config.get('format')!r}")
-            if settings:
-                config["settings"] = {**config.get("settings", {}), **settings}
-                atomic_write_json(config_path, config)
+        config = open_config(self.path, create=create, **settings)
         self.config = config
-        self.settings: dict[str, Any] = {**copy.deepcopy(DEFAULT_SETTINGS), **config.get("settings", {})}
+        self.settings: dict[str, Any] = settings_of(config)
         self.adapters = AdapterStore.open(self.path / "adapters")
         self.faiss = PersistentFAISSDocumentStore.open(self.path / "faiss" / "index", embedding_dim=EMBEDDING_DIM)
         with self._locked():
@@ -307,7 +250,7 @@ class Workspace:
                 if sig is None:
                     self._files, self._stats = {}, {}
                 else:
-                    data = _read_json(path, "file records")
+                    data = read_json(path, "file records")
                     self._files = dict(data.get("files", {}))
                     self._stats = dict(data.get("stats", {}))
                 self._files_sig = sig
@@ -332,7 +275,7 @@ class Workspace:
             if not path.exists():
                 return
             try:
-                op = _read_json(path, "journal")
+                op = read_json(path, "journal")
             except WorkspaceError as exc:
                 logger.warning("%s; discarding it", exc)
                 self._journal(None)
@@ -412,7 +355,7 @@ class Workspace:
     def query_pipeline(self) -> Any:
         """The workspace's query pipeline (built once; shares the workspace's stores)."""
         if self._query_pipeline is None:
-            from d2l_haystack.pipelines import build_query_pipeline
+            from d2l_haystack.kb.pipelines import build_query_pipeline
 
             pipe = build_query_pipeline(self)
             pipe.warm_up()

@@ -32,7 +32,7 @@ import numpy as np
 from d2l_haystack.core.adapter import Adapter
 from d2l_haystack.core.errors import AdapterError
 
-from ._utils import atomic_write_json, file_signature, sha256_file, shared_lock
+from .files import atomic_write_json, file_signature, sha256_file, shared_lock
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class AdapterStore:
 
     Usage example::
 
-        from d2l_haystack.components import AdapterStore
+        from d2l_haystack.stores import AdapterStore
         from d2l_haystack.core import get_engine
 
         store = AdapterStore("kb/adapters")

@@ -15,7 +15,7 @@ non-atomically, and nothing locks concurrent writers). This subclass:
 
 It serializes as a plain ``FAISSDocumentStore`` (same init parameters and file format), because
 ``FAISSEmbeddingRetriever.from_dict`` only accepts that type;
-:func:`d2l_haystack.pipelines.load_pipeline` binds such stores back to the shared persistent one.
+:func:`d2l_haystack.kb.pipelines.load_pipeline` binds such stores back to the shared persistent one.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from haystack.document_stores.errors import DocumentStoreError
 from haystack.document_stores.types import DuplicatePolicy
 from haystack_integrations.document_stores.faiss import FAISSDocumentStore
 
-from ._utils import EMBEDDING_DIM, FileLock, atomic_write_bytes, file_signature, sha256_file, shared_lock
+from d2l_haystack.core.keys import EMBEDDING_DIM
+
+from .files import FileLock, atomic_write_bytes, file_signature, sha256_file, shared_lock
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class PersistentFAISSDocumentStore(FAISSDocumentStore):
     Usage example::
 
         from haystack import Document
-        from d2l_haystack.components import PersistentFAISSDocumentStore
+        from d2l_haystack.stores import PersistentFAISSDocumentStore
 
         store = PersistentFAISSDocumentStore.open("kb/faiss/index", embedding_dim=384)
         with store.batch():          # one save at the end

@@ -76,7 +76,7 @@ def docs_dir(tmp_path: Path, samples_dir: Path) -> Path:
 @pytest.fixture
 def workspace_factory(tmp_path: Path, tiny_model: str):
     """``workspace_factory(name="ws", **settings)``: a workspace over the tiny model."""
-    from d2l_haystack.workspace import Workspace
+    from d2l_haystack.kb.workspace import Workspace
 
     def make(name: str = "ws", **settings):
         params = {"model": tiny_model, "checkpoint": None, "chunk_tokens": 64, "max_new_tokens": 4, **settings}

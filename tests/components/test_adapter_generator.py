@@ -6,8 +6,9 @@ import pytest
 from haystack import Document
 from haystack.dataclasses import ChatMessage, StreamingChunk
 
-from d2l_haystack.components import AdapterGenerator, AdapterStore
+from d2l_haystack.components import AdapterGenerator
 from d2l_haystack.core.errors import AdapterError, InputError
+from d2l_haystack.stores import AdapterStore
 
 SMALL = {"max_new_tokens": 3}
 collected: list[StreamingChunk] = []

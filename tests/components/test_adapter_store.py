@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from d2l_haystack.components import AdapterStore
 from d2l_haystack.core.errors import AdapterError
+from d2l_haystack.stores import AdapterStore
 
 from .conftest import make_adapter
 
@@ -138,7 +138,7 @@ class TestAdapterStore:
     def test_to_dict_from_dict_shares_by_path(self, tmp_path: Path):
         store = AdapterStore.open(tmp_path / "shared", cache_size=3)
         data = store.to_dict()
-        assert data == {"type": "d2l_haystack.components.adapter_store.AdapterStore",
+        assert data == {"type": "d2l_haystack.stores.adapter_store.AdapterStore",
                         "init_parameters": {"path": str(tmp_path / "shared"), "cache_size": 3}}
         assert AdapterStore.from_dict(data) is store
         assert AdapterStore.resolve(str(tmp_path / "shared")) is store

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from haystack import Document
 
-from d2l_haystack.components import AdapterStore, ChunkWriter, PersistentFAISSDocumentStore
+from d2l_haystack.components import ChunkWriter
+from d2l_haystack.stores import AdapterStore, PersistentFAISSDocumentStore
 
 from .conftest import make_adapter, unit
 

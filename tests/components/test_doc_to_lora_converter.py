@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from haystack import Document
 
-from d2l_haystack.components import AdapterStore, DocToLoRAConverter, PersistentFAISSDocumentStore
+from d2l_haystack.components import DocToLoRAConverter
 from d2l_haystack.core.errors import InputError
+from d2l_haystack.stores import AdapterStore, PersistentFAISSDocumentStore
 
 from .conftest import unit
 

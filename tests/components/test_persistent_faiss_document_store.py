@@ -8,7 +8,7 @@ from haystack.document_stores.errors import DocumentStoreError
 from haystack_integrations.components.retrievers.faiss import FAISSEmbeddingRetriever
 from haystack_integrations.document_stores.faiss import FAISSDocumentStore
 
-from d2l_haystack.components import PersistentFAISSDocumentStore
+from d2l_haystack.stores import PersistentFAISSDocumentStore
 
 from .conftest import unit
 

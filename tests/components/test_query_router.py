@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from haystack import Document
 
-from d2l_haystack.components import AdapterStore, QueryRouter
+from d2l_haystack.components import QueryRouter
 from d2l_haystack.core.errors import InputError
+from d2l_haystack.stores import AdapterStore
 
 from .conftest import make_adapter, unit
 

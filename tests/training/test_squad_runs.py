@@ -72,7 +72,7 @@ def test_phase_squad_sentences_reaches_the_documents(data_trainer):
 @pytest.mark.requires_squad
 def test_gold_sentence_cases_are_held_out_sentences_holding_their_answer(tmp_path):
     from d2l_haystack.cli import main
-    from d2l_haystack.training.cases import gold_sentence_cases
+    from d2l_haystack.evaluation.cases import gold_sentence_cases
 
     cases = gold_sentence_cases(max_docs=25, seed=1)
     assert len(cases) == 25 and cases == gold_sentence_cases(max_docs=25, seed=1)
