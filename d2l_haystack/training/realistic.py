@@ -611,7 +611,7 @@ KINDS: tuple[Kind, ...] = (
               "How much are tickets? || What is the entry price? || How much do I pay to get in?"),
         _attr("start", time_of_day, "Doors open at {v}. || The event starts at {v}. || Things get going at {v}.",
               "What time does it start? || When do the doors open? || At what time does the event begin?"),
-        _attr("organiser", person, "The organiser is {v}. || {v} organises the event. || {s} is run by {v}.",
+        _attr("organiser", person, "The organiser is {v}. || {v} organises the event. || {v} is the person behind {s}.",
               "Who organises {s}? || Who is the organiser? || Who is running the event?"),
         _attr("stalls", big_count, "There will be {v} stalls. || {v} stalls have signed up. || Visitors can browse "
               "{v} stalls.",

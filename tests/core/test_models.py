@@ -139,3 +139,16 @@ def test_get_model_shares_one_copy(tiny_llama_dir: Path) -> None:
     assert a.name == "tiny-llama"
     assert not a.model.training
     assert all(not p.requires_grad for p in a.model.parameters())
+
+
+def test_core_and_training_never_import_haystack():
+    """The ML core and the trainer stay usable without Haystack (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, d2l_haystack.core, d2l_haystack.core.engine, d2l_haystack.training.trainer, "
+            "d2l_haystack.training.realistic; "
+            "bad = sorted(m for m in sys.modules if m == 'haystack' or m.startswith(('haystack.', "
+            "'haystack_integrations'))); print(bad); sys.exit(1 if bad else 0)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
