@@ -30,7 +30,9 @@ def register(sub: Any) -> None:
     n.add_argument("--per-cell", type=int, default=2)
     n.add_argument("--filler", default="natural", choices=["natural", "synthetic", "file"])
     n.add_argument("--filler-file", help="text file of filler when --filler file")
-    n.add_argument("--template", default="magic", choices=["magic", "code", "city"])
+    n.add_argument("--template", default="magic", choices=["magic", "code", "city", "heldout"],
+                   help="needle phrasing: magic/code/city (trained) or heldout (phrasings, value formats and "
+                        "question templates training never used; a new one per needle)")
     n.add_argument("--seed", type=int, default=1234)
     n.add_argument("--model", default="smollm2-135m-instruct", help="model whose tokenizer counts tokens")
     n.add_argument("-o", "--out", required=True)

@@ -285,6 +285,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from d2l_haystack.evaluation.metrics import contains
 
     right: dict[str, list[bool]] = {}
+    beside: list[bool] = []  # the document in the prompt, on the questions an adapter answered
     for question, expected in DEMO_QUESTIONS:
         answer = ws.query(question, max_new_tokens=args.max_new_tokens)
         hit = bool(contains(answer.answer, expected))
@@ -293,9 +294,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"   expected: {expected[0]} -> {'right' if hit else 'wrong'}")
         _print_answer(answer, explain=False, streamed=True)
         print(f"   why: {answer.reason}")
-    print("\nright answers by route: " + ", ".join(f"{route} {sum(v)}/{len(v)}" for route, v in sorted(right.items()))
-          + " (the shipped checkpoint recalls exact facts such as codes and numbers; realistic questions "
-            "are often answered wrong: README, 'Training and the shipped checkpoint')")
+        texts = [Path(a["path"]).read_text(encoding="utf-8") for a in answer.adapters if Path(a["path"]).is_file()]
+        if texts:  # what internalizing buys: the same question with the document in the prompt instead
+            icl = engine.generate(question, context="\n\n".join(texts), max_new_tokens=args.max_new_tokens)
+            icl_hit = bool(contains(icl.text, expected))
+            beside.append(icl_hit)
+            print(f"   document in the prompt instead: {icl.text.strip()!r} -> {'right' if icl_hit else 'wrong'} "
+                  f"({icl.prompt_tokens} prompt tokens, {icl.seconds:.2f} s; the adapter's prompt had "
+                  f"{answer.meta.get('usage', {}).get('prompt_tokens', '?')} tokens, {answer.seconds:.2f} s)")
+    print("\nright answers by route: " + ", ".join(f"{route} {sum(v)}/{len(v)}" for route, v in sorted(right.items())))
+    if beside:
+        adapter_hits = sum(right.get("d2l", [])) + sum(right.get("hybrid", []))
+        print(f"questions answered by adapters: {adapter_hits}/{len(beside)} right; the same questions with the "
+              f"document in the prompt: {sum(beside)}/{len(beside)} right")
 
     print("\n== 5. status")
     status_args = argparse.Namespace(workspace=str(ws.path), json=False)

@@ -25,7 +25,7 @@ import numpy as np
 from ..core.errors import InputError
 from ..core.textio import content_hash
 from ..training import data as D
-from ..training.realistic import realistic_document
+from ..training.realistic import realistic_document, standalone_fact
 
 
 @dataclass
@@ -82,7 +82,15 @@ NEEDLE_TEMPLATES = {
 }
 
 
+NEEDLE_HELDOUT = "heldout"
+"""The needle template of facts phrased as training never phrased them: a held-out statement,
+question and value format of the realistic-document generator
+(:func:`~d2l_haystack.training.realistic.standalone_fact`)."""
+
+
 def _needle(rng: np.random.Generator, template: str) -> tuple[str, str, str]:
+    if template == NEEDLE_HELDOUT:
+        return standalone_fact(rng, "heldout")
     sentence, question = NEEDLE_TEMPLATES[template]
     if template == "magic":
         value, key = str(int(rng.integers(10000, 100000))), ""
@@ -101,6 +109,8 @@ def niah_cases(tokenizer: Any, lengths: list[int], depths: list[float], per_cell
 
     :param filler: ``natural`` (held-out public-domain speeches), ``synthetic``, or ``file``
         (sentences of ``filler_file``).
+    :param template: a key of :data:`NEEDLE_TEMPLATES` (the trained phrasings) or
+        :data:`NEEDLE_HELDOUT` (a fresh held-out phrasing for every needle).
     """
     rng = np.random.default_rng(seed)
     if filler == "file":

@@ -767,3 +767,27 @@ def realistic_document(rng: Rng, n_questions: int = 2, part: str = "train", min_
         q = _pick(rng, questions).format(s=subject)
         qas.append(QA(q[0].upper() + q[1:], value, "realistic"))
     return TrainDoc(text, qas, "realistic", meta={"kind": k.name, "part": part})
+
+
+def standalone_fact(rng: Rng, part: str = "heldout") -> tuple[str, str, str]:
+    """One fact that reads on its own (statement and question both name the subject), for a
+    needle in filler text: ``(sentence, question, answer)`` in the part's phrasings and formats.
+
+    Yes/no facts are left out (their answer is not a span to find).
+    """
+    kinds = kinds_of(part)
+    for _ in range(1000):
+        k = kinds[int(rng.integers(len(kinds)))]
+        whole = part == "heldout" and k.name in HELDOUT_KINDS
+        template_part = "any" if whole else part
+        a = k.attrs[int(rng.integers(len(k.attrs)))]
+        if a.value is yes_no:
+            continue
+        statements = [t for t in _part_of(a.statements, template_part) if "{s}" in t]
+        questions = [t for t in _part_of(a.questions, template_part) if "{s}" in t]
+        if not statements or not questions:
+            continue
+        subject, value = k.subject(rng, part), a.value(rng, template_part)
+        question = _pick(rng, questions).format(s=subject)
+        return _statement(rng, a, subject, value, statements), question[0].upper() + question[1:], value
+    raise ValueError(f"no standalone fact in part {part!r}")  # pragma: no cover - the kinds have many
