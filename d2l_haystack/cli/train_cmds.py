@@ -9,7 +9,7 @@ from typing import Any
 
 def register(sub: Any) -> None:
     p = sub.add_parser("train", help="meta-train a hypernetwork (resumable)")
-    p.add_argument("--config", required=True, help="training config (YAML or JSON), e.g. configs/stage1.yaml")
+    p.add_argument("--config", required=True, help="training config (YAML or JSON), e.g. configs/shipped.yaml")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/state.pt")
     p.add_argument("--out-dir", help="override the config's out_dir")
     p.add_argument("--max-steps", type=int, help="override max_steps")

@@ -99,21 +99,6 @@ def test_general_unrelated_questions_never_come_from_the_held_out_set():
     assert 150 < sum(q in set(drawn) or q.startswith("What is ") for q in pool) < 400
 
 
-def test_every_committed_training_config_loads():
-    from d2l_haystack.training.trainer import DOC_KINDS, TrainConfig
-
-    configs = sorted((REPO / "configs").glob("*.yaml"))
-    assert len(configs) >= 4
-    for path in configs:
-        cfg = TrainConfig.from_file(path)
-        assert cfg.phases and all(set(p.mix) <= set(DOC_KINDS) for p in cfg.phases), path.name
-        assert cfg.max_steps > 0 and cfg.out_dir.startswith("runs/"), path.name
-        assert all(int(k) >= 1 for p in cfg.phases for k in p.chunk_mix), path.name
-        assert [p.until_step for p in cfg.phases] == sorted(p.until_step for p in cfg.phases), path.name
-        if cfg.init_from and not cfg.init_from.startswith("runs/"):
-            assert (path.parents[1] / cfg.init_from / "config.json").is_file(), path.name
-
-
 def test_d2l_applies_at_most_max_chunks_and_d2l_all_every_chunk(nonzero_engine, long_text, monkeypatch):
     from d2l_haystack.core.engine import D2LEngine
     from d2l_haystack.evaluation.cases import Case
