@@ -34,7 +34,7 @@ from .encoder import ContextEncoder, decoder_of, pad_batch
 from .errors import AdapterError, InputError
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
-from .lora import Factors, get_hooks
+from .lora import Factors, document_factors, get_hooks
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, get_model
 from .prompts import ChatFormat, chunk_token_ids
 from .textio import CHUNKINGS, content_hash, split_text_sentences, validate_text
@@ -226,8 +226,8 @@ class D2LEngine:
         factors: Factors = {}
         for m, plist in parts.items():
             ba, bb = bias[m]
-            factors[m] = (torch.cat([a for a, _ in plist] + [ba.detach().float().cpu()], dim=1),
-                          torch.cat([b for _, b in plist] + [bb.detach().float().cpu()], dim=1))
+            factors[m] = document_factors(torch.stack([a for a, _ in plist]), torch.stack([b for _, b in plist]),
+                                          (ba.detach().float().cpu(), bb.detach().float().cpu()))
         return Adapter(factors=factors, scale=self.config.alpha, rank=self.config.rank,
                        bias_rank=self.config.bias_rank, num_chunks=len(chunks),
                        base_model=self.loaded.name, checkpoint_id=self.checkpoint_id,

@@ -25,6 +25,30 @@ from .hypernet import find_target_modules
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+def document_factors(a: torch.Tensor, b: torch.Tensor, bias: tuple[torch.Tensor, torch.Tensor],
+                     pad_chunks: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One document's factors of one target module in the adapter rank layout
+    (:mod:`d2l_haystack.core.adapter`): its chunks' components chunk after chunk, then
+    ``pad_chunks`` chunks of zeros, then the bias block.
+
+    The one place that lays a document out: the engine (:meth:`D2LEngine.internalize`) and the
+    trainer (a batch of documents, padded to the one with most chunks) both call it.
+
+    :param a: ``(chunks, L, r, d_in)`` generated rows of A, one set per chunk.
+    :param b: ``(chunks, L, r, d_out)`` generated columns of B.
+    :param bias: the bias block ``(L, rb, d_in)``, ``(L, rb, d_out)``.
+    :returns: ``A: (L, (chunks + pad_chunks) * r + rb, d_in)`` and ``B`` likewise.
+    """
+    c, layers, r = a.shape[0], a.shape[1], a.shape[2]
+    out = []
+    for x, extra in ((a, bias[0]), (b, bias[1])):
+        doc = x.permute(1, 0, 2, 3).reshape(layers, c * r, x.shape[-1])
+        if pad_chunks:
+            doc = torch.nn.functional.pad(doc, (0, 0, 0, pad_chunks * r))
+        out.append(torch.cat([doc, extra.to(doc.dtype)], dim=1))
+    return out[0], out[1]
+
+
 class LoraHooks:
     """Hooks on a model's target modules that add the thread's active LoRA, if any."""
 

@@ -28,12 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core.encoder import ContextEncoder, decoder_of, left_pad_batch, pad_batch
 from ..core.errors import ConfigError
 from ..core.hypernet import Hypernetwork, config_for_model, load_checkpoint, save_checkpoint
-from ..core.lora import get_hooks
+from ..core.lora import document_factors, get_hooks
 from ..core.models import get_model
 from ..core.prompts import ChatFormat, chunk_token_ids
 from . import data as D
@@ -380,23 +379,16 @@ class Trainer:
         for m, (a, b) in factors.items():
             a, b = a.float(), b.float()
             l1 = l1 + a.abs().mean() + b.abs().mean()
-            n, L, r, _ = a.shape
-            per_a, per_b, start = [], [], 0
-            for c in counts:
-                pa = a[start:start + c].permute(1, 0, 2, 3).reshape(L, c * r, -1)
-                pb = b[start:start + c].permute(1, 0, 2, 3).reshape(L, c * r, -1)
-                if c < k_max:
-                    pa = F.pad(pa, (0, 0, 0, (k_max - c) * r))
-                    pb = F.pad(pb, (0, 0, 0, (k_max - c) * r))
-                per_a.append(pa)
-                per_b.append(pb)
-                start += c
             ba, bb = bias[m]
             if not bias_on:
                 ba, bb = ba.detach(), bb.detach()
-            da = torch.cat([torch.stack(per_a), ba[None].expand(len(docs), -1, -1, -1)], dim=2)
-            db = torch.cat([torch.stack(per_b), bb[None].expand(len(docs), -1, -1, -1)], dim=2)
-            out[m] = (da, db)
+            per_a, per_b, start = [], [], 0
+            for c in counts:  # each document laid out as the engine lays it out, padded to k_max chunks
+                da, db = document_factors(a[start:start + c], b[start:start + c], (ba, bb), pad_chunks=k_max - c)
+                per_a.append(da)
+                per_b.append(db)
+                start += c
+            out[m] = (torch.stack(per_a), torch.stack(per_b))
         return out, l1
 
     def loss(self, docs: list[D.TrainDoc]) -> tuple[torch.Tensor, dict[str, Any]]:

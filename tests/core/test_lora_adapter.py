@@ -231,3 +231,21 @@ def test_adapter_size_accounting(doc_adapter: Adapter) -> None:
     keys = 2 * doc_adapter.keys.numel() + 4 * doc_adapter.key_chunks.numel()  # fp16 vectors, int32 owners
     assert doc_adapter.nbytes == 2 * (a.numel() + b.numel()) + keys
     assert re.fullmatch(r"[0-9a-f]{64}", doc_adapter.content_hash)
+
+
+def test_document_factors_lay_chunks_out_chunk_after_chunk_then_padding_then_bias():
+    import torch
+
+    from d2l_haystack.core.lora import document_factors
+
+    layers, r, rb, d_in, d_out = 3, 2, 1, 5, 4
+    a = torch.arange(2 * layers * r * d_in, dtype=torch.float32).reshape(2, layers, r, d_in)
+    b = torch.arange(2 * layers * r * d_out, dtype=torch.float32).reshape(2, layers, r, d_out)
+    bias = (torch.full((layers, rb, d_in), -1.0), torch.full((layers, rb, d_out), -2.0))
+    da, db = document_factors(a, b, bias, pad_chunks=1)
+    assert da.shape == (layers, 3 * r + rb, d_in) and db.shape == (layers, 3 * r + rb, d_out)
+    for layer in range(layers):
+        assert torch.equal(da[layer, :r], a[0, layer]) and torch.equal(da[layer, r:2 * r], a[1, layer])
+        assert torch.equal(db[layer, r:2 * r], b[1, layer])
+    assert not da[:, 2 * r:3 * r].any() and not db[:, 2 * r:3 * r].any()  # the padding chunk is zero
+    assert (da[:, -rb:] == -1).all() and (db[:, -rb:] == -2).all()
