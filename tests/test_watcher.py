@@ -307,10 +307,13 @@ class TestConsistency:
         ws.index_file(doc)
         doc.write_text("The meeting room is called Osprey.\n")
 
+        store_it = ws._component("converter").commit
+
         def crash(*a, **kw):
+            store_it(*a, **kw)
             raise KeyboardInterrupt  # the process dies after the adapter was written, before the record
 
-        monkeypatch.setattr(ws._component("converter"), "run", crash)
+        monkeypatch.setattr(ws._component("converter"), "commit", crash)
         with pytest.raises(KeyboardInterrupt):
             ws.index_file(doc)
         monkeypatch.undo()
@@ -418,16 +421,16 @@ from pathlib import Path
 from d2l_haystack.components import doc_to_lora_converter as m
 
 ctl = Path(os.environ["D2L_TEST_HOOK"])
-original = m.DocToLoRAConverter.run
+original = m.DocToLoRAConverter.commit
 
-def run(self, documents, force=False):
-    out = original(self, documents, force=force)  # the adapter is written; the record is not yet
-    if any("SLOW" in (d.content or "") for d in documents) and ctl.exists():
+def commit(self, doc, prepared):
+    out = original(self, doc, prepared)  # the adapter is written; the record is not yet
+    if "SLOW" in (doc.content or "") and ctl.exists():
         (ctl.parent / "in-hook").write_text(str(os.getpid()))
         time.sleep(float(ctl.read_text()))
     return out
 
-m.DocToLoRAConverter.run = run
+m.DocToLoRAConverter.commit = commit
 from d2l_haystack.cli import main
 sys.exit(main(sys.argv[1:]))
 """

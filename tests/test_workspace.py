@@ -197,10 +197,13 @@ class TestWorkspacePersistence:
         ws.index_file(manual)
         _edit(manual, "The kettle is also available in red.")
 
-        def crash(*a, **kw):
-            raise KeyboardInterrupt
+        store_it = ws._component("converter").commit
 
-        monkeypatch.setattr(ws._component("converter"), "run", crash)
+        def crash(*a, **kw):
+            store_it(*a, **kw)
+            raise KeyboardInterrupt  # the process dies after the adapter was written, before the record
+
+        monkeypatch.setattr(ws._component("converter"), "commit", crash)
         with pytest.raises(KeyboardInterrupt):
             ws.index_file(manual)
         assert (ws.path / "journal.json").exists()
@@ -335,4 +338,10 @@ class TestKnowledgeBaseCli:
         assert out.count("   expected: ") == len(DEMO_QUESTIONS)
         tally = re.search(r"right answers by route: (.*) \(", out)
         assert tally and sum(int(m) for m in re.findall(r"\d+/(\d+)", tally.group(1))) == len(DEMO_QUESTIONS)
+        # beside every adapter answer: the same question with the document in the prompt, both timed
+        adapter_answers = out.count("[route: d2l")
+        assert out.count("   document in the prompt instead: ") == adapter_answers
+        n = adapter_answers
+        assert re.search(rf"questions answered by adapters: \d+/{n} right; the same questions with the document "
+                         rf"in the prompt: \d+/{n} right", out)
         shutil.rmtree(tmp_path / "demo")

@@ -302,7 +302,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"   document in the prompt instead: {icl.text.strip()!r} -> {'right' if icl_hit else 'wrong'} "
                   f"({icl.prompt_tokens} prompt tokens, {icl.seconds:.2f} s; the adapter's prompt had "
                   f"{answer.meta.get('usage', {}).get('prompt_tokens', '?')} tokens, {answer.seconds:.2f} s)")
-    print("\nright answers by route: " + ", ".join(f"{route} {sum(v)}/{len(v)}" for route, v in sorted(right.items())))
+    print("\nright answers by route: " + ", ".join(f"{route} {sum(v)}/{len(v)}" for route, v in sorted(right.items()))
+          + f" (of {len(DEMO_QUESTIONS)} questions)")
     if beside:
         adapter_hits = sum(right.get("d2l", [])) + sum(right.get("hybrid", []))
         print(f"questions answered by adapters: {adapter_hits}/{len(beside)} right; the same questions with the "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,23 @@ def routing_sections(text: str, title: str = "", words: int = 50, overlap: int =
     """The passages of a document embedded for query routing (title prefixed to each)."""
     parts = split_words(text, words, overlap) or [text[:2000]]
     return [f"{title}\n{p}" if title and not p.startswith(title) else p for p in parts]
+
+
+@dataclass
+class PreparedAdapter:
+    """What :meth:`DocToLoRAConverter.prepare` decided for one document, for :meth:`~DocToLoRAConverter.commit`.
+
+    ``action``: ``internalized`` (the hypernetwork ran), ``copied`` (a stored adapter of the same
+    content is reused) or ``unchanged`` (already stored under its key; nothing to write).
+    """
+
+    key: str
+    action: str
+    start: float
+    adapter: Any = None
+    routing: np.ndarray | None = None
+    title: str = ""
+    seconds: float = 0.0
 
 
 @component
@@ -150,6 +167,66 @@ class DocToLoRAConverter:
         docs = self._embedder.run(documents=[Document(content=s) for s in sections])["documents"]
         return np.array([d.embedding for d in docs], dtype=np.float32)
 
+    # -- the two steps of run(): prepare (the heavy part) and commit (the store writes) -----------
+    def prepare(self, doc: Document, force: bool = False) -> PreparedAdapter:
+        """Decide what ``doc`` needs and do the heavy part: run the hypernetwork (and embed the
+        routing passages) unless a stored adapter can serve it. Writes nothing.
+
+        A caller that must keep readers from seeing a half-updated knowledge base (the
+        :class:`~d2l_haystack.kb.workspace.Workspace`) runs this first and :meth:`commit` under
+        its own lock, so readers wait only for the store writes.
+
+        :raises InputError: empty or binary content.
+        """
+        validate_text(doc.content if doc.content is not None else "", document_label(doc))
+        self.warm_up()
+        store, engine = self._store, self._engine
+        assert store is not None
+        text = doc.content or ""
+        key = source_key(doc.meta, doc.id)
+        digest = content_hash(text)
+        base_model, checkpoint_id = engine.loaded.name, engine.checkpoint_id
+        start = time.perf_counter()
+        current = not force and store.is_current(key, digest, base_model, checkpoint_id, engine.chunking)
+        if current and store.check(key) is not None:
+            logger.warning("DocToLoRAConverter: %s; internalizing it again", store.check(key))
+            current = False
+        if current:
+            return PreparedAdapter(key=key, action="unchanged", start=start)
+        title = str(doc.meta.get("title") or "")
+        twin = None if force else store.find(digest, base_model, checkpoint_id, engine.chunking)
+        if twin is not None and store.check(twin["id"]) is not None:
+            twin = None
+        adapter = store.get(twin["id"]) if twin is not None else None
+        if adapter is not None and twin is not None:
+            routing = store.get_routing(twin["id"])
+            action = "copied"
+        else:
+            adapter = engine.internalize(text, source=key, progress=self.progress)
+            routing, action = None, "internalized"
+        if routing is None:
+            routing = self.routing_embeddings(text, title)
+        return PreparedAdapter(key=key, action=action, start=start, adapter=adapter, routing=routing, title=title,
+                               seconds=time.perf_counter() - start)
+
+    def commit(self, doc: Document, prepared: PreparedAdapter) -> Document:
+        """Store what :meth:`prepare` made (nothing for an unchanged document) and remove the
+        document's chunks from the document store; returns the document with its D2L meta."""
+        self.warm_up()
+        store = self._store
+        assert store is not None
+        key = prepared.key
+        if prepared.adapter is not None:
+            store.put(key, prepared.adapter, source=str(doc.meta.get("file_path") or key), routing=prepared.routing,
+                      title=prepared.title, meta={"internalize_seconds": round(prepared.seconds, 4),
+                                                  "chunking": self._engine.chunking})
+        chunk_store = PersistentFAISSDocumentStore.resolve(self.document_store)
+        if chunk_store is not None:
+            chunk_store.delete_by_filter(source_filter(key))
+        meta = {**doc.meta, "adapter_id": key, "d2l_route": "d2l", "d2l_action": prepared.action,
+                "d2l_internalize_seconds": round(time.perf_counter() - prepared.start, 4)}
+        return replace(doc, meta=meta)
+
     # -- run ------------------------------------------------------------------------------
     @component.output_types(documents=list[Document], internalized=int, skipped=int)
     def run(self, documents: list[Document], force: bool = False) -> dict[str, Any]:
@@ -177,47 +254,10 @@ class DocToLoRAConverter:
             valid.append(doc)
         if not valid:
             return {"documents": [], "internalized": 0, "skipped": 0}
-        self.warm_up()
-        store, engine = self._store, self._engine
-        assert store is not None
-        base_model, checkpoint_id = engine.loaded.name, engine.checkpoint_id
         out, internalized, skipped = [], 0, 0
         for doc in valid:
-            text = doc.content or ""
-            key = source_key(doc.meta, doc.id)
-            digest = content_hash(text)
-            start = time.perf_counter()
-            current = not force and store.is_current(key, digest, base_model, checkpoint_id, engine.chunking)
-            if current and store.check(key) is not None:
-                logger.warning("DocToLoRAConverter: %s; internalizing it again", store.check(key))
-                current = False
-            if current:
-                skipped += 1
-                action = "unchanged"
-            else:
-                title = str(doc.meta.get("title") or "")
-                twin = None if force else store.find(digest, base_model, checkpoint_id, engine.chunking)
-                if twin is not None and store.check(twin["id"]) is not None:
-                    twin = None
-                adapter = store.get(twin["id"]) if twin is not None else None
-                routing = None
-                if adapter is not None and twin is not None:
-                    routing = store.get_routing(twin["id"])
-                    skipped += 1
-                    action = "copied"
-                else:
-                    adapter = engine.internalize(text, source=key, progress=self.progress)
-                    internalized += 1
-                    action = "internalized"
-                if routing is None:
-                    routing = self.routing_embeddings(text, title)
-                store.put(key, adapter, source=str(doc.meta.get("file_path") or key), routing=routing,
-                          title=title, meta={"internalize_seconds": round(time.perf_counter() - start, 4),
-                                             "chunking": engine.chunking})
-            chunk_store = PersistentFAISSDocumentStore.resolve(self.document_store)
-            if chunk_store is not None:
-                chunk_store.delete_by_filter(source_filter(key))
-            meta = {**doc.meta, "adapter_id": key, "d2l_route": "d2l", "d2l_action": action,
-                    "d2l_internalize_seconds": round(time.perf_counter() - start, 4)}
-            out.append(replace(doc, meta=meta))
+            prepared = self.prepare(doc, force=force)
+            out.append(self.commit(doc, prepared))
+            internalized += prepared.action == "internalized"
+            skipped += prepared.action != "internalized"
         return {"documents": out, "internalized": internalized, "skipped": skipped}

@@ -493,24 +493,17 @@ class Workspace:
             prepared = None
             # the heavy work runs before the commit gate: queries only wait for the store changes
             if to_d2l:
-                prepared = self._prepare_adapter(doc_id, doc, text, digest, force)
+                prepared = self._component("converter").prepare(doc, force=force)
             else:
                 split = self._component("splitter").run(documents=[doc])["documents"]
                 for i, chunk in enumerate(split):
                     chunk.meta["d2l_chunk"] = i
                 embedded = self._component("embedder").run(documents=split)["documents"]
             with self._gate.exclusive():  # queries see the old state or the new one, never a mix
-                if to_d2l:
-                    if prepared is not None:
-                        adapter, routing, seconds = prepared
-                        self.adapters.put(doc_id, adapter, source=str(meta.get("file_path") or doc_id),
-                                          routing=routing, title=str(doc.meta.get("title") or ""),
-                                          meta={"internalize_seconds": round(seconds, 4),
-                                                "chunking": self._component("converter").chunking})
-                    # the converter reuses that adapter (or a stored one) and removes the document's chunks
-                    out = self._component("converter").run(documents=[doc], force=force and prepared is None)
-                    action = out["documents"][0].meta.get("d2l_action", "internalized")
-                    action = "internalized" if action == "unchanged" and (force or prepared) else action
+                if to_d2l:  # the converter stores the adapter and removes the document's chunks
+                    assert prepared is not None
+                    self._component("converter").commit(doc, prepared)
+                    action = prepared.action
                 else:
                     chunks = self._component("writer").run(documents=embedded)["documents_written"]
                     action = "indexed"
@@ -534,21 +527,6 @@ class Workspace:
             return IndexResult(path=doc_id, action=action, route=rec["route"], reason=rec["reason"],
                                previous_route=previous, seconds=rec["index_seconds"], chunks=chunks,
                                adapter_id=rec["adapter_id"], num_tokens=rec["num_tokens"])
-
-    def _prepare_adapter(self, doc_id: str, doc: Document, text: str, digest: str,
-                         force: bool) -> tuple[Any, np.ndarray, float] | None:
-        """Run the hypernetwork for ``doc`` (before the commit gate): ``(adapter, routing embeddings,
-        seconds)``, or ``None`` when the converter can reuse a stored adapter (same content)."""
-        converter = self._component("converter")
-        engine = converter.engine
-        base, checkpoint_id = engine.loaded.name, engine.checkpoint_id
-        if not force and (self.adapters.is_current(doc_id, digest, base, checkpoint_id, engine.chunking)
-                          or self.adapters.find(digest, base, checkpoint_id, engine.chunking) is not None):
-            return None
-        start = time.perf_counter()
-        adapter = engine.internalize(text, source=doc_id, progress=converter.progress)
-        routing = converter.routing_embeddings(text, str(doc.meta.get("title") or ""))
-        return adapter, routing, time.perf_counter() - start
 
     def reroute(self, paths: Iterable[str | Path] | None = None) -> list[IndexResult]:
         """Re-evaluate the route of unchanged documents (query counts grow) and move those that changed.

@@ -114,3 +114,21 @@ class TestDocToLoRAConverter:
         again = DocToLoRAConverter.from_dict(per_sentence.to_dict())
         assert again.chunking == "sentences" and again.engine.chunking == "sentences"
         assert again.engine is not conv.engine
+
+
+def test_prepare_writes_nothing_and_commit_stores_it(converter: DocToLoRAConverter, count_internalize):
+    """The two steps of run(): a workspace runs prepare outside its commit gate, commit inside."""
+    calls = count_internalize(converter.engine)
+    doc = Document(content=TEXT_A, meta={"d2l_doc_id": "kettle"})
+    prepared = converter.prepare(doc)
+    assert prepared.action == "internalized" and prepared.adapter is not None and len(calls) == 1
+    assert converter._store.info("kettle") is None  # nothing stored yet
+    out = converter.commit(doc, prepared)
+    assert out.meta["d2l_action"] == "internalized" and converter._store.info("kettle") is not None
+    assert converter.prepare(doc).action == "unchanged" and len(calls) == 1
+    copy = Document(content=TEXT_A, meta={"d2l_doc_id": "kettle-copy"})
+    twin = converter.prepare(copy)
+    assert twin.action == "copied" and len(calls) == 1  # same content: the stored adapter is reused
+    assert converter.prepare(doc, force=True).action == "internalized" and len(calls) == 2
+    with pytest.raises(InputError):
+        converter.prepare(Document(content="", meta={"d2l_doc_id": "empty"}))
