@@ -509,3 +509,10 @@ class TestProcess:
         record, adapter, chunks = _raw(ws.path, doc)
         assert record["hash"] == adapter["content_hash"] == content_hash(v3) and record["route"] == "d2l"
         assert chunks == [] and again.verify() == []
+
+
+def test_the_cli_default_file_limit_is_the_watchers():
+    from d2l_haystack.cli import watch_cmds
+    from d2l_haystack.kb import watch_scope
+
+    assert watch_cmds.DEFAULT_MAX_FILE_BYTES == watch_scope.DEFAULT_MAX_FILE_BYTES

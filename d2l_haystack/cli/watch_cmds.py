@@ -85,7 +85,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024
-"""Same as :data:`d2l_haystack.kb.watcher.DEFAULT_MAX_FILE_BYTES` (not imported here: keeps ``d2l --help`` fast)."""
+"""Same as :data:`d2l_haystack.kb.watch_scope.DEFAULT_MAX_FILE_BYTES` (not imported: keeps ``d2l --help``
+fast; a test holds them equal)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

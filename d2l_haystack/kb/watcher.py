@@ -43,33 +43,22 @@ Usage example::
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import queue
-import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from d2l_haystack.core.errors import InputError
+from d2l_haystack.kb.watch_scope import DEFAULT_MAX_FILE_BYTES, WatchScope, inside
 from d2l_haystack.kb.workspace import IndexResult, Workspace
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_EXCLUDE: tuple[str, ...] = (".*", "*~", "*.swp", "*.swx", "*.tmp", "*.part", "*.crdownload", "#*#",
-                                    "__pycache__", "node_modules")
-"""Always excluded: hidden files and folders, editor and download temporaries."""
-DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024
-
-_FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-               stat.S_IFBLK: "a block device"}
-
 
 @dataclass
 class WatchEvent:
@@ -124,7 +113,7 @@ class DocumentWatcher:
     :param include: globs a file must match (on its path relative to the watched folder or its
         name; default: every type the workspace reads).
     :param exclude: globs excluding files or whole folders (matched on the relative path and on
-        each path component), added to :data:`DEFAULT_EXCLUDE`. The workspace folder is always
+        each path component), added to :data:`~.watch_scope.DEFAULT_EXCLUDE`. The workspace folder is always
         excluded.
     :param debounce: seconds without events before a file is processed.
     :param max_delay: a file that keeps changing is processed at least this often (default
@@ -147,39 +136,19 @@ class DocumentWatcher:
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, on_event: Callable[[WatchEvent], None] | None = None,
                  polling: bool = False) -> None:
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
-        if isinstance(paths, str | Path):
-            paths = [paths]
-        folders: list[str] = []
-        files: list[str] = []
-        for raw in paths:
-            p = Path(raw).expanduser()
-            if not p.exists():
-                raise InputError(f"{p}: no such file or folder to watch")
-            full = str(p.resolve())
-            (folders if p.is_dir() else files).append(full)
-        # nested folders are covered by their parent's recursive watch, files by their folder's
-        folders = [f for f in dict.fromkeys(folders) if not any(o != f and _inside(f, o) for o in folders)]
-        self._only: dict[str, set[str]] = {}
-        """Folders watched for single files only (a file was given): folder -> those files."""
-        for f in files:
-            if not any(_inside(f, d) for d in folders):
-                self._only.setdefault(os.path.dirname(f), set()).add(f)
-        self.roots = folders + [d for d in self._only if d not in folders]
-        self.include = list(include or [])
-        self.exclude = list(DEFAULT_EXCLUDE) + [e for e in (exclude or []) if e not in DEFAULT_EXCLUDE]
+        self.scope = WatchScope(paths, include=include, exclude=exclude, workspace_root=self.workspace.path,
+                                max_file_bytes=max_file_bytes)
         self.debounce = max(0.0, float(debounce))
         self.max_delay = float(max_delay) if max_delay is not None else max(5.0, 10 * self.debounce)
         self.reconcile_on_start = reconcile
         self.reroute_interval = reroute_interval
         self.reroute_check = reroute_check
-        self.max_file_bytes = int(max_file_bytes)
         self.on_event = on_event
         self.polling = polling
         self.events: deque[WatchEvent] = deque(maxlen=2000)
         """The last events handled (newest last)."""
         self.stats: dict[str, Any] = {"fs_events": 0, "updates": 0, "errors": 0, "skipped": 0,
                                       "route_changes": 0, "reroute_passes": 0, "actions": {}}
-        self._ws_root = str(self.workspace.path)
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._pending: dict[str, _Pending] = {}
         self._scans: dict[str, float] = {}
@@ -195,6 +164,11 @@ class DocumentWatcher:
         self._last_check = 0.0
         self._last_queries: int | None = None
         self._state_lock = threading.Lock()
+
+    @property
+    def roots(self) -> list[str]:
+        """The watched folders (:attr:`WatchScope.roots`)."""
+        return self.scope.roots
 
     def __repr__(self) -> str:
         return f"DocumentWatcher({self.roots!r} -> {str(self.workspace.path)!r})"
@@ -226,7 +200,7 @@ class DocumentWatcher:
         observer = observer_class()
         handler = _Handler(self)
         for root in self.roots:
-            observer.schedule(handler, root, recursive=root not in self._only, event_filter=kinds)  # type: ignore[arg-type]
+            observer.schedule(handler, root, recursive=root not in self.scope.only, event_filter=kinds)  # type: ignore[arg-type]
         self._thread = threading.Thread(target=self._run, name="d2l-watcher", daemon=True)
         self._thread.start()
         observer.start()  # watches are in place before the folders are scanned: nothing is missed
@@ -323,62 +297,32 @@ class DocumentWatcher:
         return box["result"]
 
     # -- filtering (observer thread) ------------------------------------------------------
-    def _root_of(self, path: str) -> str | None:
-        best = None
-        for root in self.roots:
-            if _inside(path, root) and (best is None or len(root) > len(best)):
-                best = root
-        return best
-
-    def _excluded(self, rel: str) -> bool:
-        parts = rel.split("/")
-        for pattern in self.exclude:
-            if fnmatch(rel, pattern) or any(fnmatch(part, pattern) for part in parts):
-                return True
-        return False
-
     def wanted(self, path: str | Path, is_dir: bool = False) -> bool:
         """Whether the watcher handles this path (inside a watched folder, not excluded, a readable type)."""
-        path = str(path)
-        root = self._root_of(path)
-        if root is None or path == root or _inside(path, self._ws_root):
-            return False
-        if root in self._only and path not in self._only[root]:
-            return False
-        rel = os.path.relpath(path, root).replace(os.sep, "/")
-        if self._excluded(rel):
-            return False
-        if is_dir:
-            return True
-        if not Workspace.supports(path):
-            return False
-        if self.include:
-            name = rel.rsplit("/", 1)[-1]
-            return any(fnmatch(rel, p) or fnmatch(name, p) for p in self.include)
-        return True
+        return self.scope.wanted(path, is_dir)
 
     def _on_fs_event(self, event: Any) -> None:
         kind = event.event_type
         src = os.path.abspath(os.fsdecode(event.src_path))
         dst = os.path.abspath(os.fsdecode(event.dest_path)) if getattr(event, "dest_path", "") else ""
-        if _inside(src, self._ws_root) and (not dst or _inside(dst, self._ws_root)):
+        if self.scope.in_workspace(src) and (not dst or self.scope.in_workspace(dst)):
             return  # the workspace's own files
         item: tuple[Any, ...] | None = None
         if event.is_directory:
             if kind == "created" and self.wanted(src, is_dir=True):
                 item = ("scan", src)
-            elif kind == "deleted" and self._root_of(src) is not None:
+            elif kind == "deleted" and self.scope.root_of(src) is not None:
                 item = ("delete_tree", src)
             elif kind == "moved":  # watchdog also reports every file inside as moved
                 if self.wanted(dst, is_dir=True):
                     item = ("scan", dst)
-                elif self._root_of(src) is not None:
+                elif self.scope.root_of(src) is not None:
                     item = ("delete_tree", src)
         elif kind in ("created", "modified", "closed"):
             if self.wanted(src):
                 item = ("upsert", src)
         elif kind == "deleted":
-            if self._root_of(src) is not None and Workspace.supports(src):
+            if self.scope.root_of(src) is not None and Workspace.supports(src):
                 item = ("delete", src)
         elif kind == "moved":
             src_ok, dst_ok = self.wanted(src), self.wanted(dst)
@@ -386,7 +330,7 @@ class DocumentWatcher:
                 item = ("move", src, dst)
             elif dst_ok:  # e.g. an editor's temporary file saved over the document
                 item = ("upsert", dst)
-            elif src_ok or (self._root_of(src) is not None and Workspace.supports(src)):
+            elif src_ok or (self.scope.root_of(src) is not None and Workspace.supports(src)):
                 item = ("delete", src)
         if item is not None:
             self._last_event = time.monotonic()
@@ -490,7 +434,7 @@ class DocumentWatcher:
             if not os.path.lexists(path):
                 self._add("delete", path, None, now)
         for path, entry in list(self._pending.items()):
-            if _inside(path, folder) and entry.kind != "delete" and not os.path.lexists(path):
+            if inside(path, folder) and entry.kind != "delete" and not os.path.lexists(path):
                 self._add("delete", path, None, now)
 
     def _run_call(self, fn: Callable[[], Any], reply: tuple[threading.Event, dict[str, Any]] | None) -> None:
@@ -521,7 +465,7 @@ class DocumentWatcher:
             if scans and (not due or self._scans[scans[0]] <= min(due)[0]):
                 folder = scans[0]
                 del self._scans[folder]
-                for path in _walk(folder, self):
+                for path in self.scope.walk(folder):
                     if path not in self._pending:
                         self._guard(path, self._upsert, path)
                 return
@@ -563,30 +507,6 @@ class DocumentWatcher:
             return False
         return rec is not None and rec.get("path", path) == path
 
-    def _inspect(self, path: str) -> str | None:
-        """Why ``path`` cannot be indexed (``None``: a regular file within the size limit)."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return "vanished before it could be read"
-        except OSError as exc:
-            return f"cannot read ({exc.strerror})"
-        if stat.S_ISLNK(st.st_mode):
-            try:
-                os.stat(path)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    return "symbolic link loop (links are not followed)"
-                return "broken symbolic link"
-            return "symbolic link (links are not followed; watch its target instead)"
-        if stat.S_ISDIR(st.st_mode):
-            return "is a folder"
-        if not stat.S_ISREG(st.st_mode):
-            return f"not a regular file: {_FILE_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}"
-        if st.st_size > self.max_file_bytes:
-            return f"too large ({st.st_size:,} bytes > the {self.max_file_bytes:,}-byte limit of the watcher)"
-        return None
-
     def _skip(self, path: str, reason: str) -> None:
         """Log an unusable file; forget it if it was indexed (its indexed content no longer exists)."""
         if self._known(path):
@@ -600,7 +520,7 @@ class DocumentWatcher:
         self._emit(WatchEvent("skipped", path, reason=reason))
 
     def _upsert(self, path: str) -> None:
-        reason = self._inspect(path)
+        reason = self.scope.inspect(path)
         if reason == "is a folder":
             self._scans[path] = time.monotonic()
             return
@@ -627,7 +547,7 @@ class DocumentWatcher:
             self._delete(src)
             self._delete(dst)
             return
-        reason = self._inspect(dst)
+        reason = self.scope.inspect(dst)
         if reason:
             if self._known(src):
                 self.workspace.remove_file(src)
@@ -657,7 +577,7 @@ class DocumentWatcher:
         """Apply what changed while the watcher was not running (renames detected by content)."""
         start = time.perf_counter()
         mark = len(self.events)
-        current = [p for root in self.roots for p in _walk(root, self)]
+        current = [p for root in self.roots for p in self.scope.walk(root)]
         known = self.workspace.sources(under=self.roots)
         present = set(current)
         missing = {p: rec for p, rec in known.items() if p not in present and not os.path.isfile(p)}
@@ -673,7 +593,7 @@ class DocumentWatcher:
             for p in list(new):
                 if self._halt.is_set():
                     break
-                if self._inspect(p):
+                if self.scope.inspect(p):
                     continue
                 try:
                     digest = content_hash(read_source(p)[0])
@@ -774,28 +694,9 @@ class DocumentWatcher:
                 logger.exception("watcher: on_event callback failed")
 
 
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def _strip_path(message: str, path: str) -> str:
     """``"/a/b.md: not UTF-8 text"`` -> ``"not UTF-8 text"`` (the log line names the file already)."""
     for prefix in (f"{path}: ", f"{Path(path)}: "):
         if message.startswith(prefix):
             return message[len(prefix):]
     return message
-
-
-def _walk(folder: str, watcher: DocumentWatcher) -> list[str]:
-    """Every wanted regular file under ``folder`` (symbolic links are not followed)."""
-    out: list[str] = []
-    if os.path.islink(folder):
-        logger.warning("skipped %s: symbolic link to a folder (links are not followed)", folder)
-        return out
-    for base, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if watcher.wanted(os.path.join(base, d), is_dir=True))
-        for name in sorted(files):
-            path = os.path.join(base, name)
-            if watcher.wanted(path):
-                out.append(path)
-    return out
