@@ -1,4 +1,4 @@
-"""``d2l eval``, ``d2l niah`` and ``d2l cases``."""
+"""``d2l eval``, ``d2l niah``, ``d2l cases`` and ``d2l compare``."""
 
 from __future__ import annotations
 
@@ -61,6 +61,18 @@ def register(sub: Any) -> None:
                         "(repeatable)")
     c.add_argument("-o", "--out", required=True)
     c.set_defaults(handler=_cases)
+
+    m = sub.add_parser("compare", help="paired bootstrap: two methods of a report, or one method of two reports",
+                       description="One report: METHOD against --against (e.g. d2l against icl): the ratio of "
+                                   "their means and the paired difference, with 95 %% bootstrap intervals. Two "
+                                   "reports of the same case file: METHOD in the first minus METHOD in the "
+                                   "second (a candidate checkpoint against the shipped one).")
+    m.add_argument("reports", nargs="+", help="one or two d2l eval reports (.json)")
+    m.add_argument("--method", default="d2l")
+    m.add_argument("--against", default="icl", help="with one report: the method to compare with")
+    m.add_argument("--metric", default="f1", choices=["f1", "exact_match", "contains"])
+    m.add_argument("--rounds", type=int, default=10000)
+    m.set_defaults(handler=_compare)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -138,4 +150,31 @@ def _cases(args: argparse.Namespace) -> int:
         cases = squad_cases(unit, max_docs=args.max_docs, questions_per_doc=args.questions_per_doc, seed=args.seed,
                             exclude_docs=exclude)
     print(f"wrote {write_cases(cases, args.out)} cases to {args.out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from d2l_haystack.core.errors import InputError
+    from d2l_haystack.evaluation.compare import paired_difference, ratio, scores
+
+    if len(args.reports) > 2:
+        raise SystemExit("d2l compare: give one or two reports")
+    try:
+        if len(args.reports) == 1:
+            a = scores(args.reports[0], args.method, args.metric)
+            b = scores(args.reports[0], args.against, args.metric)
+            r, d = ratio(a, b, args.rounds), paired_difference(a, b, args.rounds)
+            print(f"{args.metric}: {args.method} {sum(a.values()) / len(a):.3f}, {args.against} "
+                  f"{sum(b.values()) / len(b):.3f}")
+            print(f"{args.method} / {args.against}: {r.value:.2f} [{r.low:.2f}, {r.high:.2f}]")
+            print(f"{args.method} - {args.against}: {d}")
+        else:
+            a = scores(args.reports[0], args.method, args.metric)
+            b = scores(args.reports[1], args.method, args.metric)
+            d = paired_difference(a, b, args.rounds)
+            print(f"{args.metric} of {args.method}: {sum(a.values()) / len(a):.3f} ({args.reports[0]}) against "
+                  f"{sum(b.values()) / len(b):.3f} ({args.reports[1]})")
+            print(f"first - second: {d}")
+    except InputError as exc:
+        raise SystemExit(f"d2l compare: error: {exc}") from None
     return 0

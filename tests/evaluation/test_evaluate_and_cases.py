@@ -184,3 +184,27 @@ def test_hand_written_short_docs_are_answerable_from_their_documents():
         assert not contains(case.question, case.answers), case.id
         by_doc.setdefault(case.doc_id, set()).add(case.document)
     assert len(by_doc) == 5 and all(len(texts) == 1 for texts in by_doc.values())
+
+
+def test_paired_bootstrap_of_reports(tmp_path):
+    import json
+
+    from d2l_haystack.cli import main
+    from d2l_haystack.evaluation.compare import paired_difference, ratio, scores
+
+    rows = [{"id": f"q{i}", "method": m, "f1": s, "exact_match": s, "contains": s}
+            for i in range(40) for m, s in (("d2l", float(i % 2)), ("icl", 1.0))]
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"results": {}, "cases": rows}))
+    d2l, icl = scores(report, "d2l"), scores(report, "icl")
+    r, d = ratio(d2l, icl), paired_difference(d2l, icl)
+    assert r.value == 0.5 and r.low < 0.5 < r.high and d.value == -0.5 and d.high < 0 and d.n == 40
+    same = paired_difference(d2l, d2l)
+    assert same.value == same.low == same.high == 0.0
+    with pytest.raises(InputError, match="no method 'rag'"):
+        scores(report, "rag")
+    with pytest.raises(InputError, match="share no case id"):
+        paired_difference(d2l, {"other": 1.0})
+    assert main(["compare", str(report), "--method", "d2l", "--against", "icl"]) == 0
+    with pytest.raises(SystemExit, match="no method 'rag'"):
+        main(["compare", str(report), "--method", "rag"])
