@@ -63,6 +63,7 @@ from d2l_haystack.components.source_file_converter import read_source, supported
 from d2l_haystack.core.errors import D2LError, InputError
 from d2l_haystack.core.keys import EMBEDDING_DIM, resolve_embedding_model
 from d2l_haystack.core.textio import content_hash, validate_text
+from d2l_haystack.kb.commit import Journal, commit_gate
 from d2l_haystack.kb.settings import (
     WORKSPACE_FORMAT,
     WorkspaceError,
@@ -71,12 +72,7 @@ from d2l_haystack.kb.settings import (
     settings_of,
 )
 from d2l_haystack.stores import AdapterStore, PersistentFAISSDocumentStore
-from d2l_haystack.stores.files import PerPath, atomic_write_json, file_signature, shared_lock
-
-try:  # POSIX
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: the gate serializes threads only
-    fcntl = None  # type: ignore[assignment]
+from d2l_haystack.stores.files import atomic_write_json, file_signature, shared_lock
 
 logger = logging.getLogger(__name__)
 
@@ -122,77 +118,6 @@ class QueryResult:
         return asdict(self)
 
 
-class CommitGate:
-    """A readers-writer lock between queries (shared) and the commit of updates (exclusive).
-
-    Within a process a condition variable with writer preference (a waiting update is not
-    starved by a stream of queries); across processes ``flock`` on ``path`` with ``LOCK_SH`` /
-    ``LOCK_EX``, one file descriptor per holder. Re-entrant per thread (a nested acquisition is
-    a no-op; an update nested in a query's shared hold is a programming error).
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting = 0
-        self._local = threading.local()
-
-    @contextlib.contextmanager
-    def hold(self, exclusive: bool) -> Iterator[None]:
-        local = self._local
-        if getattr(local, "depth", 0):
-            if exclusive and not local.exclusive:
-                raise RuntimeError("cannot update a workspace while this thread holds a query's shared lock")
-            local.depth += 1
-            try:
-                yield
-            finally:
-                local.depth -= 1
-            return
-        with self._cond:
-            if exclusive:
-                self._waiting += 1
-                try:
-                    while self._writer or self._readers:
-                        self._cond.wait()
-                finally:
-                    self._waiting -= 1
-                self._writer = True
-            else:
-                while self._writer or self._waiting:
-                    self._cond.wait()
-                self._readers += 1
-        fd = None
-        try:
-            if fcntl is not None:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            local.depth, local.exclusive = 1, exclusive
-            yield
-        finally:
-            local.depth = 0
-            if fd is not None:
-                os.close(fd)  # releases the flock
-            with self._cond:
-                if exclusive:
-                    self._writer = False
-                else:
-                    self._readers -= 1
-                self._cond.notify_all()
-
-    def shared(self) -> contextlib.AbstractContextManager[None]:
-        return self.hold(False)
-
-    def exclusive(self) -> contextlib.AbstractContextManager[None]:
-        return self.hold(True)
-
-
-commit_gate: PerPath[CommitGate] = PerPath(CommitGate)
-"""The process-wide :class:`CommitGate` of a gate file."""
-
-
 class Workspace:
     """A knowledge base folder: index files, route them, answer questions, report status.
 
@@ -211,6 +136,7 @@ class Workspace:
         self.device = device
         self._lock = shared_lock(self.path / ".lock")
         self._gate = commit_gate(self.path / ".gate")
+        self._journal = Journal(self.path / JOURNAL_FILE)
         self._query_lock = threading.Lock()
         self._files: dict[str, dict[str, Any]] = {}
         self._stats: dict[str, Any] = {}
@@ -261,24 +187,19 @@ class Workspace:
         atomic_write_json(path, {"format": WORKSPACE_FORMAT, "files": self._files, "stats": self._stats})
         self._files_sig = file_signature(path)
 
-    def _journal(self, op: dict[str, Any] | None) -> None:
-        path = self.path / JOURNAL_FILE
-        if op is None:
-            path.unlink(missing_ok=True)
-        else:
-            atomic_write_json(path, {**op, "started": time.time()})
+    def _journal_op(self, op: dict[str, Any] | None) -> None:
+        self._journal.clear() if op is None else self._journal.write(op)
 
     def _recover(self) -> None:
         """Redo the operation an interrupted run left in the journal."""
-        path = self.path / JOURNAL_FILE
         with self._locked():
-            if not path.exists():
-                return
             try:
-                op = read_json(path, "journal")
+                op = self._journal.read()
             except WorkspaceError as exc:
                 logger.warning("%s; discarding it", exc)
-                self._journal(None)
+                self._journal_op(None)
+                return
+            if op is None:
                 return
             logger.warning("workspace %s: redoing the interrupted operation %s %s", self.path, op.get("op"),
                            op.get("doc_id"))
@@ -292,29 +213,19 @@ class Workspace:
                     self._rename(doc_id, op["new_id"])
                 else:  # a removal, or an index of a file that no longer exists
                     self._remove(doc_id)
-                self._journal(None)
+                self._journal_op(None)
                 self.adapters.gc()  # adapter files written by the interrupted run and never referenced
             except InputError as exc:  # the file became unusable meanwhile: forget it
                 logger.warning("workspace %s: %s; removing it", self.path, exc)
                 self._remove(doc_id)
-                self._journal(None)
+                self._journal_op(None)
             except D2LError as exc:
                 logger.error("workspace %s: could not redo %s of %s: %s", self.path, op.get("op"), doc_id, exc)
 
     def _repair_if_abandoned(self) -> None:
         """Redo an update whose process died mid-way (journal left, lock free) before answering from it."""
-        if fcntl is None or not (self.path / JOURNAL_FILE).exists():
-            return
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # an update is running (here or in another process): the commit gate orders us
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-        self._recover()
+        if self._journal.abandoned(self.path / ".lock"):
+            self._recover()
 
     # -- components (loaded on first use) -------------------------------------------------
     def _engine_params(self) -> dict[str, Any]:
@@ -487,7 +398,7 @@ class Workspace:
             op: dict[str, Any] = {"op": "index", "doc_id": doc_id, "route": route}
             if keep_text:
                 op.update(text=text, meta=meta)
-            self._journal(op)
+            self._journal_op(op)
             chunks, action = 0, ""
             embedded: list[Document] = []
             prepared = None
@@ -523,7 +434,7 @@ class Workspace:
                     logger.info("route change: %s: %s -> %s: %s", doc_id, previous, rec["route"], rec["reason"])
                 self._files[doc_id] = rec
                 self._save_files()
-                self._journal(None)
+                self._journal_op(None)
             return IndexResult(path=doc_id, action=action, route=rec["route"], reason=rec["reason"],
                                previous_route=previous, seconds=rec["index_seconds"], chunks=chunks,
                                adapter_id=rec["adapter_id"], num_tokens=rec["num_tokens"])
@@ -564,14 +475,14 @@ class Workspace:
             chunks = self.faiss.count_documents_by_filter(source_filter(doc_id))
             if not known and not chunks:
                 return False
-            self._journal({"op": "remove", "doc_id": doc_id})
+            self._journal_op({"op": "remove", "doc_id": doc_id})
             with self._gate.exclusive():
                 self.adapters.delete(doc_id)
                 if chunks:
                     self.faiss.delete_by_filter(source_filter(doc_id))
                 self._files.pop(doc_id, None)
                 self._save_files()
-                self._journal(None)
+                self._journal_op(None)
             return True
 
     def rename_file(self, old: str | Path, new: str | Path) -> IndexResult | None:
@@ -589,9 +500,9 @@ class Workspace:
         with self._locked():
             if old_id not in self._files:
                 return self.index_file(new) if Path(new_id).is_file() else None
-            self._journal({"op": "rename", "doc_id": old_id, "new_id": new_id})
+            self._journal_op({"op": "rename", "doc_id": old_id, "new_id": new_id})
             self._rename(old_id, new_id)
-            self._journal(None)
+            self._journal_op(None)
             rec = self._files[new_id]
         if Path(new_id).is_file():
             text, _ = read_source(new_id)
@@ -719,7 +630,7 @@ class Workspace:
                     "exists": Path(doc_id).is_file() if Path(doc_id).is_absolute() else None,
                     "route_changes": list(rec.get("route_history", []))[-5:],
                 })
-            pending = (self.path / JOURNAL_FILE).exists()
+            pending = self._journal.pending()
             return {
                 "workspace": str(self.path), "model": self.settings["model"],
                 "checkpoint": self.settings["checkpoint"], "documents": docs,
