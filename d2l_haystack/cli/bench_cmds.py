@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .core_cmds import add_chunking_option, checkpoint_arg
+from .options import add_chunking_option, add_device_option, checkpoint_arg
 
 
 def _ints(text: str) -> list[int]:
@@ -51,7 +51,7 @@ def register(sub: Any) -> None:
     p.add_argument("--checkpoint", default="default",
                    help="hypernetwork checkpoint folder, 'default' (shipped, else untrained) or 'none'")
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--device", default=None, help="cpu/cuda (default: CUDA when available)")
+    add_device_option(p)
     p.add_argument("--chunk-tokens", type=int, help="tokens per internalized chunk (default: the checkpoint's)")
     add_chunking_option(p)
     p.add_argument("--methods", type=_words, help="comma-separated subset of base,icl,rag,d2l,hybrid,routed")

@@ -23,12 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-UNTRAINED_CHOICES = ("none", "untrained")
-
-
-def checkpoint_arg(value: str) -> str | None:
-    """A ``--checkpoint`` value: ``none``/``untrained`` (any case) is ``None`` (an untrained hypernetwork)."""
-    return None if value.lower() in UNTRAINED_CHOICES else value
+from .options import add_chunking_option, add_device_option, checkpoint_arg
 
 
 def _add_engine_options(p: argparse.ArgumentParser, from_adapter: bool = False) -> None:
@@ -40,7 +35,7 @@ def _add_engine_options(p: argparse.ArgumentParser, from_adapter: bool = False) 
     p.add_argument("--checkpoint", type=checkpoint_arg, default="default",
                    help="hypernetwork checkpoint: 'default' (shipped for the model, untrained if none), "
                         "a checkpoint folder, or 'none' (untrained: zero adapters)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_device_option(p)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="base model dtype (default float32)")
 
@@ -208,14 +203,6 @@ def cmd_info(args: argparse.Namespace) -> int:
                 shown = "yes" if value else "no (adapters are zero until a checkpoint is trained)"
             print(f"{key.replace('_', ' ') + ':':<{width + 1}} {shown}")
     return 0
-
-
-def add_chunking_option(p: argparse.ArgumentParser) -> None:
-    from d2l_haystack.core.textio import CHUNKINGS
-
-    p.add_argument("--chunking", choices=CHUNKINGS, default=CHUNKINGS[0],
-                   help="chunks of --chunk-tokens tokens (default), or one chunk per sentence: better answers "
-                        "on short factual text, an adapter with as many chunks as sentences")
 
 
 def register(subparsers: Any) -> None:

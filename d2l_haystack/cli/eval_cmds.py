@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .core_cmds import add_chunking_option, checkpoint_arg
+from .options import add_chunking_option, checkpoint_arg
 
 
 def register(sub: Any) -> None:

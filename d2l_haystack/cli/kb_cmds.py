@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .core_cmds import checkpoint_arg
+from .options import add_device_option, checkpoint_arg
 
 DEMO_QUESTIONS: list[tuple[str, list[str]]] = [
     ("How long is the warranty of the Aurora K2 kettle?", ["3 years", "3-year", "three years"]),
@@ -73,7 +73,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="base model, saved in the workspace (default: the saved one, else smollm2-135m-instruct)")
     p.add_argument("--checkpoint", type=checkpoint_arg, default=argparse.SUPPRESS,
                    help="hypernetwork checkpoint, saved in the workspace: 'default', a folder, or 'none' (untrained)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_device_option(p)
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -335,7 +335,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("query", help="answer a question from a workspace (adapter, RAG or hybrid)")
     p.add_argument("question")
     _add_workspace(p)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_device_option(p)
     p.add_argument("--explain", action="store_true", help="show the routing scores and retrieved chunks")
     p.add_argument("--mode", choices=["d2l", "rag", "hybrid"], default=None, help="force a route")
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="answer length limit")

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from .options import add_device_option
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("train", help="meta-train a hypernetwork (resumable)")
@@ -16,7 +18,7 @@ def register(sub: Any) -> None:
     p.add_argument("--time-budget", type=float, help="stop (and checkpoint) after this many seconds")
     p.add_argument("--stop-at", type=int, metavar="STEP",
                    help="stop (and checkpoint) at this step without changing the schedule (max_steps)")
-    p.add_argument("--device", help="cpu / cuda (default: cuda when available)")
+    add_device_option(p)
     p.add_argument("--init-from", help="start from this checkpoint folder")
     p.add_argument("--evaluate", metavar="CHECKPOINT",
                    help="train nothing: score this checkpoint folder on the config's held-out set (the "
