@@ -202,14 +202,6 @@ def address(rng: Rng, part: str) -> str:
     return f"{int(rng.integers(2, 300))} {_pick(rng, _STREET)} {_pick(rng, _STREET_KIND)}"
 
 
-def town(rng: Rng, part: str) -> str:
-    return _pick(rng, _TOWN)
-
-
-def city(rng: Rng, part: str) -> str:
-    return _pick(rng, _CITY)
-
-
 def phone(rng: Rng, part: str) -> str:
     digits = "".join(str(int(rng.integers(10))) for _ in range(7))
     forms = [f"555-{digits[:4]}", f"0{int(rng.integers(10, 99))} {digits[:3]} {digits[3:]}",
@@ -233,18 +225,6 @@ def version(rng: Rng, part: str) -> str:
     return f"{int(rng.integers(1, 9))}.{int(rng.integers(0, 20))}.{int(rng.integers(0, 10))}"
 
 
-def colour(rng: Rng, part: str) -> str:
-    return _pick(rng, _COLOUR)
-
-
-def dept(rng: Rng, part: str) -> str:
-    return _pick(rng, _DEPT)
-
-
-def reason(rng: Rng, part: str) -> str:
-    return _pick(rng, _REASON)
-
-
 def yes_no(rng: Rng, part: str) -> str:
     return "yes" if rng.random() < 0.5 else "no"
 
@@ -261,10 +241,6 @@ def food_list(rng: Rng, part: str) -> str:
     return ", ".join(picks[:-1]) + " and " + picks[-1]
 
 
-def weekday(rng: Rng, part: str) -> str:
-    return _pick(rng, _WEEKDAY)
-
-
 def year(rng: Rng, part: str) -> str:
     return str(int(rng.integers(1890, 2024)))
 
@@ -272,10 +248,13 @@ def year(rng: Rng, part: str) -> str:
 ValueFn = Callable[[Rng, str], str]
 
 
-def _pick_fn(options: str) -> ValueFn:
-    """A value drawn from ``|``-separated options."""
-    choices = options.split("|")
+def _pick_fn(options: str | Sequence[str]) -> ValueFn:
+    """A value drawn from options (a sequence, or one ``|``-separated string)."""
+    choices = options.split("|") if isinstance(options, str) else list(options)
     return lambda rng, part: _pick(rng, choices)
+
+
+town, city, colour, dept, reason, weekday = (_pick_fn(x) for x in (_TOWN, _CITY, _COLOUR, _DEPT, _REASON, _WEEKDAY))
 
 
 @dataclass(frozen=True)
