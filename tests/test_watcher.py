@@ -459,7 +459,8 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = 
 
 
 class TestProcess:
-    def test_kill_9_mid_update_then_restart_repairs_and_sigterm_finishes(self, workspace_factory, tmp_path: Path):
+    def test_kill_9_mid_update_then_restart_repairs_and_sigterm_finishes(self, workspace_factory, tmp_path: Path,
+                                                                         request):
         """Guarantee 3, and a clean SIGTERM: real ``d2l watch`` processes."""
         # long files go to RAG, short ones to D2L (edits do not make it volatile)
         ws = workspace_factory(router={"max_tokens": 100, "min_changes_for_history": 100})
@@ -474,9 +475,14 @@ class TestProcess:
         env = {**os.environ, "D2L_TEST_HOOK": str(ctl), "PYTHONPATH": str(REPO)}
         cmd = [sys.executable, "-c", HOOK, "watch", str(docs), "--workspace", str(ws.path), "--debounce", "0.1"]
 
+        started: list[subprocess.Popen] = []
+
         def start(n: int) -> subprocess.Popen:
             out, err = (open(tmp_path / f"watch{n}.{k}", "w") for k in ("out", "err"))  # noqa: SIM115
-            return subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+            started.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True))
+            return started[-1]
+
+        request.addfinalizer(lambda: [p.kill() for p in started if p.poll() is None])  # a failure leaks none
 
         # 1. a watcher is killed with SIGKILL while it commits v2 (adapter written, record not yet)
         ctl.write_text("120")
