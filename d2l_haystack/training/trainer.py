@@ -180,6 +180,17 @@ def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([row[k] for row in rows if k in row])) for k in keys}
 
 
+def _length_groups(lengths: list[int], overhead: int = 16) -> list[list[int]]:
+    """Indices sorted by length, cut into one or two groups where padding each group to its own
+    longest member costs least (``overhead`` tokens per extra group)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    lens = [lengths[i] for i in order]
+    n = len(lens)
+    cost = [lens[-1] * n] + [lens[c - 1] * c + lens[-1] * (n - c) + overhead for c in range(1, n)]
+    cut = min(range(len(cost)), key=cost.__getitem__)
+    return [order] if cut == 0 else [order[:cut], order[cut:]]
+
+
 def _draw(rng: np.random.Generator, mix: dict[str, float]) -> str:
     keys = list(mix)
     probs = np.array([mix[k] for k in keys], dtype=float)
@@ -368,9 +379,22 @@ class Trainer:
             chunks = chunk_token_ids(ids, size)
             counts.append(len(chunks))
             wrapped.extend(self.fmt.wrap_chunk(c) for c in chunks)
-        ids_t, mask = pad_batch(wrapped, self.tok.pad_token_id, self.device)
-        with self._autocast():
-            factors = self.hypernet(self.encoder(ids_t, mask), mask)
+        # chunks of very different lengths (a 40-token note beside a 384-token needle document) are
+        # encoded in two length groups, so the short ones are not padded to the longest
+        groups = _length_groups([len(w) for w in wrapped])
+        parts: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
+        for group in groups:
+            ids_t, mask = pad_batch([wrapped[i] for i in group], self.tok.pad_token_id, self.device)
+            with self._autocast():
+                parts.append(self.hypernet(self.encoder(ids_t, mask), mask))
+        if len(parts) == 1:
+            factors = parts[0]
+        else:
+            inverse = torch.empty(len(wrapped), dtype=torch.long, device=self.device)
+            inverse[torch.tensor([i for g in groups for i in g], device=self.device)] = torch.arange(
+                len(wrapped), device=self.device)
+            factors = {m: (torch.cat([p[m][0] for p in parts])[inverse], torch.cat([p[m][1] for p in parts])[inverse])
+                       for m in parts[0]}
         k_max = max(counts)
         bias = self.hypernet.bias_block()
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -438,12 +462,8 @@ class Trainer:
         Questions are run in (at most two) groups of similar length: long unrelated answers would
         otherwise pad every short fact question of the batch.
         """
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        lens = [len(seqs[i]) for i in order]
-        n = len(lens)
-        cost = [lens[-1] * n] + [lens[c - 1] * c + lens[-1] * (n - c) + 16 for c in range(1, n)]
-        cut = min(range(len(cost)), key=cost.__getitem__)
-        groups = [order] if cut == 0 else [order[:cut], order[cut:]]
+        groups = _length_groups([len(x) for x in seqs])
+        order = [i for g in groups for i in g]
         losses, hits = [], []
         for group in groups:
             ids, mask = pad_batch([seqs[i] for i in group], self.tok.pad_token_id, self.device)

@@ -193,3 +193,26 @@ def test_d2l_train_evaluate_scores_a_checkpoint_like_the_run_did(tiny_llama_dir,
     capsys.readouterr()
     assert main(["train", "--config", str(path), "--evaluate", str(tmp_path / "nothing")]) == 2
     assert "is not a hypernetwork checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.requires_squad
+def test_chunks_of_different_lengths_are_encoded_in_length_groups_with_the_same_factors(data_trainer):
+    """Encoding short chunks apart from long ones (less padding) gives every chunk the factors it
+    gets when encoded alone."""
+    import torch
+
+    from d2l_haystack.training.data import QA, TrainDoc
+    from d2l_haystack.training.trainer import _length_groups
+
+    assert _length_groups([5, 300, 6, 310]) == [[0, 2], [1, 3]]
+    assert _length_groups([50, 52, 51]) == [[0, 2, 1]]
+    short = TrainDoc("The code is 4411.", [QA("What is the code?", "4411")], "needle")
+    long = TrainDoc(" ".join(["The river was calm that morning."] * 60), [QA("How was the river?", "calm")], "needle")
+    data_trainer.hypernet.eval()
+    with torch.no_grad():
+        both, _ = data_trainer.doc_factors([short, long])
+        alone = [data_trainer.doc_factors([d])[0] for d in (short, long)]
+    for m, (a, b) in both.items():
+        for k in range(2):
+            assert torch.allclose(a[k], alone[k][m][0][0], atol=1e-5) and torch.allclose(b[k], alone[k][m][1][0],
+                                                                                           atol=1e-5)
