@@ -197,3 +197,18 @@ class TestRealModels:
         reply = answer_of(d2l.run(query_inputs(d2l, "When is lunch catered at the Lumen Labs office?",
                                                {"max_new_tokens": 4})))
         assert reply.meta["adapters"] == [str((docs_dir / "office-handbook.txt").resolve())]
+
+
+def test_yaml_leaves_the_components_defaults_to_the_code():
+    """Thresholds live in one place: a router default is not repeated in the YAML, and a pipeline
+    loaded from it has the component's own default."""
+    import inspect
+
+    from d2l_haystack.components import QueryRouter
+
+    data = yaml.safe_load((PIPELINES_DIR / "query.yaml").read_text())
+    params = data["components"]["query_router"]["init_parameters"]
+    assert "threshold" not in params and "adapter_margin" not in params
+    default = inspect.signature(QueryRouter.__init__).parameters["threshold"].default
+    router = data["components"]["query_router"]
+    assert QueryRouter.from_dict({"type": router["type"], "init_parameters": dict(params)}).threshold == default
