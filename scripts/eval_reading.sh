@@ -8,9 +8,10 @@
 # phrasings), squad_large (390 SQuAD validation questions outside the model card's report files),
 # interference (general questions with another document's adapter). METHODS (default d2l) are run on
 # every set; base, icl and rag do not depend on the checkpoint: BASELINES=1 adds them where they apply.
-# Threads: OMP_NUM_THREADS (e.g. 1 beside a training run). Compare two runs: d2l compare A.json B.json.
+# Threads: OMP_NUM_THREADS (e.g. 1 beside a training run). CHUNKING=sentences|auto: the engine's chunking
+# (default tokens). Compare two runs: d2l compare A.json B.json.
 set -euo pipefail
-CKPT="${1:?checkpoint folder}"; OUT="${2:?output folder}"; METHODS="${3:-d2l}"
+CKPT="${1:?checkpoint folder}"; OUT="${2:?output folder}"; METHODS="${3:-d2l}"; CHUNKING="${CHUNKING:-tokens}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 D2L="$ROOT/.venv/bin/python -m d2l_haystack"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -30,7 +31,7 @@ cp "$ROOT/benchmarks/cases/short_docs.jsonl" "$C/short_docs.jsonl"
 run() {  # set, methods, max new tokens
     echo "== $1 ($2)"
     $D2L eval --cases "$C/$1.jsonl" --methods "$2" --checkpoint "$CKPT" --no-progress --max-new-tokens "${3:-32}" \
-        --json "$OUT/$1.json"
+        --chunking "$CHUNKING" --json "$OUT/$1.json"
 }
 with() { if [ "${BASELINES:-0}" = 1 ]; then echo "$1,$METHODS"; else echo "$METHODS"; fi; }
 run realistic "$(with base,icl,rag)"
@@ -41,5 +42,5 @@ run interference "$METHODS"
 run squad_large "$METHODS"
 run needle_heldout_long "$METHODS" 16
 echo "== demo"
-$D2L demo --checkpoint "$CKPT" > "$OUT/demo.txt" 2>&1 || { tail -5 "$OUT/demo.txt"; exit 1; }
+$D2L demo --checkpoint "$CKPT" --chunking "$CHUNKING" > "$OUT/demo.txt" 2>&1 || { tail -5 "$OUT/demo.txt"; exit 1; }
 grep -E "questions answered by adapters|right answers by route" "$OUT/demo.txt"

@@ -232,7 +232,7 @@ class TestWorkspacePersistence:
             Workspace.open(ws.path)
         with pytest.raises(WorkspaceError, match="unknown workspace setting"):
             Workspace(tmp_path / "x", colour="blue")
-        with pytest.raises(WorkspaceError, match="chunking must be one of tokens, sentences, got 'words'"):
+        with pytest.raises(WorkspaceError, match="chunking must be one of tokens, sentences, auto, got 'words'"):
             Workspace(tmp_path / "x", chunking="words")
         assert not (tmp_path / "x").exists()
 

@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .options import add_device_option, checkpoint_arg
+from .options import CHUNKING_CHOICES, add_device_option, checkpoint_arg
 
 DEMO_QUESTIONS: list[tuple[str, list[str]]] = [
     ("How long is the warranty of the Aurora K2 kettle?", ["3 years", "3-year", "three years"]),
@@ -73,6 +73,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="base model, saved in the workspace (default: the saved one, else smollm2-135m-instruct)")
     p.add_argument("--checkpoint", type=checkpoint_arg, default=argparse.SUPPRESS,
                    help="hypernetwork checkpoint, saved in the workspace: 'default', a folder, or 'none' (untrained)")
+    p.add_argument("--chunking", choices=CHUNKING_CHOICES, default=argparse.SUPPRESS,
+                   help="how adapters cut documents, saved in the workspace: tokens, sentences, or auto "
+                        "(sentences for a document that fits in one chunk)")
     add_device_option(p)
 
 
@@ -82,6 +85,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         out["model"] = args.model
     if hasattr(args, "checkpoint"):  # given on the command line ('none' is None)
         out["checkpoint"] = args.checkpoint
+    if hasattr(args, "chunking"):
+        out["chunking"] = args.chunking
     return out
 
 

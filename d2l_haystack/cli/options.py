@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 DEVICE_HELP = "cpu or cuda (default: cuda when available)"
+CHUNKING_CHOICES = ("tokens", "sentences", "auto")
+"""The values of ``core.textio.CHUNKINGS`` (not imported: keeps ``d2l --help`` fast; a test holds them equal)."""
 
 UNTRAINED_CHOICES = ("none", "untrained")
 
@@ -19,8 +21,7 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_chunking_option(p: argparse.ArgumentParser) -> None:
-    from d2l_haystack.core.textio import CHUNKINGS
-
-    p.add_argument("--chunking", choices=CHUNKINGS, default=CHUNKINGS[0],
-                   help="chunks of --chunk-tokens tokens (default), or one chunk per sentence: better answers "
-                        "on short factual text, an adapter with as many chunks as sentences")
+    p.add_argument("--chunking", choices=CHUNKING_CHOICES, default=CHUNKING_CHOICES[0],
+                   help="chunks of --chunk-tokens tokens (default); one chunk per sentence (better answers on "
+                        "short factual text, an adapter with as many chunks as sentences); or auto (sentences "
+                        "for a document that fits in one chunk, tokens for a longer one)")

@@ -118,7 +118,8 @@ class D2LEngine:
         chunk per sentence (:func:`~d2l_haystack.core.textio.split_text_sentences`), so the chunk
         keys choose the sentences a question is about. Measured on 390 SQuAD validation questions
         with the shipped checkpoint: F1 0.067 -> 0.103 (base 0.044); each chunk's factors cost the
-        same, so an adapter holds as many chunks as the document has sentences (model card).
+        same, so an adapter holds as many chunks as the document has sentences (model card);
+        ``"auto"``: sentences for a document of at most ``chunk_tokens`` tokens, else tokens.
     :param hypernet_widths: widths for an untrained hypernetwork (ignored with a checkpoint).
     :param max_chunks: most chunks applied per question (:meth:`select_chunks`); 0 applies every
         chunk of every adapter, without selection or relevance gate.
@@ -241,6 +242,10 @@ class D2LEngine:
         """The token ids of each chunk of ``text`` (no template), as :attr:`chunking` cuts it."""
         if self.chunking == "tokens":
             return chunk_token_ids(self.format.document_ids(text), self.chunk_tokens)
+        if self.chunking == "auto":
+            ids = self.format.document_ids(text)
+            if len(ids) > self.chunk_tokens:
+                return chunk_token_ids(ids, self.chunk_tokens)
         return [c for s in split_text_sentences(text)
                 for c in chunk_token_ids(self.format.document_ids(s), self.chunk_tokens)]
 

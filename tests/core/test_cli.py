@@ -211,3 +211,10 @@ def test_unknown_model_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 1
     assert "internalize" in capsys.readouterr().out
+
+
+def test_cli_chunking_choices_are_the_engines():
+    from d2l_haystack.cli.options import CHUNKING_CHOICES
+    from d2l_haystack.core.textio import CHUNKINGS
+
+    assert CHUNKING_CHOICES == CHUNKINGS

@@ -198,7 +198,7 @@ def test_sentence_chunking_gives_each_sentence_its_chunk(tiny_engine: D2LEngine,
     assert len(engine.format.document_ids(long_sentence)) > 64
     assert engine.chunk_ids(long_sentence) == tiny_engine.chunk_ids(long_sentence)
     assert engine.describe()["chunking"] == "sentences" and tiny_engine.describe()["chunking"] == "tokens"
-    with pytest.raises(ValueError, match="chunking must be one of tokens, sentences"):
+    with pytest.raises(ValueError, match="chunking must be one of tokens, sentences, auto"):
         D2LEngine(str(tiny_llama_dir), checkpoint=None, device="cpu", chunking="paragraphs")
     shared = get_engine(str(tiny_llama_dir), None, "cpu", chunk_tokens=64)
     assert get_engine(str(tiny_llama_dir), None, "cpu", chunk_tokens=64, chunking="sentences") is not shared
@@ -297,3 +297,15 @@ def test_engines_share_one_early_exit_hook_per_layer(tiny_llama_dir):
     worker.start()
     worker.join()
     assert out and out[0].shape[:2] == ids.shape
+
+
+def test_auto_chunking_cuts_short_documents_by_sentence_and_long_ones_by_tokens(tiny_llama_dir, sample_text,
+                                                                                long_text) -> None:
+    auto = D2LEngine(str(tiny_llama_dir), checkpoint=None, device="cpu", chunk_tokens=64, chunking="auto")
+    sentences = D2LEngine(str(tiny_llama_dir), checkpoint=None, device="cpu", chunk_tokens=64, chunking="sentences")
+    tokens = D2LEngine(str(tiny_llama_dir), checkpoint=None, device="cpu", chunk_tokens=64, chunking="tokens")
+    assert len(auto.format.document_ids(sample_text)) <= 64
+    assert auto.chunk_ids(sample_text) == sentences.chunk_ids(sample_text) and len(auto.chunk_ids(sample_text)) == 3
+    text = long_text(400)
+    assert len(auto.format.document_ids(text)) > 64
+    assert auto.chunk_ids(text) == tokens.chunk_ids(text) != sentences.chunk_ids(text)
