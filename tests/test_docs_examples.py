@@ -40,3 +40,15 @@ def test_readme_python_examples_run_as_written(tmp_path, monkeypatch, embedded_m
     assert (tmp_path / "adapters" / "manual" / "adapter.safetensors").is_file()
     assert (tmp_path / "peft" / "manual").is_dir() and (tmp_path / "kb" / "workspace.json").is_file()
     assert out.strip()
+
+
+def test_relative_links_in_the_docs_point_at_files_that_exist():
+    pages = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").rglob("*.md")),
+             *sorted((REPO / "d2l_haystack" / "checkpoints").rglob("*.md")),
+             *sorted((REPO / "benchmarks" / "results").rglob("README.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if not target.startswith(("http://", "https://", "mailto:")) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert not broken, broken
