@@ -46,6 +46,10 @@ questions, passages with cloze-translated questions (:mod:`.cloze`), SQuAD parag
 gold questions' answers swapped in text and target (:mod:`.swap`), generated everyday documents
 with fresh values (:mod:`.realistic`; held-out kinds and templates in evaluation)."""
 QA_KINDS = ("fact", "squad", "cloze", "swap", "realistic", "unrelated")
+READ_KINDS = ("fact", "squad", "cloze", "swap", "realistic")
+"""Kinds whose ``eval_read_<kind>`` the held-out evaluation reports: the answer cross-entropy with
+another document's adapter minus with the document's own (> 0: the adapter carries what was
+read, not only the answer's shape)."""
 SCORE_KINDS = ("fact", "squad", "realistic")
 """The held-out accuracies whose mean is ``eval_score`` (those the evaluation documents have)."""
 """Question kinds (:attr:`.data.QA.kind`); each gets ``ce_<kind>`` and ``acc_<kind>`` in the metrics."""
@@ -415,8 +419,16 @@ class Trainer:
             out[m] = (torch.stack(per_a), torch.stack(per_b))
         return out, l1
 
-    def loss(self, docs: list[D.TrainDoc]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def loss(self, docs: list[D.TrainDoc], other_adapters: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Training loss of a batch and its statistics per question kind.
+
+        :param other_adapters: answer every document's questions with the NEXT document's adapter
+            (a reading control: what the adapter adds beyond the answer's shape is the loss
+            difference to this; evaluation only).
+        """
         factors, l1 = self.doc_factors(docs)
+        if other_adapters:
+            factors = {m: (a.roll(1, 0), b.roll(1, 0)) for m, (a, b) in factors.items()}
         seqs, labels_start, q_doc, kinds = [], [], [], []
         soft_ids, soft_probs = [], []  # per question: (answer length, k) targets
         k_top = max(1, self.cfg.distill_top_k)
@@ -503,6 +515,11 @@ class Trainer:
             _, stats = self.loss(docs)
             for k, v in stats.items():
                 sums.setdefault(k, []).append(v)
+            if len(docs) > 1:  # the same questions with another document's adapter
+                _, other = self.loss(docs, other_adapters=True)
+                for kind in READ_KINDS:
+                    if f"ce_{kind}" in other and f"ce_{kind}" in stats:
+                        sums.setdefault(f"read_{kind}", []).append(other[f"ce_{kind}"] - stats[f"ce_{kind}"])
         self.hypernet.train()
         result = {f"eval_{k}": float(np.mean(v)) for k, v in sums.items()}
         # fact and squad always count (0 when absent), as for every earlier checkpoint

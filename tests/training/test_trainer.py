@@ -216,3 +216,12 @@ def test_chunks_of_different_lengths_are_encoded_in_length_groups_with_the_same_
         for k in range(2):
             assert torch.allclose(a[k], alone[k][m][0][0], atol=1e-5) and torch.allclose(b[k], alone[k][m][1][0],
                                                                                            atol=1e-5)
+
+
+@pytest.mark.requires_squad
+def test_evaluation_reports_what_the_adapter_read(data_trainer):
+    """eval_read_<kind>: cross-entropy with another document's adapter minus with its own."""
+    data_trainer.cfg.eval_docs = 4
+    result = data_trainer.evaluate()
+    assert any(k.startswith("eval_read_") for k in result)
+    assert all(isinstance(v, float) for k, v in result.items() if k.startswith("eval_read_"))
