@@ -33,7 +33,8 @@ def _exit_hook(module: nn.Module, inputs: Any, output: Any) -> None:
 
 def decoder_of(model: nn.Module) -> nn.Module:
     """The decoder (the model without its LM head) of a causal LM."""
-    return model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    get_decoder = getattr(model, "get_decoder", None)  # transformers' PreTrainedModel has it
+    return get_decoder() if callable(get_decoder) else getattr(model, "model", model)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

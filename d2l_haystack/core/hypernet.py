@@ -111,7 +111,7 @@ def config_for_model(model: nn.Module, base_model: str, target_modules: list[str
                      **widths: Any) -> HypernetConfig:
     """Build a :class:`HypernetConfig` whose shapes are read from ``model``."""
     targets = list(target_modules or ["down_proj"])
-    cfg = model.config
+    cfg: Any = getattr(model, "config")  # noqa: B009  (a transformers config, not a tensor or module)
     num_layers = int(cfg.num_hidden_layers)
     found = find_target_modules(model, targets)
     module_in, module_out, paths = [], [], []
