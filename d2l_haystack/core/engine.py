@@ -236,7 +236,7 @@ class D2LEngine:
                        module_paths=list(self.config.module_paths), meta=dict(meta or {}),
                        keys=torch.cat([v for v, _ in keys]) if keys else None,
                        key_chunks=torch.cat([o for _, o in keys]) if keys else None,
-                       key_model=self.key_model if keys else "", key_scheme=KEY_SCHEME if keys else "")
+                       key_model=(self.key_model or "") if keys else "", key_scheme=KEY_SCHEME if keys else "")
 
     def chunk_ids(self, text: str) -> list[list[int]]:
         """The token ids of each chunk of ``text`` (no template), as :attr:`chunking` cuts it."""

@@ -115,7 +115,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]  # nn.Module attribute typing; a plain attribute
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / ".d2l-complete").write_text(f"converted from {gguf.name}\n")
@@ -205,7 +205,7 @@ def get_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         except OSError as exc:
             raise ModelNotFoundError(f"could not load model '{name_or_path}': {exc}") from exc
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' to() wrapper is typed for its own model class
         model.eval()
         model.requires_grad_(False)
         if tokenizer.pad_token_id is None:

@@ -31,7 +31,7 @@ import torch
 
 from ..core.encoder import ContextEncoder, decoder_of, left_pad_batch, pad_batch
 from ..core.errors import ConfigError
-from ..core.hypernet import Hypernetwork, config_for_model, load_checkpoint, save_checkpoint
+from ..core.hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint, save_checkpoint
 from ..core.lora import document_factors, get_hooks
 from ..core.models import get_model
 from ..core.prompts import ChatFormat, chunk_token_ids
@@ -216,7 +216,12 @@ class Trainer:
         self.model, self.tok = self.loaded.model, self.loaded.tokenizer
         self.fmt = ChatFormat(self.tok)
         torch.manual_seed(config.seed)
-        if config.init_from:
+        state_file = self.out / "state.pt"
+        if resume and state_file.is_file():  # the state holds the weights: init_from is not needed again
+            saved = torch.load(state_file, map_location="cpu", weights_only=False)
+            self.hypernet = Hypernetwork(HypernetConfig.from_dict(saved["hypernet_config"])).to(self.device)
+            del saved
+        elif config.init_from:
             self.hypernet, _ = load_checkpoint(config.init_from, expected_base_model=self.loaded.name,
                                                map_location=self.device)
         else:
