@@ -30,6 +30,7 @@ from d2l_haystack.kb.pipelines import (
     query_inputs,
     render_yaml,
 )
+from d2l_haystack.kb.settings import DEFAULT_SETTINGS
 from d2l_haystack.kb.workspace import Workspace
 
 KETTLE_Q = "How long is the warranty of the Aurora K2 kettle?"
@@ -66,7 +67,7 @@ class TestYamlFiles:
         indexing = load_pipeline("indexing", workspace=ws, variables=_tiny_vars(tiny_model))
         assert indexing.get_component("doc_to_lora").chunking == "sentences"
         query = load_pipeline("query", workspace=tmp_path / "other", variables=_tiny_vars(tiny_model))
-        assert query.get_component("d2l_generator").chunking == "tokens"
+        assert query.get_component("d2l_generator").chunking == DEFAULT_SETTINGS["chunking"] == "auto"
         chosen = load_pipeline("query", workspace=tmp_path / "other",
                                variables={**_tiny_vars(tiny_model), "D2L_CHUNKING": "sentences"})
         assert chosen.get_component("d2l_generator").chunking == "sentences"

@@ -310,7 +310,7 @@ _PLACEHOLDER_DEFAULTS = {
     "D2L_MODEL": "${D2L_MODEL:-" + DEFAULT_SETTINGS["model"] + "}",
     "D2L_CHECKPOINT": "${D2L_CHECKPOINT:-default}",
     "D2L_EMBEDDING_MODEL": "${D2L_EMBEDDING_MODEL:-all-minilm-l6-v2}",
-    "D2L_CHUNKING": "${D2L_CHUNKING:-tokens}",
+    "D2L_CHUNKING": "${D2L_CHUNKING:-" + DEFAULT_SETTINGS["chunking"] + "}",
 }
 
 

@@ -31,12 +31,13 @@ CONFIG_FILE = "workspace.json"
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "model": DEFAULT_MODEL, "checkpoint": "default", "dtype": "float32", "chunk_tokens": None,
-    "chunking": "tokens",
+    "chunking": "auto",
     "embedding_model": None, "split_length": 60, "split_overlap": 10, "top_k": 4, "max_new_tokens": 64,
     "router": {}, "query_router": {},
 }
 """Workspace settings (saved in ``workspace.json``): the base model, the hypernetwork checkpoint
-(``default``: the shipped one), the chunking of adapters, the embedding model (``None``: the
+(``default``: the shipped one), the chunking of adapters (``auto``: one chunk per sentence for a
+document that fits in one chunk; measured in ``benchmarks/results/reading/``), the embedding model (``None``: the
 packaged MiniLM), the RAG splitter and retriever, the answer length; ``router`` and
 ``query_router`` hold :class:`~d2l_haystack.components.InternalizationRouter` and
 :class:`~d2l_haystack.components.QueryRouter` init parameters that differ from their defaults."""
