@@ -209,10 +209,6 @@ def phone(rng: Rng, part: str) -> str:
     return _pick(rng, _part_of(forms, part))
 
 
-def email(rng: Rng, part: str) -> str:
-    return f"{_pick(rng, ['help', 'info', 'bookings', 'support', 'office', 'hello'])}@{brand(rng, part).lower()}.com"
-
-
 def code(rng: Rng, part: str) -> str:
     letters = "ABCDEFGHJKLMNPRSTUVWXYZ"
     forms = ["".join(letters[int(rng.integers(23))] for _ in range(3)) + str(int(rng.integers(10, 100))),
@@ -254,7 +250,7 @@ def _pick_fn(options: str | Sequence[str]) -> ValueFn:
     return lambda rng, part: _pick(rng, choices)
 
 
-town, city, colour, dept, reason, weekday = (_pick_fn(x) for x in (_TOWN, _CITY, _COLOUR, _DEPT, _REASON, _WEEKDAY))
+city, colour, dept, reason, weekday = (_pick_fn(x) for x in (_CITY, _COLOUR, _DEPT, _REASON, _WEEKDAY))
 
 
 @dataclass(frozen=True)
@@ -327,11 +323,6 @@ def _building(rng: Rng, part: str) -> str:
 def _dish(rng: Rng, part: str) -> str:
     return (f"{_pick(rng, ['smoky', 'lemon', 'spiced', 'creamy', 'green', 'roasted'])} "
             f"{_pick(rng, ['lentil soup', 'chicken stew', 'bean salad', 'rice bake', 'mushroom pie', 'noodle bowl'])}")
-
-
-def _course(rng: Rng, part: str) -> str:
-    subject = ["Statistics", "Pottery", "Spanish", "Accounting", "Photography", "Coding"]
-    return f"{_pick(rng, ['Introductory', 'Applied', 'Advanced', 'Practical'])} {_pick(rng, subject)}"
 
 
 def _job(rng: Rng, part: str) -> str:
