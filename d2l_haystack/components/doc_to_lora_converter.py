@@ -188,8 +188,9 @@ class DocToLoRAConverter:
         base_model, checkpoint_id = engine.loaded.name, engine.checkpoint_id
         start = time.perf_counter()
         current = not force and store.is_current(key, digest, base_model, checkpoint_id, engine.chunking)
-        if current and store.check(key) is not None:
-            logger.warning("DocToLoRAConverter: %s; internalizing it again", store.check(key))
+        damage = store.check(key) if current else None  # checksums the stored files: once
+        if damage is not None:
+            logger.warning("DocToLoRAConverter: %s; internalizing it again", damage)
             current = False
         if current:
             return PreparedAdapter(key=key, action="unchanged", start=start)

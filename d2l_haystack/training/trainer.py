@@ -217,10 +217,10 @@ class Trainer:
         self.fmt = ChatFormat(self.tok)
         torch.manual_seed(config.seed)
         state_file = self.out / "state.pt"
-        if resume and state_file.is_file():  # the state holds the weights: init_from is not needed again
-            saved = torch.load(state_file, map_location="cpu", weights_only=False)
+        saved = torch.load(state_file, map_location=self.device, weights_only=False) \
+            if resume and state_file.is_file() else None
+        if saved is not None:  # the state holds the weights: init_from is not needed again
             self.hypernet = Hypernetwork(HypernetConfig.from_dict(saved["hypernet_config"])).to(self.device)
-            del saved
         elif config.init_from:
             self.hypernet, _ = load_checkpoint(config.init_from, expected_base_model=self.loaded.name,
                                                map_location=self.device)
@@ -243,8 +243,8 @@ class Trainer:
         self.step = 0
         self.best_score = -1.0
         self.elapsed = 0.0
-        if resume and (self.out / "state.pt").is_file():
-            self._load_state()
+        if saved is not None:
+            self._load_state(saved)
         use_cuda = self.device.startswith("cuda")
         self.amp = (config.autocast == "bf16") or (config.autocast == "auto" and use_cuda)
         self._prepare_data()
@@ -270,8 +270,8 @@ class Trainer:
             self.teacher.save()
         self._plot()
 
-    def _load_state(self) -> None:
-        state = torch.load(self.out / "state.pt", map_location=self.device, weights_only=False)
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Continue from a ``state.pt`` (read once, in ``__init__``)."""
         self.hypernet.load_state_dict(state["hypernet"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
@@ -424,16 +424,20 @@ class Trainer:
             out[m] = (torch.stack(per_a), torch.stack(per_b))
         return out, l1
 
-    def loss(self, docs: list[D.TrainDoc], other_adapters: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    def loss(self, docs: list[D.TrainDoc], other_adapters: bool = False,
+             factors: tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor] | None = None,
+             ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Training loss of a batch and its statistics per question kind.
 
         :param other_adapters: answer every document's questions with the NEXT document's adapter
             (a reading control: what the adapter adds beyond the answer's shape is the loss
             difference to this; evaluation only).
+        :param factors: :meth:`doc_factors` of ``docs`` when already computed (the evaluation
+            scores the same adapters twice).
         """
-        factors, l1 = self.doc_factors(docs)
+        adapters, l1 = factors if factors is not None else self.doc_factors(docs)
         if other_adapters:
-            factors = {m: (a.roll(1, 0), b.roll(1, 0)) for m, (a, b) in factors.items()}
+            adapters = {m: (a.roll(1, 0), b.roll(1, 0)) for m, (a, b) in adapters.items()}
         seqs, labels_start, q_doc, kinds = [], [], [], []
         soft_ids, soft_probs = [], []  # per question: (answer length, k) targets
         k_top = max(1, self.cfg.distill_top_k)
@@ -457,7 +461,7 @@ class Trainer:
                 labels_start.append(len(prompt))
                 q_doc.append(d)
                 kinds.append(qa.kind)
-        q_loss, correct = self._student(factors, seqs, labels_start, q_doc, soft_ids, soft_probs)
+        q_loss, correct = self._student(adapters, seqs, labels_start, q_doc, soft_ids, soft_probs)
         idx = torch.tensor(q_doc, device=self.device)
         doc_loss = torch.zeros(len(docs), device=self.device).index_add(0, idx, q_loss)
         doc_n = torch.zeros(len(docs), device=self.device).index_add(0, idx, torch.ones_like(q_loss))
@@ -517,11 +521,12 @@ class Trainer:
         bs = self.cfg.batch_docs
         for i in range(0, self.cfg.eval_docs, bs):
             docs = self.make_docs(rng, phase, min(bs, self.cfg.eval_docs - i), held_out=True)
-            _, stats = self.loss(docs)
+            factors = self.doc_factors(docs)
+            _, stats = self.loss(docs, factors=factors)
             for k, v in stats.items():
                 sums.setdefault(k, []).append(v)
-            if len(docs) > 1:  # the same questions with another document's adapter
-                _, other = self.loss(docs, other_adapters=True)
+            if len(docs) > 1:  # the same questions with another document's adapter (same factors)
+                _, other = self.loss(docs, other_adapters=True, factors=factors)
                 for kind in READ_KINDS:
                     if f"ce_{kind}" in other and f"ce_{kind}" in stats:
                         sums.setdefault(f"read_{kind}", []).append(other[f"ce_{kind}"] - stats[f"ce_{kind}"])
