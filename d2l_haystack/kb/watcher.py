@@ -250,16 +250,21 @@ class DocumentWatcher:
                     and not self._reroute_paths)
 
     def wait_idle(self, timeout: float = 60.0, settle: float | None = None) -> bool:
-        """Wait until the watcher has been idle for ``settle`` seconds (default: the larger of
-        0.7 s, which covers watchdog pairing move events, and ``debounce``); ``False`` on timeout."""
+        """Wait until the watcher has been idle, with no file-system event, for ``settle`` seconds
+        counted from this call at the earliest (default: the larger of 0.7 s, which covers watchdog
+        pairing move events, and ``debounce``); ``False`` on timeout.
+
+        Counting from the call matters: a change the caller has just made may not have reached the
+        watcher yet (inotify delivers it a moment later, longer on a loaded machine)."""
         settle = max(0.7, self.debounce) if settle is None else settle
-        end = time.monotonic() + timeout
+        start = time.monotonic()
+        end = start + timeout
         quiet_since: float | None = None
         while time.monotonic() < end:
             if not self.running:
                 return self.idle()
             now = time.monotonic()
-            if self.idle() and now - self._last_event >= settle:
+            if self.idle() and now - max(self._last_event, start) >= settle:
                 quiet_since = quiet_since or now
                 if now - quiet_since >= min(settle, 0.2):
                     return True
