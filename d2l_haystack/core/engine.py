@@ -36,8 +36,8 @@ from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_check
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
 from .lora import Factors, document_factors, get_hooks
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, get_model
-from .prompts import ChatFormat, chunk_token_ids
-from .textio import CHUNKINGS, content_hash, split_text_sentences, validate_text
+from .prompts import ChatFormat, chunk_text_ids
+from .textio import CHUNKINGS, content_hash, validate_text
 
 logger = logging.getLogger(__name__)
 
@@ -240,14 +240,7 @@ class D2LEngine:
 
     def chunk_ids(self, text: str) -> list[list[int]]:
         """The token ids of each chunk of ``text`` (no template), as :attr:`chunking` cuts it."""
-        if self.chunking == "tokens":
-            return chunk_token_ids(self.format.document_ids(text), self.chunk_tokens)
-        if self.chunking == "auto":
-            ids = self.format.document_ids(text)
-            if len(ids) > self.chunk_tokens:
-                return chunk_token_ids(ids, self.chunk_tokens)
-        return [c for s in split_text_sentences(text)
-                for c in chunk_token_ids(self.format.document_ids(s), self.chunk_tokens)]
+        return chunk_text_ids(self.format, text, self.chunking, self.chunk_tokens)
 
     # -- generation -----------------------------------------------------------------------
     def _adapter_list(self, adapters: Adapter | list[Adapter] | None) -> list[Adapter]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .textio import CHUNKINGS, split_text_sentences
+
 _SENTINEL = "\u2063D2LDOC\u2063"
 
 CONTEXT_TEMPLATE = (
@@ -83,6 +85,22 @@ class ChatFormat:
         ids = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
         eot = self.end_of_turn_id
         return ids + ([eot] if eot is not None else [])
+
+
+def chunk_text_ids(fmt: ChatFormat, text: str, chunking: str, chunk_tokens: int) -> list[list[int]]:
+    """The token ids of each chunk of ``text`` (no template), as the engine and the trainer cut it.
+
+    ``"tokens"``: near-equal chunks of at most ``chunk_tokens`` tokens; ``"sentences"``: one chunk per
+    sentence (:func:`.textio.split_text_sentences`; a sentence longer than ``chunk_tokens`` is cut
+    further); ``"auto"``: sentences for a document of at most ``chunk_tokens`` tokens, else tokens.
+    """
+    if chunking not in CHUNKINGS:
+        raise ValueError(f"chunking must be one of {', '.join(CHUNKINGS)}, got {chunking!r}")
+    if chunking != "sentences":
+        ids = fmt.document_ids(text)
+        if chunking == "tokens" or len(ids) > chunk_tokens:
+            return chunk_token_ids(ids, chunk_tokens)
+    return [c for s in split_text_sentences(text) for c in chunk_token_ids(fmt.document_ids(s), chunk_tokens)]
 
 
 def chunk_token_ids(ids: list[int], chunk_tokens: int) -> list[list[int]]:

@@ -49,6 +49,9 @@ class TrainDoc:
     qas: list[QA]
     source: str
     num_chunks: int = 1
+    chunking: str = "tokens"
+    """How the adapter's chunks are cut: ``"tokens"``: ``num_chunks`` near-equal token chunks;
+    ``"sentences"``/``"auto"``: as the engine cuts them (:func:`~d2l_haystack.core.prompts.chunk_text_ids`)."""
     meta: dict[str, Any] = field(default_factory=dict)
 
 

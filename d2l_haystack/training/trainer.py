@@ -34,7 +34,8 @@ from ..core.errors import ConfigError
 from ..core.hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint, save_checkpoint
 from ..core.lora import document_factors, get_hooks
 from ..core.models import get_model
-from ..core.prompts import ChatFormat, chunk_token_ids
+from ..core.prompts import ChatFormat, chunk_text_ids, chunk_token_ids
+from ..core.textio import CHUNKINGS
 from . import data as D
 from .realistic import realistic_document
 from .swap import AnswerPool, swap_document, swap_run_document
@@ -70,6 +71,10 @@ class Phase:
     cloze_sentences: int = 0
     """Cloze documents of this phase are runs of 1 to this many sentences of one passage (0: whole
     passages, ``chunk_mix`` of them)."""
+    chunking: str = "tokens"
+    """How single-chunk documents of this phase are cut into adapter chunks: ``"tokens"``: one chunk;
+    ``"sentences"`` or ``"auto"``: as the engine with that chunking cuts them (one chunk per
+    sentence), so training sees the layout a workspace with ``chunking: auto`` serves."""
     squad_sentences: int = 0
     """SQuAD documents (gold and swapped) of this phase are runs of 1 to this many sentences of a
     paragraph around a gold answer, asked their gold questions (:func:`.data.squad_run_document`,
@@ -81,6 +86,8 @@ class Phase:
             raise ValueError(f"unknown document kinds {unknown} in mix; known: {', '.join(DOC_KINDS)}")
         if self.fact_kinds is not None:
             D.fact_kind_probs(self.fact_kinds)  # fail at load time, not at the first document
+        if self.chunking not in CHUNKINGS:
+            raise ValueError(f"chunking must be one of {', '.join(CHUNKINGS)}, got {self.chunking!r}")
         for name in ("cloze_sentences", "squad_sentences"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (whole passages) or more, got {getattr(self, name)}")
@@ -367,6 +374,7 @@ class Trainer:
                 doc = D.needle_document(rng, filler, per_chunk * chunks, n_facts, self.cfg.questions_per_doc,
                                           fact_kinds=phase.fact_kinds)
             doc.num_chunks = chunks
+            doc.chunking = phase.chunking if chunks == 1 else "tokens"
             if self.unrelated and rng.random() < self.cfg.unrelated_prob:
                 u = self.unrelated[int(rng.integers(len(self.unrelated)))]
                 doc.qas.append(D.QA(u["question"], u["answer"], "unrelated"))
@@ -383,9 +391,11 @@ class Trainer:
         """Per-document factors ``(docs, L, K*r + rb, d)`` and the L1 penalty of the generated part."""
         wrapped, counts = [], []
         for doc in docs:
-            ids = self.fmt.document_ids(doc.text)
-            size = max(1, -(-len(ids) // doc.num_chunks))
-            chunks = chunk_token_ids(ids, size)
+            if doc.chunking == "tokens":
+                ids = self.fmt.document_ids(doc.text)
+                chunks = chunk_token_ids(ids, max(1, -(-len(ids) // doc.num_chunks)))
+            else:
+                chunks = chunk_text_ids(self.fmt, doc.text, doc.chunking, self.hypernet.config.chunk_tokens)
             counts.append(len(chunks))
             wrapped.extend(self.fmt.wrap_chunk(c) for c in chunks)
         # chunks of very different lengths (a 40-token note beside a 384-token needle document) are
@@ -396,14 +406,12 @@ class Trainer:
             ids_t, mask = pad_batch([wrapped[i] for i in group], self.tok.pad_token_id, self.device)
             with self._autocast():
                 parts.append(self.hypernet(self.encoder(ids_t, mask), mask))
-        if len(parts) == 1:
-            factors = parts[0]
-        else:
-            inverse = torch.empty(len(wrapped), dtype=torch.long, device=self.device)
-            inverse[torch.tensor([i for g in groups for i in g], device=self.device)] = torch.arange(
-                len(wrapped), device=self.device)
-            factors = {m: (torch.cat([p[m][0] for p in parts])[inverse], torch.cat([p[m][1] for p in parts])[inverse])
-                       for m in parts[0]}
+        # the groups hold the chunks sorted by length (one group too): put them back in order
+        inverse = torch.empty(len(wrapped), dtype=torch.long, device=self.device)
+        inverse[torch.tensor([i for g in groups for i in g], device=self.device)] = torch.arange(
+            len(wrapped), device=self.device)
+        factors = {m: (torch.cat([p[m][0] for p in parts])[inverse], torch.cat([p[m][1] for p in parts])[inverse])
+                   for m in parts[0]}
         k_max = max(counts)
         bias = self.hypernet.bias_block()
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

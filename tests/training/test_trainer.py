@@ -208,12 +208,16 @@ def test_chunks_of_different_lengths_are_encoded_in_length_groups_with_the_same_
     assert _length_groups([50, 52, 51]) == [[0, 2, 1]]
     short = TrainDoc("The code is 4411.", [QA("What is the code?", "4411")], "needle")
     long = TrainDoc(" ".join(["The river was calm that morning."] * 60), [QA("How was the river?", "calm")], "needle")
+    mid = TrainDoc("The code of the blue door is 72.", [QA("What is the code?", "72")], "needle")
+    docs = [long, mid, short]  # long first: two groups; mid and short: one group, sorted by length
     data_trainer.hypernet.eval()
     with torch.no_grad():
-        both, _ = data_trainer.doc_factors([short, long])
-        alone = [data_trainer.doc_factors([d])[0] for d in (short, long)]
+        both, _ = data_trainer.doc_factors(docs)
+        alone = [data_trainer.doc_factors([d])[0] for d in docs]
+        one_group, _ = data_trainer.doc_factors([mid, short])
     for m, (a, b) in both.items():
-        for k in range(2):
+        assert torch.allclose(one_group[m][0][0], alone[1][m][0][0], atol=1e-5)
+        for k in range(3):
             assert torch.allclose(a[k], alone[k][m][0][0], atol=1e-5) and torch.allclose(b[k], alone[k][m][1][0],
                                                                                            atol=1e-5)
 
@@ -225,3 +229,34 @@ def test_evaluation_reports_what_the_adapter_read(data_trainer):
     result = data_trainer.evaluate()
     assert any(k.startswith("eval_read_") for k in result)
     assert all(isinstance(v, float) for k, v in result.items() if k.startswith("eval_read_"))
+
+
+@pytest.mark.requires_squad
+def test_sentence_chunking_trains_the_layout_the_engine_serves(data_trainer, tmp_path):
+    """A phase with ``chunking: auto`` cuts a short document into one chunk per sentence exactly
+    as an engine with ``chunking="auto"`` does: the trainer's factors equal the adapter's."""
+    import torch
+
+    from d2l_haystack.core.engine import D2LEngine
+    from d2l_haystack.core.hypernet import save_checkpoint
+    from d2l_haystack.training.data import QA, TrainDoc
+    from d2l_haystack.training.trainer import Phase
+
+    with pytest.raises(ValueError, match="chunking must be one of"):
+        Phase(until_step=1, chunking="paragraphs")
+    text = "The kettle costs 40 euros. It ships from Lyon on Mondays. Returns take ten days."
+    doc = TrainDoc(text, [QA("Where does it ship from?", "Lyon")], "realistic", chunking="auto")
+    data_trainer.hypernet.eval()
+    with torch.no_grad():
+        factors, _ = data_trainer.doc_factors([doc])
+    save_checkpoint(data_trainer.hypernet, tmp_path / "ckpt")
+    engine = D2LEngine(data_trainer.cfg.model, checkpoint=str(tmp_path / "ckpt"), device="cpu",
+                       chunking="auto", keys=None)
+    adapter = engine.internalize(text)
+    assert len(engine.chunk_ids(text)) == 3  # one chunk per sentence: rank 3 r plus the bias block
+    m0 = next(iter(factors))
+    assert factors[m0][0].shape[2] == adapter.factors[m0][0].shape[1] >= 3 * data_trainer.hypernet.config.rank
+    for m, (a, b) in factors.items():
+        # the same chunks in the same order (the engine pads its batch differently: float noise)
+        assert torch.allclose(a[0], adapter.factors[m][0], atol=1e-3)
+        assert torch.allclose(b[0], adapter.factors[m][1], atol=1e-3)
