@@ -52,6 +52,8 @@ class TrainDoc:
     chunking: str = "tokens"
     """How the adapter's chunks are cut: ``"tokens"``: ``num_chunks`` near-equal token chunks;
     ``"sentences"``/``"auto"``: as the engine cuts them (:func:`~d2l_haystack.core.prompts.chunk_text_ids`)."""
+    chunks: list[list[int]] | None = None
+    """The token ids of the chunks to encode, when chosen in advance (``Phase.max_chunks``)."""
     meta: dict[str, Any] = field(default_factory=dict)
 
 

@@ -75,6 +75,11 @@ class Phase:
     """How single-chunk documents of this phase are cut into adapter chunks: ``"tokens"``: one chunk;
     ``"sentences"`` or ``"auto"``: as the engine with that chunking cuts them (one chunk per
     sentence), so training sees the layout a workspace with ``chunking: auto`` serves."""
+    max_chunks: int = 0
+    """With sentence chunks: apply at most this many chunks per document, as the engine does at
+    question time (it applies the ``max_chunks`` chunks the question is about): every chunk that
+    holds an answer to one of the document's questions, then others drawn at random, in document
+    order (0: all). Only the kept chunks are encoded."""
     squad_sentences: int = 0
     """SQuAD documents (gold and swapped) of this phase are runs of 1 to this many sentences of a
     paragraph around a gold answer, asked their gold questions (:func:`.data.squad_run_document`,
@@ -86,6 +91,8 @@ class Phase:
             raise ValueError(f"unknown document kinds {unknown} in mix; known: {', '.join(DOC_KINDS)}")
         if self.fact_kinds is not None:
             D.fact_kind_probs(self.fact_kinds)  # fail at load time, not at the first document
+        if self.max_chunks < 0:
+            raise ValueError(f"max_chunks must be 0 (all) or more, got {self.max_chunks}")
         if self.chunking not in CHUNKINGS:
             raise ValueError(f"chunking must be one of {', '.join(CHUNKINGS)}, got {self.chunking!r}")
         for name in ("cloze_sentences", "squad_sentences"):
@@ -375,11 +382,26 @@ class Trainer:
                                           fact_kinds=phase.fact_kinds)
             doc.num_chunks = chunks
             doc.chunking = phase.chunking if chunks == 1 else "tokens"
+            if doc.chunking != "tokens" and phase.max_chunks:
+                doc.chunks = self._kept_chunks(rng, doc, phase.max_chunks)
             if self.unrelated and rng.random() < self.cfg.unrelated_prob:
                 u = self.unrelated[int(rng.integers(len(self.unrelated)))]
                 doc.qas.append(D.QA(u["question"], u["answer"], "unrelated"))
             docs.append(doc)
         return docs
+
+    def _kept_chunks(self, rng: np.random.Generator, doc: D.TrainDoc, max_chunks: int) -> list[list[int]]:
+        """The chunks of ``doc`` an engine would apply (see :attr:`Phase.max_chunks`)."""
+        chunks = chunk_text_ids(self.fmt, doc.text, doc.chunking, self.hypernet.config.chunk_tokens)
+        if len(chunks) <= max_chunks:
+            return chunks
+        answers = [qa.answer.lower() for qa in doc.qas if qa.kind != "unrelated" and qa.answer.strip()]
+        texts = [self.tok.decode(c).lower() for c in chunks]
+        holding = [i for i, t in enumerate(texts) if any(a in t for a in answers)][:max_chunks]
+        others = [i for i in range(len(chunks)) if i not in holding]
+        fill = rng.choice(len(others), size=max_chunks - len(holding), replace=False) if others else []
+        keep = sorted(holding + [others[int(j)] for j in fill])
+        return [chunks[i] for i in keep]
 
     # -- the loss ---------------------------------------------------------------------------
     def _autocast(self) -> Any:
@@ -391,7 +413,9 @@ class Trainer:
         """Per-document factors ``(docs, L, K*r + rb, d)`` and the L1 penalty of the generated part."""
         wrapped, counts = [], []
         for doc in docs:
-            if doc.chunking == "tokens":
+            if doc.chunks is not None:
+                chunks = doc.chunks
+            elif doc.chunking == "tokens":
                 ids = self.fmt.document_ids(doc.text)
                 chunks = chunk_token_ids(ids, max(1, -(-len(ids) // doc.num_chunks)))
             else:

@@ -260,3 +260,26 @@ def test_sentence_chunking_trains_the_layout_the_engine_serves(data_trainer, tmp
         # the same chunks in the same order (the engine pads its batch differently: float noise)
         assert torch.allclose(a[0], adapter.factors[m][0], atol=1e-3)
         assert torch.allclose(b[0], adapter.factors[m][1], atol=1e-3)
+
+
+@pytest.mark.requires_squad
+def test_at_most_max_chunks_are_kept_and_the_answer_is_among_them(data_trainer):
+    import numpy as np
+
+    from d2l_haystack.training.data import QA, TrainDoc
+
+    sentences = [f"Room {i} is on floor {i + 1}." for i in range(12)]
+    sentences[7] = "The spare key is kept in the blue tin."
+    doc = TrainDoc(" ".join(sentences), [QA("Where is the spare key kept?", "in the blue tin"),
+                                         QA("Who wrote Hamlet?", "Shakespeare", "unrelated")], "realistic",
+                   chunking="auto")
+    kept = data_trainer._kept_chunks(np.random.default_rng(0), doc, 4)
+    texts = [data_trainer.tok.decode(c) for c in kept]
+    every = [data_trainer.tok.decode(c) for c in data_trainer._kept_chunks(np.random.default_rng(0), doc, 99)]
+    assert len(kept) == 4 and len(every) == 12
+    assert any("blue tin" in t for t in texts)
+    assert [every.index(t) for t in texts] == sorted(every.index(t) for t in texts)  # document order
+    from d2l_haystack.training.trainer import Phase
+
+    with pytest.raises(ValueError, match="max_chunks"):
+        Phase(until_step=1, max_chunks=-1)
