@@ -90,12 +90,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _open(args: argparse.Namespace, create: bool) -> Any:
+def _open(args: argparse.Namespace, create: bool, recover: bool = True) -> Any:
     from d2l_haystack.kb.workspace import Workspace
 
     path = args.workspace or _default_workspace()
     settings = _settings(args) if create else {}
-    return Workspace(path, create=create, device=getattr(args, "device", None), **settings)
+    return Workspace(path, create=create, device=getattr(args, "device", None), recover=recover, **settings)
 
 
 def _short(path: str) -> str:
@@ -201,7 +201,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 # -- status -------------------------------------------------------------------------------
 def _cmd_status(args: argparse.Namespace) -> int:
-    ws = _open(args, create=False)
+    ws = _open(args, create=False, recover=False)  # status loads no model: it never redoes an update
     st = ws.status()
     if args.json:
         print(json.dumps(st, indent=2))
@@ -214,19 +214,52 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if st["queries"]:
         print("queries by route: " + ", ".join(f"{k} {v}" for k, v in sorted(st["queries"].items())))
     if st["pending_recovery"]:
-        print("note: an interrupted operation is waiting to be redone (reopen with `d2l index`)")
+        print(f"note: an interrupted update is waiting to be redone (`d2l repair -w {_short(st['workspace'])}`)")
+    if st["rag_index_problem"]:
+        print(f"damaged: the RAG index ({st['rag_index_problem']}); `d2l repair -w {_short(st['workspace'])}`")
+    damaged = [d for d in st["documents"] if d["problem"]]
+    if damaged:
+        print(f"damaged: {len(damaged)} adapter(s), flagged below; `d2l repair -w {_short(st['workspace'])}`")
     if not st["documents"]:
         return 0
     print(f"\n{'route':<5} {'size':>9} {'queries':>7} {'changes':>7} {'last change':>12}  document")
     for d in st["documents"]:
         size = _size(d["adapter_bytes"]) if d["route"] == "d2l" else f"{d['chunks']} chunks"
         flag = "" if d["exists"] in (None, True) else "  (file missing)"
+        flag += "  (adapter damaged)" if d["problem"] else ""
         print(f"{d['route'] or '-':<5} {size:>9} {d['queries']:>7} {d['changes']:>7} {_ago(d['last_change']):>12}  "
               f"{_short(d['path'])}{flag}")
         print(f"{'':5} why: {d['reason']}")
         for c in d.get("route_changes", [])[-3:]:  # the latest route changes, each with its reason
             print(f"{'':5} moved {c['from']} -> {c['to']} {_ago(c['at'])}: {c.get('reason', '')}")
     return 0
+
+
+# -- verify / repair ----------------------------------------------------------------------
+def _cmd_verify(args: argparse.Namespace) -> int:
+    ws = _open(args, create=False, recover=False)  # reads everything, changes nothing
+    problems = ws.verify()
+    if args.json:
+        print(json.dumps({"workspace": str(ws.path), "problems": problems}, indent=2))
+    else:
+        for line in problems:
+            print(f"problem  {line}")
+        print(f"workspace {_short(str(ws.path))}: " + (f"{len(problems)} problem(s); fix with "
+                                                       f"`d2l repair -w {_short(str(ws.path))}`" if problems
+                                                       else "healthy"))
+    return 1 if problems else 0
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    _quiet()
+    ws = _open(args, create=False, recover=False)  # repair() finishes an interrupted update itself
+    done = ws.repair(on_action=lambda line: print(f"repaired {line}"))
+    left = ws.verify()
+    for line in left:
+        print(f"problem  {line}", file=sys.stderr)
+    print(f"workspace {_short(str(ws.path))}: " + (f"{len(done)} repair(s)" if done else "nothing to repair")
+          + (f", {len(left)} problem(s) left" if left else ", healthy"))
+    return 1 if left else 0
 
 
 # -- remove -------------------------------------------------------------------------------
@@ -353,6 +386,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_workspace(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_status)
+
+    p = subparsers.add_parser("verify", help="check a workspace: adapter checksums, chunks, records, store files",
+                              description="Read every record, adapter file (against its checksum) and the RAG "
+                                          "index; print one line per problem. Exit 1 when there is any. "
+                                          "Changes nothing.")
+    _add_workspace(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_cmd_verify)
+
+    p = subparsers.add_parser("repair", help="fix what `d2l verify` finds, from the records and the source files",
+                              description="Finish an interrupted update, rebuild a damaged RAG index (the damaged "
+                                          "one is moved aside, not deleted), re-internalize damaged adapters, "
+                                          "forget files that are gone, drop what nothing refers to.")
+    _add_workspace(p)
+    add_device_option(p)
+    p.set_defaults(handler=_cmd_repair)
 
     p = subparsers.add_parser("remove", help="remove files from a workspace (adapter, chunks and record)")
     p.add_argument("paths", nargs="+", metavar="PATH")

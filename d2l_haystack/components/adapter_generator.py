@@ -183,8 +183,10 @@ class AdapterGenerator:
         :param routing: the :class:`QueryRouter` decision, copied into the reply meta.
         :param adapter_weights: one weight per adapter (default 1.0 each).
         :returns: ``replies``: one assistant message.
-        :raises AdapterError: an unknown or damaged adapter id, or adapters without a store.
-        :raises InputError: no user message, or an unsupported message role.
+        :raises AdapterError: an unknown adapter id, or adapters without a store (a damaged adapter
+            is left out of the answer, logged and listed in the reply's ``damaged_adapters`` meta).
+        :raises InputError: no user message, an unsupported message role, or ``adapter_weights``
+            not one per adapter id.
         """
         chat = self._messages(messages)
         if not chat or chat[-1]["role"] != "user" or not chat[-1]["content"].strip():
@@ -192,12 +194,26 @@ class AdapterGenerator:
         user_question = chat[-1]["content"]  # before retrieved context is added to it
         self.warm_up()
         engine = self._engine
-        ids = list(dict.fromkeys(adapter_ids or []))
-        adapters = []
-        if ids:
-            if self._store is None:
-                raise AdapterError("AdapterGenerator got adapter_ids but has no store")
-            adapters = [self._store.get(i) for i in ids]
+        requested = list(adapter_ids or [])
+        if adapter_weights is not None and len(adapter_weights) != len(requested):
+            raise InputError(f"adapter_weights has {len(adapter_weights)} weights for {len(requested)} adapter ids")
+        first = dict(zip(requested, adapter_weights or [1.0] * len(requested), strict=True))  # duplicates: once
+        adapters, weights, damaged = [], [], []
+        if first and self._store is None:
+            raise AdapterError("AdapterGenerator got adapter_ids but has no store")
+        for doc_id, weight in first.items():
+            assert self._store is not None
+            try:
+                adapters.append(self._store.get(doc_id))
+                weights.append(float(weight))
+            except AdapterError as exc:
+                if doc_id not in self._store:
+                    raise
+                # one damaged file must not fail the question: answer without it, say so, log it
+                logger.warning("answering without the damaged adapter of %s (%s); `d2l repair` re-internalizes it",
+                               doc_id, exc)
+                damaged.append(doc_id)
+        ids = [i for i in first if i not in damaged]
         used_docs: list[Document] = []
         if documents:
             context, used_docs = self._context(documents)
@@ -214,7 +230,8 @@ class AdapterGenerator:
         if routing and routing.get("route") in ("d2l", "hybrid"):
             kwargs.setdefault("gate", False)  # the router already judged the adapters relevant
         question: str | list[dict[str, str]] = chat[0]["content"] if len(chat) == 1 else chat
-        result = engine.generate(question, adapters=adapters or None, weights=adapter_weights,
+        result = engine.generate(question, adapters=adapters or None,
+                                 weights=weights if adapter_weights is not None and adapters else None,
                                  streaming_callback=on_text if callback is not None else None,
                                  query=user_question, **kwargs)
         finish: Literal["length", "stop"] = (
@@ -234,6 +251,8 @@ class AdapterGenerator:
             route = "base"
         if routing and routing.get("route"):
             route = routing["route"]
+        if not adapters and not used_docs:  # nothing applied, nothing in the prompt: the base model answered
+            route = "base"
         meta: dict[str, Any] = {
             "model": engine.loaded.name, "checkpoint_id": engine.checkpoint_id, "route": route,
             "adapters": ids, "chunks": [{"id": d.id, "source": source_key(d.meta, d.id), "score": d.score}
@@ -247,6 +266,8 @@ class AdapterGenerator:
             meta["adapter_chunks"] = {"applied": result.meta["chunks_applied"], "total": result.meta["chunks_total"],
                                       **{k: result.meta[k] for k in ("selection", "relevance", "gated")
                                          if k in result.meta}}
+        if damaged:
+            meta["damaged_adapters"] = damaged
         if routing:
             meta["routing"] = routing
         return {"replies": [ChatMessage.from_assistant(result.text, meta=meta)]}

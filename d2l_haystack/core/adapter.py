@@ -12,9 +12,9 @@ atomically. :meth:`Adapter.to_peft` writes a standard PEFT LoRA folder that ``pe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .errors import AdapterError
+from .fileio import temp_beside
 from .lora import Factors
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -175,10 +176,10 @@ class Adapter:
             assert self.keys is not None and self.key_chunks is not None
             tensors["keys.vectors"] = self.keys.detach().to("cpu", torch.float16).contiguous()
             tensors["keys.chunks"] = self.key_chunks.detach().to("cpu", torch.int32).contiguous()
-        fd, tmp = tempfile.mkstemp(prefix=".adapter-", suffix=".tmp", dir=target.parent)
+        fd, tmp = temp_beside(target, prefix=".adapter-")
         os.close(fd)
         try:
-            save_file(tensors, tmp, metadata=self._metadata())
+            save_file(tensors, tmp, metadata={**self._metadata(), "data_sha256": tensor_digest(tensors)})
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -206,6 +207,9 @@ class Adapter:
             raise AdapterError(f"damaged adapter file {target}: {exc}") from exc
         if meta.get("d2l_format") != FORMAT_VERSION:
             raise AdapterError(f"{target} is not a d2l-haystack adapter (format {meta.get('d2l_format')!r})")
+        digest = meta.get("data_sha256")  # files written before checksums were added have none
+        if digest is not None and digest != tensor_digest(tensors):
+            raise AdapterError(f"damaged adapter file {target}: its tensor data does not match its checksum")
         factors: Factors = {}
         for k in keys:
             if k.endswith(".A"):
@@ -295,3 +299,15 @@ def compose(adapters: list[Adapter], weights: list[float] | None = None) -> Fact
                 parts.setdefault(m, []).append((a, b * adapter.scale))
     return {m: (torch.cat([a for a, _ in p], dim=1), torch.cat([b for _, b in p], dim=1))
             for m, p in parts.items()}
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order): the checksum an
+    adapter file carries in its header (``data_sha256``), so damage to the tensor data is caught
+    on load, not served as a silently wrong adapter."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
+from .fileio import temp_beside
 
 CHECKPOINT_WEIGHTS = "hypernet.safetensors"
 CHECKPOINT_CONFIG = "config.json"
@@ -281,13 +281,13 @@ def save_checkpoint(hypernet: Hypernetwork, folder: str | Path, info: dict[str, 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in hypernet.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=".hypernet-", suffix=".tmp", dir=folder)
+    fd, tmp = temp_beside(folder / "hypernet", prefix=".hypernet-")
     os.close(fd)
     save_file(tensors, tmp, metadata={"format": "pt"})
     os.replace(tmp, folder / CHECKPOINT_WEIGHTS)
     ckpt_id = file_sha256(folder / CHECKPOINT_WEIGHTS)[:12]
     payload = {"hypernet": hypernet.config.to_dict(), "checkpoint_id": ckpt_id, "info": info or {}}
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=folder)
+    fd, tmp = temp_beside(folder / "config", prefix=".config-")
     with os.fdopen(fd, "w") as fh:
         json.dump(payload, fh, indent=2)
     os.replace(tmp, folder / CHECKPOINT_CONFIG)

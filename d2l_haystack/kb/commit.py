@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from d2l_haystack.kb.settings import read_json
-from d2l_haystack.stores.files import PerPath, atomic_write_json
+from d2l_haystack.stores.files import PerPath, atomic_write_json, open_lock_file
 
 try:  # POSIX
     import fcntl
@@ -65,7 +65,9 @@ class Journal:
         """Whether an operation is pending and its process is gone (the workspace lock is free)."""
         if fcntl is None or not self.pending():
             return False
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(lock_path)
+        if fd is None:
+            return False  # a read-only workspace without a lock file: nothing can be redone here
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -122,8 +124,9 @@ class CommitGate:
         fd = None
         try:
             if fcntl is not None:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                fd = open_lock_file(self.path)
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             local.depth, local.exclusive = 1, exclusive
             yield
         finally:

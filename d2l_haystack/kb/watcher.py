@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from d2l_haystack.core.errors import InputError
+from d2l_haystack.kb.settings import WorkspaceError
 from d2l_haystack.kb.watch_scope import DEFAULT_MAX_FILE_BYTES, WatchScope, inside
 from d2l_haystack.kb.workspace import IndexResult, Workspace
 
@@ -178,6 +179,8 @@ class DocumentWatcher:
         """Start the worker and the observer; reconcile first (when enabled). Returns ``self``."""
         if self._thread is not None:
             raise RuntimeError("this DocumentWatcher was already started")
+        if self.workspace.read_only:
+            raise WorkspaceError(f"workspace {self.workspace.path} is read-only: a watcher cannot update it")
         from watchdog.events import (
             DirCreatedEvent,
             DirDeletedEvent,

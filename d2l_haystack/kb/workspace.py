@@ -56,7 +56,7 @@ import numpy as np
 from haystack import Document
 
 from d2l_haystack.components import ChunkWriter, DocToLoRAConverter, InternalizationRouter
-from d2l_haystack.components._utils import source_filter
+from d2l_haystack.components._utils import source_filter, source_key
 from d2l_haystack.components.internalization_router import parse_route
 from d2l_haystack.components.query_router import chunk_similarity
 from d2l_haystack.components.source_file_converter import read_source, supported_suffixes, title_of
@@ -72,7 +72,8 @@ from d2l_haystack.kb.settings import (
     settings_of,
 )
 from d2l_haystack.stores import AdapterStore, PersistentFAISSDocumentStore
-from d2l_haystack.stores.files import atomic_write_json, file_signature, shared_lock
+from d2l_haystack.stores.faiss_document_store import DamagedIndexError
+from d2l_haystack.stores.files import atomic_write_json, file_signature, shared_lock, writable
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class Workspace:
     """
 
     def __init__(self, path: str | Path, *, create: bool = True, device: str | None = None,
-                 **settings: Any) -> None:
+                 recover: bool = True, **settings: Any) -> None:
         self.path = Path(path).expanduser().resolve()
         self.device = device
         self._lock = shared_lock(self.path / ".lock")
@@ -147,10 +148,38 @@ class Workspace:
         self.config = config
         self.settings: dict[str, Any] = settings_of(config)
         self.adapters = AdapterStore.open(self.path / "adapters")
-        self.faiss = PersistentFAISSDocumentStore.open(self.path / "faiss" / "index", embedding_dim=EMBEDDING_DIM)
+        self.faiss_problem: str | None = None
+        """Why the RAG index could not be read (``None``: healthy); :meth:`repair` rebuilds it."""
+        self.faiss = self._open_faiss()
         with self._locked():
             pass  # loads files.json (damage is reported here)
-        self._recover()
+        if self.read_only:
+            if self._journal.pending():
+                logger.warning("workspace %s is read-only: an interrupted update is waiting; it is redone "
+                               "by the next writing command where the workspace can be written", self.path)
+        else:
+            self._recover(heavy=recover)
+
+    def _open_faiss(self) -> PersistentFAISSDocumentStore:
+        """The RAG index; a damaged one is kept on disk as it is (for :meth:`repair`) and replaced in
+        memory by an empty one, so status and adapter answers keep working."""
+        try:
+            store = PersistentFAISSDocumentStore.open(self.path / "faiss" / "index", embedding_dim=EMBEDDING_DIM)
+            store.count_documents()  # a store this process already holds re-reads the files if they changed
+            self.faiss_problem = None
+            return store
+        except DamagedIndexError as exc:
+            self.faiss_problem = str(exc)
+            logger.warning("workspace %s: %s; RAG chunks cannot be retrieved until `d2l repair -w %s` rebuilds "
+                           "the index", self.path, exc, self.path)
+            return PersistentFAISSDocumentStore(None, embedding_dim=EMBEDDING_DIM)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this process cannot write the workspace (a read-only mount or no permission):
+        :meth:`query` and :meth:`status` work, without counting queries; updates raise
+        :class:`WorkspaceError`."""
+        return not writable(self.path)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.path)!r}, documents={len(self._files)})"
@@ -188,10 +217,29 @@ class Workspace:
         self._files_sig = file_signature(path)
 
     def _journal_op(self, op: dict[str, Any] | None) -> None:
-        self._journal.clear() if op is None else self._journal.write(op)
+        """Record the update about to start (every update passes here first), or clear it.
 
-    def _recover(self) -> None:
-        """Redo the operation an interrupted run left in the journal."""
+        :raises WorkspaceError: the workspace is read-only (nothing has been changed).
+        """
+        if op is None:
+            self._journal.clear()
+            return
+        if self.read_only:
+            raise WorkspaceError(f"workspace {self.path} is read-only: cannot {op.get('op', 'update')} "
+                                 f"{op.get('doc_id', '')}".rstrip())
+        if self.faiss_problem:
+            raise WorkspaceError(f"the RAG index of workspace {self.path} is damaged ({self.faiss_problem}); "
+                                 f"run `d2l repair -w {self.path}` first")
+        self._journal.write(op)
+
+    def _recover(self, heavy: bool = True) -> None:
+        """Finish or roll back the operation an interrupted run left in the journal.
+
+        An index interrupted before its commit (``phase: prepare``, the long part: internalizing,
+        embedding) had changed nothing: it is rolled back, never replayed. Renames and removals
+        are redone (cheap). An index interrupted during its commit is redone, only when ``heavy``
+        (writing commands; reading ones leave it for the next writer and :meth:`status` says so).
+        """
         with self._locked():
             try:
                 op = self._journal.read()
@@ -200,6 +248,16 @@ class Workspace:
                 self._journal_op(None)
                 return
             if op is None:
+                return
+            if op.get("op") == "index" and op.get("phase") == "prepare":
+                logger.warning("workspace %s: the interrupted index of %s had changed nothing; rolled back "
+                               "(index it again)", self.path, op.get("doc_id"))
+                self._journal_op(None)
+                self.adapters.gc()
+                return
+            if op.get("op") == "index" and not heavy:
+                logger.warning("workspace %s: the interrupted index of %s is redone by the next writing command",
+                               self.path, op.get("doc_id"))
                 return
             logger.warning("workspace %s: redoing the interrupted operation %s %s", self.path, op.get("op"),
                            op.get("doc_id"))
@@ -224,8 +282,8 @@ class Workspace:
 
     def _repair_if_abandoned(self) -> None:
         """Redo an update whose process died mid-way (journal left, lock free) before answering from it."""
-        if self._journal.abandoned(self.path / ".lock"):
-            self._recover()
+        if not self.read_only and self._journal.abandoned(self.path / ".lock"):
+            self._recover(heavy=False)
 
     # -- components (loaded on first use) -------------------------------------------------
     def _engine_params(self) -> dict[str, Any]:
@@ -356,9 +414,9 @@ class Workspace:
     def _materialized(self, doc_id: str, rec: dict[str, Any]) -> bool:
         if rec.get("model") != self.settings["model"] or rec.get("checkpoint") != self.settings["checkpoint"]:
             return False
-        if rec.get("route") == "d2l":
+        if rec.get("route") == "d2l":  # present, of this content, and not damaged
             entry = self.adapters.info(doc_id)
-            return bool(entry and entry["content_hash"] == rec.get("hash"))
+            return bool(entry and entry["content_hash"] == rec.get("hash") and self.adapters.check(doc_id) is None)
         if rec.get("route") == "rag":
             return self.faiss.count_documents_by_filter(source_filter(doc_id)) > 0
         return False
@@ -395,7 +453,7 @@ class Workspace:
             routed = self._component("router").run(documents=[doc], history=self._history(doc_id, rec))
             to_d2l = bool(routed["internalize"])
             doc = (routed["internalize"] or routed["index"])[0]
-            op: dict[str, Any] = {"op": "index", "doc_id": doc_id, "route": route}
+            op: dict[str, Any] = {"op": "index", "doc_id": doc_id, "route": route, "phase": "prepare"}
             if keep_text:
                 op.update(text=text, meta=meta)
             self._journal_op(op)
@@ -410,6 +468,7 @@ class Workspace:
                 for i, chunk in enumerate(split):
                     chunk.meta["d2l_chunk"] = i
                 embedded = self._component("embedder").run(documents=split)["documents"]
+            self._journal_op({**op, "phase": "commit"})  # from here on the stores change
             with self._gate.exclusive():  # queries see the old state or the new one, never a mix
                 if to_d2l:  # the converter stores the adapter and removes the document's chunks
                     assert prepared is not None
@@ -572,6 +631,7 @@ class Workspace:
                 raise
         reply = result["answer_joiner"]["value"][0]
         routing = result["query_router"]["routing"]
+        route = reply.meta.get("route", routing["route"])  # "base" when nothing was applied or retrieved
         seconds = time.perf_counter() - start
         with self._locked():
             adapters = []
@@ -589,10 +649,11 @@ class Workspace:
                     self._files[doc_id]["queries"] = int(self._files[doc_id].get("queries", 0)) + 1
                     self._files[doc_id]["last_query"] = now
             q = self._stats.setdefault("queries", {})
-            q[routing["route"]] = int(q.get(routing["route"], 0)) + 1
+            q[route] = int(q.get(route, 0)) + 1
             secs = self._stats.setdefault("seconds", {})
-            secs[routing["route"]] = round(float(secs.get(routing["route"], 0.0)) + seconds, 4)
-            self._save_files()
+            secs[route] = round(float(secs.get(route, 0.0)) + seconds, 4)
+            if not self.read_only:  # a read-only workspace answers without counting
+                self._save_files()
         explanation = None
         if explain:
             retrieved = result.get("retriever", {}).get("documents", [])
@@ -602,7 +663,7 @@ class Workspace:
                 "retrieved": [{"source": d.meta.get("file_path"), "similarity": chunk_similarity(d, emb),
                                "text": (d.content or "")[:160]} for d in retrieved],
             }
-        return QueryResult(question=question, answer=reply.text or "", route=routing["route"],
+        return QueryResult(question=question, answer=reply.text or "", route=route,
                            reason=routing["reason"], adapters=adapters, chunks=chunks, seconds=round(seconds, 4),
                            generation_seconds=reply.meta.get("seconds", 0.0), meta=dict(reply.meta),
                            explanation=explanation)
@@ -628,6 +689,7 @@ class Workspace:
                     "first_seen": rec.get("first_seen"), "last_query": rec.get("last_query"),
                     "checkpoint_id": entry["checkpoint_id"] if entry else None,
                     "exists": Path(doc_id).is_file() if Path(doc_id).is_absolute() else None,
+                    "problem": (self.adapters.quick_check(doc_id) if rec.get("route") == "d2l" else None),
                     "route_changes": list(rec.get("route_history", []))[-5:],
                 })
             pending = self._journal.pending()
@@ -639,7 +701,7 @@ class Workspace:
                            "adapter_bytes": sum(d["adapter_bytes"] for d in docs),
                            "chunks": self.faiss.count_documents()},
                 "queries": dict(self._stats.get("queries", {})), "query_seconds": dict(self._stats.get("seconds", {})),
-                "pending_recovery": pending,
+                "pending_recovery": pending, "rag_index_problem": self.faiss_problem,
                 "route_changes": sorted(({"path": d["path"], **c} for d in docs for c in d["route_changes"]),
                                         key=lambda c: c.get("at") or 0.0)[-20:],
             }
@@ -668,12 +730,90 @@ class Workspace:
             return sum(int(v) for v in self._stats.get("queries", {}).values())
 
     def verify(self) -> list[str]:
-        """Integrity problems (damaged or orphan adapter files, records without data); empty: healthy."""
-        problems = self.adapters.verify()
+        """Every integrity problem, one line each (empty: healthy): adapter files against their
+        checksums, orphan files, records without their adapter or chunks, chunks without a record,
+        records of vanished files, a damaged RAG index, an interrupted update. Reads everything;
+        changes nothing (:meth:`repair` fixes what it finds)."""
+        problems = [f"RAG index: {self.faiss_problem}"] if self.faiss_problem else []
+        problems += self.adapters.verify()
         with self._locked():
-            for doc_id, rec in self._files.items():
+            if self._journal.pending():
+                problems.append("an interrupted update is waiting to be redone")
+            chunk_sources = self._chunk_sources()
+            for doc_id, rec in sorted(self._files.items()):
+                if Path(doc_id).is_absolute() and not Path(doc_id).is_file():
+                    problems.append(f"{doc_id}: the file is gone (its record, adapter or chunks are stale)")
                 if rec.get("route") == "d2l" and doc_id not in self.adapters:
                     problems.append(f"{doc_id}: routed to D2L but has no adapter")
-                if rec.get("route") == "rag" and not self.faiss.count_documents_by_filter(source_filter(doc_id)):
+                if rec.get("route") == "rag" and doc_id not in chunk_sources and not self.faiss_problem:
                     problems.append(f"{doc_id}: routed to RAG but has no chunks")
+            for source in sorted(chunk_sources - set(self._files)):
+                problems.append(f"{source}: chunks in the RAG index without a record")
+            for entry in self.adapters.list():
+                if entry["id"] not in self._files:
+                    problems.append(f"{entry['id']}: an adapter without a record")
         return problems
+
+    def _chunk_sources(self) -> set[str]:
+        """The document ids that have chunks in the RAG index."""
+        return {source_key(d.meta, d.id) for d in self.faiss.filter_documents()}
+
+    def repair(self, on_action: Callable[[str], None] | None = None) -> list[str]:
+        """Fix what :meth:`verify` finds, from the records and the source files: finish an
+        interrupted update; move a damaged RAG index aside (``faiss.damaged-<time>``, kept) and
+        rebuild it; re-index documents whose adapter or chunks are damaged or missing; forget
+        files that are gone; drop chunks, adapters and files nothing refers to.
+
+        :param on_action: called with each line of what was done, as it is done.
+        :returns: what was done, one line each (empty: nothing needed doing).
+        :raises WorkspaceError: the workspace is read-only.
+        """
+        if self.read_only:
+            raise WorkspaceError(f"workspace {self.path} is read-only: cannot repair it")
+        done: list[str] = []
+
+        def did(line: str) -> None:
+            done.append(line)
+            logger.info("repair %s: %s", self.path, line)
+            if on_action is not None:
+                on_action(line)
+
+        with self._locked():
+            if self.faiss_problem:
+                folder = self.path / "faiss"
+                aside = folder.with_name(f"faiss.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(folder, aside)
+                problem, self.faiss = self.faiss_problem, self._open_faiss()
+                self._components.clear()  # the pipelines held the old store
+                self._query_pipeline = None
+                did(f"RAG index damaged ({problem}): moved aside to {aside.name}, rebuilt from the sources")
+            if self._journal.pending():
+                self._recover(heavy=True)
+                did("finished the interrupted update")
+            for doc_id, rec in sorted(self._files.items()):
+                source = Path(doc_id)
+                if source.is_absolute() and not source.is_file():
+                    self._remove(doc_id)
+                    did(f"forgot {doc_id}: the file is gone")
+                elif not self._materialized(doc_id, rec):
+                    if not source.is_absolute():
+                        did(f"cannot rebuild {doc_id}: it was indexed from text, not a file (index it again)")
+                        continue
+                    try:
+                        result = self.index_file(doc_id, force=True)
+                    except InputError as exc:
+                        self._remove(doc_id)
+                        did(f"forgot {doc_id}: {exc}")
+                        continue
+                    did(f"re-indexed {doc_id} ({result.route}: its adapter or chunks were damaged or missing)")
+            for source_id in sorted(self._chunk_sources() - set(self._files)):
+                self.faiss.delete_by_filter(source_filter(source_id))
+                did(f"dropped the chunks of {source_id} (no record)")
+            for entry in self.adapters.list():
+                if entry["id"] not in self._files:
+                    self.adapters.delete(entry["id"])
+                    did(f"dropped the adapter of {entry['id']} (no record)")
+            removed = self.adapters.gc()
+            if removed:
+                did(f"deleted {removed} adapter file(s) nothing refers to")
+        return done

@@ -32,7 +32,7 @@ import numpy as np
 from d2l_haystack.core.adapter import Adapter
 from d2l_haystack.core.errors import AdapterError
 
-from .files import atomic_write_json, file_signature, sha256_file, shared_lock
+from .files import atomic_write_json, file_signature, sha256_file, shared_lock, writable
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class AdapterStore:
                     and (chunking is None or entry_chunking(entry) == chunking))
 
     def _verified(self, doc_id: str, entry: dict[str, Any], role: str) -> Path:
-        name, expected = entry["files"][role]
+        name, expected = entry["files"][role][:2]
         path = self._file(name)
         if not path.is_file():
             raise AdapterError(f"adapter of '{doc_id}' is missing its file {path}")
@@ -280,11 +280,13 @@ class AdapterStore:
             return matrix
 
     # -- writing --------------------------------------------------------------------------
-    def _write_object(self, tmp: Path, key: str, suffix: str) -> tuple[str, str]:
+    def _write_object(self, tmp: Path, key: str, suffix: str) -> tuple[str, str, int]:
+        """Move a finished temporary file into ``objects/``: ``(name, sha256, size)`` for the manifest."""
         sha = sha256_file(tmp)
+        size = tmp.stat().st_size
         name = f"{key}.{sha[:16]}{suffix}"
         os.replace(tmp, self._file(name))
-        return name, sha
+        return name, sha, size
 
     def put(self, doc_id: str, adapter: Adapter, *, source: str | None = None,
             routing: np.ndarray | None = None, title: str | None = None,
@@ -334,7 +336,7 @@ class AdapterStore:
 
     def _remove_files(self, entry: dict[str, Any], keep: dict[str, Any] | None = None) -> None:
         keep_names = {f[0] for f in (keep or {}).get("files", {}).values()}
-        for name, _ in entry.get("files", {}).values():
+        for name, *_ in entry.get("files", {}).values():
             if name not in keep_names:
                 self._file(name).unlink(missing_ok=True)
 
@@ -370,8 +372,9 @@ class AdapterStore:
             return True
 
     def record_query(self, doc_ids: builtins.list[str]) -> None:
-        """Count one query for each of ``doc_ids`` (unknown ids are ignored)."""
-        if not doc_ids:
+        """Count one query for each of ``doc_ids`` (unknown ids are ignored; nothing is counted in a
+        read-only store)."""
+        if not doc_ids or not writable(self.path):
             return
         with self._lock:
             self._refresh()
@@ -399,6 +402,24 @@ class AdapterStore:
                     self._verified(doc_id, entry, role)
             except AdapterError as exc:
                 return str(exc)
+            return None
+
+    def quick_check(self, doc_id: str) -> str | None:
+        """:meth:`check` without reading the files: each one present with its recorded size
+        (manifests written before sizes were recorded: present). ``None`` when nothing is wrong."""
+        with self._lock:
+            self._refresh()
+            entry = self._entries.get(doc_id)
+            if entry is None:
+                return f"no adapter for '{doc_id}'"
+            for name, _sha, *size in entry["files"].values():
+                path = self._file(name)
+                try:
+                    actual = path.stat().st_size
+                except FileNotFoundError:
+                    return f"adapter of '{doc_id}' is missing its file {path}"
+                if size and actual != size[0]:
+                    return f"adapter of '{doc_id}' is damaged: {path} has {actual} bytes, {size[0]} were written"
             return None
 
     def verify(self) -> builtins.list[str]:

@@ -35,11 +35,18 @@ from haystack.document_stores.errors import DocumentStoreError
 from haystack.document_stores.types import DuplicatePolicy
 from haystack_integrations.document_stores.faiss import FAISSDocumentStore
 
+from d2l_haystack.core.errors import D2LError
 from d2l_haystack.core.keys import EMBEDDING_DIM
 
-from .files import FileLock, atomic_write_bytes, file_signature, sha256_file, shared_lock
+from .files import FileLock, atomic_write_bytes, file_signature, sha256_file, shared_lock, writable
 
 logger = logging.getLogger(__name__)
+
+class DamagedIndexError(D2LError, DocumentStoreError):
+    """The persisted documents of a FAISS index (its ``.json``) are missing or unreadable; a
+    :class:`~d2l_haystack.core.errors.D2LError` (one line at the command line) and Haystack's
+    ``DocumentStoreError`` (for code that catches that)."""
+
 
 _BASE_TYPE = "haystack_integrations.document_stores.faiss.document_store.FAISSDocumentStore"
 _REGISTRY: dict[str, PersistentFAISSDocumentStore] = {}
@@ -219,9 +226,9 @@ class PersistentFAISSDocumentStore(FAISSDocumentStore):
                 inverse = {k: int(v) for k, v in data["inverse_id_map"].items()}
                 next_id = int(data["next_id"])
             except FileNotFoundError as exc:
-                raise DocumentStoreError(f"FAISS index {faiss_path} has no document file {json_path}") from exc
+                raise DamagedIndexError(f"FAISS index {faiss_path} has no document file {json_path}") from exc
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise DocumentStoreError(f"damaged FAISS document file {json_path}: {exc}") from exc
+                raise DamagedIndexError(f"damaged FAISS document file {json_path}: {_one_line(exc)}") from exc
             index = None
             expected = data.get("faiss_sha256")
             if faiss_path.is_file() and (expected is None or sha256_file(faiss_path) == expected):
@@ -232,13 +239,33 @@ class PersistentFAISSDocumentStore(FAISSDocumentStore):
                 if index is not None and (index.ntotal != len(id_map) or index.d != self.embedding_dim):
                     index = None
             self.documents, self.id_map, self.inverse_id_map, self._next_id = documents, id_map, inverse, next_id
+            self._signature = sig  # before a write-back, which sets it to the file it writes
             if index is None:
-                logger.warning("FAISS index %s is missing or does not match %s; rebuilding it from the documents",
-                               faiss_path, json_path)
                 self._rebuild_index()
+                if writable(faiss_path.parent):  # written back once, so the warning does not repeat
+                    logger.warning("FAISS index %s is missing or does not match %s; rebuilt it from the documents",
+                                   faiss_path, json_path)
+                    self._save_index(faiss_path, expected or "")
+                else:
+                    logger.warning("FAISS index %s is missing or does not match %s; rebuilt it in memory "
+                                   "(read-only folder)", faiss_path, json_path)
             else:
                 self.index = index
-            self._signature = sig
+
+    def _save_index(self, faiss_path: Path, expected: str) -> None:
+        """Write the rebuilt ``.faiss`` file; the ``.json`` too when it names another checksum."""
+        import faiss
+
+        tmp = faiss_path.with_name(f".{faiss_path.name}.{os.getpid()}.tmp.faiss")
+        try:
+            faiss.write_index(self._get_index_or_raise(), str(tmp))
+            if sha256_file(tmp) == expected:
+                os.replace(tmp, faiss_path)
+                return
+        finally:
+            tmp.unlink(missing_ok=True)
+        if self.index_path:
+            self.save(self.index_path)
 
     def _rebuild_index(self) -> None:
         self._create_new_index()
@@ -295,3 +322,7 @@ class PersistentFAISSDocumentStore(FAISSDocumentStore):
         with self._locked():
             self._refresh()
             return super().search(query_embedding, top_k=top_k, filters=filters)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

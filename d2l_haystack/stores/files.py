@@ -18,10 +18,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,13 +33,16 @@ try:  # POSIX
 except ImportError:  # pragma: no cover - Windows: thread locking only
     fcntl = None  # type: ignore[assignment]
 
+from d2l_haystack.core.fileio import temp_beside
+
 T = TypeVar("T")
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -74,6 +77,32 @@ def file_signature(path: str | Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+_READ_ONLY_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def open_lock_file(path: str | Path) -> int | None:
+    """A file descriptor to ``flock`` on ``path`` (created if missing); on a read-only folder the
+    existing file opened for reading (``flock`` needs no write access), or ``None`` when there is
+    no lock file and none can be made (nobody can write there, so there is nothing to order)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY_ERRORS:
+            raise
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        if exc.errno in _READ_ONLY_ERRORS or exc.errno == errno.ENOENT:
+            return None
+        raise
+
+
+def writable(folder: str | Path) -> bool:
+    """Whether this process can create and replace files in ``folder`` (False on a read-only
+    mount or without write permission)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 class FileLock:
     """A re-entrant lock for threads of this process and for other processes.
 
@@ -86,18 +115,20 @@ class FileLock:
         self.path = Path(path)
         self._rlock = threading.RLock()
         self._depth = 0
-        self._fh: Any = None
+        self._fh: int | None = None
 
     def acquire(self) -> None:
         self._rlock.acquire()
         if self._depth == 0 and fcntl is not None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "a+b")  # noqa: SIM115 - held until release()
-                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+                if not self.path.parent.is_dir():
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open_lock_file(self.path)
+                if self._fh is not None:
+                    fcntl.flock(self._fh, fcntl.LOCK_EX)
             except BaseException:
                 if self._fh is not None:
-                    self._fh.close()
+                    os.close(self._fh)
                     self._fh = None
                 self._rlock.release()
                 raise
@@ -107,9 +138,9 @@ class FileLock:
         self._depth -= 1
         if self._depth == 0 and self._fh is not None:
             try:
-                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(self._fh, fcntl.LOCK_UN)
             finally:
-                self._fh.close()
+                os.close(self._fh)
                 self._fh = None
         self._rlock.release()
 

@@ -86,8 +86,11 @@ class TestAdapterGenerator:
             .meta["usage"]["prompt_tokens"]
         hybrid = generator.run(messages="What is the warranty?", documents=chunks, adapter_ids=["/manual.md"])
         assert hybrid["replies"][0].meta["route"] == "hybrid"
-        routed = generator.run(messages="q", routing={"route": "rag", "reason": "test"})["replies"][0]
-        assert routed.meta["route"] == "rag" and routed.meta["routing"]["reason"] == "test"
+        routed = generator.run(messages="q", routing={"route": "rag", "reason": "test"}, documents=chunks)
+        assert routed["replies"][0].meta["route"] == "rag" and routed["replies"][0].meta["routing"]["reason"] == "test"
+        # routed to RAG but nothing retrieved (and no adapter): the base model answered, and says so
+        empty = generator.run(messages="q", routing={"route": "rag", "reason": "test"}, documents=[])["replies"][0]
+        assert empty.meta["route"] == "base" and empty.meta["routing"]["route"] == "rag"
 
     def test_streaming(self, store: AdapterStore, engine_params: dict):
         collected.clear()

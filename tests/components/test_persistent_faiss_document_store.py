@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from haystack.document_stores.errors import DocumentStoreError
 from haystack_integrations.components.retrievers.faiss import FAISSEmbeddingRetriever
 from haystack_integrations.document_stores.faiss import FAISSDocumentStore
 
+from d2l_haystack.core.errors import D2LError
 from d2l_haystack.stores import PersistentFAISSDocumentStore
 
 from .conftest import unit
@@ -34,20 +36,32 @@ class TestPersistentFAISSDocumentStore:
         PersistentFAISSDocumentStore(index).write_documents([_doc("alpha", [1, 0])])
         assert FAISSDocumentStore(index_path=index, embedding_dim=384).count_documents() == 1
 
-    def test_mismatched_faiss_file_is_rebuilt(self, tmp_path: Path):
+    def test_mismatched_faiss_file_is_rebuilt_and_written_back(self, tmp_path: Path, caplog):
         index = str(tmp_path / "index")
         store = PersistentFAISSDocumentStore(index)
         store.write_documents([_doc("alpha", [1, 0])])
         (tmp_path / "index.faiss").write_bytes(b"garbage")  # a crash between the two renames, or damage
-        again = PersistentFAISSDocumentStore(index)
+        json_before = (tmp_path / "index.json").read_bytes()
+        with caplog.at_level(logging.WARNING):
+            again = PersistentFAISSDocumentStore(index)
         assert again.search(unit([1, 0]).tolist(), top_k=1)[0].content == "alpha"
+        assert "rebuilt it from the documents" in caplog.text
+        # written back once (same checksum as recorded): the next open is silent and reads it as it is
+        assert (tmp_path / "index.faiss").read_bytes() != b"garbage"
+        assert (tmp_path / "index.json").read_bytes() == json_before
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            third = PersistentFAISSDocumentStore(index)
+        assert "rebuilt" not in caplog.text and third.count_documents() == 1
 
     def test_damaged_json_is_a_clear_error(self, tmp_path: Path):
         index = str(tmp_path / "index")
         PersistentFAISSDocumentStore(index).write_documents([_doc("alpha", [1, 0])])
         (tmp_path / "index.json").write_text("{")
-        with pytest.raises(DocumentStoreError, match="damaged FAISS document file"):
+        with pytest.raises(DocumentStoreError, match="damaged FAISS document file") as err:
             PersistentFAISSDocumentStore(index)
+        assert isinstance(err.value, D2LError) and "\n" not in str(err.value)  # one line at the CLI
+        assert (tmp_path / "index.json").read_text() == "{"  # left as it is, for `d2l repair`
 
     def test_other_instance_changes_are_seen(self, tmp_path: Path):
         index = str(tmp_path / "index")

@@ -63,6 +63,36 @@ def test_damaged_file_raises_adapter_error_naming_the_file(tmp_path: Path, doc_a
     assert path.read_bytes() == broken, "loading must never rewrite the file"
 
 
+def test_damaged_tensor_data_is_caught_by_the_checksum(tmp_path: Path, doc_adapter: Adapter) -> None:
+    """Bytes overwritten inside the tensor data (the header still parses) fail the load with a
+    one-line error; a file written before checksums existed still loads."""
+    import json
+    import struct
+
+    from safetensors.torch import save_file
+
+    path = doc_adapter.save(tmp_path / "adapter")
+    data = bytearray(path.read_bytes())
+    header_len = struct.unpack("<Q", bytes(data[:8]))[0]
+    start = 8 + header_len + (len(data) - 8 - header_len) // 2
+    data[start:start + 64] = bytes(range(64))
+    path.write_bytes(bytes(data))
+    with pytest.raises(AdapterError, match="does not match its checksum") as err:
+        Adapter.load(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+    from safetensors import safe_open
+
+    good = doc_adapter.save(tmp_path / "good")
+    with safe_open(str(good), framework="pt") as fh:
+        meta = dict(fh.metadata())
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    assert json.loads(meta["num_chunks"]) == doc_adapter.num_chunks and "data_sha256" in meta
+    del meta["data_sha256"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    _assert_same_adapter(Adapter.load(good), Adapter.load(tmp_path / "old.safetensors"))
+
+
 def test_foreign_safetensors_file_is_rejected(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 

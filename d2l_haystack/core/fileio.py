@@ -1,0 +1,43 @@
+"""Temporary files beside their target, with the permissions an ordinary new file gets.
+
+``tempfile.mkstemp`` creates files readable by their owner only (mode 0600); a file written
+through it and renamed into place keeps that mode, so a team sharing a workspace, an adapter
+folder or a checkpoint could not read each other's files. :func:`temp_beside` gives the
+temporary file the mode ``open()`` would (``0666`` less the process umask).
+
+    >>> import os, tempfile
+    >>> fd, tmp = temp_beside(os.path.join(tempfile.mkdtemp(), "x.json"))
+    >>> os.close(fd); oct(os.stat(tmp).st_mode & 0o777) == oct(0o666 & ~current_umask())
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process umask (read from ``/proc`` where it can be, without changing it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it (and put it back at once)
+    os.umask(mask)
+    return mask
+
+
+def temp_beside(target: str | Path, prefix: str | None = None) -> tuple[int, str]:
+    """``(fd, path)`` of a new temporary file in ``target``'s folder, mode ``0666 & ~umask``."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=prefix or f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        pass
+    return fd, tmp
