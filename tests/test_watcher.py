@@ -517,8 +517,22 @@ class TestProcess:
         assert chunks == [] and again.verify() == []
 
 
-def test_the_cli_default_file_limit_is_the_watchers():
-    from d2l_haystack.cli import watch_cmds
-    from d2l_haystack.kb import watch_scope
+def test_index_and_the_watcher_share_the_workspace_file_limit(workspace_factory, tmp_path: Path, capsys):
+    """``max_file_bytes`` is one workspace setting: ``d2l index`` refuses a larger file with a
+    one-line message naming the setting, the watcher skips it, and ``--max-file-size`` raises it."""
+    from d2l_haystack.cli import main
+    from d2l_haystack.core.errors import InputError
 
-    assert watch_cmds.DEFAULT_MAX_FILE_BYTES == watch_scope.DEFAULT_MAX_FILE_BYTES
+    ws = workspace_factory(max_file_bytes=2_000)
+    big = tmp_path / "docs" / "big.md"
+    big.parent.mkdir()
+    big.write_text("# Big\n" + "The kettle boils water quickly. " * 100)
+    with pytest.raises(InputError, match="over the workspace's 2,000-byte limit .*max_file_bytes"):
+        ws.index_file(big)
+    assert ws.record(big) is None and not (ws.path / "journal.json").exists()
+    assert DocumentWatcher(ws, [big.parent]).scope.inspect(str(big)).startswith("too large")
+    assert main(["index", str(big), "-w", str(ws.path)]) == 2
+    err = capsys.readouterr().err
+    assert "2,000-byte limit" in err and len(err.strip().splitlines()) == 1
+    assert main(["index", str(big), "-w", str(ws.path), "--max-file-size", "100000"]) == 0
+    assert Workspace.open(ws.path).settings["max_file_bytes"] == 100_000 and ws.record(big) is not None

@@ -478,3 +478,46 @@ class TestKnowledgeBaseCli:
         assert re.search(rf"questions answered by adapters: \d+/{n} right; the same questions with the document "
                          rf"in the prompt: \d+/{n} right", out)
         shutil.rmtree(tmp_path / "demo")
+
+
+class TestWorkspaceEdges:
+    def test_folder_walk_skips_the_workspace_and_survives_a_vanishing_file(self, workspace_factory, tmp_path: Path,
+                                                                           monkeypatch):
+        root = tmp_path / "project"
+        (root / "docs").mkdir(parents=True)
+        for name in ("a.md", "b.md", "c.md"):
+            (root / "docs" / name).write_text(f"# {name}\nThe {name} room opens at nine.\n")
+        ws = workspace_factory("project/kb")  # the workspace lives inside the folder indexed
+        original = ws.index_file
+        seen: list = []
+
+        def index_then_delete_the_next(path, **kw):
+            result = original(path, **kw)
+            if Path(path).name == "a.md":
+                (root / "docs" / "b.md").unlink()  # vanishes between the folder listing and its turn
+            return result
+
+        monkeypatch.setattr(ws, "index_file", index_then_delete_the_next)
+        results = ws.index_paths([root], on_result=seen.append)
+        assert sorted(Path(r.path).name for r in results) == ["a.md", "c.md"]
+        assert any(isinstance(x, InputError) and "b.md" in str(x) for x in seen)
+        assert not any(str(ws.path) in r.path for r in results)
+
+    def test_a_newline_in_a_file_name_stays_on_one_status_row(self, tmp_path: Path, tiny_model: str, capsys):
+        from d2l_haystack.cli import main
+
+        odd = tmp_path / "two\nlines.md"
+        odd.write_text("# Odd\nThe odd file is about lamps.\n")
+        common = ["-w", str(tmp_path / "kb"), "--model", tiny_model, "--checkpoint", "none", "--device", "cpu"]
+        assert main(["index", str(odd), *common]) == 0
+        capsys.readouterr()
+        assert main(["status", "-w", str(tmp_path / "kb")]) == 0
+        rows = [line for line in capsys.readouterr().out.splitlines() if "lines.md" in line]
+        assert len(rows) == 1 and "two\\nlines.md" in rows[0]
+
+    def test_bad_generation_settings_are_one_line_input_errors(self, workspace_factory, docs_dir: Path):
+        ws = workspace_factory()
+        ws.index_file(docs_dir / "kettle-manual.md")
+        for bad in (-1, 0, 2.5):
+            with pytest.raises(InputError, match="max_new_tokens must be a whole number"):
+                ws.query(KETTLE_Q, max_new_tokens=bad)

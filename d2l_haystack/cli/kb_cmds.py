@@ -87,7 +87,14 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         out["checkpoint"] = args.checkpoint
     if hasattr(args, "chunking"):
         out["chunking"] = args.chunking
+    if getattr(args, "max_file_size", None) is not None:
+        out["max_file_bytes"] = args.max_file_size
     return out
+
+
+def add_max_file_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-file-size", type=int, default=None, metavar="BYTES",
+                   help="largest file indexed, saved in the workspace (default: the saved one, else 8 MiB)")
 
 
 def _open(args: argparse.Namespace, create: bool, recover: bool = True) -> Any:
@@ -99,12 +106,14 @@ def _open(args: argparse.Namespace, create: bool, recover: bool = True) -> Any:
 
 
 def _short(path: str) -> str:
-    """``path`` relative to the current folder when it lies inside it."""
+    """``path`` relative to the current folder when it lies inside it, control characters (a
+    newline in a file name) escaped so that one path stays one line."""
     try:
         rel = os.path.relpath(path)
     except ValueError:  # pragma: no cover - another drive on Windows
-        return path
-    return path if rel.startswith("..") else rel
+        rel = path
+    shown = path if rel.startswith("..") else rel
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
 
 
 def _size(n: int) -> str:
@@ -368,6 +377,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="force a route for these files (remembered; 'auto' clears it)")
     p.add_argument("--force", action="store_true", help="redo the work even for unchanged files")
     p.add_argument("--skip-errors", action="store_true", help="skip unreadable files instead of stopping")
+    add_max_file_size(p)
     p.set_defaults(handler=_cmd_index)
 
     p = subparsers.add_parser("query", help="answer a question from a workspace (adapter, RAG or hybrid)")

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from .kb_cmds import _add_model_options, _add_workspace, _open, _quiet, _short
+from .kb_cmds import _add_model_options, _add_workspace, _open, _quiet, _short, add_max_file_size
 
 
 def _print_event(event: Any, as_json: bool) -> None:
@@ -50,7 +50,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     watcher = DocumentWatcher(
         ws, args.paths, include=args.include, exclude=args.exclude, debounce=args.debounce,
         reroute_interval=args.reroute_interval if args.reroute_interval > 0 else None,
-        max_file_bytes=args.max_file_size, polling=args.polling,
+        polling=args.polling,  # the size limit is the workspace's (--max-file-size saves it)
         on_event=lambda e: _print_event(e, args.json))
     if args.once:
         events = watcher.reconcile()
@@ -84,11 +84,6 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024
-"""Same as :data:`d2l_haystack.kb.watch_scope.DEFAULT_MAX_FILE_BYTES` (not imported: keeps ``d2l --help``
-fast; a test holds them equal)."""
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "watch", help="keep a workspace in step with folders (index, re-index, rename, remove; foreground)",
@@ -106,8 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds of quiet before a changed file is processed (default 1)")
     p.add_argument("--reroute-interval", type=float, default=300.0, metavar="S",
                    help="re-evaluate routes this often while idle (also after new queries; 0: only after queries)")
-    p.add_argument("--max-file-size", type=int, default=DEFAULT_MAX_FILE_BYTES, metavar="BYTES",
-                   help=f"skip larger files (default {DEFAULT_MAX_FILE_BYTES})")
+    add_max_file_size(p)
     p.add_argument("--polling", action="store_true", help="poll the folders instead of OS notifications")
     p.add_argument("--once", action="store_true", help="reconcile the workspace with the folders and exit")
     p.add_argument("--json", action="store_true", help="print one JSON line per event")

@@ -294,6 +294,7 @@ class D2LEngine:
         and ``gated``. ``query`` is the text compared with the chunk keys (default: the question,
         or the last user message).
         """
+        _check_generation(max_new_tokens, temperature, top_p)
         ids = self.prompt_ids(question, context)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit and len(ids) + max_new_tokens > limit:
@@ -427,6 +428,16 @@ def _query_text(question: str | list[dict[str, str]]) -> str | None:
         if message.get("role") == "user" and str(message.get("content", "")).strip():
             return str(message["content"])
     return None
+
+
+def _check_generation(max_new_tokens: Any, temperature: Any, top_p: Any) -> None:
+    """:raises InputError: a generation setting transformers would reject with its own error."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    if not isinstance(temperature, int | float) or not temperature > 0:
+        raise InputError(f"temperature must be a number > 0, got {temperature!r}")
+    if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        raise InputError(f"top_p must be a number in (0, 1], got {top_p!r}")
 
 
 def _checked_max_chunks(n: int) -> int:

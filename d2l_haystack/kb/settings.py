@@ -33,12 +33,13 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "model": DEFAULT_MODEL, "checkpoint": "default", "dtype": "float32", "chunk_tokens": None,
     "chunking": "auto",
     "embedding_model": None, "split_length": 60, "split_overlap": 10, "top_k": 4, "max_new_tokens": 64,
-    "router": {}, "query_router": {},
+    "max_file_bytes": 8 * 1024 * 1024, "router": {}, "query_router": {},
 }
 """Workspace settings (saved in ``workspace.json``): the base model, the hypernetwork checkpoint
 (``default``: the shipped one), the chunking of adapters (``auto``: one chunk per sentence for a
 document that fits in one chunk; measured in ``benchmarks/results/reading/``), the embedding model (``None``: the
-packaged MiniLM), the RAG splitter and retriever, the answer length; ``router`` and
+packaged MiniLM), the RAG splitter and retriever, the answer length, the largest file indexed (``d2l index``
+and the watcher alike; ``--max-file-size`` raises it); ``router`` and
 ``query_router`` hold :class:`~d2l_haystack.components.InternalizationRouter` and
 :class:`~d2l_haystack.components.QueryRouter` init parameters that differ from their defaults."""
 
@@ -68,6 +69,9 @@ def check_settings(settings: dict[str, Any]) -> None:
     unknown = set(settings) - set(DEFAULT_SETTINGS)
     if unknown:
         raise WorkspaceError(f"unknown workspace setting(s): {', '.join(sorted(unknown))}")
+    size = settings.get("max_file_bytes", 1)
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise WorkspaceError(f"workspace setting max_file_bytes must be a positive number of bytes, got {size!r}")
     if settings.get("chunking", "tokens") not in CHUNKINGS:
         raise WorkspaceError(f"workspace setting chunking must be one of {', '.join(CHUNKINGS)}, "
                              f"got {settings['chunking']!r}")

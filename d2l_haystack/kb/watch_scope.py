@@ -19,6 +19,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from d2l_haystack.core.errors import InputError
+from d2l_haystack.kb.settings import DEFAULT_SETTINGS
 from d2l_haystack.kb.workspace import Workspace
 
 logger = logging.getLogger("d2l_haystack.kb.watcher")
@@ -26,7 +27,8 @@ logger = logging.getLogger("d2l_haystack.kb.watcher")
 DEFAULT_EXCLUDE: tuple[str, ...] = (".*", "*~", "*.swp", "*.swx", "*.tmp", "*.part", "*.crdownload", "#*#",
                                     "__pycache__", "node_modules")
 """Always excluded: hidden files and folders, editor and download temporaries."""
-DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_FILE_BYTES: int = DEFAULT_SETTINGS["max_file_bytes"]
+"""The workspace setting's default (:data:`~d2l_haystack.kb.settings.DEFAULT_SETTINGS`)."""
 
 _FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
                stat.S_IFBLK: "a block device"}
@@ -133,7 +135,8 @@ class WatchScope:
         if not stat.S_ISREG(st.st_mode):
             return f"not a regular file: {_FILE_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}"
         if st.st_size > self.max_file_bytes:
-            return f"too large ({st.st_size:,} bytes > the {self.max_file_bytes:,}-byte limit of the watcher)"
+            return (f"too large ({st.st_size:,} bytes > the {self.max_file_bytes:,}-byte limit; setting "
+                    f"max_file_bytes, `--max-file-size BYTES` raises it)")
         return None
 
     def walk(self, folder: str) -> list[str]:

@@ -56,7 +56,7 @@ from typing import Any
 
 from d2l_haystack.core.errors import InputError
 from d2l_haystack.kb.settings import WorkspaceError
-from d2l_haystack.kb.watch_scope import DEFAULT_MAX_FILE_BYTES, WatchScope, inside
+from d2l_haystack.kb.watch_scope import WatchScope, inside
 from d2l_haystack.kb.workspace import IndexResult, Workspace
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ class DocumentWatcher:
         (``None``: never, except after queries).
     :param reroute_check: how often (seconds, while idle) to look for new queries, which trigger
         a reroute pass (``None``: never).
-    :param max_file_bytes: larger files are skipped with a log line.
+    :param max_file_bytes: larger files are skipped with a log line (default: the workspace's
+        ``max_file_bytes`` setting, the same limit ``d2l index`` applies).
     :param on_event: called (in the worker thread) with a :class:`WatchEvent` for every file handled.
     :param polling: use watchdog's polling observer (network file systems) instead of OS events.
     :raises InputError: a watched path does not exist.
@@ -134,11 +135,11 @@ class DocumentWatcher:
                  include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
                  debounce: float = 1.0, max_delay: float | None = None, reconcile: bool = True,
                  reroute_interval: float | None = 300.0, reroute_check: float | None = 5.0,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, on_event: Callable[[WatchEvent], None] | None = None,
+                 max_file_bytes: int | None = None, on_event: Callable[[WatchEvent], None] | None = None,
                  polling: bool = False) -> None:
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
         self.scope = WatchScope(paths, include=include, exclude=exclude, workspace_root=self.workspace.path,
-                                max_file_bytes=max_file_bytes)
+                                max_file_bytes=max_file_bytes or int(self.workspace.settings["max_file_bytes"]))
         self.debounce = max(0.0, float(debounce))
         self.max_delay = float(max_delay) if max_delay is not None else max(5.0, 10 * self.debounce)
         self.reconcile_on_start = reconcile

@@ -356,8 +356,20 @@ class Workspace:
         :param force: redo the work even if nothing changed.
         :raises InputError: missing, empty, binary, non-UTF-8 or unsupported file (workspace untouched).
         """
+        self._check_size(path)
         text, meta = read_source(path)
         return self._index(text, meta, route, force)
+
+    def _check_size(self, path: str | Path) -> None:
+        """:raises InputError: the file is larger than the ``max_file_bytes`` setting."""
+        limit = int(self.settings["max_file_bytes"])
+        try:
+            size = Path(path).expanduser().stat().st_size
+        except OSError:
+            return  # read_source names the problem
+        if size > limit:
+            raise InputError(f"{path}: {size:,} bytes is over the workspace's {limit:,}-byte limit (setting "
+                             f"max_file_bytes; raise it with `d2l index --max-file-size BYTES`)")
 
     def index_text(self, text: str, doc_id: str, *, meta: dict[str, Any] | None = None,
                    route: str | None = None, force: bool = False) -> IndexResult:
@@ -370,7 +382,9 @@ class Workspace:
     def index_paths(self, paths: Iterable[str | Path], *, recursive: bool = True, route: str | None = None,
                     force: bool = False, skip_errors: bool = False,
                     on_result: Callable[[IndexResult | InputError], None] | None = None) -> list[IndexResult]:
-        """Index files and folders (folders: every supported file inside, hidden ones skipped).
+        """Index files and folders (folders: every supported file inside; hidden ones and the
+        workspace's own files skipped; a file that vanishes before it is read is reported through
+        ``on_result`` and skipped).
 
         :param route: force a route for every file (see :meth:`index_file`).
         :param force: redo the work even for unchanged files.
@@ -386,16 +400,19 @@ class Workspace:
                 pattern = "**/*" if recursive else "*"
                 for f in sorted(p.glob(pattern)):
                     rel = f.relative_to(p).parts
-                    if f.is_file() and self.supports(f) and not any(part.startswith(".") for part in rel):
+                    if (f.is_file() and self.supports(f) and not any(part.startswith(".") for part in rel)
+                            and not _inside(f, self.path)):  # never the workspace's own files
                         files.append(f)
             else:
                 files.append(p)
+        given = {Path(raw).expanduser() for raw in paths}
         results = []
         for f in files:
             try:
                 result = self.index_file(f, route=route, force=force)
             except InputError as exc:
-                if not skip_errors:
+                # a file found in a folder that vanished before it was read is reported, never fatal
+                if not skip_errors and (f in given or f.exists()):
                     raise
                 if on_result:
                     on_result(exc)
@@ -610,7 +627,7 @@ class Workspace:
         if not isinstance(question, str) or not question.strip():
             raise InputError("question is empty")
         start = time.perf_counter()
-        gen_kwargs = {"max_new_tokens": max_new_tokens or self.settings["max_new_tokens"]}
+        gen_kwargs = {"max_new_tokens": self.settings["max_new_tokens"] if max_new_tokens is None else max_new_tokens}
         data: dict[str, Any] = {"query_embedder": {"text": question}, "query_router": {"query": question}}
         if mode:
             data["query_router"]["mode"] = mode
@@ -817,3 +834,12 @@ class Workspace:
             if removed:
                 did(f"deleted {removed} adapter file(s) nothing refers to")
         return done
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (resolved) lies in ``folder``."""
+    try:
+        path.resolve().relative_to(folder)
+        return True
+    except ValueError:
+        return False
