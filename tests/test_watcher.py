@@ -33,7 +33,7 @@ from components.conftest import (  # noqa: F401  (fixtures shared with tests/com
     workspace_factory,
 )
 
-from d2l_haystack.components.source_file_converter import read_source
+from d2l_haystack.bench.churn import OPERATIONS, Churn, mismatches
 from d2l_haystack.core.textio import content_hash
 from d2l_haystack.kb.watcher import DocumentWatcher
 from d2l_haystack.kb.workspace import Workspace
@@ -57,28 +57,7 @@ def _chunks_of(ws: Workspace, path: Path) -> list:
 
 def assert_in_step(ws: Workspace, watcher: DocumentWatcher) -> None:
     """The workspace matches the watched folders exactly; every adapter and chunk is current content."""
-    files = {}
-    for root in watcher.roots:
-        for base, dirs, names in os.walk(root):
-            dirs[:] = [d for d in dirs if watcher.wanted(os.path.join(base, d), is_dir=True)]
-            for n in names:
-                p = os.path.join(base, n)
-                if watcher.wanted(p) and os.path.isfile(p) and not os.path.islink(p):
-                    try:
-                        files[p] = content_hash(read_source(p)[0])
-                    except Exception:  # bad files are not indexed
-                        pass
-    records = ws.sources(under=watcher.roots)
-    assert {p: r["hash"] for p, r in records.items()} == files
-    for entry in ws.adapters.list():
-        assert entry["id"] in files and entry["content_hash"] == files[entry["id"]], entry["id"]
-        assert records[entry["id"]]["route"] == "d2l"
-    for chunk in ws.faiss.filter_documents():
-        path = chunk.meta["file_path"]
-        assert path in files and records[path]["route"] == "rag", path
-        assert chunk.content.strip() in read_source(path)[0], path
-    assert not (ws.path / "journal.json").exists()
-    assert ws.verify() == []
+    assert mismatches(ws, watcher) == []
 
 
 class TestWatcher:
@@ -536,3 +515,46 @@ def test_index_and_the_watcher_share_the_workspace_file_limit(workspace_factory,
     assert "2,000-byte limit" in err and len(err.strip().splitlines()) == 1
     assert main(["index", str(big), "-w", str(ws.path), "--max-file-size", "100000"]) == 0
     assert Workspace.open(ws.path).settings["max_file_bytes"] == 100_000 and ws.record(big) is not None
+
+
+def test_random_churn_keeps_the_workspace_equal_to_the_folder(workspace_factory, tmp_path: Path):
+    """Bursts of random operations (every kind: rename chains, renames over existing files, moves
+    between folders, folder renames and deletions, all within one debounce window), and after
+    each quiet period the workspace equals the folder: no stale record, adapter or chunk."""
+    import random
+
+    ws = workspace_factory()
+    docs = tmp_path / "docs"
+    churn = Churn(docs, seed=7, max_files=25)
+    for _ in range(8):
+        churn.step()
+    rng = random.Random(3)
+    operations = periods = 0
+    with _watch(ws, docs) as w:
+        _idle(w)
+        while operations < 400:
+            burst = [churn.step() for _ in range(rng.randint(1, 15))]
+            operations += len(burst)
+            _idle(w)
+            problems = mismatches(ws, w)
+            assert problems == [], {"operations": burst, "problems": problems}
+            periods += 1
+    assert set(churn.counts) == set(OPERATIONS) and periods > 30
+
+
+def test_a_rename_chain_in_one_debounce_window_leaves_no_stale_record(workspace_factory, tmp_path: Path):
+    """mv A B (over B); mv B C: B's old record goes, A's record follows the file to C."""
+    ws = workspace_factory()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "chainA.txt").write_text("Chain A: the boat leaves at noon.\n")
+    (docs / "chainB.txt").write_text("Chain B: the train leaves at six.\n")
+    with _watch(ws, docs, debounce=0.5) as w:
+        _idle(w)
+        first_seen = ws.record(docs / "chainA.txt")["first_seen"]
+        os.replace(docs / "chainA.txt", docs / "chainB.txt")
+        os.replace(docs / "chainB.txt", docs / "chainC.txt")
+        _idle(w)
+        assert sorted(Path(p).name for p in ws.sources()) == ["chainC.txt"]
+        assert ws.record(docs / "chainC.txt")["first_seen"] == first_seen
+        assert_in_step(ws, w)

@@ -431,6 +431,8 @@ class DocumentWatcher:
             assert src is not None
             prior = self._pending.pop(src, None)
             origin = prior.src if prior and prior.kind == "move" and prior.src else src
+            if origin != src:  # src held a file moved over it (A -> src -> path): src's own record is gone
+                self._set(src, "delete", None, now)
             if old and old.kind == "move" and old.src and old.src not in (origin, path):
                 self._set(old.src, "delete", None, now)  # a file moved here earlier is overwritten
             if origin == path:
