@@ -239,7 +239,7 @@ class TestWorkspacePersistence:
         calls = count_internalize(again._component("converter").engine)
         assert again.index_file(manual).action == "internalized" and len(calls) == 1
 
-    def test_reading_commands_leave_an_interrupted_commit_to_the_next_writer(self, workspace_factory, docs_dir: Path,
+    def test_status_and_verify_leave_an_interrupted_commit_to_the_next_writer(self, workspace_factory, docs_dir: Path,
                                                                              tmp_path: Path, monkeypatch):
         ws = workspace_factory()
         manual = docs_dir / "kettle-manual.md"
@@ -255,10 +255,10 @@ class TestWorkspacePersistence:
         with pytest.raises(KeyboardInterrupt):
             ws.index_file(manual)
         monkeypatch.undo()
-        reader = Workspace(tmp_path / "ws", device="cpu", recover=False)
-        assert reader.status()["pending_recovery"] is True and reader._components == {}
-        reader.query(KETTLE_Q)
-        assert (reader.path / "journal.json").exists()  # a query does not redo an internalization
+        reader = Workspace(tmp_path / "ws", device="cpu", recover=False)  # as `d2l status` opens it
+        assert reader.status()["pending_recovery"] is True and reader._components == {}  # no model loaded
+        assert any("interrupted update" in p for p in reader.verify()) and reader._components == {}
+        assert (reader.path / "journal.json").exists()
         writer = Workspace(tmp_path / "ws", device="cpu")
         assert not (writer.path / "journal.json").exists() and writer.verify() == []
 

@@ -317,16 +317,21 @@ class DocumentWatcher:
         if self.scope.in_workspace(src) and (not dst or self.scope.in_workspace(dst)):
             return  # the workspace's own files
         item: tuple[Any, ...] | None = None
+        items: list[tuple[Any, ...]] = []
         if event.is_directory:
             if kind == "created" and self.wanted(src, is_dir=True):
                 item = ("scan", src)
             elif kind == "deleted" and self.scope.root_of(src) is not None:
                 item = ("delete_tree", src)
-            elif kind == "moved":  # watchdog also reports every file inside as moved
+            elif kind == "moved":
+                # watchdog reports the files inside as moved too, but only those still there when it
+                # walks the new folder: a file moved on at once would keep its old record. So every
+                # record under the old folder is marked deleted (a file's own move event, arriving
+                # next, turns its mark into the move), and the new folder is scanned.
+                if self.scope.root_of(src) is not None:
+                    items.append(("delete_tree", src))
                 if self.wanted(dst, is_dir=True):
-                    item = ("scan", dst)
-                elif self.scope.root_of(src) is not None:
-                    item = ("delete_tree", src)
+                    items.append(("scan", dst))
         elif kind in ("created", "modified", "closed"):
             if self.wanted(src):
                 item = ("upsert", src)
@@ -342,10 +347,13 @@ class DocumentWatcher:
             elif src_ok or (self.scope.root_of(src) is not None and Workspace.supports(src)):
                 item = ("delete", src)
         if item is not None:
+            items.append(item)
+        if items:
             self._last_event = time.monotonic()
             with self._state_lock:
                 self.stats["fs_events"] += 1
-                self._queue.put(item)
+                for one in items:
+                    self._queue.put(one)
 
     # -- the worker -----------------------------------------------------------------------
     def _run(self) -> None:

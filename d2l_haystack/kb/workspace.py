@@ -237,8 +237,9 @@ class Workspace:
 
         An index interrupted before its commit (``phase: prepare``, the long part: internalizing,
         embedding) had changed nothing: it is rolled back, never replayed. Renames and removals
-        are redone (cheap). An index interrupted during its commit is redone, only when ``heavy``
-        (writing commands; reading ones leave it for the next writer and :meth:`status` says so).
+        are redone (cheap). An index interrupted during its commit (the stores half written) is
+        redone when ``heavy`` (writing commands and queries; ``status`` and ``verify`` leave it
+        for the next one and say so).
         """
         with self._locked():
             try:
@@ -283,7 +284,10 @@ class Workspace:
     def _repair_if_abandoned(self) -> None:
         """Redo an update whose process died mid-way (journal left, lock free) before answering from it."""
         if not self.read_only and self._journal.abandoned(self.path / ".lock"):
-            self._recover(heavy=False)
+            # an update that died while writing the stores (a moment's window) is finished first, so
+            # the answer comes from the old or the new document, never a mix; one that died while
+            # internalizing had changed nothing and is only rolled back
+            self._recover(heavy=True)
 
     # -- components (loaded on first use) -------------------------------------------------
     def _engine_params(self) -> dict[str, Any]:
