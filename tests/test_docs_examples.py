@@ -34,12 +34,55 @@ def test_readme_python_examples_run_as_written(tmp_path, monkeypatch, embedded_m
     os.symlink(REPO / "d2l_haystack" / "samples", tmp_path / "d2l_haystack" / "samples")
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "readme"}
-    for i, block in enumerate(python_blocks(REPO / "README.md")):
-        exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)  # noqa: S102
+    server = None
+    try:
+        for i, block in enumerate(python_blocks(REPO / "README.md")):
+            if "127.0.0.1:1416" in block:  # the serving example: `d2l serve -w kb --token s3cret`, for real
+                port = _free_port()
+                server = _start_server(tmp_path / "kb", port, "s3cret")
+                block = block.replace("127.0.0.1:1416", f"127.0.0.1:{port}")
+            exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)  # noqa: S102
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+    assert server is not None, "the README's serving example was not run"
     out = capsys.readouterr().out
     assert (tmp_path / "adapters" / "manual" / "adapter.safetensors").is_file()
     assert (tmp_path / "peft" / "manual").is_dir() and (tmp_path / "kb" / "workspace.json").is_file()
     assert out.strip()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_server(workspace: Path, port: int, token: str):
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    log = workspace.parent / "serve.log"
+    with open(log, "wb") as out:  # a file, not a pipe: the server's log never blocks it
+        proc = subprocess.Popen([sys.executable, "-m", "d2l_haystack", "serve", "-w", str(workspace), "--port",
+                                 str(port), "--token", token], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/status", headers={"Authorization": f"Bearer {token}"},
+                         timeout=5).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("d2l serve did not start: " + log.read_text()[-2000:])
 
 
 def test_relative_links_in_the_docs_point_at_files_that_exist():

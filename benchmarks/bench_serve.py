@@ -1,0 +1,158 @@
+"""Serving benchmark: queries per second and latency of ``d2l serve`` under concurrent clients.
+
+Usage::
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_serve.py                 # the embedded model, ~5 min
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_serve.py --quick         # smoke test
+
+A workspace of the sample documents (the kettle manual internalized: the ``d2l`` route; the app
+changelog forced to RAG: the ``rag`` route) is served by ``d2l serve`` in its own process on a free
+127.0.0.1 port. For each route and each number of concurrent clients (``--clients``, default 1, 4
+and 8), every client sends ``--requests`` questions of that route (``POST /d2l/run``, route forced
+with ``mode``, ``--max-new-tokens`` tokens); reported: queries per second (all answers over the
+wall time), p50 and p95 latency, errors. Writes ``benchmarks/results/serve.json`` (``--out``) and
+prints a table. Run it on an otherwise idle machine: the numbers are the machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+QUESTIONS = {
+    "d2l": ["How long is the warranty of the Aurora K2 kettle?", "How much water does the Aurora K2 hold?",
+            "What should you do before descaling the kettle?"],
+    "rag": ["What is new in version 2.4.0 of the Aurora Home app?", "Which version added dark mode?",
+            "What changed in the export format?"],
+}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(workspace: Path, port: int, log: Path) -> subprocess.Popen:
+    import httpx
+
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "d2l_haystack", "serve", "-w", str(workspace),
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HAYHOOKS_LOG_LEVEL": "WARNING"})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("d2l serve did not start: " + log.read_text()[-2000:])
+
+
+def load(base: str, route: str, clients: int, requests: int, max_new_tokens: int) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=base, timeout=600) as http:
+            for i in range(requests):
+                question = QUESTIONS[route][(k + i) % len(QUESTIONS[route])]
+                t = time.perf_counter()
+                reply = http.post("/d2l/run", json={"question": question, "mode": route,
+                                                    "max_new_tokens": max_new_tokens})
+                took = time.perf_counter() - t
+                with lock:
+                    if reply.status_code == 200:
+                        latencies.append(took)
+                    else:
+                        errors.append(f"{reply.status_code}: {reply.text[:100]}")
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    start_t = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start_t
+    latencies.sort()
+    p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else None
+    return {"route": route, "clients": clients, "requests": clients * requests, "answered": len(latencies),
+            "errors": len(errors), "error_examples": errors[:3], "wall_s": round(wall, 2),
+            "qps": round(len(latencies) / wall, 3) if wall else None,
+            "p50_s": round(statistics.median(latencies), 3) if latencies else None,
+            "p95_s": round(p95, 3) if p95 is not None else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("--requests", type=int, default=6, help="questions per client and setting")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--quick", action="store_true", help="1 and 2 clients, 2 questions each")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.clients, args.requests = [1, 2], 2
+    from d2l_haystack.kb.workspace import Workspace
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="d2l-serve-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        docs = tmp / "docs"
+        shutil.copytree(REPO / "d2l_haystack" / "samples" / "demo", docs)
+        ws = Workspace(tmp / "kb")
+        ws.index_file(docs / "kettle-manual.md", route="d2l")
+        ws.index_file(docs / "app-changelog.md", route="rag")
+        port = _free_port()
+        proc = start(ws.path, port, tmp / "serve.log")
+        base = f"http://127.0.0.1:{port}"
+        try:
+            load(base, "d2l", 1, 1, args.max_new_tokens)  # warm-up: models loaded, caches filled
+            load(base, "rag", 1, 1, args.max_new_tokens)
+            for route in ("d2l", "rag"):
+                for clients in args.clients:
+                    row = load(base, route, clients, args.requests, args.max_new_tokens)
+                    rows.append(row)
+                    print(f"{route} x{clients}: {row['qps']} q/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s, "
+                          f"{row['errors']} errors", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    data = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
+            "cpus": os.cpu_count(), "command": " ".join(["benchmarks/bench_serve.py", *(argv or sys.argv[1:])]),
+            "store": "FAISS folder workspace", "max_new_tokens": args.max_new_tokens, "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    print("\n| route | clients | q/s | p50 s | p95 s | errors |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['route']} | {r['clients']} | {r['qps']} | {r['p50_s']} | {r['p95_s']} | {r['errors']} |")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
