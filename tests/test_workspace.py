@@ -33,6 +33,23 @@ def _edit(path: Path, line: str) -> None:
     path.write_text(path.read_text(encoding="utf-8") + f"\n{line}\n", encoding="utf-8")
 
 
+def _crash_mid_commit(ws: Workspace, doc: Path, monkeypatch) -> None:
+    """Index ``doc``, edit it, and let the re-index die after the adapter was written, before the
+    record (the journal says ``phase: commit``); the monkeypatch is undone."""
+    ws.index_file(doc)
+    _edit(doc, "The kettle is also available in red.")
+    store_it = ws._component("converter").commit
+
+    def crash(*a, **kw):
+        store_it(*a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ws._component("converter"), "commit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ws.index_file(doc)
+    monkeypatch.undo()
+
+
 class TestWorkspaceIndexing:
     def test_index_route_and_reindex_unchanged(self, workspace_factory, docs_dir: Path, count_internalize):
         ws = workspace_factory()
@@ -194,21 +211,9 @@ class TestWorkspacePersistence:
     def test_interrupted_run_is_redone(self, workspace_factory, docs_dir: Path, tmp_path: Path, monkeypatch):
         ws = workspace_factory()
         manual = docs_dir / "kettle-manual.md"
-        ws.index_file(manual)
-        _edit(manual, "The kettle is also available in red.")
-
-        store_it = ws._component("converter").commit
-
-        def crash(*a, **kw):
-            store_it(*a, **kw)
-            raise KeyboardInterrupt  # the process dies after the adapter was written, before the record
-
-        monkeypatch.setattr(ws._component("converter"), "commit", crash)
-        with pytest.raises(KeyboardInterrupt):
-            ws.index_file(manual)
+        _crash_mid_commit(ws, manual, monkeypatch)
         assert (ws.path / "journal.json").exists()
         assert ws.status()["pending_recovery"] is True
-        monkeypatch.undo()
         again = Workspace(tmp_path / "ws", device="cpu")
         assert not (again.path / "journal.json").exists()
         rec = again.record(manual)
@@ -242,19 +247,7 @@ class TestWorkspacePersistence:
     def test_status_and_verify_leave_an_interrupted_commit_to_the_next_writer(self, workspace_factory, docs_dir: Path,
                                                                              tmp_path: Path, monkeypatch):
         ws = workspace_factory()
-        manual = docs_dir / "kettle-manual.md"
-        ws.index_file(manual)
-        _edit(manual, "The kettle is also available in red.")
-        store_it = ws._component("converter").commit
-
-        def crash(*a, **kw):
-            store_it(*a, **kw)
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(ws._component("converter"), "commit", crash)
-        with pytest.raises(KeyboardInterrupt):
-            ws.index_file(manual)
-        monkeypatch.undo()
+        _crash_mid_commit(ws, docs_dir / "kettle-manual.md", monkeypatch)
         reader = Workspace(tmp_path / "ws", device="cpu", recover=False)  # as `d2l status` opens it
         assert reader.status()["pending_recovery"] is True and reader._components == {}  # no model loaded
         assert any("interrupted update" in p for p in reader.verify()) and reader._components == {}
