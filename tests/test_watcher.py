@@ -558,3 +558,27 @@ def test_a_rename_chain_in_one_debounce_window_leaves_no_stale_record(workspace_
         assert sorted(Path(p).name for p in ws.sources()) == ["chainC.txt"]
         assert ws.record(docs / "chainC.txt")["first_seen"] == first_seen
         assert_in_step(ws, w)
+
+
+def test_changes_the_events_missed_are_found_by_the_sweep_after_a_burst(workspace_factory, tmp_path: Path,
+                                                                        monkeypatch):
+    """Events lost (here: dropped on purpose) are caught by the sweep that follows the next burst:
+    the folder is compared with the records by stat, without reading unchanged files."""
+    ws = workspace_factory()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("keep.md", "gone.md", "edited.md"):
+        (docs / name).write_text(f"# {name}\nThe {name} note says the room is {len(name)}.\n")
+    with _watch(ws, docs) as w:
+        _idle(w)
+        handler = w._on_fs_event
+        monkeypatch.setattr(w, "_on_fs_event", lambda event: None)  # every event lost
+        (docs / "gone.md").unlink()
+        (docs / "edited.md").write_text("# edited\nThe edited note now says the room is 99.\n")
+        (docs / "new.md").write_text("# new\nA note nobody was told about.\n")
+        time.sleep(0.5)
+        monkeypatch.setattr(w, "_on_fs_event", handler)
+        (docs / "trigger.md").write_text("# trigger\nOne event that does arrive.\n")
+        _idle(w)
+        assert_in_step(ws, w)
+        assert w.stats["swept"] == 3  # gone, edited, new: the trigger came through its own event

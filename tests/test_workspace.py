@@ -481,6 +481,7 @@ class TestWorkspaceEdges:
         for name in ("a.md", "b.md", "c.md"):
             (root / "docs" / name).write_text(f"# {name}\nThe {name} room opens at nine.\n")
         ws = workspace_factory("project/kb")  # the workspace lives inside the folder indexed
+        (ws.path / "notes.md").write_text("# Not a document\nA file at the workspace's top level.\n")
         original = ws.index_file
         seen: list = []
 
@@ -494,7 +495,7 @@ class TestWorkspaceEdges:
         results = ws.index_paths([root], on_result=seen.append)
         assert sorted(Path(r.path).name for r in results) == ["a.md", "c.md"]
         assert any(isinstance(x, InputError) and "b.md" in str(x) for x in seen)
-        assert not any(str(ws.path) in r.path for r in results)
+        assert not any(str(ws.path) in r.path for r in results)  # its own files are not documents
 
     def test_a_newline_in_a_file_name_stays_on_one_status_row(self, tmp_path: Path, tiny_model: str, capsys):
         from d2l_haystack.cli import main

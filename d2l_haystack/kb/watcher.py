@@ -58,6 +58,7 @@ from d2l_haystack.core.errors import InputError
 from d2l_haystack.kb.settings import WorkspaceError
 from d2l_haystack.kb.watch_scope import WatchScope, inside
 from d2l_haystack.kb.workspace import IndexResult, Workspace
+from d2l_haystack.stores.files import stat_signature
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class DocumentWatcher:
         self.events: deque[WatchEvent] = deque(maxlen=2000)
         """The last events handled (newest last)."""
         self.stats: dict[str, Any] = {"fs_events": 0, "updates": 0, "errors": 0, "skipped": 0,
-                                      "route_changes": 0, "reroute_passes": 0, "actions": {}}
+                                      "route_changes": 0, "reroute_passes": 0, "swept": 0, "actions": {}}
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._pending: dict[str, _Pending] = {}
         self._scans: dict[str, float] = {}
@@ -162,6 +163,8 @@ class DocumentWatcher:
         self._halt = threading.Event()  # set by stop(drain=False): long passes end early
         self._stopped = False
         self._last_event = 0.0
+        self._sweep_due: float | None = None
+        self._unindexable: dict[str, list[int] | None] = {}
         self._last_reroute = time.monotonic()
         self._last_check = 0.0
         self._last_queries: int | None = None
@@ -251,7 +254,7 @@ class DocumentWatcher:
         """No event waiting, debounced or being processed."""
         with self._state_lock:
             return (self._queue.empty() and not self._pending and not self._scans and not self._busy
-                    and not self._reroute_paths)
+                    and not self._reroute_paths and self._sweep_due is None)
 
     def wait_idle(self, timeout: float = 60.0, settle: float | None = None) -> bool:
         """Wait until the watcher has been idle, with no file-system event, for ``settle`` seconds
@@ -398,6 +401,8 @@ class DocumentWatcher:
         dues = [p.due for p in self._pending.values()] + list(self._scans.values())
         if dues:
             return max(0.0, min(dues) - now)
+        if self._sweep_due is not None:
+            return max(0.0, self._sweep_due - now)
         if self._reroute_paths:
             return 0.0
         return min(0.5, self.reroute_check) if self.reroute_check else 0.5
@@ -405,6 +410,8 @@ class DocumentWatcher:
     def _absorb(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
         now = time.monotonic()
+        if kind in ("upsert", "delete", "move", "scan", "delete_tree"):  # a file-system event
+            self._sweep_due = now + max(self.debounce, 0.2)  # once it has all been applied
         if kind == "stop":
             self._stop_requested = "drain" if item[1] else "now"
         elif kind == "call":
@@ -475,7 +482,10 @@ class DocumentWatcher:
         due = [(e.due, p) for p, e in self._pending.items() if force or e.due <= now]
         scans = [d for d, t in self._scans.items() if force or t <= now]
         if not due and not scans:
-            if not force:
+            if self._sweep_due is not None and not self._pending and not self._scans and (
+                    force or self._sweep_due <= now):
+                self._sweep()
+            elif not force:
                 self._idle_work(now)
             return
         with self._state_lock:
@@ -528,6 +538,7 @@ class DocumentWatcher:
 
     def _skip(self, path: str, reason: str) -> None:
         """Log an unusable file; forget it if it was indexed (its indexed content no longer exists)."""
+        self._unindexable[path] = stat_signature(path)  # sweeps leave it until it changes
         if self._known(path):
             self.workspace.remove_file(path)
             logger.warning("removed %s: %s (it was indexed; its old content is gone)", path, reason)
@@ -590,6 +601,34 @@ class DocumentWatcher:
             self._emit(WatchEvent("removed", src, reason=f"renamed to unsupported {dst}"))
             return
         self._emit_result(result, source=src)
+
+    def _sweep(self) -> None:
+        """After a burst of events is applied, compare the folders with the records (a walk and a
+        ``stat`` per file, no reading) and queue what the events missed: watchdog loses events
+        (a full inotify queue, files moved in and out of a folder just moved, paths reported under
+        a moved folder's old name). A missed rename becomes a removal and an addition."""
+        self._sweep_due = None
+        now = time.monotonic()
+        present = {p for root in self.roots for p in self.scope.walk(root)}
+        known = self.workspace.sources(under=self.roots)
+        missed: list[tuple[str, str]] = []
+        for path, rec in known.items():
+            if path not in present:
+                if not os.path.lexists(path):
+                    missed.append(("delete", path))
+            else:
+                stat = stat_signature(path)
+                if stat is None or rec.get("file_stat") != stat:
+                    missed.append(("upsert", path))
+        missed += [("upsert", p) for p in sorted(present - set(known))
+                   if self._unindexable.get(p, "?") != stat_signature(p)]  # not a file skipped as it is
+        for kind, path in missed:
+            self._add(kind, path, None, now)
+        if missed:
+            with self._state_lock:
+                self.stats["swept"] += len(missed)
+            logger.info("sweep: %d change(s) the file events did not report: %s", len(missed),
+                        ", ".join(f"{k} {p}" for k, p in missed[:5]) + (" ..." if len(missed) > 5 else ""))
 
     # -- reconciliation and rerouting -----------------------------------------------------
     def _reconcile(self) -> list[WatchEvent]:

@@ -73,7 +73,7 @@ from d2l_haystack.kb.settings import (
 )
 from d2l_haystack.stores import AdapterStore, PersistentFAISSDocumentStore
 from d2l_haystack.stores.faiss_document_store import DamagedIndexError
-from d2l_haystack.stores.files import atomic_write_json, file_signature, shared_lock, writable
+from d2l_haystack.stores.files import atomic_write_json, file_signature, shared_lock, stat_signature, writable
 
 logger = logging.getLogger(__name__)
 
@@ -361,8 +361,19 @@ class Workspace:
         :raises InputError: missing, empty, binary, non-UTF-8 or unsupported file (workspace untouched).
         """
         self._check_size(path)
+        stat = stat_signature(Path(path).expanduser())  # before reading: a later edit makes it differ
         text, meta = read_source(path)
-        return self._index(text, meta, route, force)
+        return self._index(text, meta, route, force, file_stat=stat)
+
+    def _internal(self, path: Path) -> bool:
+        """Whether ``path`` is one of the workspace's own files (its top-level files, adapters,
+        RAG index): never indexed by a folder walk. Documents kept inside it (``uploads/``, the
+        demo's ``sources/``) are not."""
+        try:
+            rel = path.resolve().relative_to(self.path).parts
+        except ValueError:
+            return False
+        return len(rel) <= 1 or rel[0] in INTERNAL_FOLDERS or rel[0].startswith("faiss.damaged-")
 
     def _check_size(self, path: str | Path) -> None:
         """:raises InputError: the file is larger than the ``max_file_bytes`` setting."""
@@ -405,7 +416,7 @@ class Workspace:
                 for f in sorted(p.glob(pattern)):
                     rel = f.relative_to(p).parts
                     if (f.is_file() and self.supports(f) and not any(part.startswith(".") for part in rel)
-                            and not _inside(f, self.path)):  # never the workspace's own files
+                            and not self._internal(f)):
                         files.append(f)
             else:
                 files.append(p)
@@ -443,7 +454,7 @@ class Workspace:
         return False
 
     def _index(self, text: str, meta: dict[str, Any], route: str | None, force: bool,
-               keep_text: bool = False) -> IndexResult:
+               keep_text: bool = False, file_stat: list[int] | None = None) -> IndexResult:
         doc_id = meta["d2l_doc_id"]
         digest = content_hash(text)
         start = time.perf_counter()
@@ -457,6 +468,9 @@ class Workspace:
                     raise InputError(f"route must be 'd2l', 'rag' or 'auto', got {route!r}")
             if (old and not force and old.get("hash") == digest and old.get("route_override") == override
                     and self._materialized(doc_id, old)):
+                if file_stat is not None and old.get("file_stat") != file_stat and not self.read_only:
+                    old["file_stat"] = file_stat  # touched or replaced, same content: remembered for sweeps
+                    self._save_files()
                 return IndexResult(path=doc_id, action="unchanged", route=old["route"], reason=old.get("reason", ""),
                                    previous_route=old["route"], chunks=int(old.get("chunks", 0)),
                                    adapter_id=old.get("adapter_id"), num_tokens=int(old.get("num_tokens", 0)))
@@ -506,7 +520,7 @@ class Workspace:
                     adapter_id=doc_id if to_d2l else None, title=meta.get("title", ""),
                     file_type=meta.get("file_type", ""), indexed_at=now,
                     index_seconds=round(time.perf_counter() - start, 4), model=self.settings["model"],
-                    checkpoint=self.settings["checkpoint"],
+                    checkpoint=self.settings["checkpoint"], file_stat=file_stat,
                 )
                 if previous and previous != rec["route"]:  # kept with its reason (``status()``) and logged
                     rec["route_history"] = (list(rec.get("route_history", [])) + [
@@ -840,10 +854,5 @@ class Workspace:
         return done
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` (resolved) lies in ``folder``."""
-    try:
-        path.resolve().relative_to(folder)
-        return True
-    except ValueError:
-        return False
+INTERNAL_FOLDERS = ("adapters", "faiss")
+"""The workspace's own folders (and ``faiss.damaged-*``, kept by :meth:`Workspace.repair`)."""

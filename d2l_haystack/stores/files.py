@@ -103,6 +103,16 @@ def writable(folder: str | Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
+def stat_signature(path: str | Path) -> list[int] | None:
+    """:func:`file_signature` as a list (as kept in JSON records), ``None`` for any path that
+    cannot be statted (gone, a symbolic link loop, no permission)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
 class FileLock:
     """A re-entrant lock for threads of this process and for other processes.
 
