@@ -185,10 +185,14 @@ def test_damaged_keys_are_reported(needle_adapter: Adapter, tmp_path: Path):
     bad = dict(tensors)
     bad["keys.chunks"] = bad["keys.chunks"] + needle_adapter.num_chunks
     save_file(bad, str(tmp_path / "bad.safetensors"), metadata=meta)
-    with pytest.raises(AdapterError, match="chunks the adapter does not have"):
+    with pytest.raises(AdapterError, match="does not match its checksum"):  # the tensor checksum sees it first
         Adapter.load(tmp_path / "bad.safetensors")
+    old = {k: v for k, v in meta.items() if k != "data_sha256"}  # a file written before checksums existed
+    save_file(bad, str(tmp_path / "bad_old.safetensors"), metadata=old)
+    with pytest.raises(AdapterError, match="chunks the adapter does not have"):
+        Adapter.load(tmp_path / "bad_old.safetensors")
     half = {k: v for k, v in tensors.items() if k != "keys.chunks"}
-    save_file(half, str(tmp_path / "half.safetensors"), metadata=meta)
+    save_file(half, str(tmp_path / "half.safetensors"), metadata=old)
     with pytest.raises(AdapterError, match="incomplete chunk keys"):
         Adapter.load(tmp_path / "half.safetensors")
 
