@@ -14,7 +14,7 @@ Layout of a workspace folder::
 Public operations (thread-safe; two processes may use one workspace, e.g. a watcher and the
 CLI): :meth:`Workspace.index_file`, :meth:`~Workspace.index_text`, :meth:`~Workspace.index_paths`,
 :meth:`~Workspace.remove_file`, :meth:`~Workspace.rename_file`, :meth:`~Workspace.reroute`,
-:meth:`~Workspace.query`, :meth:`~Workspace.status`.
+:meth:`~Workspace.query`, :meth:`~Workspace.status`, :meth:`~Workspace.verify`, :meth:`~Workspace.repair`.
 
 Consistency: a query runs its pipeline under the shared side of the commit gate and an update
 applies its changes to the stores (adapter, chunks, record) under the exclusive side, so a
@@ -23,9 +23,11 @@ query sees a document's old state or its new one, never a mix. The heavy work of
 at most for the store writes of one update.
 
 Crash safety: every file is written atomically, and a mutating operation is recorded in
-``journal.json`` before it starts and cleared when it is done. Reopening a workspace whose
-journal is not empty redoes that operation (all operations are idempotent), so an interrupted
-run loses nothing.
+``journal.json`` before it starts and cleared when it is done. An index interrupted before its
+commit (while internalizing or embedding) changed nothing and is rolled back on reopening; one
+interrupted while writing the stores, a rename or a removal is redone (all are idempotent), so an
+interrupted run leaves the old state or the new one. :meth:`~Workspace.verify` and
+:meth:`~Workspace.repair` (:mod:`d2l_haystack.kb.maintenance`) check and fix the rest.
 
 Usage example::
 
@@ -56,7 +58,7 @@ import numpy as np
 from haystack import Document
 
 from d2l_haystack.components import ChunkWriter, DocToLoRAConverter, InternalizationRouter
-from d2l_haystack.components._utils import source_filter, source_key
+from d2l_haystack.components._utils import source_filter
 from d2l_haystack.components.internalization_router import parse_route
 from d2l_haystack.components.query_router import chunk_similarity
 from d2l_haystack.components.source_file_converter import read_source, supported_suffixes, title_of
@@ -765,93 +767,21 @@ class Workspace:
             return sum(int(v) for v in self._stats.get("queries", {}).values())
 
     def verify(self) -> list[str]:
-        """Every integrity problem, one line each (empty: healthy): adapter files against their
-        checksums, orphan files, records without their adapter or chunks, chunks without a record,
-        records of vanished files, a damaged RAG index, an interrupted update. Reads everything;
-        changes nothing (:meth:`repair` fixes what it finds)."""
-        problems = [f"RAG index: {self.faiss_problem}"] if self.faiss_problem else []
-        problems += self.adapters.verify()
-        with self._locked():
-            if self._journal.pending():
-                problems.append("an interrupted update is waiting to be redone")
-            chunk_sources = self._chunk_sources()
-            for doc_id, rec in sorted(self._files.items()):
-                if Path(doc_id).is_absolute() and not Path(doc_id).is_file():
-                    problems.append(f"{doc_id}: the file is gone (its record, adapter or chunks are stale)")
-                if rec.get("route") == "d2l" and doc_id not in self.adapters:
-                    problems.append(f"{doc_id}: routed to D2L but has no adapter")
-                if rec.get("route") == "rag" and doc_id not in chunk_sources and not self.faiss_problem:
-                    problems.append(f"{doc_id}: routed to RAG but has no chunks")
-            for source in sorted(chunk_sources - set(self._files)):
-                problems.append(f"{source}: chunks in the RAG index without a record")
-            for entry in self.adapters.list():
-                if entry["id"] not in self._files:
-                    problems.append(f"{entry['id']}: an adapter without a record")
-        return problems
+        """Every integrity problem, one line each (empty: healthy); changes nothing
+        (:func:`~d2l_haystack.kb.maintenance.verify`)."""
+        from d2l_haystack.kb.maintenance import verify
 
-    def _chunk_sources(self) -> set[str]:
-        """The document ids that have chunks in the RAG index."""
-        return {source_key(d.meta, d.id) for d in self.faiss.filter_documents()}
+        return verify(self)
 
     def repair(self, on_action: Callable[[str], None] | None = None) -> list[str]:
-        """Fix what :meth:`verify` finds, from the records and the source files: finish an
-        interrupted update; move a damaged RAG index aside (``faiss.damaged-<time>``, kept) and
-        rebuild it; re-index documents whose adapter or chunks are damaged or missing; forget
-        files that are gone; drop chunks, adapters and files nothing refers to.
+        """Fix what :meth:`verify` finds from the records and the source files; returns what was
+        done (:func:`~d2l_haystack.kb.maintenance.repair`).
 
-        :param on_action: called with each line of what was done, as it is done.
-        :returns: what was done, one line each (empty: nothing needed doing).
         :raises WorkspaceError: the workspace is read-only.
         """
-        if self.read_only:
-            raise WorkspaceError(f"workspace {self.path} is read-only: cannot repair it")
-        done: list[str] = []
+        from d2l_haystack.kb.maintenance import repair
 
-        def did(line: str) -> None:
-            done.append(line)
-            logger.info("repair %s: %s", self.path, line)
-            if on_action is not None:
-                on_action(line)
-
-        with self._locked():
-            if self.faiss_problem:
-                folder = self.path / "faiss"
-                aside = folder.with_name(f"faiss.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-                os.replace(folder, aside)
-                problem, self.faiss = self.faiss_problem, self._open_faiss()
-                self._components.clear()  # the pipelines held the old store
-                self._query_pipeline = None
-                did(f"RAG index damaged ({problem}): moved aside to {aside.name}, rebuilt from the sources")
-            if self._journal.pending():
-                self._recover(heavy=True)
-                did("finished the interrupted update")
-            for doc_id, rec in sorted(self._files.items()):
-                source = Path(doc_id)
-                if source.is_absolute() and not source.is_file():
-                    self._remove(doc_id)
-                    did(f"forgot {doc_id}: the file is gone")
-                elif not self._materialized(doc_id, rec):
-                    if not source.is_absolute():
-                        did(f"cannot rebuild {doc_id}: it was indexed from text, not a file (index it again)")
-                        continue
-                    try:
-                        result = self.index_file(doc_id, force=True)
-                    except InputError as exc:
-                        self._remove(doc_id)
-                        did(f"forgot {doc_id}: {exc}")
-                        continue
-                    did(f"re-indexed {doc_id} ({result.route}: its adapter or chunks were damaged or missing)")
-            for source_id in sorted(self._chunk_sources() - set(self._files)):
-                self.faiss.delete_by_filter(source_filter(source_id))
-                did(f"dropped the chunks of {source_id} (no record)")
-            for entry in self.adapters.list():
-                if entry["id"] not in self._files:
-                    self.adapters.delete(entry["id"])
-                    did(f"dropped the adapter of {entry['id']} (no record)")
-            removed = self.adapters.gc()
-            if removed:
-                did(f"deleted {removed} adapter file(s) nothing refers to")
-        return done
+        return repair(self, on_action)
 
 
 INTERNAL_FOLDERS = ("adapters", "faiss")

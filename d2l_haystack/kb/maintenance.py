@@ -1,0 +1,119 @@
+"""Checking and fixing a workspace: :func:`verify` (read-only) and :func:`repair` (``d2l verify``,
+``d2l repair``; :meth:`Workspace.verify` and :meth:`Workspace.repair` call these).
+
+    >>> import tempfile
+    >>> from d2l_haystack.kb.workspace import Workspace
+    >>> ws = Workspace(tempfile.mkdtemp())
+    >>> verify(ws), repair(ws)
+    ([], [])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from d2l_haystack.components._utils import source_filter, source_key
+from d2l_haystack.core.errors import InputError
+from d2l_haystack.kb.settings import WorkspaceError
+
+if TYPE_CHECKING:
+    from d2l_haystack.kb.workspace import Workspace
+
+logger = logging.getLogger("d2l_haystack.kb.workspace")
+
+
+def verify(ws: Workspace) -> list[str]:
+    """Every integrity problem, one line each (empty: healthy): adapter files against their
+    checksums, orphan files, records without their adapter or chunks, chunks without a record,
+    records of vanished files, a damaged RAG index, an interrupted update. Reads everything;
+    changes nothing (:meth:`repair` fixes what it finds)."""
+    problems = [f"RAG index: {ws.faiss_problem}"] if ws.faiss_problem else []
+    problems += ws.adapters.verify()
+    with ws._locked():
+        if ws._journal.pending():
+            problems.append("an interrupted update is waiting to be redone")
+        with_chunks = chunk_sources(ws)
+        for doc_id, rec in sorted(ws._files.items()):
+            if Path(doc_id).is_absolute() and not Path(doc_id).is_file():
+                problems.append(f"{doc_id}: the file is gone (its record, adapter or chunks are stale)")
+            if rec.get("route") == "d2l" and doc_id not in ws.adapters:
+                problems.append(f"{doc_id}: routed to D2L but has no adapter")
+            if rec.get("route") == "rag" and doc_id not in with_chunks and not ws.faiss_problem:
+                problems.append(f"{doc_id}: routed to RAG but has no chunks")
+        for source in sorted(with_chunks - set(ws._files)):
+            problems.append(f"{source}: chunks in the RAG index without a record")
+        for entry in ws.adapters.list():
+            if entry["id"] not in ws._files:
+                problems.append(f"{entry['id']}: an adapter without a record")
+    return problems
+
+
+def chunk_sources(ws: Workspace) -> set[str]:
+    """The document ids that have chunks in the RAG index."""
+    return {source_key(d.meta, d.id) for d in ws.faiss.filter_documents()}
+
+
+def repair(ws: Workspace, on_action: Callable[[str], None] | None = None) -> list[str]:
+    """Fix what :func:`verify` finds, from the records and the source files: finish an
+    interrupted update; move a damaged RAG index aside (``faiss.damaged-<time>``, kept) and
+    rebuild it; re-index documents whose adapter or chunks are damaged or missing; forget
+    files that are gone; drop chunks, adapters and files nothing refers to.
+
+    :param on_action: called with each line of what was done, as it is done.
+    :returns: what was done, one line each (empty: nothing needed doing).
+    :raises WorkspaceError: the workspace is read-only.
+    """
+    if ws.read_only:
+        raise WorkspaceError(f"workspace {ws.path} is read-only: cannot repair it")
+    done: list[str] = []
+
+    def did(line: str) -> None:
+        done.append(line)
+        logger.info("repair %s: %s", ws.path, line)
+        if on_action is not None:
+            on_action(line)
+
+    with ws._locked():
+        if ws.faiss_problem:
+            folder = ws.path / "faiss"
+            aside = folder.with_name(f"faiss.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(folder, aside)
+            problem, ws.faiss = ws.faiss_problem, ws._open_faiss()
+            ws._components.clear()  # the pipelines held the old store
+            ws._query_pipeline = None
+            did(f"RAG index damaged ({problem}): moved aside to {aside.name}, rebuilt from the sources")
+        if ws._journal.pending():
+            ws._recover(heavy=True)
+            did("finished the interrupted update")
+        for doc_id, rec in sorted(ws._files.items()):
+            source = Path(doc_id)
+            if source.is_absolute() and not source.is_file():
+                ws._remove(doc_id)
+                did(f"forgot {doc_id}: the file is gone")
+            elif not ws._materialized(doc_id, rec):
+                if not source.is_absolute():
+                    did(f"cannot rebuild {doc_id}: it was indexed from text, not a file (index it again)")
+                    continue
+                try:
+                    result = ws.index_file(doc_id, force=True)
+                except InputError as exc:
+                    ws._remove(doc_id)
+                    did(f"forgot {doc_id}: {exc}")
+                    continue
+                did(f"re-indexed {doc_id} ({result.route}: its adapter or chunks were damaged or missing)")
+        for source_id in sorted(chunk_sources(ws) - set(ws._files)):
+            ws.faiss.delete_by_filter(source_filter(source_id))
+            did(f"dropped the chunks of {source_id} (no record)")
+        for entry in ws.adapters.list():
+            if entry["id"] not in ws._files:
+                ws.adapters.delete(entry["id"])
+                did(f"dropped the adapter of {entry['id']} (no record)")
+        removed = ws.adapters.gc()
+        if removed:
+            did(f"deleted {removed} adapter file(s) nothing refers to")
+    return done
