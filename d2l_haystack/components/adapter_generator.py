@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, Literal
@@ -271,3 +273,24 @@ class AdapterGenerator:
         if routing:
             meta["routing"] = routing
         return {"replies": [ChatMessage.from_assistant(result.text, meta=meta)]}
+
+    @component.output_types(replies=list[ChatMessage])
+    async def run_async(self, messages: list[ChatMessage] | str, adapter_ids: list[str] | None = None,
+                        documents: list[Document] | None = None, generation_kwargs: dict[str, Any] | None = None,
+                        streaming_callback: Callable[[StreamingChunk], None] | None = None,
+                        routing: dict[str, Any] | None = None,
+                        adapter_weights: list[float] | None = None) -> dict[str, Any]:
+        """:meth:`run` for Haystack's ``AsyncPipeline``: the generation runs in a worker thread, so
+        the event loop (a server's other requests) is not blocked; an ``async`` streaming callback
+        is awaited on the caller's loop, chunk by chunk."""
+        loop = asyncio.get_running_loop()
+        callback = streaming_callback or self.streaming_callback
+        if callback is not None and inspect.iscoroutinefunction(callback):
+            awaited = callback
+
+            def callback(chunk: StreamingChunk) -> None:
+                asyncio.run_coroutine_threadsafe(awaited(chunk), loop).result()
+
+        return await asyncio.to_thread(self.run, messages, adapter_ids, documents, generation_kwargs, callback,
+                                       routing, adapter_weights)
+

@@ -106,6 +106,41 @@ class TestAdapterGenerator:
             messages="Hello", streaming_callback=runtime.append)
         assert runtime
 
+    def test_run_async_in_an_async_pipeline_run_with_an_async_callback(self, generator: AdapterGenerator):
+        """Pipeline.run_async (Haystack's async run; AsyncPipeline before 3.0) awaits run_async: two
+        questions at once both answer (the event loop is free meanwhile), an async streaming
+        callback gets every chunk, the replies equal run()'s."""
+        import asyncio
+
+        from haystack import Pipeline
+
+        pipe = Pipeline()
+        pipe.add_component("gen", generator)
+        streamed: list[StreamingChunk] = []
+        ticks = 0
+
+        async def on_chunk(chunk: StreamingChunk) -> None:
+            streamed.append(chunk)
+
+        async def ticker() -> None:  # runs while the generations do: the loop is not blocked
+            nonlocal ticks
+            for _ in range(200):
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        async def both():
+            return await asyncio.gather(
+                pipe.run_async({"gen": {"messages": "What is the warranty?", "adapter_ids": ["/manual.md"],
+                                        "streaming_callback": on_chunk}}),
+                generator.run_async(messages="Hello"), ticker())
+
+        first, second, _ = asyncio.run(both())
+        assert first["gen"]["replies"][0].text == generator.run(
+            messages="What is the warranty?", adapter_ids=["/manual.md"])["replies"][0].text
+        assert second["replies"][0].text == generator.run(messages="Hello")["replies"][0].text
+        assert streamed and "".join(c.content for c in streamed).strip() == first["gen"]["replies"][0].text
+        assert ticks > 10
+
     def test_errors(self, generator: AdapterGenerator, engine_params: dict):
         with pytest.raises(AdapterError, match="no adapter for 'missing'"):
             generator.run(messages="q", adapter_ids=["missing"])
