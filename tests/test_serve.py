@@ -134,6 +134,9 @@ def test_huge_and_non_utf8_bodies_are_refused(server):
     huge = server["client"].post("/d2l_index/run", content=b"x" * (33 * 1024 * 1024),
                                  headers={"content-type": "application/json"})
     assert huge.status_code == 413 and "byte limit" in huge.json()["detail"]
+    big = server["client"].post("/d2l_index/run", json={"name": "big.md", "content": "word " * 1_800_000})
+    assert big.status_code == 413 and "max_file_bytes" in big.json()["detail"]  # the workspace's limit
+    assert not (server["workspace"] / "uploads" / "big.md").exists()  # refused before anything is written
     latin = server["client"].post("/d2l_index/run", content='{"name": "a.md", "content": "caf\xe9"}'.encode("latin-1"),
                                   headers={"content-type": "application/json"})
     assert 400 <= latin.status_code < 500

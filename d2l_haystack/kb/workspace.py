@@ -362,8 +362,9 @@ class Workspace:
         :param force: redo the work even if nothing changed.
         :raises InputError: missing, empty, binary, non-UTF-8 or unsupported file (workspace untouched).
         """
-        self._check_size(path)
         stat = stat_signature(Path(path).expanduser())  # before reading: a later edit makes it differ
+        if stat is not None:  # else read_source names the problem
+            self.check_size(path, stat[1])
         text, meta = read_source(path)
         return self._index(text, meta, route, force, file_stat=stat)
 
@@ -377,13 +378,10 @@ class Workspace:
             return False
         return len(rel) <= 1 or rel[0] in INTERNAL_FOLDERS or rel[0].startswith("faiss.damaged-")
 
-    def _check_size(self, path: str | Path) -> None:
-        """:raises InputError: the file is larger than the ``max_file_bytes`` setting."""
+    def check_size(self, path: str | Path, size: int) -> None:
+        """:raises InputError: ``size`` bytes (of the file or upload ``path``) is over the
+        ``max_file_bytes`` setting, the one limit of ``d2l index``, the watcher and uploads."""
         limit = int(self.settings["max_file_bytes"])
-        try:
-            size = Path(path).expanduser().stat().st_size
-        except OSError:
-            return  # read_source names the problem
         if size > limit:
             raise InputError(f"{path}: {size:,} bytes is over the workspace's {limit:,}-byte limit (setting "
                              f"max_file_bytes; raise it with `d2l index --max-file-size BYTES`)")

@@ -87,11 +87,8 @@ def upload_target(workspace: Any, name: str, content: str | None, path: str | No
         data = content.encode("utf-8")
     except UnicodeEncodeError as exc:  # lone surrogates: bytes that were never UTF-8
         raise HTTPException(status_code=400, detail=f"{clean}: content is not valid UTF-8 text") from exc
-    limit = int(workspace.settings["max_file_bytes"])
-    if len(data) > limit:
-        raise HTTPException(status_code=413, detail=f"{clean}: {len(data):,} bytes is over the workspace's "
-                                                    f"{limit:,}-byte limit")
-    with as_http():
+    with as_http():  # over the limit: 413, before anything is written
+        workspace.check_size(clean, len(data))
         validate_text(content, clean)
     if workspace.read_only:
         raise HTTPException(status_code=409, detail=f"workspace {workspace.path} is read-only")

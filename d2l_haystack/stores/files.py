@@ -107,10 +107,10 @@ def stat_signature(path: str | Path) -> list[int] | None:
     """:func:`file_signature` as a list (as kept in JSON records), ``None`` for any path that
     cannot be statted (gone, a symbolic link loop, no permission)."""
     try:
-        st = os.stat(path)
+        sig = file_signature(path)
     except (OSError, ValueError):
         return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
+    return list(sig) if sig is not None else None
 
 
 class FileLock:
