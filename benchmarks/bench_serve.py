@@ -7,9 +7,11 @@ Usage::
 
 A workspace of the sample documents (the kettle manual internalized: the ``d2l`` route; the app
 changelog forced to RAG: the ``rag`` route) is served by ``d2l serve`` in its own process on a free
-127.0.0.1 port. For each route and each number of concurrent clients (``--clients``, default 1, 4
-and 8), every client sends ``--requests`` questions of that route (``POST /d2l/run``, route forced
-with ``mode``, ``--max-new-tokens`` tokens); reported: queries per second (all answers over the
+127.0.0.1 port, once as a folder workspace (FAISS) and once on PostgreSQL + pgvector (a local
+``pgserver`` started for the run and stopped after it; ``--stores`` picks). For each route and
+each number of concurrent clients (``--clients``, default 1, 4 and 8), every client sends
+``--requests`` questions of that route (``POST /d2l/run``, route forced with ``mode``,
+``--max-new-tokens`` tokens); reported: queries per second (all answers over the
 wall time), p50 and p95 latency, errors. Writes ``benchmarks/results/serve.json`` (``--out``) and
 prints a table. Run it on an otherwise idle machine: the numbers are the machine's.
 """
@@ -112,44 +114,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=6, help="questions per client and setting")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--quick", action="store_true", help="1 and 2 clients, 2 questions each")
+    p.add_argument("--stores", nargs="+", choices=["folder", "postgresql"], default=["folder", "postgresql"])
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve.json"))
     args = p.parse_args(argv)
     if args.quick:
         args.clients, args.requests = [1, 2], 2
+    from d2l_haystack.kb.postgres import start_local_server, stop_local_server
     from d2l_haystack.kb.workspace import Workspace
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="d2l-serve-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        docs = tmp / "docs"
-        shutil.copytree(REPO / "d2l_haystack" / "samples" / "demo", docs)
-        ws = Workspace(tmp / "kb")
-        ws.index_file(docs / "kettle-manual.md", route="d2l")
-        ws.index_file(docs / "app-changelog.md", route="rag")
-        port = _free_port()
-        proc = start(ws.path, port, tmp / "serve.log")
-        base = f"http://127.0.0.1:{port}"
-        try:
-            load(base, "d2l", 1, 1, args.max_new_tokens)  # warm-up: models loaded, caches filled
-            load(base, "rag", 1, 1, args.max_new_tokens)
-            for route in ("d2l", "rag"):
-                for clients in args.clients:
-                    row = load(base, route, clients, args.requests, args.max_new_tokens)
-                    rows.append(row)
-                    print(f"{route} x{clients}: {row['qps']} q/s, p50 {row['p50_s']} s, p95 {row['p95_s']} s, "
-                          f"{row['errors']} errors", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    for store in args.stores:
+        with tempfile.TemporaryDirectory(prefix="d2l-serve-bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            docs = tmp / "docs"
+            shutil.copytree(REPO / "d2l_haystack" / "samples" / "demo", docs)
+            url = start_local_server(tmp / "pg") if store == "postgresql" else None
+            try:
+                ws = Workspace(tmp / "kb", store=url)
+                ws.index_file(docs / "kettle-manual.md", route="d2l")
+                ws.index_file(docs / "app-changelog.md", route="rag")
+                ws.close()
+                port = _free_port()
+                proc = start(ws.path, port, tmp / "serve.log")
+                base = f"http://127.0.0.1:{port}"
+                try:
+                    load(base, "d2l", 1, 1, args.max_new_tokens)  # warm-up: models loaded, caches filled
+                    load(base, "rag", 1, 1, args.max_new_tokens)
+                    for route in ("d2l", "rag"):
+                        for clients in args.clients:
+                            row = {"store": store, **load(base, route, clients, args.requests, args.max_new_tokens)}
+                            rows.append(row)
+                            print(f"{store} {route} x{clients}: {row['qps']} q/s, p50 {row['p50_s']} s, "
+                                  f"p95 {row['p95_s']} s, {row['errors']} errors", flush=True)
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
+            finally:
+                if url:
+                    stop_local_server(tmp / "pg")
     data = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
             "cpus": os.cpu_count(), "command": " ".join(["benchmarks/bench_serve.py", *(argv or sys.argv[1:])]),
-            "store": "FAISS folder workspace", "max_new_tokens": args.max_new_tokens, "rows": rows}
+            "stores": {"folder": "files.json + FAISS in the workspace folder",
+                       "postgresql": "PostgreSQL 16 + pgvector (pgserver, Unix socket, same machine)"},
+            "max_new_tokens": args.max_new_tokens, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
-    print("\n| route | clients | q/s | p50 s | p95 s | errors |\n|---|---|---|---|---|---|")
+    print("\n| store | route | clients | q/s | p50 s | p95 s | errors |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['route']} | {r['clients']} | {r['qps']} | {r['p50_s']} | {r['p95_s']} | {r['errors']} |")
+        print(f"| {r['store']} | {r['route']} | {r['clients']} | {r['qps']} | {r['p50_s']} | {r['p95_s']} | "
+              f"{r['errors']} |")
     print(f"\nwrote {out}")
     return 0
 

@@ -149,7 +149,7 @@ def final_check(ws: Any, folder: Path) -> dict[str, Any]:
         good = entry["id"] in files and entry["content_hash"] == files[entry["id"]] \
             and records.get(entry["id"], {}).get("route") == "d2l"
         adapters_ok, adapters_bad = adapters_ok + good, adapters_bad + (not good)
-    for chunk in ws.faiss.filter_documents():
+    for chunk in ws.document_store.filter_documents():
         path = chunk.meta.get("file_path")
         good = path in texts and records.get(path, {}).get("route") == "rag" \
             and (chunk.content or "").strip() in texts[path]

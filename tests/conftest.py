@@ -209,3 +209,15 @@ def _magic_number_document(engine, sentences: int, at: int) -> tuple[str, int]:
 def magic_number_document():
     """``magic_number_document(engine, sentences, at) -> (document, needle chunk index)``."""
     return _magic_number_document
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory):
+    """A real PostgreSQL 16 with pgvector (the ``pgserver`` wheel the project installs), started on a
+    Unix socket in a session folder and stopped at the end of the session."""
+    from d2l_haystack.kb.postgres import start_local_server, stop_local_server
+
+    data = tmp_path_factory.mktemp("postgres")
+    url = start_local_server(data)
+    yield url
+    stop_local_server(data)

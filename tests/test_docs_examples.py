@@ -95,3 +95,22 @@ def test_relative_links_in_the_docs_point_at_files_that_exist():
             if not target.startswith(("http://", "https://", "mailto:")) and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(REPO)} -> {target}")
     assert not broken, broken
+
+
+@pytest.mark.integration
+def test_the_postgres_page_python_example_runs_as_written(tmp_path, monkeypatch, embedded_model_dir, capsys):
+    """docs/postgres.md's Python block (a local server, a shared workspace, a question), for real."""
+    from d2l_haystack.kb.postgres import stop_local_server
+
+    (tmp_path / "d2l_haystack").mkdir()
+    os.symlink(REPO / "d2l_haystack" / "samples", tmp_path / "d2l_haystack" / "samples")
+    monkeypatch.chdir(tmp_path)
+    blocks = python_blocks(REPO / "docs" / "postgres.md")
+    assert blocks
+    try:
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"docs/postgres.md python block {i + 1}", "exec"), {"__name__": "doc"})  # noqa: S102
+    finally:
+        stop_local_server(tmp_path / "pg")
+    assert capsys.readouterr().out.strip().splitlines()[-1] in ("d2l", "rag", "hybrid", "base")
+    assert '"store": "postgresql://' in (tmp_path / "kb-shared" / "workspace.json").read_text()

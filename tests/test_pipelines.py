@@ -60,7 +60,7 @@ class TestYamlFiles:
         for _, comp in pipe.walk():
             store = getattr(comp, "document_store", None)
             if store is not None:  # bound to the workspace's shared, auto-saving store
-                assert store is Workspace(tmp_path / "ws").faiss
+                assert store is Workspace(tmp_path / "ws").document_store
 
     def test_the_workspace_chunking_reaches_the_yaml_pipelines(self, tmp_path: Path, tiny_model: str):
         ws = Workspace(tmp_path / "ws", chunking="sentences")
@@ -164,6 +164,31 @@ class TestBuilders:
         rag = load_pipeline("rag_only", workspace=ws, variables=variables)
         only_rag = answer_of(rag.run(query_inputs(rag, KETTLE_Q, {"max_new_tokens": 2}))).meta
         assert only_rag["chunks"] == [] and only_rag["route"] == "base"  # every document is internalized
+
+    def test_async_runs_give_the_same_results(self, workspace_factory, docs_dir: Path, tiny_model: str):
+        """``Pipeline.run_async``: every component of ours that reads files, writes stores or
+        generates has a ``run_async`` (a worker thread), and the answers equal ``run``'s."""
+        import asyncio
+
+        from d2l_haystack.components import (
+            AdapterGenerator,
+            ChunkWriter,
+            DocToLoRAConverter,
+            QueryRouter,
+            SourceFileConverter,
+        )
+
+        for cls in (AdapterGenerator, ChunkWriter, DocToLoRAConverter, QueryRouter, SourceFileConverter):
+            assert asyncio.iscoroutinefunction(cls.run_async), cls
+        ws = workspace_factory()
+        variables = _tiny_vars(tiny_model)
+        indexing = load_pipeline("indexing", workspace=ws, variables=variables)
+        sources = sorted(docs_dir.iterdir())
+        out = asyncio.run(indexing.run_async({"converter": {"sources": sources}}))
+        assert out["doc_to_lora"]["internalized"] == 4
+        query = load_pipeline("query", workspace=ws, variables=variables)
+        data = query_inputs(query, KETTLE_Q, {"max_new_tokens": 3})
+        assert answer_of(asyncio.run(query.run_async(data))).text == answer_of(query.run(data)).text
 
 
 @pytest.mark.integration

@@ -31,9 +31,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Iterator[dict]:
+@pytest.fixture(scope="module", params=["folder", "postgresql"])
+def server(request, tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Iterator[dict]:
+    """Every test runs against a folder workspace and against one on PostgreSQL (the session's server)."""
     from d2l_haystack.kb.workspace import Workspace
+
+    store = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
 
     tmp = tmp_path_factory.mktemp("serve")
     docs, root = tmp / "docs", tmp / "shared"
@@ -43,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> It
         shutil.copy(f, docs / f.name)
     (root / "hours.md").write_text("# Hours\nThe Lyon office opens at nine.\n")
     ws = Workspace(tmp / "kb", device="cpu", model=str(tiny_llama_dir), checkpoint=None, chunk_tokens=64,
-                   max_new_tokens=4)
+                   max_new_tokens=4, store=store)
     ws.index_paths([docs])
     ws.index_file(docs / "app-changelog.md", route="rag")
     port = _free_port()

@@ -52,7 +52,8 @@ def _idle(watcher: DocumentWatcher, timeout: float = 60.0) -> None:
 
 
 def _chunks_of(ws: Workspace, path: Path) -> list:
-    return ws.faiss.filter_documents({"field": "meta.file_path", "operator": "==", "value": str(path.resolve())})
+    return ws.document_store.filter_documents({"field": "meta.file_path", "operator": "==",
+                                               "value": str(path.resolve())})
 
 
 def assert_in_step(ws: Workspace, watcher: DocumentWatcher) -> None:
@@ -212,7 +213,7 @@ class TestConsistency:
         hashes = {content_hash(version(n)): n for n in range(1, 9)}
         doc.write_text(version(1))
         windows: list[tuple[float, float]] = []  # when an update was between two of its store changes
-        faiss_delete, adapter_delete = ws.faiss.delete_by_filter, ws.adapters.delete
+        faiss_delete, adapter_delete = ws.document_store.delete_by_filter, ws.adapters.delete
 
         def slow(fn):
             def wrapped(*a, **kw):
@@ -235,7 +236,7 @@ class TestConsistency:
         with _watch(ws, docs) as w:
             _idle(w)
             ws.query("warm up", max_new_tokens=1)
-            monkeypatch.setattr(ws.faiss, "delete_by_filter", slow(faiss_delete))
+            monkeypatch.setattr(ws.document_store, "delete_by_filter", slow(faiss_delete))
             monkeypatch.setattr(ws.adapters, "delete", slow(adapter_delete))
             monkeypatch.setattr(ws.adapters, "get", recording_get)
             stop, seen, errors = threading.Event(), [], []
@@ -296,9 +297,9 @@ class TestConsistency:
         with pytest.raises(KeyboardInterrupt):
             ws.index_file(doc)
         monkeypatch.undo()
-        assert (ws.path / "journal.json").exists() and ws.record(doc)["hash"] != content_hash(doc.read_text())
+        assert ws.pending_update and ws.record(doc)["hash"] != content_hash(doc.read_text())
         ws.query("What is the meeting room called?", max_new_tokens=1)
-        assert not (ws.path / "journal.json").exists()
+        assert not ws.pending_update
         assert ws.record(doc)["hash"] == ws.adapters.info(str(doc.resolve()))["content_hash"] == content_hash(
             doc.read_text())
 
@@ -321,9 +322,9 @@ class TestConsistency:
             d2l.write_text("The giraffe kettle is spotted.\n")
             _idle(w)
         after = _chunks_of(ws, rag)
-        assert after and not any("zebra" in c.content for c in ws.faiss.filter_documents())
+        assert after and not any("zebra" in c.content for c in ws.document_store.filter_documents())
         assert not {c.id for c in before} & {c.id for c in after}
-        assert len(after) == ws.record(rag)["chunks"] == ws.faiss.count_documents()
+        assert len(after) == ws.record(rag)["chunks"] == ws.document_store.count_documents()
         answer = ws.query("Who counts seagulls at the zebra lighthouse?", explain=True, mode="rag")
         retrieved = answer.explanation["retrieved"]
         assert retrieved and not any("zebra" in r["text"] for r in retrieved)
@@ -508,7 +509,7 @@ def test_index_and_the_watcher_share_the_workspace_file_limit(workspace_factory,
     big.write_text("# Big\n" + "The kettle boils water quickly. " * 100)
     with pytest.raises(InputError, match="over the workspace's 2,000-byte limit .*max_file_bytes"):
         ws.index_file(big)
-    assert ws.record(big) is None and not (ws.path / "journal.json").exists()
+    assert ws.record(big) is None and not ws.pending_update
     assert DocumentWatcher(ws, [big.parent]).scope.inspect(str(big)).startswith("too large")
     assert main(["index", str(big), "-w", str(ws.path)]) == 2
     err = capsys.readouterr().err

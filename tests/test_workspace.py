@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,20 @@ from components.conftest import (  # noqa: F401  (fixtures shared with tests/com
 )
 
 from d2l_haystack.core.errors import InputError
+from d2l_haystack.core.textio import content_hash
 from d2l_haystack.kb.workspace import Workspace, WorkspaceError
 
 KETTLE_Q = "How long is the warranty of the Aurora K2 kettle?"
 UNRELATED_Q = "Who wrote the novel Pride and Prejudice?"
+
+
+def _snapshot(ws: Workspace) -> tuple[str, bytes]:
+    """The records (as a fresh process reads them, wherever they are kept) and the adapter manifest."""
+    again = Workspace.open(ws.path)
+    with again._locked():
+        records = json.dumps(again._files, sort_keys=True)
+    again.close()
+    return records, (ws.path / "adapters" / "manifest.json").read_bytes()
 
 
 def _edit(path: Path, line: str) -> None:
@@ -78,17 +89,17 @@ class TestWorkspaceIndexing:
         assert "changed 2 times" in moved.reason and moved.chunks >= 1
         doc_id = str(log.resolve())
         assert doc_id not in ws.adapters
-        chunks = ws.faiss.filter_documents({"field": "meta.file_path", "operator": "==", "value": doc_id})
+        chunks = ws.document_store.filter_documents({"field": "meta.file_path", "operator": "==", "value": doc_id})
         assert len(chunks) == moved.chunks and all(c.meta["d2l_route"] == "rag" for c in chunks)
         # editing again replaces the chunks (no stale ones)
         _edit(log, "## 2.5.2\n- Fixed: typo.")
         assert ws.index_file(log).route == "rag"
-        chunks2 = ws.faiss.filter_documents({"field": "meta.file_path", "operator": "==", "value": doc_id})
+        chunks2 = ws.document_store.filter_documents({"field": "meta.file_path", "operator": "==", "value": doc_id})
         assert "2.5.2" in " ".join(c.content for c in chunks2) and not {c.id for c in chunks} & {c.id for c in chunks2}
         # an explicit override moves it back and removes the chunks
         back = ws.index_file(log, route="d2l")
         assert back.route == "d2l" and back.reason.startswith("override") and doc_id in ws.adapters
-        assert ws.faiss.count_documents_by_filter({"field": "meta.file_path", "operator": "==",
+        assert ws.document_store.count_documents_by_filter({"field": "meta.file_path", "operator": "==",
                                                    "value": doc_id}) == 0
         assert ws.index_file(log).action == "unchanged"  # the override is remembered
         assert ws.record(log)["route_override"] == "d2l"
@@ -96,7 +107,7 @@ class TestWorkspaceIndexing:
     def test_bad_input_leaves_the_workspace_untouched(self, workspace_factory, tmp_path: Path, docs_dir: Path):
         ws = workspace_factory()
         ws.index_file(docs_dir / "kettle-manual.md")
-        before = (ws.path / "files.json").read_bytes(), (ws.path / "adapters" / "manifest.json").read_bytes()
+        before = _snapshot(ws)
         bad = tmp_path / "bad"
         bad.mkdir()
         (bad / "empty.md").write_text("  ")
@@ -112,7 +123,7 @@ class TestWorkspaceIndexing:
         errors: list = []
         assert ws.index_paths([bad], skip_errors=True, on_result=errors.append) == []
         assert len(errors) == 2  # the .jpg is not a supported type, so folders skip it silently
-        assert ((ws.path / "files.json").read_bytes(), (ws.path / "adapters" / "manifest.json").read_bytes()) == before
+        assert _snapshot(ws) == before
         with pytest.raises(InputError, match="route must be"):
             ws.index_file(docs_dir / "kettle-manual.md", route="sometimes")
 
@@ -133,12 +144,12 @@ class TestWorkspaceIndexing:
         new_log = docs_dir / "changes.md"
         log.rename(new_log)
         ws.rename_file(log, new_log)
-        moved = ws.faiss.filter_documents({"field": "meta.file_path", "operator": "==",
+        moved = ws.document_store.filter_documents({"field": "meta.file_path", "operator": "==",
                                            "value": str(new_log.resolve())})
         assert moved and ws.record(new_log)["route"] == "rag" and ws.record(log) is None
         # rename to an unsupported name = removal
         assert ws.rename_file(new_log, docs_dir / "changes.md.bak") is None
-        assert ws.faiss.count_documents() == 0
+        assert ws.document_store.count_documents() == 0
         # removal
         assert ws.remove_file(new_manual) is True and ws.remove_file(new_manual) is False
         assert ws.status()["totals"]["documents"] == 0 and ws.adapters.count() == 0
@@ -157,7 +168,7 @@ class TestWorkspaceIndexing:
             ws._save_files()
         moved = ws.reroute()
         assert [(r.route, r.previous_route) for r in moved] == [("d2l", "rag")]
-        assert str(log.resolve()) in ws.adapters and ws.faiss.count_documents() == 0
+        assert str(log.resolve()) in ws.adapters and ws.document_store.count_documents() == 0
 
     def test_index_text(self, workspace_factory):
         ws = workspace_factory()
@@ -197,6 +208,36 @@ class TestWorkspaceIndexing:
         assert ws.status()["totals"]["documents"] == 4
         assert ws.verify() == []
 
+    def test_an_indexer_that_read_an_old_version_never_overwrites_a_newer_one(self, workspace_factory, tmp_path: Path,
+                                                                            monkeypatch):
+        """The file changes right after one indexer read it, and a second indexer (another workspace
+        object, as another process would be) indexes the new version at once: the old one must not
+        be committed over it."""
+        from d2l_haystack.kb import workspace as workspace_module
+
+        ws = workspace_factory()
+        other = Workspace.open(ws.path)
+        doc = tmp_path / "room.md"
+        v1, v2 = "The meeting room is called Kestrel.\n", "The meeting room is called Osprey now.\n"
+        doc.write_text(v1)
+        read_source, racers = workspace_module.read_source, []
+
+        def racing(path):
+            text, meta = read_source(path)
+            if not racers:  # once: v2 lands and another indexer starts while this one holds v1
+                doc.write_text(v2)
+                racers.append(threading.Thread(target=other.index_file, args=(doc,)))
+                racers[0].start()
+                time.sleep(1.0)
+            return text, meta
+
+        monkeypatch.setattr(workspace_module, "read_source", racing)
+        ws.index_file(doc)
+        racers[0].join(60)
+        for view in (ws, other, Workspace.open(ws.path)):
+            assert view.record(doc)["hash"] == content_hash(v2)
+            assert view.adapters.info(str(doc.resolve()))["content_hash"] == content_hash(v2)
+
 
 class TestWorkspacePersistence:
     def test_reopen_restores_state(self, workspace_factory, docs_dir: Path, tmp_path: Path):
@@ -212,10 +253,10 @@ class TestWorkspacePersistence:
         ws = workspace_factory()
         manual = docs_dir / "kettle-manual.md"
         _crash_mid_commit(ws, manual, monkeypatch)
-        assert (ws.path / "journal.json").exists()
+        assert ws.pending_update
         assert ws.status()["pending_recovery"] is True
         again = Workspace(tmp_path / "ws", device="cpu")
-        assert not (again.path / "journal.json").exists()
+        assert not again.pending_update
         rec = again.record(manual)
         assert rec["changes"] and again.adapters.info(str(manual.resolve()))["content_hash"] == rec["hash"]
         assert again.index_file(manual).action == "unchanged"
@@ -236,10 +277,10 @@ class TestWorkspacePersistence:
         monkeypatch.setattr(ws._component("converter"), "prepare", killed)
         with pytest.raises(KeyboardInterrupt):
             ws.index_file(manual)
-        assert json.loads((ws.path / "journal.json").read_text())["phase"] == "prepare"
+        assert ws._journal.read()["phase"] == "prepare"
         monkeypatch.undo()
         again = Workspace(tmp_path / "ws", device="cpu")
-        assert not (again.path / "journal.json").exists() and again._components == {}  # no model loaded
+        assert not again.pending_update and again._components == {}  # no model loaded
         assert again.record(manual)["hash"] == before["hash"] and again.verify() == []
         calls = count_internalize(again._component("converter").engine)
         assert again.index_file(manual).action == "internalized" and len(calls) == 1
@@ -251,9 +292,9 @@ class TestWorkspacePersistence:
         reader = Workspace(tmp_path / "ws", device="cpu", recover=False)  # as `d2l status` opens it
         assert reader.status()["pending_recovery"] is True and reader._components == {}  # no model loaded
         assert any("interrupted update" in p for p in reader.verify()) and reader._components == {}
-        assert (reader.path / "journal.json").exists()
+        assert reader.pending_update
         writer = Workspace(tmp_path / "ws", device="cpu")
-        assert not (writer.path / "journal.json").exists() and writer.verify() == []
+        assert not writer.pending_update and writer.verify() == []
 
     def test_read_only_workspace_answers_and_refuses_updates_in_one_line(self, workspace_factory, docs_dir: Path,
                                                                           tmp_path: Path):
@@ -349,7 +390,7 @@ print(json.dumps(out))
         ws.index_paths([docs_dir])
         log = docs_dir / "app-changelog.md"
         ws.index_file(log, route="rag")
-        chunks = ws.faiss.count_documents()
+        chunks = ws.document_store.count_documents()
         json_file = ws.path / "faiss" / "index.json"
         json_file.write_bytes(json_file.read_bytes()[:100])
         reopened = Workspace.open(ws.path)
@@ -360,7 +401,7 @@ print(json.dumps(out))
         assert main(["repair", "-w", str(ws.path)]) == 0
         assert "rebuilt from the sources" in capsys.readouterr().out
         healed = Workspace.open(ws.path)
-        assert healed.verify() == [] and healed.faiss.count_documents() == chunks
+        assert healed.verify() == [] and healed.document_store.count_documents() == chunks
         assert healed.query("What changed in version 2.0?", mode="rag").chunks
         aside = [p for p in ws.path.iterdir() if p.name.startswith("faiss.damaged-")]
         assert len(aside) == 1 and len((aside[0] / "index.json").read_bytes()) == 100  # kept, not deleted

@@ -155,7 +155,7 @@ def mismatches(workspace: Any, watcher: Any) -> list[str]:
             problems.append(f"{entry['id']}: adapter of an old version")
         elif records.get(entry["id"], {}).get("route") != "d2l":
             problems.append(f"{entry['id']}: adapter of a file routed to RAG")
-    for chunk in workspace.faiss.filter_documents():
+    for chunk in workspace.document_store.filter_documents():
         path = chunk.meta.get("file_path")
         if path not in files:
             problems.append(f"{path}: chunk of a file that is gone")

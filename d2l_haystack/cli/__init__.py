@@ -13,7 +13,8 @@ import logging
 import os
 import sys
 
-_COMMAND_MODULES = ["core_cmds", "train_cmds", "eval_cmds", "kb_cmds", "bench_cmds", "watch_cmds", "serve_cmds"]
+_COMMAND_MODULES = ["core_cmds", "train_cmds", "eval_cmds", "kb_cmds", "bench_cmds", "watch_cmds", "serve_cmds",
+                    "store_cmds"]
 
 
 def build_parser() -> argparse.ArgumentParser:

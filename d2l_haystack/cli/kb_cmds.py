@@ -89,6 +89,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         out["chunking"] = args.chunking
     if getattr(args, "max_file_size", None) is not None:
         out["max_file_bytes"] = args.max_file_size
+    if getattr(args, "store", None):
+        out["store"] = args.store
     return out
 
 
@@ -378,6 +380,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="redo the work even for unchanged files")
     p.add_argument("--skip-errors", action="store_true", help="skip unreadable files instead of stopping")
     add_max_file_size(p)
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="keep a NEW workspace's records and RAG chunks in this PostgreSQL database "
+                        "(postgresql://..., or $VARIABLE naming one; `d2l postgres start` runs a local one); "
+                        "saved in the workspace (default: the folder, with FAISS)")
     p.set_defaults(handler=_cmd_index)
 
     p = subparsers.add_parser("query", help="answer a question from a workspace (adapter, RAG or hybrid)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -80,3 +81,9 @@ class ChunkWriter:
             for key in sources:
                 adapters.delete(key)
         return {"documents_written": written, "sources": sources}
+
+    @component.output_types(documents_written=int, sources=list[str])
+    async def run_async(self, documents: list[Document]) -> dict[str, Any]:
+        """:meth:`run` for Haystack's ``Pipeline.run_async``: writing the stores in a worker thread, so
+        the event loop (a server's other requests) is not blocked."""
+        return await asyncio.to_thread(self.run, documents)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -262,3 +263,9 @@ class DocToLoRAConverter:
             internalized += prepared.action == "internalized"
             skipped += prepared.action != "internalized"
         return {"documents": out, "internalized": internalized, "skipped": skipped}
+
+    @component.output_types(documents=list[Document], internalized=int, skipped=int)
+    async def run_async(self, documents: list[Document], force: bool = False) -> dict[str, Any]:
+        """:meth:`run` for Haystack's ``Pipeline.run_async``: the hypernetwork pass and the store
+        writes in a worker thread, so the event loop (a server's other requests) is not blocked."""
+        return await asyncio.to_thread(self.run, documents, force)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -253,3 +254,11 @@ class QueryRouter:
             out["rag"] = query
             out["documents"] = [d for d, _ in used_chunks]
         return out
+
+    @component.output_types(adapter=str, rag=str, adapter_ids=list[str], documents=list[Document],
+                            routing=dict[str, Any])
+    async def run_async(self, query: str, query_embedding: list[float], documents: list[Document] | None = None,
+                        mode: str | None = None) -> dict[str, Any]:
+        """:meth:`run` for Haystack's ``Pipeline.run_async``: reading the adapter store's keys in a worker thread, so
+        the event loop (a server's other requests) is not blocked."""
+        return await asyncio.to_thread(self.run, query, query_embedding, documents, mode)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import re
@@ -204,3 +205,10 @@ class SourceFileConverter:
                 continue
             documents.append(Document(content=text, meta={**doc_meta, **(meta or {})}))
         return {"documents": documents}
+
+    @component.output_types(documents=list[Document])
+    async def run_async(self, sources: list[str | Path],
+                        meta: dict[str, Any] | None = None) -> dict[str, list[Document]]:
+        """:meth:`run` for Haystack's ``Pipeline.run_async``: reading the files in a worker thread, so
+        the event loop (a server's other requests) is not blocked."""
+        return await asyncio.to_thread(self.run, sources, meta)

@@ -121,24 +121,34 @@ class CommitGate:
                 while self._writer or self._waiting:
                     self._cond.wait()
                 self._readers += 1
-        fd = None
+        token = None
         try:
-            if fcntl is not None:
-                fd = open_lock_file(self.path)
-                if fd is not None:
-                    fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            token = self._acquire_across(exclusive)
             local.depth, local.exclusive = 1, exclusive
             yield
         finally:
             local.depth = 0
-            if fd is not None:
-                os.close(fd)  # releases the flock
+            if token is not None:
+                self._release_across(token)
             with self._cond:
                 if exclusive:
                     self._writer = False
                 else:
                     self._readers -= 1
                 self._cond.notify_all()
+
+    def _acquire_across(self, exclusive: bool) -> Any:
+        """Take the cross-process side (``flock`` on :attr:`path`); returns what :meth:`_release_across`
+        needs. A subclass shares the gate another way (the PostgreSQL workspace: advisory locks)."""
+        if fcntl is None:
+            return None
+        fd = open_lock_file(self.path)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        return fd
+
+    def _release_across(self, token: Any) -> None:
+        os.close(token)  # releases the flock
 
     def shared(self) -> contextlib.AbstractContextManager[None]:
         return self.hold(False)

@@ -32,7 +32,7 @@ def verify(ws: Workspace) -> list[str]:
     checksums, orphan files, records without their adapter or chunks, chunks without a record,
     records of vanished files, a damaged RAG index, an interrupted update. Reads everything;
     changes nothing (:meth:`repair` fixes what it finds)."""
-    problems = [f"RAG index: {ws.faiss_problem}"] if ws.faiss_problem else []
+    problems = [f"RAG index: {ws.rag_index_problem}"] if ws.rag_index_problem else []
     problems += ws.adapters.verify()
     with ws._locked():
         if ws._journal.pending():
@@ -43,7 +43,7 @@ def verify(ws: Workspace) -> list[str]:
                 problems.append(f"{doc_id}: the file is gone (its record, adapter or chunks are stale)")
             if rec.get("route") == "d2l" and doc_id not in ws.adapters:
                 problems.append(f"{doc_id}: routed to D2L but has no adapter")
-            if rec.get("route") == "rag" and doc_id not in with_chunks and not ws.faiss_problem:
+            if rec.get("route") == "rag" and doc_id not in with_chunks and not ws.rag_index_problem:
                 problems.append(f"{doc_id}: routed to RAG but has no chunks")
         for source in sorted(with_chunks - set(ws._files)):
             problems.append(f"{source}: chunks in the RAG index without a record")
@@ -55,7 +55,7 @@ def verify(ws: Workspace) -> list[str]:
 
 def chunk_sources(ws: Workspace) -> set[str]:
     """The document ids that have chunks in the RAG index."""
-    return {source_key(d.meta, d.id) for d in ws.faiss.filter_documents()}
+    return {source_key(d.meta, d.id) for d in ws.document_store.filter_documents()}
 
 
 def repair(ws: Workspace, on_action: Callable[[str], None] | None = None) -> list[str]:
@@ -79,11 +79,11 @@ def repair(ws: Workspace, on_action: Callable[[str], None] | None = None) -> lis
             on_action(line)
 
     with ws._locked():
-        if ws.faiss_problem:
+        if ws.rag_index_problem:
             folder = ws.path / "faiss"
             aside = folder.with_name(f"faiss.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(folder, aside)
-            problem, ws.faiss = ws.faiss_problem, ws._open_faiss()
+            problem, ws.document_store = ws.rag_index_problem, ws._open_document_store()
             ws._components.clear()  # the pipelines held the old store
             ws._query_pipeline = None
             did(f"RAG index damaged ({problem}): moved aside to {aside.name}, rebuilt from the sources")
@@ -107,7 +107,7 @@ def repair(ws: Workspace, on_action: Callable[[str], None] | None = None) -> lis
                     continue
                 did(f"re-indexed {doc_id} ({result.route}: its adapter or chunks were damaged or missing)")
         for source_id in sorted(chunk_sources(ws) - set(ws._files)):
-            ws.faiss.delete_by_filter(source_filter(source_id))
+            ws.document_store.delete_by_filter(source_filter(source_id))
             did(f"dropped the chunks of {source_id} (no record)")
         for entry in ws.adapters.list():
             if entry["id"] not in ws._files:

@@ -39,6 +39,7 @@ process share one index, and it is saved atomically after each change.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -79,7 +80,7 @@ class WorkspaceLike(Protocol):
     device: str | None
     settings: dict[str, Any]
     adapters: AdapterStore
-    faiss: PersistentFAISSDocumentStore
+    document_store: Any
 
 PIPELINE_NAMES = ("indexing", "query", "rag_only", "d2l_only")
 PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
@@ -92,6 +93,20 @@ class PipelineLoadError(D2LError):
 
 
 # -- builders -----------------------------------------------------------------------------
+def embedding_retriever(document_store: Any, top_k: int) -> Any:
+    """The embedding retriever of a document store: FAISS (a folder workspace) or pgvector (a
+    PostgreSQL one); both give the pipelines the same sockets (``query_embedding`` -> ``documents``)."""
+    if isinstance(document_store, FAISSDocumentStore):
+        return FAISSEmbeddingRetriever(document_store=document_store, top_k=top_k)
+    from haystack_integrations.components.retrievers.pgvector import PgvectorEmbeddingRetriever
+    from haystack_integrations.document_stores.pgvector import PgvectorDocumentStore
+
+    if isinstance(document_store, PgvectorDocumentStore):
+        return PgvectorEmbeddingRetriever(document_store=document_store, top_k=top_k)
+    raise PipelineLoadError(f"no embedding retriever for a {type(document_store).__name__} "
+                            f"(FAISS and pgvector stores are supported)")
+
+
 class _Settings:
     """What a builder needs: stores, model settings, embedding model."""
 
@@ -103,7 +118,7 @@ class _Settings:
             s = workspace.settings
             self.workspace_path = str(workspace.path)
             self.store = store or workspace.adapters
-            self.document_store = document_store or workspace.faiss
+            self.document_store = document_store or workspace.document_store
             # the workspace's model and checkpoint, unless a model is named explicitly
             self.model = model or s["model"]
             self.checkpoint = checkpoint if model else s["checkpoint"]
@@ -214,7 +229,7 @@ def build_query_pipeline(workspace: WorkspaceLike | str | None = None, *, store:
                   chunking)
     pipe = Pipeline(metadata={"d2l_pipeline": "query"})
     pipe.add_component("query_embedder", s.text_embedder())
-    pipe.add_component("retriever", FAISSEmbeddingRetriever(document_store=s.document_store, top_k=top_k or s.top_k))
+    pipe.add_component("retriever", embedding_retriever(s.document_store, top_k or s.top_k))
     pipe.add_component("query_router", QueryRouter(store=s.store, **{**s.query_router, **(router or {})}))
     pipe.add_component("d2l_generator", s.generator())
     pipe.add_component("rag_generator", s.generator())
@@ -246,7 +261,7 @@ def build_rag_pipeline(workspace: WorkspaceLike | str | None = None, *, store: A
                   chunking)
     pipe = Pipeline(metadata={"d2l_pipeline": "rag_only"})
     pipe.add_component("query_embedder", s.text_embedder())
-    pipe.add_component("retriever", FAISSEmbeddingRetriever(document_store=s.document_store, top_k=top_k or s.top_k))
+    pipe.add_component("retriever", embedding_retriever(s.document_store, top_k or s.top_k))
     pipe.add_component("generator", s.generator())
     pipe.connect("query_embedder.embedding", "retriever.query_embedding")
     pipe.connect("retriever.documents", "generator.documents")
@@ -418,14 +433,49 @@ def _variables(workspace: WorkspaceLike | str | Path | None, extra: dict[str, An
     return out
 
 
-def bind_stores(pipeline: Pipeline) -> Pipeline:
-    """Replace every persisted plain ``FAISSDocumentStore`` by the shared persistent one of its path."""
+def bind_stores(pipeline: Pipeline, chunks: Any = None) -> Pipeline:
+    """Replace every persisted plain ``FAISSDocumentStore`` by the shared persistent one of its path,
+    and every ``PgvectorDocumentStore`` of the table of ``chunks`` (a PostgreSQL workspace's store) by it."""
+    table = getattr(chunks, "table_name", None)
     for _, instance in pipeline.walk():
         store = getattr(instance, "document_store", None)
         if isinstance(store, FAISSDocumentStore) and not isinstance(store, PersistentFAISSDocumentStore) \
                 and store.index_path:
             setattr(instance, "document_store", PersistentFAISSDocumentStore.resolve(store))  # noqa: B010
+        elif table and store is not None and store is not chunks and getattr(store, "table_name", None) == table:
+            setattr(instance, "document_store", chunks)  # noqa: B010
     return pipeline
+
+
+_FAISS_RETRIEVER = "haystack_integrations.components.retrievers.faiss.embedding_retriever.FAISSEmbeddingRetriever"
+_PG_RETRIEVER = "haystack_integrations.components.retrievers.pgvector.embedding_retriever.PgvectorEmbeddingRetriever"
+
+
+def _to_postgres(data: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline dict with every FAISS store and retriever of the workspace replaced by the
+    pgvector ones of its PostgreSQL store (the same YAML serves both kinds of workspace)."""
+    from d2l_haystack.kb.postgres import chunk_store_dict
+
+    pg_store = chunk_store_dict(settings)
+
+    def swap(node: Any) -> Any:
+        if isinstance(node, dict):
+            if str(node.get("type", "")).endswith(".FAISSDocumentStore"):
+                return copy.deepcopy(pg_store)
+            return {k: swap(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [swap(v) for v in node]
+        return node
+
+    out = copy.deepcopy(data)
+    for comp in out.get("components", {}).values():
+        if comp.get("type") == _FAISS_RETRIEVER:
+            params = comp.get("init_parameters", {})
+            comp["type"] = _PG_RETRIEVER
+            comp["init_parameters"] = {k: v for k, v in params.items() if k in ("filters", "top_k", "filter_policy")}
+            comp["init_parameters"]["document_store"] = params.get("document_store")
+        comp["init_parameters"] = swap(comp.get("init_parameters", {}))
+    return out
 
 
 def load_pipeline(name_or_path: str | Path, workspace: WorkspaceLike | str | Path | None = None,
@@ -442,6 +492,14 @@ def load_pipeline(name_or_path: str | Path, workspace: WorkspaceLike | str | Pat
     """
     data, source = _read(name_or_path)
     data = _substitute(data, _variables(workspace, variables), source)
+    settings = _workspace_settings(workspace)
+    chunks = None
+    if settings is not None and settings.get("store"):
+        from d2l_haystack.kb.postgres import chunk_store
+
+        data = _to_postgres(data, settings)
+        chunks = workspace.document_store if not isinstance(workspace, str | Path) and workspace is not None \
+            else chunk_store(settings)
     try:
         pipe = Pipeline.from_dict(data, allowed_modules=ALLOWED_MODULES)
     except D2LError as exc:
@@ -455,7 +513,15 @@ def load_pipeline(name_or_path: str | Path, workspace: WorkspaceLike | str | Pat
         if cause is not None and str(cause) and str(cause) not in message:
             message += f" ({str(cause).splitlines()[0]})"
         raise PipelineLoadError(f"{source}: {message}") from exc
-    return bind_stores(pipe)
+    return bind_stores(pipe, chunks)
+
+
+def _workspace_settings(workspace: WorkspaceLike | str | Path | None) -> dict[str, Any] | None:
+    if workspace is None:
+        return None
+    if isinstance(workspace, str | Path):
+        return settings_of(open_config(workspace, create=True))
+    return workspace.settings
 
 
 def write_yaml_files(folder: str | Path = PIPELINES_DIR) -> list[Path]:

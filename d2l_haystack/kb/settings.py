@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -28,19 +30,23 @@ from d2l_haystack.stores.files import atomic_write_json
 
 WORKSPACE_FORMAT = "d2l-workspace/1"
 CONFIG_FILE = "workspace.json"
+STORE_SCHEMES = ("postgresql://", "postgres://")
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "model": DEFAULT_MODEL, "checkpoint": "default", "dtype": "float32", "chunk_tokens": None,
     "chunking": "auto",
     "embedding_model": None, "split_length": 60, "split_overlap": 10, "top_k": 4, "max_new_tokens": 64,
     "max_file_bytes": 8 * 1024 * 1024, "router": {}, "query_router": {},
+    "store": None, "store_name": None,
 }
 """Workspace settings (saved in ``workspace.json``): the base model, the hypernetwork checkpoint
 (``default``: the shipped one), the chunking of adapters (``auto``: one chunk per sentence for a
 document that fits in one chunk; measured in ``benchmarks/results/reading/``), the embedding model (``None``: the
 packaged MiniLM), the RAG splitter and retriever, the answer length, the largest file indexed (``d2l index``
-and the watcher alike; ``--max-file-size`` raises it); ``router`` and
-``query_router`` hold :class:`~d2l_haystack.components.InternalizationRouter` and
+and the watcher alike; ``--max-file-size`` raises it); ``store``: ``None`` keeps records and RAG chunks in the
+folder (``files.json``, FAISS), a ``postgresql://`` URL (or ``$VARIABLE`` naming one) keeps them in that database
+(:mod:`d2l_haystack.kb.postgres`), under the tables of ``store_name`` (chosen when the workspace is
+created); ``router`` and ``query_router`` hold :class:`~d2l_haystack.components.InternalizationRouter` and
 :class:`~d2l_haystack.components.QueryRouter` init parameters that differ from their defaults."""
 
 
@@ -72,6 +78,14 @@ def check_settings(settings: dict[str, Any]) -> None:
     size = settings.get("max_file_bytes", 1)
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise WorkspaceError(f"workspace setting max_file_bytes must be a positive number of bytes, got {size!r}")
+    store = settings.get("store")
+    if store is not None and not (isinstance(store, str) and store.startswith(STORE_SCHEMES + ("$",))):
+        raise WorkspaceError(f"workspace setting store must be a postgresql:// URL or $VARIABLE naming one, "
+                             f"got {store!r}")
+    name = settings.get("store_name")
+    if name is not None and not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name)):
+        raise WorkspaceError(f"workspace setting store_name must be 1-40 lowercase letters, digits or _ "
+                             f"starting with a letter, got {name!r}")
     if settings.get("chunking", "tokens") not in CHUNKINGS:
         raise WorkspaceError(f"workspace setting chunking must be one of {', '.join(CHUNKINGS)}, "
                              f"got {settings['chunking']!r}")
@@ -95,6 +109,8 @@ def open_config(path: str | Path, *, create: bool = True, **settings: Any) -> di
         if folder.is_dir() and any(p.name not in (".lock", ".gate") for p in folder.iterdir()):
             raise WorkspaceError(f"{folder} is not empty and is not a d2l workspace (no {CONFIG_FILE})")
         folder.mkdir(parents=True, exist_ok=True)
+        if settings.get("store") and not settings.get("store_name"):
+            settings["store_name"] = store_name_for(folder)
         config: dict[str, Any] = {"format": WORKSPACE_FORMAT, "created": time.time(),
                                   "settings": {**copy.deepcopy(DEFAULT_SETTINGS), **settings}}
         atomic_write_json(config_path, config)
@@ -102,10 +118,24 @@ def open_config(path: str | Path, *, create: bool = True, **settings: Any) -> di
     config = read_json(config_path, "settings")
     if config.get("format") != WORKSPACE_FORMAT:
         raise WorkspaceError(f"damaged workspace settings {config_path}: unknown format {config.get('format')!r}")
+    saved = config.get("settings", {})
+    for key in ("store", "store_name"):
+        if key in settings and settings[key] != saved.get(key, DEFAULT_SETTINGS[key]):
+            raise WorkspaceError(f"workspace {folder} keeps its records in {saved.get('store') or 'its folder'}; "
+                                 f"the {key} setting cannot change (copy it with `d2l workspace copy`)")
     if settings:
-        config["settings"] = {**config.get("settings", {}), **settings}
+        config["settings"] = {**saved, **settings}
         atomic_write_json(config_path, config)
     return config
+
+
+def store_name_for(folder: Path) -> str:
+    """A new database name for a workspace: its folder's name, made an identifier, and 6 random
+    hex digits (two workspaces called ``kb`` can share one database)."""
+    base = re.sub(r"[^a-z0-9_]+", "_", folder.name.lower()).strip("_") or "kb"
+    if not base[0].isalpha():
+        base = f"kb_{base}"
+    return f"{base[:30]}_{secrets.token_hex(3)}"
 
 
 def settings_of(config: dict[str, Any]) -> dict[str, Any]:

@@ -65,21 +65,14 @@ from d2l_haystack.components.source_file_converter import read_source, supported
 from d2l_haystack.core.errors import D2LError, InputError
 from d2l_haystack.core.keys import EMBEDDING_DIM, resolve_embedding_model
 from d2l_haystack.core.textio import content_hash, validate_text
-from d2l_haystack.kb.commit import Journal, commit_gate
-from d2l_haystack.kb.settings import (
-    WORKSPACE_FORMAT,
-    WorkspaceError,
-    open_config,
-    read_json,
-    settings_of,
-)
+from d2l_haystack.kb.settings import WorkspaceError, open_config, settings_of
+from d2l_haystack.kb.state import StateBackend, open_state
 from d2l_haystack.stores import AdapterStore, PersistentFAISSDocumentStore
 from d2l_haystack.stores.faiss_document_store import DamagedIndexError
-from d2l_haystack.stores.files import atomic_write_json, file_signature, shared_lock, stat_signature, writable
+from d2l_haystack.stores.files import stat_signature, writable
 
 logger = logging.getLogger(__name__)
 
-FILES_FILE, JOURNAL_FILE = "files.json", "journal.json"
 MAX_HISTORY = 50
 
 
@@ -137,22 +130,22 @@ class Workspace:
                  recover: bool = True, **settings: Any) -> None:
         self.path = Path(path).expanduser().resolve()
         self.device = device
-        self._lock = shared_lock(self.path / ".lock")
-        self._gate = commit_gate(self.path / ".gate")
-        self._journal = Journal(self.path / JOURNAL_FILE)
         self._query_lock = threading.Lock()
         self._files: dict[str, dict[str, Any]] = {}
         self._stats: dict[str, Any] = {}
-        self._files_sig: tuple[int, int, int] | None = None
         self._components: dict[str, Any] = {}
         self._query_pipeline: Any = None
         config = open_config(self.path, create=create, **settings)
         self.config = config
         self.settings: dict[str, Any] = settings_of(config)
+        self._state: StateBackend = open_state(self.path, self.settings)
+        self._lock, self._gate, self._journal = self._state.lock, self._state.gate, self._state.journal
         self.adapters = AdapterStore.open(self.path / "adapters")
-        self.faiss_problem: str | None = None
+        self.rag_index_problem: str | None = None
         """Why the RAG index could not be read (``None``: healthy); :meth:`repair` rebuilds it."""
-        self.faiss = self._open_faiss()
+        self.document_store: Any = self._open_document_store()
+        """The RAG chunks: a :class:`PersistentFAISSDocumentStore` in the folder, or a
+        ``PgvectorDocumentStore`` when the ``store`` setting names a PostgreSQL database."""
         with self._locked():
             pass  # loads files.json (damage is reported here)
         if self.read_only:
@@ -162,16 +155,20 @@ class Workspace:
         else:
             self._recover(heavy=recover)
 
-    def _open_faiss(self) -> PersistentFAISSDocumentStore:
+    def _open_document_store(self) -> Any:
         """The RAG index; a damaged one is kept on disk as it is (for :meth:`repair`) and replaced in
         memory by an empty one, so status and adapter answers keep working."""
+        if self.settings["store"]:
+            from d2l_haystack.kb.postgres import chunk_store
+
+            return chunk_store(self.settings)
         try:
             store = PersistentFAISSDocumentStore.open(self.path / "faiss" / "index", embedding_dim=EMBEDDING_DIM)
             store.count_documents()  # a store this process already holds re-reads the files if they changed
-            self.faiss_problem = None
+            self.rag_index_problem = None
             return store
         except DamagedIndexError as exc:
-            self.faiss_problem = str(exc)
+            self.rag_index_problem = str(exc)
             logger.warning("workspace %s: %s; RAG chunks cannot be retrieved until `d2l repair -w %s` rebuilds "
                            "the index", self.path, exc, self.path)
             return PersistentFAISSDocumentStore(None, embedding_dim=EMBEDDING_DIM)
@@ -182,6 +179,16 @@ class Workspace:
         :meth:`query` and :meth:`status` work, without counting queries; updates raise
         :class:`WorkspaceError`."""
         return not writable(self.path)
+
+    @property
+    def pending_update(self) -> bool:
+        """Whether an interrupted update waits in the journal (redone by the next writing command)."""
+        return self._journal.pending()
+
+    @property
+    def store(self) -> str:
+        """Where the records and RAG chunks live: the folder, or the database (password hidden)."""
+        return self._state.describe()
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.path)!r}, documents={len(self._files)})"
@@ -199,24 +206,29 @@ class Workspace:
     # -- state ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Thread + process lock; reloads ``files.json`` if another process changed it."""
+        """The updates' lock (threads, processes, hosts); reloads the records if another process
+        changed them."""
         with self._lock:
-            path = self.path / FILES_FILE
-            sig = file_signature(path)
-            if sig != self._files_sig or sig is None:
-                if sig is None:
-                    self._files, self._stats = {}, {}
-                else:
-                    data = read_json(path, "file records")
-                    self._files = dict(data.get("files", {}))
-                    self._stats = dict(data.get("stats", {}))
-                self._files_sig = sig
+            loaded = self._state.load()
+            if loaded is not None:
+                self._files, self._stats = loaded
             yield
 
     def _save_files(self) -> None:
-        path = self.path / FILES_FILE
-        atomic_write_json(path, {"format": WORKSPACE_FORMAT, "files": self._files, "stats": self._stats})
-        self._files_sig = file_signature(path)
+        self._state.save(self._files, self._stats)
+
+    def close(self) -> None:
+        """Release the database connections of a PostgreSQL workspace (a folder one holds none)."""
+        self._state.close()
+        closer = getattr(self.document_store, "close", None)
+        if self.settings["store"] and closer is not None:
+            closer()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _journal_op(self, op: dict[str, Any] | None) -> None:
         """Record the update about to start (every update passes here first), or clear it.
@@ -229,8 +241,8 @@ class Workspace:
         if self.read_only:
             raise WorkspaceError(f"workspace {self.path} is read-only: cannot {op.get('op', 'update')} "
                                  f"{op.get('doc_id', '')}".rstrip())
-        if self.faiss_problem:
-            raise WorkspaceError(f"the RAG index of workspace {self.path} is damaged ({self.faiss_problem}); "
+        if self.rag_index_problem:
+            raise WorkspaceError(f"the RAG index of workspace {self.path} is damaged ({self.rag_index_problem}); "
                                  f"run `d2l repair -w {self.path}` first")
         self._journal.write(op)
 
@@ -285,7 +297,7 @@ class Workspace:
 
     def _repair_if_abandoned(self) -> None:
         """Redo an update whose process died mid-way (journal left, lock free) before answering from it."""
-        if not self.read_only and self._journal.abandoned(self.path / ".lock"):
+        if not self.read_only and self._state.abandoned():
             # an update that died while writing the stores (a moment's window) is finished first, so
             # the answer comes from the old or the new document, never a mix; one that died while
             # internalizing had changed nothing and is only rolled back
@@ -305,7 +317,7 @@ class Workspace:
             comp: Any = InternalizationRouter(model=s["model"], **s["router"])
         elif name == "converter":
             comp = DocToLoRAConverter(store=self.adapters, embedding_model=s["embedding_model"],
-                                      document_store=self.faiss, **self._engine_params())
+                                      document_store=self.document_store, **self._engine_params())
         elif name == "splitter":
             from haystack.components.preprocessors import DocumentSplitter
 
@@ -319,7 +331,7 @@ class Workspace:
                 model=resolve_embedding_model(s["embedding_model"]), normalize_embeddings=True,
                 progress_bar=False, local_files_only=True)
         elif name == "writer":
-            comp = ChunkWriter(document_store=self.faiss, adapter_store=self.adapters)
+            comp = ChunkWriter(document_store=self.document_store, adapter_store=self.adapters)
         else:  # pragma: no cover
             raise KeyError(name)
         if hasattr(comp, "warm_up"):
@@ -362,11 +374,12 @@ class Workspace:
         :param force: redo the work even if nothing changed.
         :raises InputError: missing, empty, binary, non-UTF-8 or unsupported file (workspace untouched).
         """
-        stat = stat_signature(Path(path).expanduser())  # before reading: a later edit makes it differ
-        if stat is not None:  # else read_source names the problem
-            self.check_size(path, stat[1])
-        text, meta = read_source(path)
-        return self._index(text, meta, route, force, file_stat=stat)
+        with self._locked():  # read under the updates' lock: another process's newer version is never overwritten
+            stat = stat_signature(Path(path).expanduser())  # before reading: a later edit makes it differ
+            if stat is not None:  # else read_source names the problem
+                self.check_size(path, stat[1])
+            text, meta = read_source(path)
+            return self._index(text, meta, route, force, file_stat=stat)
 
     def _internal(self, path: Path) -> bool:
         """Whether ``path`` is one of the workspace's own files (its top-level files, adapters,
@@ -450,7 +463,7 @@ class Workspace:
             entry = self.adapters.info(doc_id)
             return bool(entry and entry["content_hash"] == rec.get("hash") and self.adapters.check(doc_id) is None)
         if rec.get("route") == "rag":
-            return self.faiss.count_documents_by_filter(source_filter(doc_id)) > 0
+            return self.document_store.count_documents_by_filter(source_filter(doc_id)) > 0
         return False
 
     def _index(self, text: str, meta: dict[str, Any], route: str | None, force: bool,
@@ -566,14 +579,14 @@ class Workspace:
     def _remove(self, doc_id: str) -> bool:
         with self._locked():
             known = doc_id in self._files or doc_id in self.adapters
-            chunks = self.faiss.count_documents_by_filter(source_filter(doc_id))
+            chunks = self.document_store.count_documents_by_filter(source_filter(doc_id))
             if not known and not chunks:
                 return False
             self._journal_op({"op": "remove", "doc_id": doc_id})
             with self._gate.exclusive():
                 self.adapters.delete(doc_id)
                 if chunks:
-                    self.faiss.delete_by_filter(source_filter(doc_id))
+                    self.document_store.delete_by_filter(source_filter(doc_id))
                 self._files.pop(doc_id, None)
                 self._save_files()
                 self._journal_op(None)
@@ -617,13 +630,15 @@ class Workspace:
             elif old_rec is not None and old_rec.get("route") != "d2l":
                 self.adapters.delete(new_id)  # a file moved over an internalized one
             name = Path(new_id).name
-            with self.faiss.batch():  # one save: the chunks of new_id are replaced by the moved ones
-                if self.faiss.count_documents_by_filter(source_filter(old_id)):
-                    self.faiss.delete_by_filter(source_filter(new_id))
-                    self.faiss.update_by_filter(source_filter(old_id), {"file_path": new_id, "d2l_doc_id": new_id,
-                                                                        "file_name": name})
+            chunks = self.document_store
+            batch = chunks.batch() if hasattr(chunks, "batch") else contextlib.nullcontext()
+            with batch:  # one save of a FAISS folder: the chunks of new_id are replaced by the moved ones
+                if chunks.count_documents_by_filter(source_filter(old_id)):
+                    chunks.delete_by_filter(source_filter(new_id))
+                    chunks.update_by_filter(source_filter(old_id), {"file_path": new_id, "d2l_doc_id": new_id,
+                                                                    "file_name": name})
                 elif old_rec is not None and old_rec.get("route") == "d2l":  # moved over an indexed file
-                    self.faiss.delete_by_filter(source_filter(new_id))
+                    chunks.delete_by_filter(source_filter(new_id))
             rec = self._files.pop(old_id, None)
             if rec is None:
                 rec = self._files.get(new_id)
@@ -668,27 +683,16 @@ class Workspace:
         routing = result["query_router"]["routing"]
         route = reply.meta.get("route", routing["route"])  # "base" when nothing was applied or retrieved
         seconds = time.perf_counter() - start
-        with self._locked():
-            adapters = []
-            for a in routing.get("adapters", []):
-                rec = self._files.get(a["id"])
-                adapters.append({**a, "path": rec["path"] if rec else a["id"], "title": rec.get("title", "") if rec
-                                 else ""})
-            chunks = []
-            for c in reply.meta.get("chunks", []):
-                chunks.append({**c, "path": c["source"]})
-            used = {a["id"] for a in adapters} | {c["source"] for c in chunks}
-            now = time.time()
-            for doc_id in used:
-                if doc_id in self._files:
-                    self._files[doc_id]["queries"] = int(self._files[doc_id].get("queries", 0)) + 1
-                    self._files[doc_id]["last_query"] = now
-            q = self._stats.setdefault("queries", {})
-            q[route] = int(q.get(route, 0)) + 1
-            secs = self._stats.setdefault("seconds", {})
-            secs[route] = round(float(secs.get(route, 0.0)) + seconds, 4)
-            if not self.read_only:  # a read-only workspace answers without counting
-                self._save_files()
+        files = self._files  # titles from the records as last loaded (no lock: an update elsewhere may run long)
+        adapters = []
+        for a in routing.get("adapters", []):
+            rec = files.get(a["id"])
+            adapters.append({**a, "path": rec["path"] if rec else a["id"], "title": rec.get("title", "") if rec
+                             else ""})
+        chunks = [{**c, "path": c["source"]} for c in reply.meta.get("chunks", [])]
+        used = {a["id"] for a in adapters} | {c["source"] for c in chunks}
+        if not self.read_only:  # a read-only workspace answers without counting
+            self._state.count_query(self._files, self._stats, used, route, seconds)
         explanation = None
         if explain:
             retrieved = result.get("retriever", {}).get("documents", [])
@@ -729,14 +733,14 @@ class Workspace:
                 })
             pending = self._journal.pending()
             return {
-                "workspace": str(self.path), "model": self.settings["model"],
+                "workspace": str(self.path), "store": self.store, "model": self.settings["model"],
                 "checkpoint": self.settings["checkpoint"], "documents": docs,
                 "totals": {"documents": len(docs), "d2l": sum(d["route"] == "d2l" for d in docs),
                            "rag": sum(d["route"] == "rag" for d in docs),
                            "adapter_bytes": sum(d["adapter_bytes"] for d in docs),
-                           "chunks": self.faiss.count_documents()},
+                           "chunks": self.document_store.count_documents()},
                 "queries": dict(self._stats.get("queries", {})), "query_seconds": dict(self._stats.get("seconds", {})),
-                "pending_recovery": pending, "rag_index_problem": self.faiss_problem,
+                "pending_recovery": pending, "rag_index_problem": self.rag_index_problem,
                 "route_changes": sorted(({"path": d["path"], **c} for d in docs for c in d["route_changes"]),
                                         key=lambda c: c.get("at") or 0.0)[-20:],
             }

@@ -100,10 +100,15 @@ class PersistentFAISSDocumentStore(FAISSDocumentStore):
             return store
 
     @classmethod
-    def resolve(cls, store: Any) -> FAISSDocumentStore | None:
-        """Turn a plain persisted ``FAISSDocumentStore`` (or its dict) into the shared persistent one."""
+    def resolve(cls, store: Any) -> Any:
+        """Turn a plain persisted ``FAISSDocumentStore`` (or its dict) into the shared persistent one;
+        the dict of another document store (``PgvectorDocumentStore``) is built by its own class."""
         if store is None or isinstance(store, PersistentFAISSDocumentStore):
             return store
+        if isinstance(store, dict) and store.get("type") not in (_BASE_TYPE, f"{__name__}.{cls.__name__}"):
+            from haystack.core.serialization import import_class_by_name
+
+            return import_class_by_name(str(store.get("type"))).from_dict(store)
         if isinstance(store, dict):
             params = store.get("init_parameters", {})
             if not params.get("index_path"):
