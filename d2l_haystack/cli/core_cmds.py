@@ -161,7 +161,19 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: is a file, expected a folder")
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise InputError(f"{out}: folder is not empty (use --force to write into it)")
-    folder = adapter.to_peft(out, base_model_name_or_path=args.base_model or _peft_base_name(adapter.base_model))
+    base = args.base_model or _peft_base_name(adapter.base_model)
+    if args.serving == "vllm":
+        from d2l_haystack.core.serving import export_for_serving, lora_name
+
+        name = lora_name(args.name or Path(args.adapter_dir).resolve().name)
+        manifest = export_for_serving(adapter, out, name=name, base_model=base, max_rank=args.max_rank)
+        groups = manifest["groups"]
+        modules = " ".join(f"{g['name']}={(out / g['path']).resolve()}" for g in groups)
+        print(f"wrote {len(groups)} vLLM LoRA folder(s) in {out} (rank {adapter.total_rank} padded to "
+              f"{', '.join(str(g['rank']) for g in groups)}; manifest {out / 'd2l_serving.json'}); serve with: "
+              f"vllm serve {base} --enable-lora --max-lora-rank {manifest['max_rank']} --lora-modules {modules}")
+        return 0
+    folder = adapter.to_peft(out, base_model_name_or_path=base)
     print(f"wrote PEFT LoRA folder {folder} (rank {adapter.total_rank}); "
           f"load it with peft.PeftModel.from_pretrained(base_model, '{folder}')")
     return 0
@@ -247,6 +259,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--base-model", default=None,
                    help="base_model_name_or_path written in adapter_config.json (default: the adapter's model)")
     p.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
+    p.add_argument("--serving", choices=["vllm"], default=None,
+                   help="write what a multi-LoRA server loads as it is: ranks padded (exactly the same update) to "
+                        "one the server accepts, long documents as one adapter per chunk group, d2l_serving.json")
+    p.add_argument("--max-rank", type=int, default=512, metavar="R",
+                   help="with --serving: the server's --max-lora-rank (default 512)")
+    p.add_argument("--name", default=None, help="with --serving: the LoRA name (default: the adapter folder's name)")
     p.set_defaults(handler=cmd_export_peft)
 
     p = subparsers.add_parser("info", help="show the model, checkpoint and cache in use")

@@ -8,11 +8,13 @@ Examples::
     d2l workspace copy kb postgresql://user:pw@db.internal/kb --to /mnt/shared/kb
     d2l workspace copy kb "$D2L_STORE"           # in place: kb's records move into the database
     d2l postgres stop pg
+    d2l workspace export-lora -w kb exports       # every adapter, as a vLLM server loads it
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .kb_cmds import _default_workspace, _quiet
 
@@ -35,6 +37,32 @@ def _cmd_copy(args: argparse.Namespace) -> int:
         print(f"  {line}")
     dest.close()
     return 1 if problems else 0
+
+
+def _cmd_export_lora(args: argparse.Namespace) -> int:
+    _quiet()
+    from d2l_haystack.cli.core_cmds import _peft_base_name
+    from d2l_haystack.core.serving import export_for_serving, lora_name
+    from d2l_haystack.kb.workspace import Workspace
+
+    ws = Workspace.open(args.workspace or _default_workspace())
+    out = Path(args.out)
+    modules, max_rank = [], 1
+    for entry in ws.adapters.list():
+        adapter = ws.adapters.get(entry["id"])
+        name = lora_name(entry["id"])
+        manifest = export_for_serving(adapter, out / name, name=name, max_rank=args.max_rank,
+                                      base_model=args.base_model or _peft_base_name(adapter.base_model))
+        max_rank = max(max_rank, manifest["max_rank"])
+        modules += [f"{g['name']}={(out / name / g['path']).resolve()}" for g in manifest["groups"]]
+        print(f"{entry['id']}: {', '.join(g['name'] for g in manifest['groups'])}", flush=True)
+    ws.close()
+    base = args.base_model or ws.settings["model"]
+    print(f"d2l workspace export-lora: {len(modules)} LoRA folder(s) in {out}; serve with:\n  vllm serve {base} "
+          f"--enable-lora --max-lora-rank {max_rank} --max-loras {min(len(modules), 8) or 1} "
+          f"--lora-modules {' '.join(modules)}\nand answer with RemoteAdapterGenerator(exports='{out}') "
+          f"(docs/vllm.md)")
+    return 0
 
 
 def _cmd_pg_start(args: argparse.Namespace) -> int:
@@ -70,6 +98,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--store", default=None, metavar="URL",
                    help="with a folder TARGET: keep its records in this database")
     c.set_defaults(handler=_cmd_copy)
+
+    e = sub.add_parser("export-lora", help="export every adapter of a workspace for a multi-LoRA server (vLLM)",
+                       description="Write each adapter as PEFT folders a vLLM server loads as they are (ranks "
+                                   "padded, long documents in chunk groups), named as RemoteAdapterGenerator "
+                                   "names them, and print the `vllm serve` command.")
+    e.add_argument("out", metavar="OUT", help="the exports folder (one subfolder per adapter)")
+    e.add_argument("--workspace", "-w", default=None, metavar="DIR")
+    e.add_argument("--max-rank", type=int, default=512, metavar="R", help="the server's --max-lora-rank (default 512)")
+    e.add_argument("--base-model", default=None, help="the base model name the server loads (default: the workspace's)")
+    e.set_defaults(handler=_cmd_export_lora)
 
     p = subparsers.add_parser("postgres", help="a local PostgreSQL + pgvector (the pgserver wheel) to try a shared "
                                                "workspace with")

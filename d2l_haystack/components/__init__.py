@@ -3,6 +3,7 @@
 * :class:`DocToLoRAConverter` -- documents -> adapters in an
   :class:`~d2l_haystack.stores.AdapterStore`;
 * :class:`AdapterGenerator` -- chat generator: base model + per-request adapters and/or chunks;
+* :class:`RemoteAdapterGenerator` -- the same inputs, answered by an OpenAI-compatible LoRA server (vLLM);
 * :class:`InternalizationRouter` -- per document: internalize (D2L) or index (RAG);
 * :class:`QueryRouter` -- per query: adapter, RAG or hybrid;
 * :class:`ChunkWriter` -- write chunks, replacing a source's earlier chunks;
@@ -16,9 +17,10 @@ from .chunk_writer import ChunkWriter
 from .doc_to_lora_converter import DocToLoRAConverter
 from .internalization_router import InternalizationRouter
 from .query_router import QueryRouter
+from .remote_adapter_generator import RemoteAdapterGenerator
 from .source_file_converter import SourceFileConverter
 
 __all__ = [
     "AdapterGenerator", "ChunkWriter", "DocToLoRAConverter", "InternalizationRouter", "QueryRouter",
-    "SourceFileConverter",
+    "RemoteAdapterGenerator", "SourceFileConverter",
 ]

@@ -142,6 +142,19 @@ class Adapter:
         return replace(self, factors=factors, num_chunks=len(chosen), keys=keys, key_chunks=key_chunks,
                        meta={**self.meta, "selected_chunks": chosen, "source_chunks": self.num_chunks})
 
+    def chunk_groups(self, max_rank: int) -> list[list[int]]:
+        """Consecutive chunks in groups whose adapters (the group's chunks plus the bias block)
+        have at most ``max_rank`` components: how a document longer than a server's largest LoRA
+        rank is served (one adapter per group, the chunk keys pick the group).
+
+        :raises AdapterError: not even one chunk and the bias block fit in ``max_rank``.
+        """
+        per_group = (max_rank - self.bias_rank) // self.rank if self.rank else 0
+        if per_group < 1:
+            raise AdapterError(f"a rank-{max_rank} adapter cannot hold one rank-{self.rank} chunk and the "
+                               f"rank-{self.bias_rank} bias block")
+        return [list(range(i, min(i + per_group, self.num_chunks))) for i in range(0, self.num_chunks, per_group)]
+
     def effective_factors(self, weight: float = 1.0) -> Factors:
         """Factors with ``scale * weight`` folded into ``B`` (so the update scale is 1)."""
         return {m: (a, b * (self.scale * weight)) for m, (a, b) in self.factors.items()}
@@ -241,27 +254,40 @@ class Adapter:
             raise AdapterError(f"damaged adapter file {target}: chunk keys name chunks the adapter does not have")
         return adapter
 
-    def to_peft(self, folder: str | Path, base_model_name_or_path: str | None = None) -> Path:
+    def to_peft(self, folder: str | Path, base_model_name_or_path: str | None = None,
+                rank: int | None = None) -> Path:
         """Write a standard PEFT LoRA folder (``adapter_config.json``, ``adapter_model.safetensors``).
 
         ``lora_A.weight = A`` and ``lora_B.weight = scale * B^T`` with ``lora_alpha = r``, so PEFT's
         scaling is exactly 1 and the PEFT model computes the same update as this project.
+
+        :param rank: pad the rank with zero components up to this value (servers such as vLLM
+            accept only some ranks: :func:`serving_rank`); ``lora_alpha`` is the padded rank, so
+            the scaling stays 1 and the update is exactly the same.
+        :raises AdapterError: no module paths, or ``rank`` below the adapter's own.
         """
         from safetensors.torch import save_file
 
         if not self.module_paths:
             raise AdapterError("adapter has no module paths; cannot export to PEFT")
+        own = self.total_rank
+        r = own if rank is None else int(rank)
+        if r < own:
+            raise AdapterError(f"cannot export a rank-{own} adapter at rank {r} (padding only adds components)")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        r = self.total_rank
         state: dict[str, torch.Tensor] = {}
         targets = []
         for (module, (a, b)), template in zip(self.factors.items(), self.module_paths):
             targets.append(module)
             for layer in range(a.shape[0]):
                 prefix = "base_model.model." + template.format(layer=layer)
-                state[f"{prefix}.lora_A.weight"] = a[layer].contiguous().float()
-                state[f"{prefix}.lora_B.weight"] = (b[layer].T * self.scale).contiguous().float()
+                lora_a, lora_b = a[layer].float(), (b[layer].T * self.scale).float()
+                if r > own:  # zero components: A rows and B columns that add nothing
+                    lora_a = torch.cat([lora_a, lora_a.new_zeros(r - own, lora_a.shape[1])])
+                    lora_b = torch.cat([lora_b, lora_b.new_zeros(lora_b.shape[0], r - own)], dim=1)
+                state[f"{prefix}.lora_A.weight"] = lora_a.contiguous()
+                state[f"{prefix}.lora_B.weight"] = lora_b.contiguous()
         config = {
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": r,
             "lora_dropout": 0.0, "bias": "none", "target_modules": targets, "use_rslora": False,
@@ -271,6 +297,26 @@ class Adapter:
         save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
         return folder
+
+
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The LoRA ranks vLLM serves (``--max-lora-rank`` choices)."""
+
+
+def serving_rank(rank: int, allowed: tuple[int, ...] = VLLM_RANKS) -> int:
+    """The smallest allowed rank at least ``rank``.
+
+    :raises AdapterError: ``rank`` is above every allowed value (split the adapter into chunk
+        groups: :meth:`Adapter.chunk_groups`).
+
+    >>> serving_rank(24), serving_rank(8), serving_rank(300)
+    (32, 8, 320)
+    """
+    for allowed_rank in sorted(allowed):
+        if allowed_rank >= rank:
+            return allowed_rank
+    raise AdapterError(f"rank {rank} is above the largest servable rank {max(allowed)}; export the adapter in "
+                       f"chunk groups")
 
 
 def compose(adapters: list[Adapter], weights: list[float] | None = None) -> Factors:

@@ -279,3 +279,64 @@ def test_document_factors_lay_chunks_out_chunk_after_chunk_then_padding_then_bia
         assert torch.equal(db[layer, r:2 * r], b[1, layer])
     assert not da[:, 2 * r:3 * r].any() and not db[:, 2 * r:3 * r].any()  # the padding chunk is zero
     assert (da[:, -rb:] == -1).all() and (db[:, -rb:] == -2).all()
+
+
+def _peft_logits(folder: Path, tiny_llama_dir: Path, ids: list[int]) -> torch.Tensor:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    fresh = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return PeftModel.from_pretrained(fresh, str(folder)).eval()(input_ids=torch.tensor([ids])).logits[0]
+
+
+def test_a_rank_padded_export_gives_the_same_logits(tmp_path: Path, nonzero_engine: D2LEngine, doc_adapter: Adapter,
+                                                     tiny_llama_dir: Path) -> None:
+    """Zero components and lora_alpha = the padded rank: PEFT computes exactly the same update."""
+    import json
+
+    from d2l_haystack.core.adapter import VLLM_RANKS, serving_rank
+
+    ids = nonzero_engine.format.question_ids("How many barrels were noted?")
+    ours = nonzero_engine.logits(ids, doc_adapter)
+    own = doc_adapter.total_rank
+    padded = doc_adapter.to_peft(tmp_path / "padded", base_model_name_or_path=str(tiny_llama_dir), rank=own + 13)
+    config = json.loads((padded / "adapter_config.json").read_text())
+    assert config["r"] == config["lora_alpha"] == own + 13
+    torch.testing.assert_close(_peft_logits(padded, tiny_llama_dir, ids), ours, atol=1e-4, rtol=1e-4)
+    assert serving_rank(own) in VLLM_RANKS and serving_rank(own) >= own
+    with pytest.raises(AdapterError, match="padding only adds"):
+        doc_adapter.to_peft(tmp_path / "smaller", rank=own - 1)
+    with pytest.raises(AdapterError, match="chunk groups"):
+        serving_rank(513)
+
+
+def test_a_long_document_is_served_as_chunk_groups(tmp_path: Path, nonzero_engine: D2LEngine, doc_adapter: Adapter,
+                                                   tiny_llama_dir: Path, capsys) -> None:
+    """Over the server's largest rank: one padded adapter per group of chunks (each equal to the
+    adapter of those chunks), the keys pick the group of the chunk a question is about."""
+    from d2l_haystack.cli import main
+    from d2l_haystack.core.serving import pick_group, read_manifest
+
+    assert doc_adapter.num_chunks >= 3 and doc_adapter.has_keys and doc_adapter.total_rank > 16
+    doc_adapter.save(tmp_path / "manual")
+    assert main(["export-peft", str(tmp_path / "manual"), str(tmp_path / "vllm"), "--serving", "vllm",
+                 "--max-rank", "16", "--base-model", str(tiny_llama_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "--enable-lora --max-lora-rank 16 --lora-modules manual-g000=" in out
+    manifest = read_manifest(tmp_path / "vllm")
+    groups = manifest["groups"]
+    per_group = (16 - doc_adapter.bias_rank) // doc_adapter.rank
+    assert len(groups) == -(-doc_adapter.num_chunks // per_group) > 1
+    assert [c for g in groups for c in g["chunks"]] == list(range(doc_adapter.num_chunks))
+    assert all(g["rank"] <= 16 and g["rank"] >= g["own_rank"] for g in groups)
+    ids = nonzero_engine.format.question_ids("How many carts were noted?")
+    last = groups[-1]
+    saved = Adapter.load(tmp_path / "manual")  # fp16 on disk: what the export read
+    ours = nonzero_engine.logits(ids, saved.select_chunks(last["chunks"]))
+    theirs = _peft_logits(tmp_path / "vllm" / last["path"], tiny_llama_dir, ids)
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    # a question embedded like a key of a chunk in the last group is sent to that group
+    window = int((doc_adapter.key_chunks == last["chunks"][0]).nonzero()[0])
+    assert pick_group(manifest, doc_adapter.keys[window]) == last["name"]
+    assert pick_group(manifest, None) == groups[0]["name"]
