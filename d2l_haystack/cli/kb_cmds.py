@@ -152,16 +152,25 @@ def _cmd_index(args: argparse.Namespace) -> int:
     ws = _open(args, create=True)
     errors = 0
 
-    def report(item: Any) -> None:
+    def report(item: Any) -> None:  # an IndexResult, or a skipped file (InputError; "path: why" from --ray)
         nonlocal errors
-        if isinstance(item, InputError):
+        if isinstance(item, InputError | str):
             errors += 1
             print(f"skipped      {item}", file=sys.stderr)
         else:
             _print_result(item)
 
-    results = ws.index_paths(args.paths, route=args.route, force=args.force, skip_errors=args.skip_errors,
-                             on_result=report)
+    if args.ray is not None:  # the hypernetwork passes on a Ray cluster, the commits here
+        from d2l_haystack.kb.ray_index import index_with_ray
+
+        done = index_with_ray(ws, args.paths, address=None if args.ray == "local" else args.ray,
+                              workers=args.workers, route=args.route, force=args.force, on_result=report)
+        results = done.results
+        print(f"ray: {done.internalized_on_workers} internalized by {done.workers} worker(s), {done.unchanged} "
+              f"unchanged, {len(done.failures)} failed, {done.docs_per_second} documents/s")
+    else:
+        results = ws.index_paths(args.paths, route=args.route, force=args.force, skip_errors=args.skip_errors,
+                                 on_result=report)
     counts: dict[str, int] = {}
     for r in results:
         counts[r.action] = counts.get(r.action, 0) + 1
@@ -380,6 +389,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="redo the work even for unchanged files")
     p.add_argument("--skip-errors", action="store_true", help="skip unreadable files instead of stopping")
     add_max_file_size(p)
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="internalize on a Ray cluster (ADDRESS as ray.init takes it: auto, ray://head:10001; "
+                        "alone: a local cluster for this run); bad files are reported and skipped")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --ray: workers in the pool (default: the cluster's GPUs, else its CPUs)")
     p.add_argument("--store", default=None, metavar="URL",
                    help="keep a NEW workspace's records and RAG chunks in this PostgreSQL database "
                         "(postgresql://..., or $VARIABLE naming one; `d2l postgres start` runs a local one); "

@@ -363,7 +363,8 @@ class Workspace:
             return text
         return str(Path(text).expanduser().resolve())
 
-    def index_file(self, path: str | Path, *, route: str | None = None, force: bool = False) -> IndexResult:
+    def index_file(self, path: str | Path, *, route: str | None = None, force: bool = False,
+                   prepared: Any = None) -> IndexResult:
         """Index one file (create or modify): hash check -> route -> internalize or chunk/embed/write.
 
         Unchanged content (same hash, same override, adapter or chunks present) does nothing.
@@ -372,6 +373,10 @@ class Workspace:
         :param route: ``"d2l"`` or ``"rag"`` to force a route (remembered), ``"auto"`` to clear a
             remembered override, ``None`` to keep it.
         :param force: redo the work even if nothing changed.
+        :param prepared: a :class:`~d2l_haystack.components.doc_to_lora_converter.PreparedAdapter`
+            made elsewhere (a Ray worker, :mod:`d2l_haystack.kb.ray_index`) for this content; used
+            instead of running the hypernetwork here when the file still has that content and is
+            routed to D2L.
         :raises InputError: missing, empty, binary, non-UTF-8 or unsupported file (workspace untouched).
         """
         with self._locked():  # read under the updates' lock: another process's newer version is never overwritten
@@ -379,7 +384,7 @@ class Workspace:
             if stat is not None:  # else read_source names the problem
                 self.check_size(path, stat[1])
             text, meta = read_source(path)
-            return self._index(text, meta, route, force, file_stat=stat)
+            return self._index(text, meta, route, force, file_stat=stat, prepared=prepared)
 
     def _internal(self, path: Path) -> bool:
         """Whether ``path`` is one of the workspace's own files (its top-level files, adapters,
@@ -419,20 +424,7 @@ class Workspace:
         :param skip_errors: report unreadable files through ``on_result`` and go on, instead of raising.
         :raises InputError: a missing path, or (without ``skip_errors``) an unreadable file.
         """
-        files: list[Path] = []
-        for raw in paths:
-            p = Path(raw).expanduser()
-            if not p.exists():
-                raise InputError(f"{p}: no such file or folder")
-            if p.is_dir():
-                pattern = "**/*" if recursive else "*"
-                for f in sorted(p.glob(pattern)):
-                    rel = f.relative_to(p).parts
-                    if (f.is_file() and self.supports(f) and not any(part.startswith(".") for part in rel)
-                            and not self._internal(f)):
-                        files.append(f)
-            else:
-                files.append(p)
+        files = self.collect_files(paths, recursive=recursive)
         given = {Path(raw).expanduser() for raw in paths}
         results = []
         for f in files:
@@ -449,6 +441,57 @@ class Workspace:
             if on_result:
                 on_result(result)
         return results
+
+    def collect_files(self, paths: Iterable[str | Path], *, recursive: bool = True) -> list[Path]:
+        """The files :meth:`index_paths` indexes: files as given, and every supported file inside
+        folders (hidden ones and the workspace's own files skipped), in a stable order.
+
+        :raises InputError: a missing path.
+        """
+        files: list[Path] = []
+        for raw in paths:
+            p = Path(raw).expanduser()
+            if not p.exists():
+                raise InputError(f"{p}: no such file or folder")
+            if p.is_dir():
+                pattern = "**/*" if recursive else "*"
+                for f in sorted(p.glob(pattern)):
+                    rel = f.relative_to(p).parts
+                    if (f.is_file() and self.supports(f) and not any(part.startswith(".") for part in rel)
+                            and not self._internal(f)):
+                        files.append(f)
+            else:
+                files.append(p)
+        return files
+
+    def plan(self, path: str | Path, route: str | None = None,
+             force: bool = False) -> tuple[str, str, dict[str, Any]] | None:
+        """What :meth:`index_file` would do with a file, without doing it: ``None`` when it is
+        unchanged, else ``(route, text, meta)`` with the route the internalization router gives it
+        now (``d2l`` or ``rag``). For a batch runner that does the heavy work elsewhere.
+
+        :raises InputError: the file cannot be indexed (as :meth:`index_file`).
+        """
+        with self._locked():
+            stat = stat_signature(Path(path).expanduser())
+            if stat is not None:
+                self.check_size(path, stat[1])
+            text, meta = read_source(path)
+            doc_id = meta["d2l_doc_id"]
+            old = self._files.get(doc_id)
+            override = parse_route(route) if route is not None else (old.get("route_override") if old else None)
+            if (old and not force and old.get("hash") == content_hash(text) and old.get("route_override") == override
+                    and self._materialized(doc_id, old)):
+                return None
+            rec = copy.deepcopy(old) if old else {"first_seen": time.time(), "changes": [], "queries": 0}
+            if rec.get("hash") != content_hash(text):  # as _index counts the change before routing
+                rec["changes"] = (list(rec.get("changes", [])) + [time.time()])[-MAX_HISTORY:]
+            doc_meta = {k: v for k, v in meta.items() if not k.startswith("d2l_route")}
+            if override:
+                doc_meta["d2l_route_override"] = override
+            routed = self._component("router").run(documents=[Document(content=text, meta=doc_meta)],
+                                                   history=self._history(doc_id, rec))
+            return ("d2l" if routed["internalize"] else "rag"), text, meta
 
     def _history(self, doc_id: str, rec: dict[str, Any]) -> dict[str, Any]:
         entry = self.adapters.info(doc_id)
@@ -467,7 +510,7 @@ class Workspace:
         return False
 
     def _index(self, text: str, meta: dict[str, Any], route: str | None, force: bool,
-               keep_text: bool = False, file_stat: list[int] | None = None) -> IndexResult:
+               keep_text: bool = False, file_stat: list[int] | None = None, prepared: Any = None) -> IndexResult:
         doc_id = meta["d2l_doc_id"]
         digest = content_hash(text)
         start = time.perf_counter()
@@ -507,9 +550,12 @@ class Workspace:
             self._journal_op(op)
             chunks, action = 0, ""
             embedded: list[Document] = []
-            prepared = None
+            made_elsewhere = prepared is not None and prepared.adapter is not None and \
+                prepared.adapter.content_hash == digest and prepared.key == doc_id
             # the heavy work runs before the commit gate: queries only wait for the store changes
-            if to_d2l:
+            if to_d2l and made_elsewhere:
+                prepared.start = time.perf_counter() - prepared.seconds
+            elif to_d2l:
                 prepared = self._component("converter").prepare(doc, force=force)
             else:
                 split = self._component("splitter").run(documents=[doc])["documents"]
