@@ -281,6 +281,27 @@ def test_the_database_going_away_is_one_line_and_leaves_no_half_state(tmp_path: 
         assert again.adapters.info(str(doc.resolve()))["content_hash"] in (rec["hash"], content_hash(doc.read_text()))
         assert again.index_file(doc).action == "internalized" and again.verify() == []
         _assert_consistent(again, [doc, log])
+        # the database goes away in the middle of an update: after the hypernetwork pass, before the commit
+        doc.write_text("# Note\nThe meeting room is called Heron.\n")
+        converter = again._component("converter")
+        prepare = converter.prepare
+
+        def prepare_then_lose_the_database(*a, **kw):
+            out = prepare(*a, **kw)
+            assert stop_local_server(data)
+            return out
+
+        converter.prepare = prepare_then_lose_the_database
+        with pytest.raises(DatabaseError, match="unreachable"):
+            again.index_file(doc, route="d2l")  # forced: three edits in seconds would make it volatile (RAG)
+        converter.prepare = prepare
+        start_local_server(data)
+        back = Workspace.open(again.path)  # the update that died before its commit changed nothing
+        assert back.record(doc)["hash"] == content_hash("# Note\nThe meeting room is called Osprey.\n")
+        assert back.verify() == [] and not back.pending_update
+        assert back.index_file(doc, route="d2l").action == "internalized"
+        _assert_consistent(back, [doc, log])
+        back.close()
         again.close()
         ws.close()
     finally:

@@ -53,12 +53,16 @@ def test_the_same_workspace_as_sequential_indexing(ray_cluster, workspace_factor
     report = index_with_ray(parallel, [docs_dir], workers=2, progress=False)
     assert report.workers == 2 and report.internalized_on_workers == 4 and not report.failures
     assert _view(parallel, docs_dir) == _view(sequential, docs_dir)
+    # equal up to float rounding: a worker's matrix products may use another thread count than the
+    # driver's (other summation orders), so the stored fp16 values can differ in their last bit
     for entry in sequential.adapters.list():
         a, b = sequential.adapters.get(entry["id"]), parallel.adapters.get(entry["id"])
-        assert a.factors.keys() == b.factors.keys()
+        assert a.factors.keys() == b.factors.keys() and a.total_rank == b.total_rank
         for m in a.factors:
-            assert torch.equal(a.factors[m][0], b.factors[m][0]) and torch.equal(a.factors[m][1], b.factors[m][1])
-        assert torch.equal(a.keys, b.keys) and torch.equal(a.key_chunks, b.key_chunks)
+            for x, y in zip(a.factors[m], b.factors[m]):
+                torch.testing.assert_close(y, x, rtol=2e-3, atol=1e-4)
+        torch.testing.assert_close(b.keys, a.keys, rtol=2e-3, atol=1e-4)
+        assert torch.equal(a.key_chunks, b.key_chunks)
     assert parallel.verify() == []
     again = index_with_ray(parallel, [docs_dir], progress=False)  # nothing changed: no worker starts
     assert again.unchanged == 4 and again.results == [] and again.workers == 0
