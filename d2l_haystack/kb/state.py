@@ -118,11 +118,3 @@ class FolderState:
     def close(self) -> None:
         pass
 
-
-def open_state(path: str | Path, settings: dict[str, Any]) -> StateBackend:
-    """The state backend a workspace's settings name (the folder unless ``store`` is set)."""
-    if settings.get("store"):
-        from d2l_haystack.kb.postgres import PostgresState
-
-        return PostgresState(settings)
-    return FolderState(path)

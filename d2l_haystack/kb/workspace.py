@@ -66,7 +66,7 @@ from d2l_haystack.core.errors import D2LError, InputError
 from d2l_haystack.core.keys import EMBEDDING_DIM, resolve_embedding_model
 from d2l_haystack.core.textio import content_hash, validate_text
 from d2l_haystack.kb.settings import WorkspaceError, open_config, settings_of
-from d2l_haystack.kb.state import StateBackend, open_state
+from d2l_haystack.kb.state import FolderState, StateBackend
 from d2l_haystack.stores import AdapterStore, PersistentFAISSDocumentStore
 from d2l_haystack.stores.faiss_document_store import DamagedIndexError
 from d2l_haystack.stores.files import stat_signature, writable
@@ -830,6 +830,15 @@ class Workspace:
         from d2l_haystack.kb.maintenance import repair
 
         return repair(self, on_action)
+
+
+def open_state(path: str | Path, settings: dict[str, Any]) -> StateBackend:
+    """The state backend a workspace's settings name: the folder, or the database of ``store``."""
+    if settings.get("store"):
+        from d2l_haystack.kb.postgres import PostgresState
+
+        return PostgresState(settings)
+    return FolderState(path)
 
 
 INTERNAL_FOLDERS = ("adapters", "faiss")
