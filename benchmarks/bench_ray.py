@@ -18,18 +18,16 @@ machine: Ray's workers run at niceness 15 and starve beside another busy process
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from _report import print_table, run_info, write_json  # noqa: E402  (beside this script)
 
 
 def corpus(folder: Path, n: int) -> list[Path]:
@@ -90,16 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(rows[-1], flush=True)
         finally:
             ray.shutdown()
-    data = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "command": " ".join(["benchmarks/bench_ray.py", *(argv or sys.argv[1:])]),
-            "cluster_start_s": round(cluster_s, 2), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1) + "\n")
-    print("\n| mode | workers | docs | wall s | docs/s | steady docs/s |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['mode']} | {r['workers']} | {r['docs']} | {r['wall_s']} | {r['docs_per_s']} | "
-              f"{r['steady_docs_per_s']} |")
+    data = {**run_info("bench_ray.py", argv), "cluster_start_s": round(cluster_s, 2), "rows": rows}
+    out = write_json(args.out, data)
+    print_table(rows, [("mode", "mode"), ("workers", "workers"), ("docs", "docs"), ("wall s", "wall_s"),
+                       ("docs/s", "docs_per_s"), ("steady docs/s", "steady_docs_per_s")])
     print(f"\ncluster start {data['cluster_start_s']} s; wrote {out}")
     return 0
 

@@ -19,9 +19,7 @@ prints a table. Run it on an otherwise idle machine: the numbers are the machine
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -29,13 +27,13 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from _report import print_table, run_info, write_json  # noqa: E402  (beside this script)
 
 QUESTIONS = {
     "d2l": ["How long is the warranty of the Aurora K2 kettle?", "How much water does the Aurora K2 hold?",
@@ -152,18 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 if url:
                     stop_local_server(tmp / "pg")
-    data = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "command": " ".join(["benchmarks/bench_serve.py", *(argv or sys.argv[1:])]),
+    data = {**run_info("bench_serve.py", argv),
             "stores": {"folder": "files.json + FAISS in the workspace folder",
                        "postgresql": "PostgreSQL 16 + pgvector (pgserver, Unix socket, same machine)"},
             "max_new_tokens": args.max_new_tokens, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1) + "\n")
-    print("\n| store | route | clients | q/s | p50 s | p95 s | errors |\n|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['store']} | {r['route']} | {r['clients']} | {r['qps']} | {r['p50_s']} | {r['p95_s']} | "
-              f"{r['errors']} |")
+    out = write_json(args.out, data)
+    print_table(rows, [("store", "store"), ("route", "route"), ("clients", "clients"), ("q/s", "qps"),
+                       ("p50 s", "p50_s"), ("p95 s", "p95_s"), ("errors", "errors")])
     print(f"\nwrote {out}")
     return 0
 

@@ -110,6 +110,10 @@ def test_the_records_and_chunks_live_in_the_database(workspace_factory, docs_dir
     other = Workspace.open(ws.path)
     assert other.status()["documents"] == ws.status()["documents"] and other.status()["queries"] == \
         ws.status()["queries"] == {"d2l": 1}
+    other.query(workspace_tests.KETTLE_Q)  # counted elsewhere: this process re-reads the changed counters
+    kettle = str((docs_dir / "kettle-manual.md").resolve())
+    assert {d["path"]: d["queries"] for d in ws.status()["documents"]}[kettle] == 2
+    assert ws.status()["queries"] == {"d2l": 2}
     other.close()
 
 

@@ -163,12 +163,12 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: folder is not empty (use --force to write into it)")
     base = args.base_model or _peft_base_name(adapter.base_model)
     if args.serving == "vllm":
-        from d2l_haystack.core.serving import export_for_serving, lora_name
+        from d2l_haystack.core.serving import export_for_serving, lora_modules, lora_name
 
         name = lora_name(args.name or Path(args.adapter_dir).resolve().name)
         manifest = export_for_serving(adapter, out, name=name, base_model=base, max_rank=args.max_rank)
         groups = manifest["groups"]
-        modules = " ".join(f"{g['name']}={(out / g['path']).resolve()}" for g in groups)
+        modules = " ".join(lora_modules(manifest, out))
         print(f"wrote {len(groups)} vLLM LoRA folder(s) in {out} (rank {adapter.total_rank} padded to "
               f"{', '.join(str(g['rank']) for g in groups)}; manifest {out / 'd2l_serving.json'}); serve with: "
               f"vllm serve {base} --enable-lora --max-lora-rank {manifest['max_rank']} --lora-modules {modules}")

@@ -42,7 +42,7 @@ def _cmd_copy(args: argparse.Namespace) -> int:
 def _cmd_export_lora(args: argparse.Namespace) -> int:
     _quiet()
     from d2l_haystack.cli.core_cmds import _peft_base_name
-    from d2l_haystack.core.serving import export_for_serving, lora_name
+    from d2l_haystack.core.serving import export_for_serving, lora_modules, lora_name
     from d2l_haystack.kb.workspace import Workspace
 
     ws = Workspace.open(args.workspace or _default_workspace())
@@ -54,7 +54,7 @@ def _cmd_export_lora(args: argparse.Namespace) -> int:
         manifest = export_for_serving(adapter, out / name, name=name, max_rank=args.max_rank,
                                       base_model=args.base_model or _peft_base_name(adapter.base_model))
         max_rank = max(max_rank, manifest["max_rank"])
-        modules += [f"{g['name']}={(out / name / g['path']).resolve()}" for g in manifest["groups"]]
+        modules += lora_modules(manifest, out / name)
         print(f"{entry['id']}: {', '.join(g['name'] for g in manifest['groups'])}", flush=True)
     ws.close()
     base = args.base_model or ws.settings["model"]

@@ -168,6 +168,13 @@ class DocToLoRAConverter:
         docs = self._embedder.run(documents=[Document(content=s) for s in sections])["documents"]
         return np.array([d.embedding for d in docs], dtype=np.float32)
 
+    def internalize(self, text: str, key: str, title: str = "") -> tuple[Any, np.ndarray]:
+        """The heavy part of :meth:`prepare` alone: the adapter of ``text`` (the hypernetwork pass)
+        and its routing embeddings. Reads and writes no store (a batch worker,
+        :mod:`d2l_haystack.kb.ray_index`, calls this and the workspace commits the result)."""
+        self.warm_up()
+        return self._engine.internalize(text, source=key, progress=self.progress), self.routing_embeddings(text, title)
+
     # -- the two steps of run(): prepare (the heavy part) and commit (the store writes) -----------
     def prepare(self, doc: Document, force: bool = False) -> PreparedAdapter:
         """Decide what ``doc`` needs and do the heavy part: run the hypernetwork (and embed the
@@ -204,8 +211,7 @@ class DocToLoRAConverter:
             routing = store.get_routing(twin["id"])
             action = "copied"
         else:
-            adapter = engine.internalize(text, source=key, progress=self.progress)
-            routing, action = None, "internalized"
+            (adapter, routing), action = self.internalize(text, key, title), "internalized"
         if routing is None:
             routing = self.routing_embeddings(text, title)
         return PreparedAdapter(key=key, action=action, start=start, adapter=adapter, routing=routing, title=title,
@@ -213,15 +219,17 @@ class DocToLoRAConverter:
 
     def commit(self, doc: Document, prepared: PreparedAdapter) -> Document:
         """Store what :meth:`prepare` made (nothing for an unchanged document) and remove the
-        document's chunks from the document store; returns the document with its D2L meta."""
-        self.warm_up()
+        document's chunks from the document store; returns the document with its D2L meta. Loads
+        no model (what was prepared elsewhere, a Ray worker's adapter, is committed without one)."""
+        if self._store is None:
+            self._store = AdapterStore.resolve(self.store)
         store = self._store
         assert store is not None
         key = prepared.key
         if prepared.adapter is not None:
             store.put(key, prepared.adapter, source=str(doc.meta.get("file_path") or key), routing=prepared.routing,
                       title=prepared.title, meta={"internalize_seconds": round(prepared.seconds, 4),
-                                                  "chunking": self._engine.chunking})
+                                                  "chunking": self.chunking})
         chunk_store = PersistentFAISSDocumentStore.resolve(self.document_store)
         if chunk_store is not None:
             chunk_store.delete_by_filter(source_filter(key))

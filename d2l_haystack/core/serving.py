@@ -94,6 +94,11 @@ def export_for_serving(adapter: Adapter, folder: str | Path, *, name: str, base_
     return manifest
 
 
+def lora_modules(manifest: dict[str, Any], folder: str | Path) -> list[str]:
+    """``NAME=PATH`` of every LoRA of an export written to ``folder`` (vLLM's ``--lora-modules``)."""
+    return [f"{g['name']}={(Path(folder) / g['path']).resolve()}" for g in manifest["groups"]]
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``d2l_serving.json`` of an export, with its keys loaded (``vectors``, ``groups``) if any.
 

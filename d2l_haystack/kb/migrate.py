@@ -73,8 +73,11 @@ def copy_workspace(src: Workspace, store: str | None, to: str | Path | None = No
             try:
                 _write_state(state, files, stats)
                 store_chunks = chunk_store(settings)
-                if chunks:
-                    store_chunks.write_documents(chunks)
+                try:
+                    if chunks:
+                        store_chunks.write_documents(chunks)
+                finally:
+                    store_chunks.close()
             finally:
                 state.close()
             config = copy.deepcopy(src.config)

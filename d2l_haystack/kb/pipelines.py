@@ -418,13 +418,12 @@ def _read(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
     return data, source
 
 
-def _variables(workspace: WorkspaceLike | str | Path | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+def _variables(workspace: WorkspaceLike | str | Path | None, s: dict[str, Any] | None,
+               extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The placeholders' values: ``workspace`` and its settings ``s`` (:func:`_workspace_settings`), then ``extra``."""
     out: dict[str, Any] = {}
-    if workspace is not None:
-        if isinstance(workspace, str | Path):  # opened (or created) like Workspace(path) does
-            path, s = Path(workspace).expanduser().resolve(), settings_of(open_config(workspace, create=True))
-        else:
-            path, s = workspace.path, workspace.settings
+    if workspace is not None and s is not None:
+        path = Path(workspace).expanduser().resolve() if isinstance(workspace, str | Path) else workspace.path
         out.update(D2L_WORKSPACE=str(path), D2L_MODEL=s["model"], D2L_CHECKPOINT=s["checkpoint"],
                    D2L_EMBEDDING_MODEL=s["embedding_model"], D2L_CHUNKING=s["chunking"])
     out.update(extra or {})
@@ -491,8 +490,8 @@ def load_pipeline(name_or_path: str | Path, workspace: WorkspaceLike | str | Pat
         a component that cannot be imported or built (the message names it).
     """
     data, source = _read(name_or_path)
-    data = _substitute(data, _variables(workspace, variables), source)
     settings = _workspace_settings(workspace)
+    data = _substitute(data, _variables(workspace, settings, variables), source)
     chunks = None
     if settings is not None and settings.get("store"):
         from d2l_haystack.kb.postgres import chunk_store
@@ -517,6 +516,7 @@ def load_pipeline(name_or_path: str | Path, workspace: WorkspaceLike | str | Pat
 
 
 def _workspace_settings(workspace: WorkspaceLike | str | Path | None) -> dict[str, Any] | None:
+    """A workspace's settings; a folder is opened (or created) like ``Workspace(path)`` does."""
     if workspace is None:
         return None
     if isinstance(workspace, str | Path):

@@ -25,7 +25,6 @@ adapters, the same records.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -73,8 +72,7 @@ class _Internalizer:
         for path, text, title in zip(batch["path"], batch["text"], batch["title"]):
             start = time.perf_counter()
             try:
-                adapter = self.converter.engine.internalize(str(text), source=str(path))
-                routing = self.converter.routing_embeddings(str(text), str(title))
+                adapter, routing = self.converter.internalize(str(text), str(path), str(title))
                 with tempfile.TemporaryDirectory() as tmp:
                     adapter.save(tmp)
                     blob = (Path(tmp) / "adapter.safetensors").read_bytes()
@@ -214,9 +212,3 @@ def index_with_ray(ws: Workspace, paths: Iterable[str | Path], *, address: str |
     report.seconds = time.perf_counter() - started
     return report
 
-
-def report_json(report: RayIndexReport) -> str:
-    """The report as one JSON object (``d2l index --ray --json``)."""
-    return json.dumps({"results": [r.to_dict() for r in report.results], "failures": report.failures,
-                       "unchanged": report.unchanged, "workers": report.workers,
-                       "seconds": round(report.seconds, 3), "docs_per_second": report.docs_per_second})

@@ -96,6 +96,19 @@ class IndexResult:
 
 
 @dataclass
+class _Decision:
+    """What :meth:`Workspace._decide` found for a changed document."""
+
+    old: dict[str, Any] | None
+    """Its record before this index (``None``: new)."""
+    record: dict[str, Any]
+    """Its new record so far (change counted, route override set)."""
+    document: Document
+    """The document as the internalization router returned it (route and reason in its meta)."""
+    to_d2l: bool
+
+
+@dataclass
 class QueryResult:
     """An answer with how it was produced."""
 
@@ -334,8 +347,8 @@ class Workspace:
             comp = ChunkWriter(document_store=self.document_store, adapter_store=self.adapters)
         else:  # pragma: no cover
             raise KeyError(name)
-        if hasattr(comp, "warm_up"):
-            comp.warm_up()
+        if hasattr(comp, "warm_up") and name != "converter":  # the converter loads its models on first
+            comp.warm_up()  # prepare: a Ray driver that only commits workers' adapters never loads them
         self._components[name] = comp
         return comp
 
@@ -380,11 +393,20 @@ class Workspace:
         :raises InputError: missing, empty, binary, non-UTF-8 or unsupported file (workspace untouched).
         """
         with self._locked():  # read under the updates' lock: another process's newer version is never overwritten
-            stat = stat_signature(Path(path).expanduser())  # before reading: a later edit makes it differ
-            if stat is not None:  # else read_source names the problem
-                self.check_size(path, stat[1])
-            text, meta = read_source(path)
+            text, meta, stat = self._read(path)
             return self._index(text, meta, route, force, file_stat=stat, prepared=prepared)
+
+    def _read(self, path: str | Path) -> tuple[str, dict[str, Any], list[int] | None]:
+        """A file's text, its document meta and its stat signature (taken before reading: a later
+        edit makes it differ).
+
+        :raises InputError: too large, or unreadable (as :meth:`index_file`).
+        """
+        stat = stat_signature(Path(path).expanduser())
+        if stat is not None:  # else read_source names the problem
+            self.check_size(path, stat[1])
+        text, meta = read_source(path)
+        return text, meta, stat
 
     def _internal(self, path: Path) -> bool:
         """Whether ``path`` is one of the workspace's own files (its top-level files, adapters,
@@ -473,25 +495,9 @@ class Workspace:
         :raises InputError: the file cannot be indexed (as :meth:`index_file`).
         """
         with self._locked():
-            stat = stat_signature(Path(path).expanduser())
-            if stat is not None:
-                self.check_size(path, stat[1])
-            text, meta = read_source(path)
-            doc_id = meta["d2l_doc_id"]
-            old = self._files.get(doc_id)
-            override = parse_route(route) if route is not None else (old.get("route_override") if old else None)
-            if (old and not force and old.get("hash") == content_hash(text) and old.get("route_override") == override
-                    and self._materialized(doc_id, old)):
-                return None
-            rec = copy.deepcopy(old) if old else {"first_seen": time.time(), "changes": [], "queries": 0}
-            if rec.get("hash") != content_hash(text):  # as _index counts the change before routing
-                rec["changes"] = (list(rec.get("changes", [])) + [time.time()])[-MAX_HISTORY:]
-            doc_meta = {k: v for k, v in meta.items() if not k.startswith("d2l_route")}
-            if override:
-                doc_meta["d2l_route_override"] = override
-            routed = self._component("router").run(documents=[Document(content=text, meta=doc_meta)],
-                                                   history=self._history(doc_id, rec))
-            return ("d2l" if routed["internalize"] else "rag"), text, meta
+            text, meta, _ = self._read(path)
+            decision = self._decide(meta["d2l_doc_id"], text, content_hash(text), meta, route, force, time.time())
+            return None if decision is None else ("d2l" if decision.to_d2l else "rag", text, meta)
 
     def _history(self, doc_id: str, rec: dict[str, Any]) -> dict[str, Any]:
         entry = self.adapters.info(doc_id)
@@ -509,41 +515,56 @@ class Workspace:
             return self.document_store.count_documents_by_filter(source_filter(doc_id)) > 0
         return False
 
+    def _decide(self, doc_id: str, text: str, digest: str, meta: dict[str, Any], route: str | None, force: bool,
+                now: float) -> _Decision | None:
+        """The first step of an index (under the updates' lock; changes nothing): ``None`` when the
+        document is unchanged (same content and route override, its adapter or chunks present, no
+        ``force``); else its records and the internalization router's decision.
+
+        :param digest: ``content_hash(text)``.
+        :raises InputError: ``route`` is not ``d2l``, ``rag``, ``auto`` or ``None``.
+        """
+        old = self._files.get(doc_id)
+        if route is None:
+            override = old.get("route_override") if old else None
+        else:
+            override = parse_route(route)
+            if override is None and str(route).lower() != "auto":
+                raise InputError(f"route must be 'd2l', 'rag' or 'auto', got {route!r}")
+        if (old and not force and old.get("hash") == digest and old.get("route_override") == override
+                and self._materialized(doc_id, old)):
+            return None
+        rec = copy.deepcopy(old) if old else {"first_seen": now, "changes": [], "queries": 0, "last_query": None}
+        if rec.get("hash") != digest:
+            rec["changes"] = (list(rec.get("changes", [])) + [now])[-MAX_HISTORY:]
+            rec["num_changes"] = int(rec.get("num_changes", 0)) + 1
+            rec["last_change"] = now
+        rec["route_override"] = override
+        doc_meta = {k: v for k, v in meta.items() if not k.startswith("d2l_route")}
+        if override:
+            doc_meta["d2l_route_override"] = override
+        routed = self._component("router").run(documents=[Document(content=text, meta=doc_meta)],
+                                               history=self._history(doc_id, rec))
+        return _Decision(old=old, record=rec, document=(routed["internalize"] or routed["index"])[0],
+                         to_d2l=bool(routed["internalize"]))
+
     def _index(self, text: str, meta: dict[str, Any], route: str | None, force: bool,
                keep_text: bool = False, file_stat: list[int] | None = None, prepared: Any = None) -> IndexResult:
         doc_id = meta["d2l_doc_id"]
         digest = content_hash(text)
         start = time.perf_counter()
         with self._locked():
-            old = self._files.get(doc_id)
-            if route is None:
-                override = old.get("route_override") if old else None
-            else:
-                override = parse_route(route)
-                if override is None and str(route).lower() != "auto":
-                    raise InputError(f"route must be 'd2l', 'rag' or 'auto', got {route!r}")
-            if (old and not force and old.get("hash") == digest and old.get("route_override") == override
-                    and self._materialized(doc_id, old)):
+            now = time.time()
+            decision = self._decide(doc_id, text, digest, meta, route, force, now)
+            if decision is None:  # unchanged
+                old = self._files[doc_id]
                 if file_stat is not None and old.get("file_stat") != file_stat and not self.read_only:
                     old["file_stat"] = file_stat  # touched or replaced, same content: remembered for sweeps
                     self._save_files()
                 return IndexResult(path=doc_id, action="unchanged", route=old["route"], reason=old.get("reason", ""),
                                    previous_route=old["route"], chunks=int(old.get("chunks", 0)),
                                    adapter_id=old.get("adapter_id"), num_tokens=int(old.get("num_tokens", 0)))
-            now = time.time()
-            rec = copy.deepcopy(old) if old else {"first_seen": now, "changes": [], "queries": 0, "last_query": None}
-            if rec.get("hash") != digest:
-                rec["changes"] = (list(rec.get("changes", [])) + [now])[-MAX_HISTORY:]
-                rec["num_changes"] = int(rec.get("num_changes", 0)) + 1
-                rec["last_change"] = now
-            rec["route_override"] = override
-            doc_meta = {k: v for k, v in meta.items() if not k.startswith("d2l_route")}
-            if override:
-                doc_meta["d2l_route_override"] = override
-            doc = Document(content=text, meta=doc_meta)
-            routed = self._component("router").run(documents=[doc], history=self._history(doc_id, rec))
-            to_d2l = bool(routed["internalize"])
-            doc = (routed["internalize"] or routed["index"])[0]
+            old, rec, doc, to_d2l = decision.old, decision.record, decision.document, decision.to_d2l
             op: dict[str, Any] = {"op": "index", "doc_id": doc_id, "route": route, "phase": "prepare"}
             if keep_text:
                 op.update(text=text, meta=meta)
