@@ -90,6 +90,50 @@ class TeacherCache:
         return [TeacherTarget(self._entries[k]["ids"].tolist(), self._entries[k]["top_ids"].long(),
                               self._entries[k]["top_probs"].float()) for k in keys]
 
+    def forced_many(self, triples: list[tuple[str, str, list[int]]], gold_weight: float = 0.5,
+                    batch_size: int = 16) -> list[TeacherTarget]:
+        """Targets along GIVEN answers: the teacher, reading the document, teacher-forced on them.
+
+        One forward pass per batch (no generation). At each answer position the target keeps the
+        given token in column 0 and the teacher's ``k - 1`` most likely other tokens beside it; the
+        probabilities are ``gold_weight`` on the given token plus ``1 - gold_weight`` times the
+        teacher's distribution renormalised over those ``k`` tokens. The answer's form stays the
+        gold one (a word, not the teacher's sentence) while the soft part carries what the teacher
+        reads in the document. Not cached: generated documents are new every step.
+
+        :param triples: ``(document, question, answer token ids)`` (the ids as the student sees them,
+            ending with the end-of-turn token).
+        """
+        if not 0.0 <= gold_weight <= 1.0:
+            raise ValueError(f"gold_weight must be within [0, 1], got {gold_weight}")
+        out: list[TeacherTarget] = []
+        for i in range(0, len(triples), batch_size):
+            out.extend(self._forced(triples[i:i + batch_size], gold_weight))
+        return out
+
+    @torch.no_grad()
+    def _forced(self, triples: list[tuple[str, str, list[int]]], gold_weight: float) -> list[TeacherTarget]:
+        prompts = [self._prompt(d, q) for d, q, _ in triples]
+        seqs = [p + list(a) for p, (_, _, a) in zip(prompts, triples)]
+        pad = self.fmt.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.fmt.stop_ids[0]
+        ids, mask = left_pad_batch(seqs, pad, next(self.model.parameters()).device)
+        width = ids.shape[1]
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        k = min(self.top_k, logits.shape[-1])
+        targets = []
+        for j, (_, _, answer) in enumerate(triples):
+            n = len(answer)  # position p predicts token p + 1: answer token t is predicted at width - n - 1 + t
+            logp = torch.log_softmax(logits[j, width - n - 1: width - 1].float(), dim=-1)
+            gold = torch.tensor(answer, dtype=torch.long, device=logp.device)
+            others = logp.scatter(1, gold[:, None], float("-inf")).topk(k - 1, dim=-1).indices if k > 1 \
+                else gold[:, None][:, :0]
+            top_ids = torch.cat([gold[:, None], others], dim=1)
+            probs = torch.softmax(logp.gather(1, top_ids), dim=-1) * (1.0 - gold_weight)
+            probs[:, 0] += gold_weight
+            targets.append(TeacherTarget(list(answer), top_ids.cpu(), probs.cpu()))
+        return targets
+
     def _prompt(self, document: str, question: str) -> list[int]:
         prompt = self.fmt.question_ids(question, context=document)
         overflow = len(prompt) - self.max_prompt_tokens

@@ -100,6 +100,9 @@ class Phase:
                 raise ValueError(f"{name} must be 0 (whole passages) or more, got {getattr(self, name)}")
 
 
+DISTILL_MODES = ("greedy", "gold")
+
+
 @dataclass
 class TrainConfig:
     model: str = "smollm2-135m-instruct"
@@ -129,6 +132,12 @@ class TrainConfig:
     (targets: the base model's greedy answer WITH the document and its top-k probabilities,
     :mod:`.teacher`) instead of cross-entropy on the gold answer."""
     distill_kinds: list[str] = field(default_factory=lambda: ["squad"])
+    distill_mode: str = "greedy"
+    """``"greedy"``: the target is the teacher's own greedy answer and its top-k (the reference);
+    ``"gold"``: the gold answer, with the teacher's top-k distribution along it mixed in
+    (:meth:`.TeacherCache.forced_many`): the gold form with the teacher's soft reading."""
+    distill_gold_weight: float = 0.5
+    """``distill_mode: gold``: the one-hot gold share of each target (the rest is the teacher's)."""
     teacher_max_new_tokens: int = 32
     bias_trainable_from: int = 0
     phases: list[Phase] = field(default_factory=lambda: [Phase(until_step=10**9)])
@@ -141,6 +150,12 @@ class TrainConfig:
     """Stop (with a checkpoint) at this step; unlike ``max_steps`` it leaves the schedule unchanged."""
     autocast: str = "auto"
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.distill_mode not in DISTILL_MODES:
+            raise ValueError(f"distill_mode must be one of {', '.join(DISTILL_MODES)}, got {self.distill_mode!r}")
+        if not 0.0 <= self.distill_gold_weight <= 1.0:
+            raise ValueError(f"distill_gold_weight must be within [0, 1], got {self.distill_gold_weight}")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -172,7 +187,10 @@ class TrainConfig:
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"training config {path}: phase {i + 1}: {exc}") from None
         raw["phases"] = phases or [Phase(until_step=10**9)]
-        return cls(**raw)
+        try:
+            return cls(**raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"training config {path}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -473,9 +491,15 @@ class Trainer:
         seqs, labels_start, q_doc, kinds = [], [], [], []
         soft_ids, soft_probs = [], []  # per question: (answer length, k) targets
         k_top = max(1, self.cfg.distill_top_k)
-        distilled = [(doc.text, qa.question) for doc in docs for qa in doc.qas
+        distilled = [(doc.text, qa.question, qa.answer) for doc in docs for qa in doc.qas
                      if self.teacher is not None and qa.kind in self.cfg.distill_kinds]
-        teacher = iter(self.teacher.get_many(distilled) if self.teacher is not None else [])
+        if self.teacher is None:
+            teacher = iter([])
+        elif self.cfg.distill_mode == "gold":
+            teacher = iter(self.teacher.forced_many([(d, q, self.fmt.answer_ids(a)) for d, q, a in distilled],
+                                                    self.cfg.distill_gold_weight))
+        else:
+            teacher = iter(self.teacher.get_many([(d, q) for d, q, _ in distilled]))
         for d, doc in enumerate(docs):
             for qa in doc.qas:
                 prompt = self.fmt.question_ids(qa.question)

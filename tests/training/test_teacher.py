@@ -116,3 +116,27 @@ def test_batched_targets_match_one_at_a_time(tiny):
         assert s.ids == b.ids
         assert torch.allclose(s.top_probs, b.top_probs, atol=2e-2)
     assert single.computed == 3  # the repeated pair was not recomputed
+
+
+def test_targets_along_the_gold_answer_keep_its_form_and_mix_the_teacher(tiny):
+    model, fmt = tiny
+    cache = TeacherCache(model, fmt, top_k=4)
+    gold = fmt.answer_ids("QX-417")
+    other = fmt.answer_ids("a much longer answer than the gold one")
+    t, u = cache.forced_many([(DOC, QUESTION, gold), (DOC, "Who?", other)], gold_weight=0.25)
+    assert t.ids == gold and t.top_ids.shape == t.top_probs.shape == (len(gold), 4)
+    assert t.top_ids[:, 0].tolist() == gold and u.top_ids[:, 0].tolist() == other
+    assert torch.allclose(t.top_probs.sum(-1), torch.ones(len(gold)), atol=1e-5)
+    assert (t.top_ids[:, 1:] != t.top_ids[:, :1]).all()  # the others exclude the gold token
+    # the soft part is the teacher's own distribution with the document, teacher-forced on the gold answer
+    seq = torch.tensor([fmt.question_ids(QUESTION, context=DOC) + gold])
+    probs = torch.softmax(model(input_ids=seq).logits[0, -len(gold) - 1:-1].float(), dim=-1)
+    picked = probs.gather(1, t.top_ids)
+    expected = 0.75 * picked / picked.sum(-1, keepdim=True)
+    expected[:, 0] += 0.25
+    assert torch.allclose(t.top_probs, expected, atol=1e-4)
+    # gold_weight 1 is the plain cross-entropy target
+    (one,) = cache.forced_many([(DOC, QUESTION, gold)], gold_weight=1.0)
+    assert torch.allclose(one.top_probs[:, 0], torch.ones(len(gold)))
+    with pytest.raises(ValueError, match="gold_weight"):
+        cache.forced_many([(DOC, QUESTION, gold)], gold_weight=1.5)

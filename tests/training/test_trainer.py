@@ -283,3 +283,29 @@ def test_at_most_max_chunks_are_kept_and_the_answer_is_among_them(data_trainer):
 
     with pytest.raises(ValueError, match="max_chunks"):
         Phase(until_step=1, max_chunks=-1)
+
+
+def test_gold_distillation_trains_on_the_gold_answer_with_the_teachers_reading(tiny_llama_dir, tmp_path):
+    import numpy as np
+
+    tr = Trainer(_config(tiny_llama_dir, tmp_path / "d", distill_top_k=4, distill_mode="gold",
+                         distill_gold_weight=1.0, distill_kinds=["needle", "squad"]), log=_silent)
+    plain = Trainer(_config(tiny_llama_dir, tmp_path / "p"), log=_silent)
+    plain.hypernet.load_state_dict(tr.hypernet.state_dict())
+    docs = tr.make_docs(np.random.default_rng(5), tr.cfg.phases[1], 2)
+    factors = tr.doc_factors(docs)
+    # gold weight 1: exactly the cross-entropy on the gold answer
+    gold_ce = plain.loss(docs, factors=factors)[1]["ce"]
+    assert tr.loss(docs, factors=factors)[1]["ce"] == pytest.approx(gold_ce, abs=1e-4)
+    tr.cfg.distill_gold_weight = 0.5  # the teacher's soft part changes the loss, not the answer tokens
+    assert tr.loss(docs, factors=factors)[1]["ce"] != pytest.approx(gold_ce, abs=1e-4)
+    assert tr.train()["step"] == 4
+
+
+def test_a_bad_distillation_setting_is_one_config_error(tmp_path):
+    from d2l_haystack.training.trainer import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("distill_mode: teacher\n")
+    with pytest.raises(ConfigError, match="distill_mode must be one of greedy, gold"):
+        TrainConfig.from_file(path)
