@@ -113,18 +113,16 @@ class TeacherCache:
 
     @torch.no_grad()
     def _forced(self, triples: list[tuple[str, str, list[int]]], gold_weight: float) -> list[TeacherTarget]:
-        prompts = [self._prompt(d, q) for d, q, _ in triples]
-        seqs = [p + list(a) for p, (_, _, a) in zip(prompts, triples)]
-        pad = self.fmt.tokenizer.pad_token_id
-        pad = pad if pad is not None else self.fmt.stop_ids[0]
-        ids, mask = left_pad_batch(seqs, pad, next(self.model.parameters()).device)
-        width = ids.shape[1]
-        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        ids, mask, _ = self._left_padded([self._prompt(d, q) + list(a) for d, q, a in triples])
+        # left padding: every answer ends at the last column, so only the last (longest answer + 1)
+        # positions are projected onto the vocabulary (not the whole document's)
+        keep = max(len(a) for _, _, a in triples) + 1
+        logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
         k = min(self.top_k, logits.shape[-1])
         targets = []
         for j, (_, _, answer) in enumerate(triples):
-            n = len(answer)  # position p predicts token p + 1: answer token t is predicted at width - n - 1 + t
-            logp = torch.log_softmax(logits[j, width - n - 1: width - 1].float(), dim=-1)
+            n = len(answer)  # kept position p predicts token p + 1: answer token t is predicted at keep - n - 1 + t
+            logp = torch.log_softmax(logits[j, keep - n - 1: keep - 1].float(), dim=-1)
             gold = torch.tensor(answer, dtype=torch.long, device=logp.device)
             others = logp.scatter(1, gold[:, None], float("-inf")).topk(k - 1, dim=-1).indices if k > 1 \
                 else gold[:, None][:, :0]
@@ -133,6 +131,13 @@ class TeacherCache:
             probs[:, 0] += gold_weight
             targets.append(TeacherTarget(list(answer), top_ids.cpu(), probs.cpu()))
         return targets
+
+    def _left_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(ids, mask, pad id)`` of left-padded sequences on the model's device."""
+        pad = self.fmt.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.fmt.stop_ids[0]
+        ids, mask = left_pad_batch(seqs, pad, next(self.model.parameters()).device)
+        return ids, mask, pad
 
     def _prompt(self, document: str, question: str) -> list[int]:
         prompt = self.fmt.question_ids(question, context=document)
@@ -146,9 +151,7 @@ class TeacherCache:
     @torch.no_grad()
     def _compute(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
         prompts = [self._prompt(d, q) for d, q in pairs]
-        pad = self.fmt.tokenizer.pad_token_id
-        pad = pad if pad is not None else self.fmt.stop_ids[0]
-        ids, mask = left_pad_batch(prompts, pad, next(self.model.parameters()).device)
+        ids, mask, pad = self._left_padded(prompts)
         width = ids.shape[1]  # left padding: every answer starts at this column
         out = self.model.generate(input_ids=ids, attention_mask=mask,
                                   max_new_tokens=self.max_new_tokens, do_sample=False,
