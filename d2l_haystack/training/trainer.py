@@ -496,10 +496,12 @@ class Trainer:
         if self.teacher is None:
             teacher = iter([])
         elif self.cfg.distill_mode == "gold":
-            teacher = iter(self.teacher.forced_many([(d, q, self.fmt.answer_ids(a)) for d, q, a in distilled],
-                                                    self.cfg.distill_gold_weight))
+            with self._autocast():  # the teacher's pass runs at the student's precision
+                teacher = iter(self.teacher.forced_many([(d, q, self.fmt.answer_ids(a)) for d, q, a in distilled],
+                                                        self.cfg.distill_gold_weight))
         else:
-            teacher = iter(self.teacher.get_many([(d, q) for d, q, _ in distilled]))
+            with self._autocast():
+                teacher = iter(self.teacher.get_many([(d, q) for d, q, _ in distilled]))
         for d, doc in enumerate(docs):
             for qa in doc.qas:
                 prompt = self.fmt.question_ids(qa.question)
