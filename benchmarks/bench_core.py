@@ -94,26 +94,88 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, int]:
     return out, seconds, mem.delta_bytes
 
 
+def precisions(engine: Any) -> list[bool]:
+    """The internalization precisions to measure: float32, and bf16 autocast where the engine uses it."""
+    return [False, True] if engine.autocast else [False]
+
+
+def _label(bf16: bool) -> str:
+    return "bf16" if bf16 else "fp32"
+
+
 def bench_internalization(engines: dict[str, Any], filler_ids: list[int], sizes: list[int],
                           repeats: int) -> list[dict[str, Any]]:
     rows = []
     for mode, engine in engines.items():
-        for size in sizes:
-            text, n = document(engine, filler_ids, size)
-            engine.chunk_tokens = n  # exactly one chunk
-            engine.internalize(text, progress=False)  # warm-up
-            runs, peaks = [], []
-            for _ in range(repeats):
-                adapter, seconds, peak = timed(lambda: engine.internalize(text, progress=False))  # noqa: B023
-                assert adapter.num_chunks == 1
-                runs.append(seconds)
-                peaks.append(peak)
-            rows.append({"encoder_mode": mode, "tokens": n, "seconds_per_chunk": statistics.median(runs),
-                         "min_seconds_per_chunk": min(runs), "runs": runs, "peak_rss_delta_bytes": max(peaks),
-                         "checkpoint_id": engine.checkpoint_id})
-            print(f"  internalize {mode:10s} {n:5d} tokens: {statistics.median(runs):.3f} s/chunk "
-                  f"(min {min(runs):.3f})", flush=True)
+        default = engine.autocast
+        for bf16 in precisions(engine):
+            engine.autocast = bf16
+            for size in sizes:
+                text, n = document(engine, filler_ids, size)
+                engine.chunk_tokens = n  # exactly one chunk
+                engine.internalize(text, progress=False)  # warm-up
+                runs, peaks, stages = [], [], []
+                for _ in range(repeats):
+                    t: dict[str, float] = {}
+                    adapter, seconds, peak = timed(lambda: engine.internalize(text, progress=False, timings=t))  # noqa: B023
+                    assert adapter.num_chunks == 1
+                    runs.append(seconds)
+                    peaks.append(peak)
+                    stages.append(t)
+                best = stages[runs.index(min(runs))]
+                rows.append({"encoder_mode": mode, "precision": _label(bf16), "tokens": n,
+                             "seconds_per_chunk": statistics.median(runs), "min_seconds_per_chunk": min(runs),
+                             "runs": runs, "stages_of_min_run": best, "peak_rss_delta_bytes": max(peaks),
+                             "checkpoint_id": engine.checkpoint_id})
+                print(f"  internalize {mode:10s} {_label(bf16)} {n:5d} tokens: {statistics.median(runs):.3f} s/chunk "
+                      f"(min {min(runs):.3f})", flush=True)
+        engine.autocast = default
     return rows
+
+
+def bench_long_document(engine: Any, model: str, filler_ids: list[int], tokens: int) -> dict[str, Any]:
+    """One long document through the user's path (:class:`DocToLoRAConverter`: the engine's
+    stages, the routing embeddings, then the adapter store's write), per precision, with the
+    seconds of each stage, and how far the bf16 adapter is from the float32 one."""
+    import tempfile
+
+    import torch
+
+    from d2l_haystack.components import DocToLoRAConverter
+    from d2l_haystack.stores import AdapterStore
+
+    text, n = document(engine, filler_ids, tokens)
+    default = engine.autocast
+    rows, adapters = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = AdapterStore(tmp)
+        converter = DocToLoRAConverter(store=store, model=model, device=str(engine.device))
+        converter.warm_up()
+        assert converter.engine is engine, "the converter shares the benchmark's engine (get_engine's cache)"
+        converter.internalize(text[:4000], "warm-up")
+        for bf16 in precisions(engine):
+            engine.autocast = bf16
+            stages: dict[str, float] = {}
+            start = time.perf_counter()
+            adapter, routing = converter.internalize(text, "long", timings=stages)
+            t = time.perf_counter()
+            store.put(f"long-{_label(bf16)}", adapter, source="long", routing=routing)
+            stages["store"] = time.perf_counter() - t
+            total = time.perf_counter() - start
+            adapters[bf16] = adapter
+            rows.append({"precision": _label(bf16), "seconds": total, "stages": stages,
+                         "seconds_per_chunk": total / adapter.num_chunks})
+            print(f"  long document {n} tokens, {adapter.num_chunks} chunks, {_label(bf16)}: {total:.1f} s "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()), flush=True)
+    engine.autocast = default
+    report: dict[str, Any] = {"doc_tokens": n, "chunks": adapters[False].num_chunks, "runs": rows}
+    if True in adapters:
+        a, b = adapters[False], adapters[True]
+        errors = [float((x - y).norm() / x.norm()) for m in a.factors for x, y in zip(a.factors[m], b.factors[m],
+                                                                                    strict=True)]
+        cos = (a.keys * b.keys).sum(-1) if a.keys is not None and b.keys is not None else torch.ones(1)
+        report["bf16_vs_fp32"] = {"max_factor_relative_error": max(errors), "min_key_cosine": float(cos.min())}
+    return report
 
 
 def kv_cache_bytes(config: Any, tokens: int, bytes_per_value: int) -> int:
@@ -168,12 +230,26 @@ def _mib(n: float) -> str:
 
 def table(report: dict[str, Any]) -> str:
     lines = ["Internalization (one chunk):", "",
-             "| encoder mode | chunk tokens | seconds per chunk (median) | (min) | peak RSS growth (MiB) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             "| encoder mode | precision | chunk tokens | seconds per chunk (median) | (min) | peak RSS growth (MiB) |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in report["internalization"]:
-        lines.append(f"| {r['encoder_mode']} | {r['tokens']} | {r['seconds_per_chunk']:.3f} | "
-                     f"{r['min_seconds_per_chunk']:.3f} | "
+        lines.append(f"| {r['encoder_mode']} | {r.get('precision', 'fp32')} | {r['tokens']} | "
+                     f"{r['seconds_per_chunk']:.3f} | {r['min_seconds_per_chunk']:.3f} | "
                      f"{_mib(r['peak_rss_delta_bytes'])} |")
+    long = report.get("long_document")
+    if long:
+        names = list(long["runs"][0]["stages"])
+        lines += ["", f"One {long['doc_tokens']}-token document ({long['chunks']} chunks) through DocToLoRAConverter "
+                      "and the adapter store, seconds per stage:", "",
+                  "| precision | total (s) | s per chunk | " + " | ".join(names) + " |",
+                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
+        for r in long["runs"]:
+            lines.append(f"| {r['precision']} | {r['seconds']:.1f} | {r['seconds_per_chunk']:.3f} | "
+                         + " | ".join(f"{r['stages'].get(k, 0.0):.1f}" for k in names) + " |")
+        if "bf16_vs_fp32" in long:
+            d = long["bf16_vs_fp32"]
+            lines += ["", f"bf16 against float32: largest relative error of a factor "
+                          f"{d['max_factor_relative_error']:.4f}, smallest chunk-key cosine {d['min_key_cosine']:.5f}."]
     lines += ["", f"Answering one question ({report['settings']['max_new_tokens']} new tokens max, greedy):", "",
               "| document tokens | internalize (s, once) | TTFT adapter (s) | TTFT in context (s) | TTFT speed-up "
               "| total adapter (s) | total in context (s) | peak RSS growth adapter / in context (MiB) "
@@ -192,6 +268,10 @@ def table(report: dict[str, Any]) -> str:
                   f"({t['internalize_512_early_exit_seconds']:.3f} s); adapter at least 10x faster to first token "
                   f"than a ~4k-token document in context: {'met' if t['ttft_speedup_4k_at_least_10x'] else 'NOT met'} "
                   f"({t['ttft_speedup_4k']:.0f}x)."]
+    if "long_document_seconds" in t:
+        lines.append(f"The long document ({long['doc_tokens'] if long else '?'} tokens) internalized and stored in "
+                     f"at most 20 s: {'met' if t['long_document_under_20s'] else 'NOT met'} "
+                     f"({t['long_document_seconds']:.1f} s, {t['long_document_seconds_per_chunk']:.3f} s per chunk).")
     return "\n".join(lines)
 
 
@@ -205,12 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answer-repeats", type=int, default=3, help="runs of answering with an adapter (min TTFT)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--chunk-tokens", type=int, default=512, help="chunk size of the answering adapters")
+    parser.add_argument("--long-tokens", type=int, default=43000, help="size of the long document")
     parser.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
     args = parser.parse_args(argv)
 
     import torch
 
-    from d2l_haystack.core import D2LEngine
+    from d2l_haystack.core import D2LEngine, get_engine
 
     chunk_sizes = [128, 256] if args.quick else [256, 512, 1024]
     doc_sizes = [256, 1024] if args.quick else [1000, 4000, 7500]
@@ -219,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_core: model {args.model} on {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load average {load_start[0]:.2f}", flush=True)
     engines = {
-        "early_exit": D2LEngine(args.model, checkpoint="default", device=args.device),
+        "early_exit": get_engine(args.model, "default", device=args.device),  # the one DocToLoRAConverter gets
         "per_layer": D2LEngine(args.model, checkpoint=None, device=args.device,
                                hypernet_widths={"encoder_mode": "per_layer"}),
     }
@@ -229,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     filler_ids = engine.format.document_ids(filler_text(evaldata_dir(args.evaldata)))
 
     internalization = bench_internalization(engines, filler_ids, chunk_sizes, args.repeats)
+    engines["early_exit"].chunk_tokens = args.chunk_tokens
+    long_document = bench_long_document(engines["early_exit"], args.model, filler_ids, 4000 if args.quick else args.long_tokens)
     answering = bench_answering(engines["early_exit"], filler_ids, doc_sizes, args.answer_repeats,
                                 args.max_new_tokens, args.chunk_tokens)
 
@@ -251,11 +334,15 @@ def main(argv: list[str] | None = None) -> int:
                      "filler": "NLTK state_union (D2L_EVALDATA/state_union.zip)", "memory_method": PeakRSS.method},
         "internalization": internalization,
         "answering": answering,
+        "long_document": long_document,
         "targets": {
             "internalize_512_early_exit_seconds": ee512["seconds_per_chunk"] if ee512 else float("nan"),
             "internalize_512_early_exit_under_0_5s": bool(ee512 and ee512["seconds_per_chunk"] < 0.5),
             "ttft_speedup_4k": mid["ttft_speedup"],
             "ttft_speedup_4k_at_least_10x": mid["ttft_speedup"] >= 10,
+            "long_document_seconds": long_document["runs"][-1]["seconds"],
+            "long_document_under_20s": long_document["runs"][-1]["seconds"] <= 20,
+            "long_document_seconds_per_chunk": long_document["runs"][-1]["seconds_per_chunk"],
         },
     }
     out = Path(args.out)

@@ -6,7 +6,8 @@ a session temporary folder. They use the real SmolLM2 tokenizer (vocabulary 4915
 template), copied from the converted embedded model, so every prompt-handling path is real.
 
 Environment: nothing may be downloaded, so ``HF_HUB_OFFLINE=1`` is set before anything imports
-``transformers``. The converted embedded model is cached once per machine: an existing
+``transformers``; internalization runs in float32 (``D2L_AUTOCAST=off``). The converted embedded
+model is cached once per machine: an existing
 ``D2L_HAYSTACK_CACHE`` is respected (repeated runs do not reconvert), otherwise the package's
 default cache folder (``$XDG_CACHE_HOME/d2l-haystack`` or ``~/.cache/d2l-haystack``) is pinned
 for the session, so a fresh clone on the same machine (CI) reuses the conversion.
@@ -19,6 +20,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# internalization in float32 (the engine's default is bf16 autocast on a CPU with AMX): tests compare
+# an engine's adapters and keys with values computed another way; tests/core/test_precision.py
+# covers the bf16 path
+os.environ["D2L_AUTOCAST"] = "off"
 
 from d2l_haystack.core.models import cache_dir  # noqa: E402  (after the environment is set)
 

@@ -76,10 +76,18 @@ def cmd_internalize(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_file() and out.suffix != ".safetensors":
         raise InputError(f"{out}: is a file, expected an adapter folder or a .safetensors path")
-    text = read_text_file(args.file)  # fails fast, before the model is loaded
+    if bool(args.file) == bool(args.instructions):
+        raise InputError("give a document FILE or --instructions FILE (one of the two)")
+    source = args.file or args.instructions
+    text = read_text_file(source)  # fails fast, before the model is loaded
     engine = _engine(args)
     start = time.perf_counter()
-    adapter = _internalize(engine, text, args.file, "internalize")
+    if args.instructions:
+        engine.set_instructions_checkpoint(args.instructions_checkpoint)
+        adapter = engine.internalize(text, source=source, kind="instructions",
+                                     meta={"source": str(Path(source).resolve())})
+    else:
+        adapter = _internalize(engine, text, source, "internalize")
     seconds = time.perf_counter() - start
     written = adapter.save(out)  # atomic: an existing adapter is replaced only by a complete one
     print(f"wrote {written}: {adapter.num_chunks} chunk(s), {adapter.num_tokens} tokens, "
@@ -220,7 +228,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("internalize", help="turn a text file into a LoRA adapter",
                               description="Internalize a UTF-8 text file into a LoRA adapter folder.")
-    p.add_argument("file", help="UTF-8 text file")
+    p.add_argument("file", nargs="?", help="UTF-8 text file (a document)")
+    p.add_argument("--instructions", metavar="FILE",
+                   help="internalize a system prompt / task instructions instead: an adapter applied to every "
+                        "question (docs/instructions.md)")
+    p.add_argument("--instructions-checkpoint", default="default", metavar="DIR",
+                   help="hypernetwork for --instructions (default: the one shipped for the model)")
     p.add_argument("-o", "--output", required=True, metavar="ADAPTER_DIR",
                    help="adapter folder (adapter.safetensors is written atomically inside)")
     _add_engine_options(p)

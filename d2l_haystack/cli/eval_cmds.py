@@ -62,6 +62,24 @@ def register(sub: Any) -> None:
     c.add_argument("-o", "--out", required=True)
     c.set_defaults(handler=_cases)
 
+    i = sub.add_parser("eval-instructions", help="rule-checked compliance with instructions: none / system "
+                                                 "prompt / internalized adapter",
+                       description="Held-out instructions (held-out kinds with any phrasing, trained kinds with "
+                                   "held-out phrasings) on held-out general questions, answered with no "
+                                   "instructions, with them as the system prompt, and with their internalized "
+                                   "adapter; each reply checked by its rule (docs/instructions.md).")
+    i.add_argument("--methods", default="none,system,adapter", help="comma-separated (none,system,adapter)")
+    i.add_argument("--per-kind", type=int, default=6, help="cases per instruction kind")
+    i.add_argument("--kinds", help="comma-separated kinds (default: all)")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--max-new-tokens", type=int, default=64)
+    i.add_argument("--model", default="smollm2-135m-instruct")
+    i.add_argument("--instructions-checkpoint", default="default", metavar="DIR",
+                   help="the instructions hypernetwork ('default': shipped; 'none': untrained)")
+    i.add_argument("--json", dest="json_out", help="write results and per-case replies here")
+    i.add_argument("--no-progress", action="store_true")
+    i.set_defaults(handler=_eval_instructions)
+
     m = sub.add_parser("compare", help="paired bootstrap: two methods of a report, or one method of two reports",
                        description="One report: METHOD against --against (e.g. d2l against icl): the ratio of "
                                    "their means and the paired difference, with 95 %% bootstrap intervals. Two "
@@ -150,6 +168,33 @@ def _cases(args: argparse.Namespace) -> int:
         cases = squad_cases(unit, max_docs=args.max_docs, questions_per_doc=args.questions_per_doc, seed=args.seed,
                             exclude_docs=exclude)
     print(f"wrote {write_cases(cases, args.out)} cases to {args.out}")
+    return 0
+
+
+def _eval_instructions(args: argparse.Namespace) -> int:
+    from d2l_haystack.core import get_engine
+    from d2l_haystack.evaluation.instructions import evaluate_instructions, format_table, instruction_cases
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
+    try:
+        cases = instruction_cases(per_kind=args.per_kind, seed=args.seed, kinds=kinds)
+    except ValueError as exc:
+        raise SystemExit(f"d2l eval-instructions: error: {exc}") from None
+    engine = get_engine(args.model)
+    ckpt = None if str(args.instructions_checkpoint).lower() == "none" else args.instructions_checkpoint
+    engine.set_instructions_checkpoint(ckpt)
+    report = evaluate_instructions(engine, cases, methods, args.max_new_tokens, progress=not args.no_progress)
+    report["settings"] = {"per_kind": args.per_kind, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
+                          "instructions_checkpoint": args.instructions_checkpoint,
+                          "engine": engine.describe(portable=True)}
+    if "adapter" in methods:
+        report["settings"]["instructions_checkpoint_id"] = engine.reader("instructions").checkpoint_id
+    print(format_table(report))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.json_out}")
     return 0
 
 

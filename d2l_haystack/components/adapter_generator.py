@@ -70,6 +70,10 @@ class AdapterGenerator:
     :param streaming_callback: called with a :class:`StreamingChunk` per text delta.
     :param max_context_tokens: chunks beyond this many tokens are left out of the prompt.
     :param record_queries: count a query in the store for each adapter used.
+    :param instruction_ids: ids of instructions adapters in the store (:class:`InstructionsToLoRA`)
+        applied to every request beside the documents' adapters: "how to answer" next to "what is
+        known" (the ``instruction_ids`` input overrides them per request).
+    :param instruction_weight: the weight of each instructions adapter in the composition.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, checkpoint: str | None = "default", device: str | None = None,
@@ -77,7 +81,8 @@ class AdapterGenerator:
                  chunking: str = "tokens", store: AdapterStore | str | None = None,
                  generation_kwargs: dict[str, Any] | None = None,
                  streaming_callback: Callable[[StreamingChunk], None] | None = None,
-                 max_context_tokens: int = 1536, record_queries: bool = True) -> None:
+                 max_context_tokens: int = 1536, record_queries: bool = True,
+                 instruction_ids: list[str] | None = None, instruction_weight: float = 1.0) -> None:
         self.model = model
         self.checkpoint = checkpoint
         self.device = device
@@ -89,6 +94,8 @@ class AdapterGenerator:
         self.streaming_callback = streaming_callback
         self.max_context_tokens = max_context_tokens
         self.record_queries = record_queries
+        self.instruction_ids = list(instruction_ids or [])
+        self.instruction_weight = instruction_weight
         self._engine: Any = None
         self._store: AdapterStore | None = None
 
@@ -113,7 +120,8 @@ class AdapterGenerator:
                                dtype=self.dtype, chunk_tokens=self.chunk_tokens, chunking=self.chunking,
                                store=self.store,
                                generation_kwargs=self.generation_kwargs, streaming_callback=callback,
-                               max_context_tokens=self.max_context_tokens, record_queries=self.record_queries)
+                               max_context_tokens=self.max_context_tokens, record_queries=self.record_queries,
+                               instruction_ids=self.instruction_ids, instruction_weight=self.instruction_weight)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterGenerator:
@@ -170,7 +178,8 @@ class AdapterGenerator:
     def run(self, messages: list[ChatMessage] | str, adapter_ids: list[str] | None = None,
             documents: list[Document] | None = None, generation_kwargs: dict[str, Any] | None = None,
             streaming_callback: Callable[[StreamingChunk], None] | None = None,
-            routing: dict[str, Any] | None = None, adapter_weights: list[float] | None = None) -> dict[str, Any]:
+            routing: dict[str, Any] | None = None, adapter_weights: list[float] | None = None,
+            instruction_ids: list[str] | None = None) -> dict[str, Any]:
         """Answer the last user message.
 
         :param messages: the chat history (or one question as a string).
@@ -184,6 +193,9 @@ class AdapterGenerator:
         :param streaming_callback: overrides the init callback for this call.
         :param routing: the :class:`QueryRouter` decision, copied into the reply meta.
         :param adapter_weights: one weight per adapter (default 1.0 each).
+        :param instruction_ids: instructions adapters for this request (default: the init's); they
+            apply to every question, whatever the documents' relevance, and are listed in the
+            reply's ``instructions`` meta.
         :returns: ``replies``: one assistant message.
         :raises AdapterError: an unknown adapter id, or adapters without a store (a damaged adapter
             is left out of the answer, logged and listed in the reply's ``damaged_adapters`` meta).
@@ -200,6 +212,10 @@ class AdapterGenerator:
         if adapter_weights is not None and len(adapter_weights) != len(requested):
             raise InputError(f"adapter_weights has {len(adapter_weights)} weights for {len(requested)} adapter ids")
         first = dict(zip(requested, adapter_weights or [1.0] * len(requested), strict=True))  # duplicates: once
+        standing = [i for i in (self.instruction_ids if instruction_ids is None else instruction_ids)
+                    if i not in first]
+        first = {**{i: self.instruction_weight for i in standing}, **first}
+        weighted = adapter_weights is not None or (bool(standing) and self.instruction_weight != 1.0)
         adapters, weights, damaged = [], [], []
         if first and self._store is None:
             raise AdapterError("AdapterGenerator got adapter_ids but has no store")
@@ -233,7 +249,7 @@ class AdapterGenerator:
             kwargs.setdefault("gate", False)  # the router already judged the adapters relevant
         question: str | list[dict[str, str]] = chat[0]["content"] if len(chat) == 1 else chat
         result = engine.generate(question, adapters=adapters or None,
-                                 weights=weights if adapter_weights is not None and adapters else None,
+                                 weights=weights if weighted and adapters else None,
                                  streaming_callback=on_text if callback is not None else None,
                                  query=user_question, **kwargs)
         finish: Literal["length", "stop"] = (
@@ -243,6 +259,8 @@ class AdapterGenerator:
                                     meta={"seconds": result.seconds}))
         if ids and self.record_queries and self._store is not None:
             self._store.record_query(ids)
+        applied_instructions = [i for i in ids if i in standing]
+        ids = [i for i in ids if i not in standing]  # the documents' adapters decide the route
         if ids and documents is not None and used_docs:
             route = "hybrid"
         elif ids:
@@ -253,7 +271,7 @@ class AdapterGenerator:
             route = "base"
         if routing and routing.get("route"):
             route = routing["route"]
-        if not adapters and not used_docs:  # nothing applied, nothing in the prompt: the base model answered
+        if len(adapters) == len(applied_instructions) and not used_docs:  # no document applied or in the prompt
             route = "base"
         meta: dict[str, Any] = {
             "model": engine.loaded.name, "checkpoint_id": engine.checkpoint_id, "route": route,
@@ -268,6 +286,8 @@ class AdapterGenerator:
             meta["adapter_chunks"] = {"applied": result.meta["chunks_applied"], "total": result.meta["chunks_total"],
                                       **{k: result.meta[k] for k in ("selection", "relevance", "gated")
                                          if k in result.meta}}
+        if applied_instructions:
+            meta["instructions"] = applied_instructions
         if damaged:
             meta["damaged_adapters"] = damaged
         if routing:
@@ -279,7 +299,8 @@ class AdapterGenerator:
                         documents: list[Document] | None = None, generation_kwargs: dict[str, Any] | None = None,
                         streaming_callback: Callable[[StreamingChunk], None] | None = None,
                         routing: dict[str, Any] | None = None,
-                        adapter_weights: list[float] | None = None) -> dict[str, Any]:
+                        adapter_weights: list[float] | None = None,
+                        instruction_ids: list[str] | None = None) -> dict[str, Any]:
         """:meth:`run` for Haystack's ``AsyncPipeline``: the generation runs in a worker thread, so
         the event loop (a server's other requests) is not blocked; an ``async`` streaming callback
         is awaited on the caller's loop, chunk by chunk."""
@@ -292,5 +313,5 @@ class AdapterGenerator:
                 asyncio.run_coroutine_threadsafe(awaited(chunk), loop).result()
 
         return await asyncio.to_thread(self.run, messages, adapter_ids, documents, generation_kwargs, callback,
-                                       routing, adapter_weights)
+                                       routing, adapter_weights, instruction_ids)
 

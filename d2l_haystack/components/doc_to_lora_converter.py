@@ -162,18 +162,30 @@ class DocToLoRAConverter:
 
     # -- helpers --------------------------------------------------------------------------
     def routing_embeddings(self, text: str, title: str = "") -> np.ndarray:
-        """Normalised MiniLM embeddings of a document's passages, ``(sections, dim)``."""
+        """Normalised MiniLM embeddings of a document's passages, ``(sections, dim)`` (at the
+        engine's internalization precision, :data:`~d2l_haystack.core.engine.DEFAULT_AUTOCAST`)."""
         self.warm_up()
         sections = routing_sections(text, title, self.routing_words, max(0, self.routing_words // 4))
-        docs = self._embedder.run(documents=[Document(content=s) for s in sections])["documents"]
+        with self._engine.precision():
+            docs = self._embedder.run(documents=[Document(content=s) for s in sections])["documents"]
         return np.array([d.embedding for d in docs], dtype=np.float32)
 
-    def internalize(self, text: str, key: str, title: str = "") -> tuple[Any, np.ndarray]:
+    def internalize(self, text: str, key: str, title: str = "",
+                    timings: dict[str, float] | None = None) -> tuple[Any, np.ndarray]:
         """The heavy part of :meth:`prepare` alone: the adapter of ``text`` (the hypernetwork pass)
         and its routing embeddings. Reads and writes no store (a batch worker,
-        :mod:`d2l_haystack.kb.ray_index`, calls this and the workspace commits the result)."""
+        :mod:`d2l_haystack.kb.ray_index`, calls this and the workspace commits the result).
+
+        :param timings: if given, seconds per stage are added to it (the engine's stages,
+            :meth:`~d2l_haystack.core.D2LEngine.internalize`, and ``routing``).
+        """
         self.warm_up()
-        return self._engine.internalize(text, source=key, progress=self.progress), self.routing_embeddings(text, title)
+        adapter = self._engine.internalize(text, source=key, progress=self.progress, timings=timings)
+        start = time.perf_counter()
+        routing = self.routing_embeddings(text, title)
+        if timings is not None:
+            timings["routing"] = timings.get("routing", 0.0) + time.perf_counter() - start
+        return adapter, routing
 
     # -- the two steps of run(): prepare (the heavy part) and commit (the store writes) -----------
     def prepare(self, doc: Document, force: bool = False) -> PreparedAdapter:

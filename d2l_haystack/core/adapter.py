@@ -29,6 +29,10 @@ ADAPTER_FILE = "adapter.safetensors"
 FORMAT_VERSION = "1"
 
 
+ADAPTER_KINDS = ("document", "instructions")
+"""What an adapter holds: a document's content or a system prompt's instructions."""
+
+
 @dataclass
 class Adapter:
     """LoRA factors generated from one document (or a composition of documents)."""
@@ -52,6 +56,12 @@ class Adapter:
     #: Which texts the keys embed (:data:`d2l_haystack.core.keys.KEY_SCHEME`); "" in files written
     #: before sentences were keys (word windows only).
     key_scheme: str = ""
+
+    @property
+    def kind(self) -> str:
+        """``"document"`` (chunk keys choose what applies) or ``"instructions"`` (applies to every
+        question: a system prompt internalized, :data:`ADAPTER_KINDS`)."""
+        return str(self.meta.get("kind", "document"))
 
     @property
     def total_rank(self) -> int:

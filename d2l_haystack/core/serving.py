@@ -71,7 +71,7 @@ def export_for_serving(adapter: Adapter, folder: str | Path, *, name: str, base_
         groups = [list(range(adapter.num_chunks))]
     else:
         groups = adapter.chunk_groups(max_rank)
-    entries = []
+    entries: list[dict[str, Any]] = []
     for i, chunks in enumerate(groups):
         part = adapter if len(groups) == 1 else adapter.select_chunks(chunks)
         group_name = name if len(groups) == 1 else f"{name}-g{i:03d}"

@@ -25,6 +25,7 @@ adapters, the same records.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -57,11 +58,13 @@ class RayIndexReport:
 class _Internalizer:
     """A Ray Data actor: loads the engine and the embedder once, internalizes one document per call."""
 
-    def __init__(self, params: dict[str, Any], threads: int) -> None:
+    def __init__(self, params: dict[str, Any], threads: int, autocast: str | None = None) -> None:
         import torch
 
         from d2l_haystack.components import DocToLoRAConverter
 
+        if autocast:  # the driver's choice of precision (D2L_AUTOCAST), whatever the worker's environment
+            os.environ["D2L_AUTOCAST"] = autocast
         torch.set_num_threads(max(1, threads))
         self.converter = DocToLoRAConverter(store=None, **params)  # type: ignore[arg-type]  # no store: writes nothing
         self.converter.warm_up()
@@ -181,7 +184,8 @@ def index_with_ray(ws: Workspace, paths: Iterable[str | Path], *, address: str |
             params["device"] = None if per_gpu else "cpu"  # a GPU worker uses its GPU
             params.update(embedding_model=ws.settings["embedding_model"])
             ds = ray.data.from_items(to_d2l, override_num_blocks=len(to_d2l))
-            out = ds.map_batches(_Internalizer, fn_constructor_kwargs={"params": params, "threads": cpus},
+            out = ds.map_batches(_Internalizer, fn_constructor_kwargs={"params": params, "threads": cpus,
+                                                                     "autocast": os.environ.get("D2L_AUTOCAST")},
                                  batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=claim,
                                  num_gpus=per_gpu or None)
             for row in out.iter_rows():  # as workers finish; each document committed on its own

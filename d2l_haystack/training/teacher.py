@@ -44,8 +44,9 @@ class TeacherTarget:
     """``(len(ids), k)`` float32: their probabilities renormalised over the k tokens (rows sum to 1)."""
 
 
-def _key(document: str, question: str) -> str:
-    return hashlib.sha1(f"{document}\x00{question}".encode()).hexdigest()
+def _key(document: str, question: str, system: bool = False) -> str:
+    tag = "\x01system" if system else ""
+    return hashlib.sha1(f"{document}\x00{question}{tag}".encode()).hexdigest()
 
 
 class TeacherCache:
@@ -74,9 +75,13 @@ class TeacherCache:
         """The target of one pair (computed now if it is not cached)."""
         return self.get_many([(document, question)])[0]
 
-    def get_many(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[TeacherTarget]:
-        """Targets of ``(document, question)`` pairs; missing ones are computed in left-padded batches."""
-        keys = [_key(d, q) for d, q in pairs]
+    def get_many(self, pairs: list[tuple[str, str]], batch_size: int = 32, system: bool = False) -> list[TeacherTarget]:
+        """Targets of ``(document, question)`` pairs; missing ones are computed in left-padded batches.
+
+        :param system: the "document" is a system prompt (instructions): the teacher answers the
+            question with it as the system message instead of reading it as a context.
+        """
+        keys = [_key(d, q, system) for d, q in pairs]
         missing: dict[str, tuple[str, str]] = {}
         for key, pair in zip(keys, pairs):
             if key not in self._entries:
@@ -84,7 +89,7 @@ class TeacherCache:
         todo = list(missing.items())
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
-            for (key, _), entry in zip(batch, self._compute([pair for _, pair in batch])):
+            for (key, _), entry in zip(batch, self._compute([pair for _, pair in batch], system)):
                 self._entries[key] = entry
                 self.computed += 1
         return [TeacherTarget(self._entries[k]["ids"].tolist(), self._entries[k]["top_ids"].long(),
@@ -139,7 +144,10 @@ class TeacherCache:
         ids, mask = left_pad_batch(seqs, pad, next(self.model.parameters()).device)
         return ids, mask, pad
 
-    def _prompt(self, document: str, question: str) -> list[int]:
+    def _prompt(self, document: str, question: str, system: bool = False) -> list[int]:
+        if system:
+            return self.fmt.messages_ids([{"role": "system", "content": document},
+                                          {"role": "user", "content": question}])
         prompt = self.fmt.question_ids(question, context=document)
         overflow = len(prompt) - self.max_prompt_tokens
         if overflow > 0:  # keep the question and the template: shorten the document's end
@@ -149,8 +157,8 @@ class TeacherCache:
         return prompt
 
     @torch.no_grad()
-    def _compute(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        prompts = [self._prompt(d, q) for d, q in pairs]
+    def _compute(self, pairs: list[tuple[str, str]], system: bool = False) -> list[dict[str, Any]]:
+        prompts = [self._prompt(d, q, system) for d, q in pairs]
         ids, mask, pad = self._left_padded(prompts)
         width = ids.shape[1]  # left padding: every answer starts at this column
         out = self.model.generate(input_ids=ids, attention_mask=mask,

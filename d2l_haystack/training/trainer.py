@@ -37,17 +37,20 @@ from ..core.models import get_model
 from ..core.prompts import ChatFormat, chunk_text_ids, chunk_token_ids
 from ..core.textio import CHUNKINGS
 from . import data as D
+from .instructions import instructions_document
 from .realistic import realistic_document
 from .swap import AnswerPool, swap_document, swap_run_document
 from .teacher import TeacherCache, soft_cross_entropy
 
-DOC_KINDS = ("needle", "squad", "cloze", "swap", "realistic")
+DOC_KINDS = ("needle", "squad", "cloze", "swap", "realistic", "instructions")
 """Document kinds of :attr:`Phase.mix`: fact needles in filler, SQuAD paragraphs with their gold
 questions, passages with cloze-translated questions (:mod:`.cloze`), SQuAD paragraphs with their
 gold questions' answers swapped in text and target (:mod:`.swap`), generated everyday documents
-with fresh values (:mod:`.realistic`; held-out kinds and templates in evaluation)."""
-QA_KINDS = ("fact", "squad", "cloze", "swap", "realistic", "unrelated")
-READ_KINDS = ("fact", "squad", "cloze", "swap", "realistic")
+with fresh values (:mod:`.realistic`; held-out kinds and templates in evaluation), and system
+prompts of checkable instructions answered by the teacher WITH them (:mod:`.instructions`: the
+Text-to-LoRA variant; needs ``distill_top_k``)."""
+QA_KINDS = ("fact", "squad", "cloze", "swap", "realistic", "instructions", "unrelated")
+READ_KINDS = ("fact", "squad", "cloze", "swap", "realistic", "instructions")
 """Kinds whose ``eval_read_<kind>`` the held-out evaluation reports: the answer cross-entropy with
 another document's adapter minus with the document's own (> 0: the adapter carries what was
 read, not only the answer's shape)."""
@@ -156,6 +159,9 @@ class TrainConfig:
             raise ValueError(f"distill_mode must be one of {', '.join(DISTILL_MODES)}, got {self.distill_mode!r}")
         if not 0.0 <= self.distill_gold_weight <= 1.0:
             raise ValueError(f"distill_gold_weight must be within [0, 1], got {self.distill_gold_weight}")
+        if self.distill_top_k <= 0 and any(isinstance(p, Phase) and p.mix.get("instructions") for p in self.phases):
+            raise ValueError("a phase mixes in instructions documents: they are trained against the teacher's "
+                             "replies, so distill_top_k must be > 0")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -390,6 +396,10 @@ class Trainer:
                        swap_document(rng, squad, pool, self.cfg.questions_per_doc, n_paragraphs=chunks))
             elif kind == "realistic":
                 doc = realistic_document(rng, self.cfg.questions_per_doc, part="heldout" if held_out else "train")
+            elif kind == "instructions":  # applies to every request: one chunk, no unrelated question
+                doc = instructions_document(rng, self.cfg.questions_per_doc, part="heldout" if held_out else "train")
+                docs.append(doc)
+                continue
             elif kind == "cloze":
                 doc = D.cloze_document(rng, *self.cloze_texts(held_out), self.cfg.questions_per_doc,
                                        n_passages=chunks, max_sentences=phase.cloze_sentences)
@@ -492,7 +502,13 @@ class Trainer:
         soft_ids, soft_probs = [], []  # per question: (answer length, k) targets
         k_top = max(1, self.cfg.distill_top_k)
         distilled = [(doc.text, qa.question, qa.answer) for doc in docs for qa in doc.qas
-                     if self.teacher is not None and qa.kind in self.cfg.distill_kinds]
+                     if self.teacher is not None and qa.kind in self.cfg.distill_kinds and qa.kind != "instructions"]
+        instructed = [(doc.text, qa.question) for doc in docs for qa in doc.qas if qa.kind == "instructions"]
+        if instructed and self.teacher is None:
+            raise ValueError("instructions documents need a teacher: set distill_top_k > 0")
+        with self._autocast():  # the base model's replies WITH the system prompt
+            system_teacher = iter(self.teacher.get_many(instructed, system=True)
+                                  if instructed and self.teacher is not None else [])
         if self.teacher is None:
             teacher = iter([])
         elif self.cfg.distill_mode == "gold":
@@ -505,7 +521,10 @@ class Trainer:
         for d, doc in enumerate(docs):
             for qa in doc.qas:
                 prompt = self.fmt.question_ids(qa.question)
-                if self.teacher is not None and qa.kind in self.cfg.distill_kinds:
+                if qa.kind == "instructions":
+                    t = next(system_teacher)
+                    ans, t_ids, t_probs = t.ids, t.top_ids, t.top_probs
+                elif self.teacher is not None and qa.kind in self.cfg.distill_kinds:
                     t = next(teacher)
                     ans, t_ids, t_probs = t.ids, t.top_ids, t.top_probs
                 else:  # one-hot on the gold answer
@@ -594,6 +613,11 @@ class Trainer:
         scored = [result.get(f"eval_acc_{k}", 0.0) for k in SCORE_KINDS
                   if k in ("fact", "squad") or f"eval_acc_{k}" in result]
         result["eval_score"] = float(np.mean(scored))
+        if "eval_ce_instructions" in result and not any(f"eval_acc_{k}" in result
+                                                         for k in READ_KINDS if k != "instructions"):
+            # instructions alone: replies of dozens of tokens are rarely all right, so the score is the
+            # geometric mean probability of the teacher's tokens (higher is better, as for the others)
+            result["eval_score"] = float(np.exp(-result["eval_ce_instructions"]))
         return result
 
     def _write_metrics(self, row: dict[str, Any]) -> None:

@@ -309,3 +309,27 @@ def test_a_bad_distillation_setting_is_one_config_error(tmp_path):
     path.write_text("distill_mode: teacher\n")
     with pytest.raises(ConfigError, match="distill_mode must be one of greedy, gold"):
         TrainConfig.from_file(path)
+
+
+def test_instructions_documents_train_against_the_teacher_with_the_system_prompt(tiny_llama_dir, tmp_path):
+    import numpy as np
+
+    cfg = _config(tiny_llama_dir, tmp_path / "i", distill_top_k=4, teacher_max_new_tokens=6,
+                  phases=[Phase(until_step=100, mix={"instructions": 0.5, "needle": 0.5})])
+    tr = Trainer(cfg, log=_silent)
+    docs = tr.make_docs(np.random.default_rng(2), cfg.phases[0], 4)
+    inst = [d for d in docs if d.source == "instructions"]
+    assert inst and all(qa.kind == "instructions" for d in inst for qa in d.qas)  # never an unrelated question
+    assert all(d.meta["instruction"]["text"] in d.text for d in inst)
+    _, stats = tr.loss(docs)
+    assert "ce_instructions" in stats
+    pair = (inst[0].text, inst[0].qas[0].question)
+    target = tr.teacher.get_many([pair], system=True)[0]  # cached by the loss: the system-prompt reply
+    assert target.ids and target.top_ids.shape == (len(target.ids), 4)
+    assert tr.teacher.get_many([pair], system=False)[0].ids is not None  # a separate entry (context mode)
+    assert tr.train()["step"] == 4
+
+
+def test_instructions_need_a_teacher(tiny_llama_dir, tmp_path):
+    with pytest.raises(ValueError, match="distill_top_k must be > 0"):
+        TrainConfig(model=str(tiny_llama_dir), phases=[Phase(until_step=10, mix={"instructions": 1.0})])

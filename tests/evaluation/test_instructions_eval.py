@@ -1,0 +1,34 @@
+"""d2l eval-instructions on a tiny model: every method answers every case, and the report adds up."""
+
+from __future__ import annotations
+
+import pytest
+
+from d2l_haystack.core import D2LEngine
+from d2l_haystack.evaluation.instructions import evaluate_instructions, format_table, instruction_cases
+from d2l_haystack.training.instructions import HELDOUT_KINDS, KIND_NAMES
+
+
+def test_cases_cover_every_kind_with_held_out_requests():
+    cases = instruction_cases(per_kind=2, seed=1)
+    assert len(cases) == 2 * len(KIND_NAMES)
+    assert {c["kind"] for c in cases if c["heldout_kind"]} == set(HELDOUT_KINDS)
+    assert cases == instruction_cases(per_kind=2, seed=1)  # seeded
+    assert all(c["instruction"]["text"] in c["system_prompt"] and c["answers"] for c in cases)
+
+
+def test_report_of_the_three_methods(tiny_llama_dir):
+    engine = D2LEngine(str(tiny_llama_dir), checkpoint=None, device="cpu", instructions_checkpoint=None)
+    cases = instruction_cases(per_kind=1, kinds=["uppercase", "end_phrase"])
+    seen = []
+    report = evaluate_instructions(engine, cases, max_new_tokens=3, on_case=seen.append)
+    assert len(report["cases"]) == len(seen) == 3 * len(cases)
+    r = report["results"]
+    assert set(r) == {"none", "system", "adapter"}
+    # the system prompt costs prompt tokens; the adapter does not
+    assert r["system"]["prompt_tokens"] > r["none"]["prompt_tokens"] == r["adapter"]["prompt_tokens"]
+    assert set(r["adapter"]["by_kind"]) == {"uppercase", "end_phrase"}
+    assert all(row["complies"] in (0.0, 1.0) for row in report["cases"])
+    assert "end_phrase (held out)" in format_table(report)
+    with pytest.raises(ValueError, match="unknown method 'prompt'"):
+        evaluate_instructions(engine, cases, methods=["prompt"])
