@@ -28,6 +28,14 @@ What is measured (one process, one loaded base model, greedy decoding):
   CPU tensors, tokenizers, Python) and is not fooled by memory freed before the call ends.
   Where ``clear_refs`` cannot be written, a thread samples ``VmRSS`` every millisecond instead
   (the method used is recorded in the JSON).
+* **Precision**: each internalization row in float32 and, where the engine uses it
+  (``autocast="auto"``: a CPU with AMX, a CUDA GPU with bf16), under bf16 autocast.
+* **A long document** (``--long-tokens``, default 43,000) through the user's path,
+  :class:`DocToLoRAConverter` and the adapter store, with the seconds of each stage (chunking,
+  encoder, hypernetwork, chunk keys, assembly, routing embeddings, store write) in both precisions,
+  and how far the bf16 adapter is from the float32 one (factors' relative error, keys' cosine).
+* **Instructions** of 100 / 500 / 2,000 tokens: in the system prompt versus internalized
+  (``kind="instructions"``): prompt tokens saved per query and time to first token.
 * **Sizes**: the adapter's stored bytes (fp16 tensors) versus the KV cache the document would
   need in the prompt: ``2 * layers * kv_heads * head_dim * tokens * bytes_per_value``, given for
   the model's dtype and for 16-bit values.
@@ -223,6 +231,55 @@ def bench_answering(engine: Any, filler_ids: list[int], sizes: list[int], repeat
     return rows
 
 
+_POLICY = ("Answer in at most ten words.", "Be polite and precise.", "Never reveal internal ticket numbers.",
+           "Refer customers to the help page for billing questions.", "Prefer metric units.",
+           "Say so when you do not know an answer.", "Do not promise delivery dates.",
+           "Use the customer's name when they give it.")
+
+
+def instructions_text(engine: Any, tokens: int) -> tuple[str, int]:
+    """A system prompt of about ``tokens`` tokens: policy lines, repeated and numbered."""
+    lines, i = [], 0
+    while True:
+        line = f"Rule {i + 1}: {_POLICY[i % len(_POLICY)]}"
+        text = "\n".join([*lines, line])
+        if len(engine.format.document_ids(text)) > tokens:
+            break
+        lines.append(line)
+        i += 1
+    text = "\n".join(lines)
+    return text, len(engine.format.document_ids(text))
+
+
+def bench_instructions(engine: Any, sizes: list[int], repeats: int, max_new_tokens: int) -> list[dict[str, Any]]:
+    """Instructions of several lengths: in the system prompt versus internalized (time to first
+    token and prompt tokens per query; the internalization once). The instructions hypernetwork's
+    weights do not change these timings: an untrained one is used when none is shipped."""
+    from d2l_haystack.core.engine import default_checkpoint
+
+    if default_checkpoint(engine.loaded.name, "instructions") is None:
+        engine.set_instructions_checkpoint(None)
+    question = "What is the capital of France?"
+    rows = []
+    for size in sizes:
+        text, n = instructions_text(engine, size)
+        adapter, internalize_s, _ = timed(lambda: engine.internalize(text, kind="instructions", progress=False))  # noqa: B023
+        messages = [{"role": "system", "content": text}, {"role": "user", "content": question}]
+        system = [engine.generate(messages, max_new_tokens=max_new_tokens) for _ in range(repeats)]
+        internal = [engine.generate(question, adapter, max_new_tokens=max_new_tokens) for _ in range(repeats)]
+        s_best = min(system, key=lambda r: r.time_to_first_token)
+        a_best = min(internal, key=lambda r: r.time_to_first_token)
+        rows.append({"instruction_tokens": n, "internalize_seconds": internalize_s, "chunks": adapter.num_chunks,
+                     "system_prompt_tokens": s_best.prompt_tokens, "adapter_prompt_tokens": a_best.prompt_tokens,
+                     "prompt_tokens_saved": s_best.prompt_tokens - a_best.prompt_tokens,
+                     "ttft_system": s_best.time_to_first_token, "ttft_adapter": a_best.time_to_first_token,
+                     "instructions_checkpoint": engine.reader("instructions").checkpoint_id})
+        print(f"  instructions {n:5d} tokens: TTFT system prompt {s_best.time_to_first_token:.3f} s, "
+              f"adapter {a_best.time_to_first_token:.3f} s, {s_best.prompt_tokens - a_best.prompt_tokens} "
+              f"prompt tokens saved per query", flush=True)
+    return rows
+
+
 # -- report ---------------------------------------------------------------------------------------
 def _mib(n: float) -> str:
     return f"{n / 2**20:.1f}"
@@ -262,6 +319,13 @@ def table(report: dict[str, Any]) -> str:
             f"{c['time_to_first_token']:.2f} | {r['ttft_speedup']:.0f}x | {a['seconds']:.2f} | {c['seconds']:.2f} | "
             f"{_mib(a['peak_rss_delta_bytes'])} / {_mib(c['peak_rss_delta_bytes'])} | {_mib(r['adapter_bytes'])} | "
             f"{_mib(r['kv_cache_bytes'])} / {_mib(r['kv_cache_bytes_16bit'])} |")
+    if report.get("instructions"):
+        lines += ["", "Instructions in the system prompt versus internalized (one question, best of the runs):", "",
+                  "| instruction tokens | internalize (s, once) | prompt tokens saved per query | "
+                  "TTFT system prompt (s) | TTFT adapter (s) |", "| ---: | ---: | ---: | ---: | ---: |"]
+        for r in report["instructions"]:
+            lines.append(f"| {r['instruction_tokens']} | {r['internalize_seconds']:.2f} | {r['prompt_tokens_saved']} | "
+                         f"{r['ttft_system']:.3f} | {r['ttft_adapter']:.3f} |")
     t = report["targets"]
     lines += ["", f"Targets: internalize a 512-token chunk (early_exit) in under 0.5 s: "
                   f"{'met' if t['internalize_512_early_exit_under_0_5s'] else 'NOT met'} "
@@ -311,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
 
     internalization = bench_internalization(engines, filler_ids, chunk_sizes, args.repeats)
     engines["early_exit"].chunk_tokens = args.chunk_tokens
-    long_document = bench_long_document(engines["early_exit"], args.model, filler_ids, 4000 if args.quick else args.long_tokens)
+    instructions = bench_instructions(engines["early_exit"], [100, 500] if args.quick else [100, 500, 2000],
+                                      args.answer_repeats, 4)
+    long_document = bench_long_document(engines["early_exit"], args.model, filler_ids,
+                                        4000 if args.quick else args.long_tokens)
     answering = bench_answering(engines["early_exit"], filler_ids, doc_sizes, args.answer_repeats,
                                 args.max_new_tokens, args.chunk_tokens)
 
@@ -335,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "internalization": internalization,
         "answering": answering,
         "long_document": long_document,
+        "instructions": instructions,
         "targets": {
             "internalize_512_early_exit_seconds": ee512["seconds_per_chunk"] if ee512 else float("nan"),
             "internalize_512_early_exit_under_0_5s": bool(ee512 and ee512["seconds_per_chunk"] < 0.5),

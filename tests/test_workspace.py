@@ -417,6 +417,21 @@ print(json.dumps(out))
         assert any("forgot" in line and "extra.md" in line for line in done)
         assert ws.verify() == [] and ws.record(extra) is None and ws.repair() == []
 
+    def test_repair_keeps_instructions_adapters(self, workspace_factory, docs_dir: Path, tiny_model: str):
+        """An instructions adapter has no file record on purpose: neither a problem nor an orphan."""
+        from d2l_haystack.components import InstructionsToLoRA
+
+        ws = workspace_factory()
+        ws.index_paths([docs_dir])
+        InstructionsToLoRA(store=ws.adapters, model=tiny_model, checkpoint=None, instructions_checkpoint=None,
+                           device="cpu").run(text="Answer in at most ten words.")
+        ws.adapters.put("stray", ws.adapters.get("instructions"))  # a plain orphan beside it, for contrast
+        problems = ws.verify()
+        assert "stray: an adapter without a record" in problems
+        assert not any(p.startswith("instructions:") for p in problems)
+        ws.repair()
+        assert "instructions" in ws.adapters and "stray" not in ws.adapters and ws.verify() == []
+
 
 class TestWorkspaceQuery:
     def test_internalized_document_takes_the_adapter_path(self, workspace_factory, docs_dir: Path):

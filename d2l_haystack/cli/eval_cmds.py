@@ -76,6 +76,11 @@ def register(sub: Any) -> None:
     i.add_argument("--model", default="smollm2-135m-instruct")
     i.add_argument("--instructions-checkpoint", default="default", metavar="DIR",
                    help="the instructions hypernetwork ('default': shipped; 'none': untrained)")
+    i.add_argument("--documents", metavar="CASES.jsonl",
+                   help="also answer these document questions with the document's adapter alone, with it and an "
+                        "instructions adapter, and with it and the system prompt (composition)")
+    i.add_argument("--documents-limit", type=int, default=40, metavar="N", help="first N document cases")
+    add_chunking_option(i)
     i.add_argument("--json", dest="json_out", help="write results and per-case replies here")
     i.add_argument("--no-progress", action="store_true")
     i.set_defaults(handler=_eval_instructions)
@@ -181,16 +186,28 @@ def _eval_instructions(args: argparse.Namespace) -> int:
         cases = instruction_cases(per_kind=args.per_kind, seed=args.seed, kinds=kinds)
     except ValueError as exc:
         raise SystemExit(f"d2l eval-instructions: error: {exc}") from None
-    engine = get_engine(args.model)
+    engine = get_engine(args.model, chunking=args.chunking)
     ckpt = None if str(args.instructions_checkpoint).lower() == "none" else args.instructions_checkpoint
     engine.set_instructions_checkpoint(ckpt)
     report = evaluate_instructions(engine, cases, methods, args.max_new_tokens, progress=not args.no_progress)
+    if args.documents:
+        from d2l_haystack.evaluation.cases import load_cases
+        from d2l_haystack.evaluation.instructions import evaluate_composition
+
+        composition = evaluate_composition(engine, load_cases(args.documents, args.documents_limit),
+                                           seed=args.seed, progress=not args.no_progress)
+        report["composition"] = {**composition, "cases_file": args.documents}
     report["settings"] = {"per_kind": args.per_kind, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
                           "instructions_checkpoint": args.instructions_checkpoint,
                           "engine": engine.describe(portable=True)}
     if "adapter" in methods:
         report["settings"]["instructions_checkpoint_id"] = engine.reader("instructions").checkpoint_id
     print(format_table(report))
+    if "composition" in report:
+        print("\ncomposition (document questions):")
+        for method, r in report["composition"]["results"].items():
+            print(f"  {method:22s} contains {r['contains']:.3f}  F1 {r['f1']:.3f}  follows the instructions "
+                  f"{r['complies']:.3f}  (n={r['n']})")
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(report, indent=1) + "\n")

@@ -113,6 +113,57 @@ def evaluate_instructions(engine: Any, cases: list[dict[str, Any]], methods: lis
     return {"results": results, "cases": rows}
 
 
+COMPOSABLE_KINDS = ("uppercase", "lowercase", "start_phrase", "end_phrase", "required_word", "quoted", "persona")
+"""Instruction kinds a reply can follow while still holding a short answer (composition check)."""
+
+COMPOSITION_METHODS = ("document", "document+instructions", "document+system")
+
+
+def evaluate_composition(engine: Any, cases: list[Any], seed: int = 0, max_new_tokens: int = 48,
+                         progress: bool = False, part: str = "heldout") -> dict[str, Any]:
+    """Document questions answered with the document's adapter alone, with it AND an instructions
+    adapter, and with it and the instructions as the system prompt: the answers' ``contains`` and
+    ``f1`` (:mod:`.metrics`, case-insensitive) and the instructions' compliance.
+
+    :param cases: :class:`~d2l_haystack.evaluation.cases.Case` rows (e.g. held-out realistic documents).
+    """
+    from tqdm.auto import tqdm
+
+    from .metrics import f1_score
+
+    rng = np.random.default_rng([seed, 25])
+    doc_adapters: dict[str, Any] = {}
+    inst_adapters: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for case in tqdm(cases, desc="composition", disable=not progress):
+        inst = I.make_instruction(rng, str(_pick(rng, COMPOSABLE_KINDS)), part)
+        system = I.system_prompt(rng, inst)
+        if case.doc_id not in doc_adapters:
+            doc_adapters[case.doc_id] = engine.internalize(case.document, progress=False)
+        if system not in inst_adapters:
+            inst_adapters[system] = engine.internalize(system, kind="instructions", progress=False)
+        doc, rules = doc_adapters[case.doc_id], inst_adapters[system]
+        replies = {
+            "document": engine.generate(case.question, doc, max_new_tokens=max_new_tokens),
+            "document+instructions": engine.generate(case.question, [rules, doc], max_new_tokens=max_new_tokens),
+            "document+system": engine.generate([{"role": "system", "content": system},
+                                                {"role": "user", "content": case.question}], doc,
+                                               max_new_tokens=max_new_tokens, query=case.question),
+        }
+        for method, result in replies.items():
+            rows.append({"id": case.id, "method": method, "kind": inst.kind, "reply": result.text,
+                         "contains": contains(result.text, case.answers), "f1": f1_score(result.text, case.answers),
+                         "complies": float(inst.check(result.text))})
+    results = {m: {"n": len([r for r in rows if r["method"] == m]),
+                   **{k: _mean([r[k] for r in rows if r["method"] == m]) for k in ("contains", "f1", "complies")}}
+               for m in COMPOSITION_METHODS}
+    return {"results": results, "cases": rows}
+
+
+def _pick(rng: np.random.Generator, items: tuple[str, ...]) -> str:
+    return items[int(rng.integers(len(items)))]
+
+
 def _mean(xs: list[float]) -> float:
     return float(np.mean(xs)) if xs else float("nan")
 

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from d2l_haystack.components._utils import source_filter, source_key
 from d2l_haystack.core.errors import InputError
@@ -48,9 +48,15 @@ def verify(ws: Workspace) -> list[str]:
         for source in sorted(with_chunks - set(ws._files)):
             problems.append(f"{source}: chunks in the RAG index without a record")
         for entry in ws.adapters.list():
-            if entry["id"] not in ws._files:
+            if entry["id"] not in ws._files and not is_instructions(entry):
                 problems.append(f"{entry['id']}: an adapter without a record")
     return problems
+
+
+def is_instructions(entry: dict[str, Any]) -> bool:
+    """An instructions adapter (:class:`~d2l_haystack.components.InstructionsToLoRA`): stored
+    beside the documents' adapters on purpose, with no file record of its own."""
+    return (entry.get("meta") or {}).get("kind") == "instructions"
 
 
 def chunk_sources(ws: Workspace) -> set[str]:
@@ -110,7 +116,7 @@ def repair(ws: Workspace, on_action: Callable[[str], None] | None = None) -> lis
             ws.document_store.delete_by_filter(source_filter(source_id))
             did(f"dropped the chunks of {source_id} (no record)")
         for entry in ws.adapters.list():
-            if entry["id"] not in ws._files:
+            if entry["id"] not in ws._files and not is_instructions(entry):
                 ws.adapters.delete(entry["id"])
                 did(f"dropped the adapter of {entry['id']} (no record)")
         removed = ws.adapters.gc()

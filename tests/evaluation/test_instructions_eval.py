@@ -32,3 +32,16 @@ def test_report_of_the_three_methods(tiny_llama_dir):
     assert "end_phrase (held out)" in format_table(report)
     with pytest.raises(ValueError, match="unknown method 'prompt'"):
         evaluate_instructions(engine, cases, methods=["prompt"])
+
+
+def test_composition_report(tiny_llama_dir):
+    from d2l_haystack.evaluation.cases import Case
+    from d2l_haystack.evaluation.instructions import COMPOSITION_METHODS, evaluate_composition
+
+    engine = D2LEngine(str(tiny_llama_dir), checkpoint=None, device="cpu", instructions_checkpoint=None)
+    cases = [Case("c1", "The harbor office opens at 7 am.", "When does the harbor office open?", ["7 am"]),
+             Case("c2", "Tickets cost 12 euros.", "How much is a ticket?", ["12 euros"])]
+    report = evaluate_composition(engine, cases, max_new_tokens=3)
+    assert set(report["results"]) == set(COMPOSITION_METHODS)
+    assert all(r["n"] == 2 for r in report["results"].values()) and len(report["cases"]) == 6
+    assert all(0.0 <= row["contains"] <= 1.0 and row["complies"] in (0.0, 1.0) for row in report["cases"])
