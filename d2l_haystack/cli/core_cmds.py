@@ -232,8 +232,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--instructions", metavar="FILE",
                    help="internalize a system prompt / task instructions instead: an adapter applied to every "
                         "question (docs/instructions.md)")
-    p.add_argument("--instructions-checkpoint", default="default", metavar="DIR",
-                   help="hypernetwork for --instructions (default: the one shipped for the model)")
+    p.add_argument("--instructions-checkpoint", default="default", metavar="DIR", type=checkpoint_arg,
+                   help="hypernetwork for --instructions (default: the one shipped for the model; none: untrained)")
     p.add_argument("-o", "--output", required=True, metavar="ADAPTER_DIR",
                    help="adapter folder (adapter.safetensors is written atomically inside)")
     _add_engine_options(p)

@@ -74,7 +74,7 @@ def register(sub: Any) -> None:
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--max-new-tokens", type=int, default=64)
     i.add_argument("--model", default="smollm2-135m-instruct")
-    i.add_argument("--instructions-checkpoint", default="default", metavar="DIR",
+    i.add_argument("--instructions-checkpoint", default="default", metavar="DIR", type=checkpoint_arg,
                    help="the instructions hypernetwork ('default': shipped; 'none': untrained)")
     i.add_argument("--documents", metavar="CASES.jsonl",
                    help="also answer these document questions with the document's adapter alone, with it and an "
@@ -187,8 +187,7 @@ def _eval_instructions(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"d2l eval-instructions: error: {exc}") from None
     engine = get_engine(args.model, chunking=args.chunking)
-    ckpt = None if str(args.instructions_checkpoint).lower() == "none" else args.instructions_checkpoint
-    engine.set_instructions_checkpoint(ckpt)
+    engine.set_instructions_checkpoint(args.instructions_checkpoint)
     report = evaluate_instructions(engine, cases, methods, args.max_new_tokens, progress=not args.no_progress)
     if args.documents:
         from d2l_haystack.evaluation.cases import load_cases

@@ -54,6 +54,21 @@ def test_internalize_with_one_chunk_per_sentence(tmp_path: Path, doc: Path, tiny
     assert json.loads(capsys.readouterr().out)["chunking"] == "tokens"
 
 
+def test_internalize_instructions_and_ask_with_them(tmp_path: Path, doc: Path, tiny: list[str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    rules = tmp_path / "rules.txt"
+    rules.write_text("Answer in at most five words.\n", encoding="utf-8")
+    out = tmp_path / "adapters" / "rules"
+    argv = ["internalize", "--instructions", str(rules), "-o", str(out), *tiny, "--instructions-checkpoint", "none"]
+    assert main(argv) == 0
+    adapter = Adapter.load(out)
+    assert adapter.kind == "instructions" and adapter.keys is None and adapter.meta["source"] == str(rules.resolve())
+    capsys.readouterr()
+    assert main(["ask", "What is the capital of France?", "--adapter", str(out), *tiny, "--max-new-tokens", "2"]) == 0
+    assert main(["internalize", str(doc), "--instructions", str(rules), "-o", str(out), *tiny]) == 2
+    assert "one of the two" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content,message", [
     (None, "no such file"),
     (b"\x00\x01binary\x00", "binary"),
