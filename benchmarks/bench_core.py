@@ -256,6 +256,7 @@ def bench_instructions(engine: Any, sizes: list[int], repeats: int, max_new_toke
     token and prompt tokens per query; the internalization once). The instructions hypernetwork's
     weights do not change these timings: an untrained one is used when none is shipped."""
     from d2l_haystack.core.engine import default_checkpoint
+    from d2l_haystack.core.prompts import system_messages
 
     if default_checkpoint(engine.loaded.name, "instructions") is None:
         engine.set_instructions_checkpoint(None)
@@ -264,7 +265,7 @@ def bench_instructions(engine: Any, sizes: list[int], repeats: int, max_new_toke
     for size in sizes:
         text, n = instructions_text(engine, size)
         adapter, internalize_s, _ = timed(lambda: engine.internalize(text, kind="instructions", progress=False))  # noqa: B023
-        messages = [{"role": "system", "content": text}, {"role": "user", "content": question}]
+        messages = system_messages(text, question)
         system = [engine.generate(messages, max_new_tokens=max_new_tokens) for _ in range(repeats)]
         internal = [engine.generate(question, adapter, max_new_tokens=max_new_tokens) for _ in range(repeats)]
         s_best = min(system, key=lambda r: r.time_to_first_token)
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "device": args.device, "load_average_start": load_start, "load_average_end": os.getloadavg()},
-        "model": engine.describe(),
+        "model": engine.describe(portable=True),
         "settings": {"repeats": args.repeats, "answer_repeats": args.answer_repeats,
                      "max_new_tokens": args.max_new_tokens,
                      "answer_chunk_tokens": args.chunk_tokens, "question": QUESTION,

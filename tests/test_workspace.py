@@ -425,7 +425,8 @@ print(json.dumps(out))
         ws.index_paths([docs_dir])
         InstructionsToLoRA(store=ws.adapters, model=tiny_model, checkpoint=None, instructions_checkpoint=None,
                            device="cpu").run(text="Answer in at most ten words.")
-        ws.adapters.put("stray", ws.adapters.get("instructions"))  # a plain orphan beside it, for contrast
+        document = next(e["id"] for e in ws.adapters.list() if e["kind"] == "document")
+        ws.adapters.put("stray", ws.adapters.get(document))  # a document adapter's orphan beside it, for contrast
         problems = ws.verify()
         assert "stray: an adapter without a record" in problems
         assert not any(p.startswith("instructions:") for p in problems)

@@ -62,10 +62,10 @@ def _human_bytes(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
-def _internalize(engine: Any, text: str, path: str, command: str) -> Any:
-    if not engine.trained:
+def _internalize(engine: Any, text: str, path: str, command: str, kind: str = "document") -> Any:
+    if engine.reader(kind).checkpoint_path is None:
         _notice_untrained(command, "internalizing with an")
-    return engine.internalize(text, source=path, meta={"source": str(Path(path).resolve())})
+    return engine.internalize(text, source=path, meta={"source": str(Path(path).resolve())}, kind=kind)
 
 
 # -- internalize ------------------------------------------------------------------------------
@@ -84,10 +84,7 @@ def cmd_internalize(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.instructions:
         engine.set_instructions_checkpoint(args.instructions_checkpoint)
-        adapter = engine.internalize(text, source=source, kind="instructions",
-                                     meta={"source": str(Path(source).resolve())})
-    else:
-        adapter = _internalize(engine, text, source, "internalize")
+    adapter = _internalize(engine, text, source, "internalize", "instructions" if args.instructions else "document")
     seconds = time.perf_counter() - start
     written = adapter.save(out)  # atomic: an existing adapter is replaced only by a complete one
     print(f"wrote {written}: {adapter.num_chunks} chunk(s), {adapter.num_tokens} tokens, "

@@ -98,6 +98,6 @@ class InstructionsToLoRA:
         if store.is_current(key, content_hash(text), engine.loaded.name, reader.checkpoint_id):
             return {"instruction_ids": [key], "internalized": False}
         adapter = engine.internalize(text, source=key, kind="instructions", progress=False)
-        store.put(key, adapter, source=key, meta={"kind": "instructions"})
+        store.put(key, adapter, source=key)  # the entry records the adapter's kind
         logger.info("InstructionsToLoRA: internalized %s (%d tokens)", key, adapter.num_tokens)
         return {"instruction_ids": [key], "internalized": True}

@@ -195,21 +195,9 @@ class D2LEngine:
         self.format = ChatFormat(self.tokenizer)
         label = self.loaded.name
         ckpt_path = default_checkpoint(label) if checkpoint == "default" else checkpoint
-        if ckpt_path is not None:
-            self.hypernet, payload = load_checkpoint(ckpt_path, expected_base_model=label, map_location=self.device)
-            self.checkpoint_id: str = payload["checkpoint_id"]
-            self.checkpoint_path: str | None = str(ckpt_path)
-            self.checkpoint_info: dict[str, Any] = payload.get("info", {})
-            self.trained = True
-        else:
-            torch.manual_seed(seed)
-            cfg = config_for_model(self.model, label, **(hypernet_widths or {}))
-            self.hypernet = Hypernetwork(cfg).to(self.device)
-            self.checkpoint_id = f"untrained-seed{seed}"
-            self.checkpoint_path = None
-            self.checkpoint_info = {}
-            self.trained = False
-        self.hypernet.eval().requires_grad_(False)
+        self.hypernet, self.checkpoint_id, self.checkpoint_info = self._load_hypernet(ckpt_path, seed, hypernet_widths)
+        self.checkpoint_path: str | None = str(ckpt_path) if ckpt_path is not None else None
+        self.trained = ckpt_path is not None
         self.config: HypernetConfig = self.hypernet.config
         self.chunk_tokens = chunk_tokens or self.config.chunk_tokens
         if chunking not in CHUNKINGS:
@@ -268,18 +256,25 @@ class D2LEngine:
                     raise ModelNotFoundError(
                         f"no {kind} checkpoint is shipped for {label}: train one (docs/instructions.md) and "
                         f"pass instructions_checkpoint=FOLDER (d2l internalize --instructions-checkpoint)")
-            if path is not None:
-                hypernet, payload = load_checkpoint(path, expected_base_model=label, map_location=self.device)
-                cid, where = str(payload["checkpoint_id"]), str(path)
-            else:
-                torch.manual_seed(self._seed)
-                hypernet = Hypernetwork(config_for_model(self.model, label)).to(self.device)
-                cid, where = f"untrained-{kind}-seed{self._seed}", None
-            hypernet.eval().requires_grad_(False)
+            hypernet, cid, _ = self._load_hypernet(path, self._seed, kind=kind)
             cfg = hypernet.config
             encoder = ContextEncoder(self.model, cfg.encoder_mode, cfg.exit_layer)
-            self._readers[kind] = _Reader(hypernet, encoder, cid, where)
+            self._readers[kind] = _Reader(hypernet, encoder, cid, str(path) if path is not None else None)
         return self._readers[kind]
+
+    def _load_hypernet(self, path: str | Path | None, seed: int, widths: dict[str, Any] | None = None,
+                       kind: str = "document") -> tuple[Hypernetwork, str, dict[str, Any]]:
+        """``(hypernetwork in eval mode, checkpoint id, checkpoint info)`` of the checkpoint at
+        ``path``, or of an untrained hypernetwork (``widths``, seeded) when ``path`` is ``None``."""
+        if path is not None:
+            hypernet, payload = load_checkpoint(path, expected_base_model=self.loaded.name, map_location=self.device)
+            cid, info = str(payload["checkpoint_id"]), dict(payload.get("info", {}))
+        else:
+            torch.manual_seed(seed)
+            hypernet = Hypernetwork(config_for_model(self.model, self.loaded.name, **(widths or {}))).to(self.device)
+            cid, info = (f"untrained-seed{seed}" if kind == "document" else f"untrained-{kind}-seed{seed}"), {}
+        hypernet.eval().requires_grad_(False)
+        return hypernet, cid, info
 
     def set_instructions_checkpoint(self, checkpoint: str | None) -> None:
         """Use another instructions hypernetwork (``"default"``, a folder or ``None``) from now on."""

@@ -87,6 +87,12 @@ class ChatFormat:
         return ids + ([eot] if eot is not None else [])
 
 
+def system_messages(system: str, question: str) -> list[dict[str, str]]:
+    """A question asked under a system prompt, as chat messages (the reference an instructions
+    adapter is trained and measured against)."""
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
 def chunk_text_ids(fmt: ChatFormat, text: str, chunking: str, chunk_tokens: int) -> list[list[int]]:
     """The token ids of each chunk of ``text`` (no template), as the engine and the trainer cut it.
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from d2l_haystack.core.prompts import system_messages
 from d2l_haystack.training import instructions as I
 
 from .cases import general_questions
@@ -57,8 +58,7 @@ def _answer(engine: Any, method: str, case: dict[str, Any], adapters: dict[str, 
     if method == "none":
         return engine.generate(case["question"], max_new_tokens=max_new_tokens)
     if method == "system":
-        messages = [{"role": "system", "content": case["system_prompt"]}, {"role": "user", "content": case["question"]}]
-        return engine.generate(messages, max_new_tokens=max_new_tokens)
+        return engine.generate(system_messages(case["system_prompt"], case["question"]), max_new_tokens=max_new_tokens)
     if method == "adapter":
         text = case["system_prompt"]
         if text not in adapters:
@@ -136,7 +136,7 @@ def evaluate_composition(engine: Any, cases: list[Any], seed: int = 0, max_new_t
     inst_adapters: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc="composition", disable=not progress):
-        inst = I.make_instruction(rng, str(_pick(rng, COMPOSABLE_KINDS)), part)
+        inst = I.make_instruction(rng, COMPOSABLE_KINDS[int(rng.integers(len(COMPOSABLE_KINDS)))], part)
         system = I.system_prompt(rng, inst)
         if case.doc_id not in doc_adapters:
             doc_adapters[case.doc_id] = engine.internalize(case.document, progress=False)
@@ -146,8 +146,7 @@ def evaluate_composition(engine: Any, cases: list[Any], seed: int = 0, max_new_t
         replies = {
             "document": engine.generate(case.question, doc, max_new_tokens=max_new_tokens),
             "document+instructions": engine.generate(case.question, [rules, doc], max_new_tokens=max_new_tokens),
-            "document+system": engine.generate([{"role": "system", "content": system},
-                                                {"role": "user", "content": case.question}], doc,
+            "document+system": engine.generate(system_messages(system, case.question), doc,
                                                max_new_tokens=max_new_tokens, query=case.question),
         }
         for method, result in replies.items():
@@ -158,10 +157,6 @@ def evaluate_composition(engine: Any, cases: list[Any], seed: int = 0, max_new_t
                    **{k: _mean([r[k] for r in rows if r["method"] == m]) for k in ("contains", "f1", "complies")}}
                for m in COMPOSITION_METHODS}
     return {"results": results, "cases": rows}
-
-
-def _pick(rng: np.random.Generator, items: tuple[str, ...]) -> str:
-    return items[int(rng.integers(len(items)))]
 
 
 def _mean(xs: list[float]) -> float:

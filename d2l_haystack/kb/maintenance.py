@@ -55,8 +55,9 @@ def verify(ws: Workspace) -> list[str]:
 
 def is_instructions(entry: dict[str, Any]) -> bool:
     """An instructions adapter (:class:`~d2l_haystack.components.InstructionsToLoRA`): stored
-    beside the documents' adapters on purpose, with no file record of its own."""
-    return (entry.get("meta") or {}).get("kind") == "instructions"
+    beside the documents' adapters on purpose, with no file record of its own (entries written
+    before the store recorded ``kind`` are documents)."""
+    return entry.get("kind", "document") == "instructions"
 
 
 def chunk_sources(ws: Workspace) -> set[str]:

@@ -324,7 +324,7 @@ class AdapterStore:
                 "checkpoint_id": adapter.checkpoint_id, "created": now,
                 "queries": old["queries"] if old else 0, "last_query": old.get("last_query") if old else None,
                 "num_tokens": adapter.num_tokens, "num_chunks": adapter.num_chunks, "rank": adapter.total_rank,
-                "nbytes": adapter.nbytes, "files": files, "meta": dict(meta or {}),
+                "nbytes": adapter.nbytes, "files": files, "meta": dict(meta or {}), "kind": adapter.kind,
             }
             self._entries[doc_id] = entry
             self._write_manifest()

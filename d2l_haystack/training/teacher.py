@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..core.encoder import left_pad_batch
-from ..core.prompts import ChatFormat
+from ..core.prompts import ChatFormat, system_messages
 
 
 @dataclass
@@ -146,8 +146,7 @@ class TeacherCache:
 
     def _prompt(self, document: str, question: str, system: bool = False) -> list[int]:
         if system:
-            return self.fmt.messages_ids([{"role": "system", "content": document},
-                                          {"role": "user", "content": question}])
+            return self.fmt.messages_ids(system_messages(document, question))
         prompt = self.fmt.question_ids(question, context=document)
         overflow = len(prompt) - self.max_prompt_tokens
         if overflow > 0:  # keep the question and the template: shorten the document's end

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from . import data as D
 from .instructions import instructions_document
 from .realistic import realistic_document
 from .swap import AnswerPool, swap_document, swap_run_document
-from .teacher import TeacherCache, soft_cross_entropy
+from .teacher import TeacherCache, TeacherTarget, soft_cross_entropy
 
 DOC_KINDS = ("needle", "squad", "cloze", "swap", "realistic", "instructions")
 """Document kinds of :attr:`Phase.mix`: fact needles in filler, SQuAD paragraphs with their gold
@@ -504,11 +505,11 @@ class Trainer:
         distilled = [(doc.text, qa.question, qa.answer) for doc in docs for qa in doc.qas
                      if self.teacher is not None and qa.kind in self.cfg.distill_kinds and qa.kind != "instructions"]
         instructed = [(doc.text, qa.question) for doc in docs for qa in doc.qas if qa.kind == "instructions"]
-        if instructed and self.teacher is None:
-            raise ValueError("instructions documents need a teacher: set distill_top_k > 0")
-        with self._autocast():  # the base model's replies WITH the system prompt
-            system_teacher = iter(self.teacher.get_many(instructed, system=True)
-                                  if instructed and self.teacher is not None else [])
+        system_teacher: Iterator[TeacherTarget] = iter([])
+        if instructed:
+            assert self.teacher is not None  # TrainConfig refuses instructions without distill_top_k
+            with self._autocast():  # the base model's replies WITH the system prompt
+                system_teacher = iter(self.teacher.get_many(instructed, system=True))
         if self.teacher is None:
             teacher = iter([])
         elif self.cfg.distill_mode == "gold":
