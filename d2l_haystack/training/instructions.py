@@ -32,6 +32,9 @@ import numpy as np
 
 Rng = np.random.Generator
 PARTS = ("train", "heldout")
+SAMPLE_PARTS = (*PARTS, "validation")
+"""``validation``: training kinds in held-out phrasings and values (what a training run selects its
+best checkpoint on; the held-out KINDS stay unseen until the evaluation)."""
 
 
 def held_out_index(i: int) -> bool:
@@ -138,6 +141,72 @@ def _any_word(reply: str, p: dict[str, Any]) -> bool:
 
 def _questions_back(reply: str, p: dict[str, Any]) -> bool:
     return reply.rstrip().endswith("?")
+
+
+# -- compliant rewrites (training targets where the teacher does not follow) --------------------------
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _sentences(reply: str) -> list[str]:
+    """The reply's sentences; a one-sentence reply split at commas, so that a list has two items."""
+    parts = [x.strip() for x in _SENTENCE.split(reply.strip()) if x.strip()]
+    if len(parts) < 2:
+        parts = [x.strip() for x in reply.strip().rstrip(".").split(",") if x.strip()]
+    if len(parts) < 2:
+        parts = [reply.strip() or "I do not know.", "That is my answer."]
+    return parts
+
+
+def _fix_max_words(reply: str, p: dict[str, Any]) -> str:
+    first = _sentences(reply)[0]
+    kept = first if len(words(first)) <= int(p["n"]) else " ".join(first.split()[: int(p["n"])])
+    while len(words(kept)) > int(p["n"]):  # punctuation-joined words count apart
+        kept = " ".join(kept.split()[:-1])
+    return kept.rstrip(",;:") + ("" if kept.endswith((".", "!", "?")) else ".")
+
+
+def _fix_forbidden(reply: str, p: dict[str, Any]) -> str:
+    gone = re.sub(rf"(?i)(?<![A-Za-z0-9']){re.escape(str(p['word']))}(?![A-Za-z0-9'])\s*", "", reply)
+    return " ".join(gone.split()) or "No."
+
+
+def _fix_json(reply: str, p: dict[str, Any]) -> str:
+    parts = _sentences(reply)
+    return json.dumps({p["keys"][0]: parts[0], p["keys"][1]: " ".join(parts[1:])})
+
+
+_PERSONA_OPENERS = {"a pirate": "Arr, matey!", "a medieval knight": "Verily, good sire,", "a cowboy": "Howdy, partner!",
+                    "a robot": "Beep boop. Processing.", "a sports commentator": "Folks, this is incredible!",
+                    "a chef": "Ah, a delicious question!"}
+_ASK_BACKS = ("Do you have any other questions?", "What else would you like to know?", "Does that help?",
+              "Shall I explain more?")
+
+
+def _fix_persona(reply: str, p: dict[str, Any]) -> str:
+    return f"{_PERSONA_OPENERS.get(p['who'], 'Ahoy!')} {reply.strip()}"
+
+
+def _fix_ask_back(reply: str, p: dict[str, Any]) -> str:
+    return f"{reply.strip()} {_ASK_BACKS[len(reply) % len(_ASK_BACKS)]}"
+
+
+_FIXES: dict[str, Callable[[str, dict[str, Any]], str]] = {
+    "max_words": _fix_max_words,
+    "start_phrase": lambda r, p: f"{p['phrase']} {r.strip()}",
+    "end_phrase": lambda r, p: f"{r.strip()} {p['phrase']}",
+    "forbidden_word": _fix_forbidden,
+    "required_word": lambda r, p: f"{r.strip()} ({p['word']})",
+    "uppercase": lambda r, p: r.upper(),
+    "lowercase": lambda r, p: r.lower(),
+    "bullet_list": lambda r, p: "\n".join(f"- {x}" for x in _sentences(r)),
+    "numbered_list": lambda r, p: "\n".join(f"{i}. {x}" for i, x in enumerate(_sentences(r), 1)),
+    "json_keys": _fix_json,
+    "quoted": lambda r, p: f"\"{r.strip()}\"",
+    "persona": _fix_persona,
+    "ask_back": _fix_ask_back,
+}
+"""How each kind's rule is met by rewriting a reply that does not meet it (``min_words`` has none:
+a short reply cannot be lengthened by a rule)."""
 
 
 # -- kinds --------------------------------------------------------------------------------------------
@@ -296,6 +365,14 @@ class Instruction:
         """Whether ``reply`` follows this instruction."""
         return kind_named(self.kind).rule(reply, self.params)
 
+    def comply(self, reply: str) -> str:
+        """``reply`` if it follows this instruction, else the reply rewritten by the kind's rule so
+        that it does (the teacher's wording kept); unchanged where no rewrite exists (``min_words``).
+        """
+        if self.check(reply) or self.kind not in _FIXES:
+            return reply
+        return _FIXES[self.kind](reply.strip() or "I do not know.", self.params)
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "text": self.text, "params": self.params}
 
@@ -321,7 +398,10 @@ def make_instruction(rng: Rng, kind: str, part: str = "train") -> Instruction:
 
 
 def sample_instruction(rng: Rng, part: str = "train") -> Instruction:
-    """An instruction of a kind drawn among ``part``'s kinds."""
+    """An instruction of a kind drawn among ``part``'s kinds (``validation``: :data:`SAMPLE_PARTS`)."""
+    if part == "validation":
+        kinds = kinds_of("train")
+        return make_instruction(rng, kinds[int(rng.integers(len(kinds)))].name, "heldout")
     kinds = kinds_of(part)
     return make_instruction(rng, kinds[int(rng.integers(len(kinds)))].name, part)
 

@@ -96,7 +96,7 @@ class TeacherCache:
                               self._entries[k]["top_probs"].float()) for k in keys]
 
     def forced_many(self, triples: list[tuple[str, str, list[int]]], gold_weight: float = 0.5,
-                    batch_size: int = 16) -> list[TeacherTarget]:
+                    batch_size: int = 16, system: bool = False) -> list[TeacherTarget]:
         """Targets along GIVEN answers: the teacher, reading the document, teacher-forced on them.
 
         One forward pass per batch (no generation). At each answer position the target keeps the
@@ -108,17 +108,19 @@ class TeacherCache:
 
         :param triples: ``(document, question, answer token ids)`` (the ids as the student sees them,
             ending with the end-of-turn token).
+        :param system: the "document" is a system prompt, as in :meth:`get_many`.
         """
         if not 0.0 <= gold_weight <= 1.0:
             raise ValueError(f"gold_weight must be within [0, 1], got {gold_weight}")
         out: list[TeacherTarget] = []
         for i in range(0, len(triples), batch_size):
-            out.extend(self._forced(triples[i:i + batch_size], gold_weight))
+            out.extend(self._forced(triples[i:i + batch_size], gold_weight, system))
         return out
 
     @torch.no_grad()
-    def _forced(self, triples: list[tuple[str, str, list[int]]], gold_weight: float) -> list[TeacherTarget]:
-        ids, mask, _ = self._left_padded([self._prompt(d, q) + list(a) for d, q, a in triples])
+    def _forced(self, triples: list[tuple[str, str, list[int]]], gold_weight: float,
+                system: bool = False) -> list[TeacherTarget]:
+        ids, mask, _ = self._left_padded([self._prompt(d, q, system) + list(a) for d, q, a in triples])
         # left padding: every answer ends at the last column, so only the last (longest answer + 1)
         # positions are projected onto the vocabulary (not the whole document's)
         keep = max(len(a) for _, _, a in triples) + 1

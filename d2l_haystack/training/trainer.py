@@ -22,7 +22,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from ..core.models import get_model
 from ..core.prompts import ChatFormat, chunk_text_ids, chunk_token_ids
 from ..core.textio import CHUNKINGS
 from . import data as D
-from .instructions import instructions_document
+from .instructions import Instruction, instructions_document
 from .realistic import realistic_document
 from .swap import AnswerPool, swap_document, swap_run_document
 from .teacher import TeacherCache, TeacherTarget, soft_cross_entropy
@@ -105,6 +104,7 @@ class Phase:
 
 
 DISTILL_MODES = ("greedy", "gold")
+INSTRUCTIONS_TARGETS = ("teacher", "compliant")
 
 
 @dataclass
@@ -143,6 +143,11 @@ class TrainConfig:
     distill_gold_weight: float = 0.5
     """``distill_mode: gold``: the one-hot gold share of each target (the rest is the teacher's)."""
     teacher_max_new_tokens: int = 32
+    instructions_target: str = "teacher"
+    """Instructions documents: ``"teacher"``: the base model's reply WITH the system prompt and its
+    top-k (the reference); ``"compliant"``: that reply, rewritten by the instruction's rule where it
+    does not follow it (:meth:`.Instruction.comply`; a small model often ignores its system prompt),
+    with the teacher's top-k along it mixed in at ``distill_gold_weight``."""
     bias_trainable_from: int = 0
     phases: list[Phase] = field(default_factory=lambda: [Phase(until_step=10**9)])
     checkpoint_seconds: float = 300.0
@@ -160,6 +165,9 @@ class TrainConfig:
             raise ValueError(f"distill_mode must be one of {', '.join(DISTILL_MODES)}, got {self.distill_mode!r}")
         if not 0.0 <= self.distill_gold_weight <= 1.0:
             raise ValueError(f"distill_gold_weight must be within [0, 1], got {self.distill_gold_weight}")
+        if self.instructions_target not in INSTRUCTIONS_TARGETS:
+            raise ValueError(f"instructions_target must be one of {', '.join(INSTRUCTIONS_TARGETS)}, "
+                             f"got {self.instructions_target!r}")
         if self.distill_top_k <= 0 and any(isinstance(p, Phase) and p.mix.get("instructions") for p in self.phases):
             raise ValueError("a phase mixes in instructions documents: they are trained against the teacher's "
                              "replies, so distill_top_k must be > 0")
@@ -398,7 +406,9 @@ class Trainer:
             elif kind == "realistic":
                 doc = realistic_document(rng, self.cfg.questions_per_doc, part="heldout" if held_out else "train")
             elif kind == "instructions":  # applies to every request: one chunk, no unrelated question
-                doc = instructions_document(rng, self.cfg.questions_per_doc, part="heldout" if held_out else "train")
+                # held-out phrasings of the training kinds: the held-out KINDS stay unseen until evaluation
+                doc = instructions_document(rng, self.cfg.questions_per_doc,
+                                            part="validation" if held_out else "train")
                 docs.append(doc)
                 continue
             elif kind == "cloze":
@@ -504,12 +514,7 @@ class Trainer:
         k_top = max(1, self.cfg.distill_top_k)
         distilled = [(doc.text, qa.question, qa.answer) for doc in docs for qa in doc.qas
                      if self.teacher is not None and qa.kind in self.cfg.distill_kinds and qa.kind != "instructions"]
-        instructed = [(doc.text, qa.question) for doc in docs for qa in doc.qas if qa.kind == "instructions"]
-        system_teacher: Iterator[TeacherTarget] = iter([])
-        if instructed:
-            assert self.teacher is not None  # TrainConfig refuses instructions without distill_top_k
-            with self._autocast():  # the base model's replies WITH the system prompt
-                system_teacher = iter(self.teacher.get_many(instructed, system=True))
+        system_teacher = iter(self._instructions_targets(docs))
         if self.teacher is None:
             teacher = iter([])
         elif self.cfg.distill_mode == "gold":
@@ -552,6 +557,31 @@ class Trainer:
                 stats[f"ce_{kind}"] = q_loss[sel].mean().item()
                 stats[f"acc_{kind}"] = correct[sel].mean().item()
         return total, stats
+
+    def _instructions_targets(self, docs: list[D.TrainDoc]) -> list[TeacherTarget]:
+        """Targets of the instructions requests of ``docs``, in order: the base model's replies WITH
+        the system prompt (``instructions_target: compliant``: rewritten where they do not comply)."""
+        instructed = [(doc, qa.question) for doc in docs for qa in doc.qas if qa.kind == "instructions"]
+        if not instructed:
+            return []
+        assert self.teacher is not None  # TrainConfig refuses instructions without distill_top_k
+        with self._autocast():  # the base model's replies WITH the system prompt
+            targets = self.teacher.get_many([(doc.text, q) for doc, q in instructed], system=True)
+        if self.cfg.instructions_target == "teacher":
+            return targets
+        fixes: list[tuple[int, tuple[str, str, list[int]]]] = []
+        for i, ((doc, q), t) in enumerate(zip(instructed, targets)):
+            inst = Instruction.from_dict(doc.meta["instruction"])
+            reply = self.fmt.tokenizer.decode(t.ids, skip_special_tokens=True).strip()
+            fixed = inst.comply(reply)
+            if fixed != reply:
+                fixes.append((i, (doc.text, q, self.fmt.answer_ids(fixed))))
+        if fixes:
+            with self._autocast():
+                forced = self.teacher.forced_many([f for _, f in fixes], self.cfg.distill_gold_weight, system=True)
+            for (i, _), t in zip(fixes, forced):
+                targets[i] = t
+        return targets
 
     def _student(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], seqs: list[list[int]],
                  starts: list[int], q_doc: list[int], soft_ids: list[torch.Tensor],

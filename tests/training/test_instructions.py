@@ -67,3 +67,27 @@ def test_an_instructions_document_asks_general_questions():
     from d2l_haystack.training.data import held_out_general_questions
 
     assert not {qa.question for qa in doc.qas} & held_out_general_questions()
+
+
+@pytest.mark.parametrize("kind", sorted(set(I.KIND_NAMES) - {"min_words"}))
+def test_comply_rewrites_a_reply_until_its_rule_holds(kind: str):
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        inst = I.make_instruction(rng, kind, "heldout")
+        for reply in (BROKEN, "Paris.", "The capital is Paris. It lies on the Seine. That is the answer"):
+            fixed = inst.comply(reply)
+            assert inst.check(fixed), (inst.text, reply, fixed)
+
+
+def test_comply_keeps_a_compliant_reply_and_leaves_min_words_alone():
+    inst = I.Instruction("start_phrase", "x", {"phrase": "Well,"})
+    assert inst.comply("Well, Paris.") == "Well, Paris."
+    assert I.Instruction("min_words", "x", {"n": 40}).comply("Paris.") == "Paris."
+
+
+def test_validation_instructions_are_trained_kinds_in_held_out_phrasings():
+    rng = np.random.default_rng(0)
+    train_texts = {I.sample_instruction(rng, "train").text for _ in range(800)}
+    val = [I.sample_instruction(rng, "validation") for _ in range(200)]
+    assert not {i.kind for i in val} & I.HELDOUT_KINDS
+    assert not {i.text for i in val} & train_texts

@@ -330,6 +330,34 @@ def test_instructions_documents_train_against_the_teacher_with_the_system_prompt
     assert tr.train()["step"] == 4
 
 
+def test_compliant_instructions_targets_follow_the_rule(tiny_llama_dir, tmp_path):
+    import numpy as np
+
+    from d2l_haystack.training.instructions import Instruction
+
+    cfg = _config(tiny_llama_dir, tmp_path / "c", distill_top_k=4, teacher_max_new_tokens=6,
+                  instructions_target="compliant", distill_gold_weight=0.8,
+                  phases=[Phase(until_step=100, mix={"instructions": 1.0})])
+    tr = Trainer(cfg, log=_silent)
+    docs = tr.make_docs(np.random.default_rng(4), cfg.phases[0], 6)
+    targets = tr._instructions_targets(docs)
+    requests = [(d, qa) for d in docs for qa in d.qas]
+    assert len(targets) == len(requests)
+    fixable = 0
+    for (doc, _), t in zip(requests, targets):
+        inst = Instruction.from_dict(doc.meta["instruction"])
+        reply = tr.fmt.tokenizer.decode(t.ids, skip_special_tokens=True).strip()
+        if inst.kind != "min_words":  # a random tiny model never complies by itself: every target is rewritten
+            fixable += 1
+            assert inst.check(reply), (inst.text, reply)
+            assert abs(float(t.top_probs[0, 0]) - 0.8) < 0.2 + 1e-6  # the gold share and the teacher's part
+    assert fixable
+    _, stats = tr.loss(docs)
+    assert np.isfinite(stats["ce_instructions"])
+    with pytest.raises(ValueError, match="instructions_target must be one of"):
+        TrainConfig(model=str(tiny_llama_dir), instructions_target="gold")
+
+
 def test_instructions_need_a_teacher(tiny_llama_dir, tmp_path):
     with pytest.raises(ValueError, match="distill_top_k must be > 0"):
         TrainConfig(model=str(tiny_llama_dir), phases=[Phase(until_step=10, mix={"instructions": 1.0})])
