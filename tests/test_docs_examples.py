@@ -85,6 +85,34 @@ def _start_server(workspace: Path, port: int, token: str):
     raise RuntimeError("d2l serve did not start: " + log.read_text()[-2000:])
 
 
+DOC_PAGES = sorted(p.name for p in (REPO / "docs").glob("*.md") if python_blocks(p))
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_every_docs_python_example_is_valid_python(page: str):
+    for i, block in enumerate(python_blocks(REPO / "docs" / page)):
+        compile(block, f"docs/{page} python block {i + 1}", "exec")
+
+
+def test_the_docs_pages_with_examples_are_found():
+    assert {"haystack.md", "instructions.md", "postgres.md", "serving.md", "watching.md"} <= set(DOC_PAGES)
+
+
+@pytest.mark.integration
+def test_the_haystack_page_python_examples_run_as_written(tmp_path, monkeypatch, embedded_model_dir, capsys):
+    """docs/haystack.md's blocks (workspace, YAML pipelines, builders, store, converter, generator) in
+    order, in a scratch folder beside the samples, on the embedded model."""
+    (tmp_path / "d2l_haystack").mkdir()
+    os.symlink(REPO / "d2l_haystack" / "samples", tmp_path / "d2l_haystack" / "samples")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "doc"}
+    blocks = python_blocks(REPO / "docs" / "haystack.md")
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/haystack.md python block {i + 1}", "exec"), namespace)  # noqa: S102
+    assert namespace["reply"].meta["route"] in ("d2l", "hybrid", "base", "rag")  # type: ignore[attr-defined]
+    assert (tmp_path / "kb" / "workspace.json").is_file() and capsys.readouterr().out.strip()
+
+
 def test_relative_links_in_the_docs_point_at_files_that_exist():
     pages = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").rglob("*.md")),
              *sorted((REPO / "d2l_haystack" / "checkpoints").rglob("*.md")),

@@ -20,6 +20,8 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--checkpoint", default="default", help="'default', a folder, or 'none' (untrained)")
     p.add_argument("--chunk-tokens", type=int, help="tokens per chunk when internalizing")
+    p.add_argument("--min-relevance", type=float, metavar="S",
+                   help="the engine's relevance gate (default: the engine's DEFAULT_MIN_RELEVANCE)")
     add_chunking_option(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_eval)
@@ -104,8 +106,9 @@ def _eval(args: argparse.Namespace) -> int:
     from d2l_haystack.evaluation.runner import format_table, run_eval
 
     cases = load_cases(args.cases, args.limit)
+    gate = {} if args.min_relevance is None else {"min_relevance": args.min_relevance}
     engine = D2LEngine(args.model, checkpoint_arg(args.checkpoint), chunk_tokens=args.chunk_tokens,
-                       chunking=args.chunking)
+                       chunking=args.chunking, **gate)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     report = run_eval(engine, cases, methods, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
     report["cases_file"] = str(args.cases)
@@ -178,7 +181,12 @@ def _cases(args: argparse.Namespace) -> int:
 
 def _eval_instructions(args: argparse.Namespace) -> int:
     from d2l_haystack.core import get_engine
-    from d2l_haystack.evaluation.instructions import evaluate_instructions, format_table, instruction_cases
+    from d2l_haystack.evaluation.instructions import (
+        evaluate_instructions,
+        format_comparisons,
+        format_table,
+        instruction_cases,
+    )
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
@@ -202,6 +210,8 @@ def _eval_instructions(args: argparse.Namespace) -> int:
     if "adapter" in methods:
         report["settings"]["instructions_checkpoint_id"] = engine.reader("instructions").checkpoint_id
     print(format_table(report))
+    if report["comparisons"]:
+        print("\npaired bootstrap (95 % intervals):\n" + format_comparisons(report["comparisons"]))
     if "composition" in report:
         print("\ncomposition (document questions):")
         for method, r in report["composition"]["results"].items():

@@ -63,8 +63,8 @@ class InstructionsToLoRA:
             from d2l_haystack.core import get_engine
 
             engine = get_engine(self.model, self.checkpoint, self.device, self.dtype)
-            engine.set_instructions_checkpoint(self.instructions_checkpoint)
-            engine.reader("instructions")  # fails here, not at the first run, without a checkpoint
+            # its own checkpoint per call: the shared engine's setting stays as other components left it
+            engine.reader("instructions", self.instructions_checkpoint)  # fails here without a checkpoint
             self._engine = engine
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,10 +94,11 @@ class InstructionsToLoRA:
         self.warm_up()
         store, engine = self._store, self._engine
         assert store is not None
-        reader = engine.reader("instructions")
+        reader = engine.reader("instructions", self.instructions_checkpoint)
         if store.is_current(key, content_hash(text), engine.loaded.name, reader.checkpoint_id):
             return {"instruction_ids": [key], "internalized": False}
-        adapter = engine.internalize(text, source=key, kind="instructions", progress=False)
+        adapter = engine.internalize(text, source=key, kind="instructions", progress=False,
+                                     instructions_checkpoint=self.instructions_checkpoint)
         store.put(key, adapter, source=key)  # the entry records the adapter's kind
         logger.info("InstructionsToLoRA: internalized %s (%d tokens)", key, adapter.num_tokens)
         return {"instruction_ids": [key], "internalized": True}

@@ -60,6 +60,8 @@ questions score 0.4 or more, 97.7 % of unrelated ones less."""
 
 DEFAULT_RELEVANCE_MARGIN = 0.1
 """Chunks within this similarity of the best chunk are applied with it (up to ``max_chunks``)."""
+ENGINE_SETTING: Any = object()
+"""Sentinel of a per-call argument left to the engine's own setting."""
 
 AUTOCASTS = ("auto", "bf16", "off")
 DEFAULT_AUTOCAST = "auto"
@@ -235,21 +237,29 @@ class D2LEngine:
             return contextlib.nullcontext()
         return torch.autocast(device_type=str(self.device).split(":")[0], dtype=torch.bfloat16)
 
-    def reader(self, kind: str = "document") -> _Reader:
+    def reader(self, kind: str = "document", instructions_checkpoint: Any = ENGINE_SETTING) -> _Reader:
         """The hypernetwork (and its encoder) that internalizes adapters of ``kind``.
 
         Instructions use their own checkpoint (``instructions_checkpoint``: ``"default"`` is the
         one shipped for this model as ``<model>-instructions``; a folder; ``None`` an untrained
-        hypernetwork, whose adapters are zero), loaded on first use.
+        hypernetwork, whose adapters are zero), loaded on first use and kept per checkpoint, so
+        components sharing one engine may each name their own.
+
+        :param instructions_checkpoint: this call's instructions checkpoint (default: the
+            engine's :attr:`instructions_checkpoint`).
 
         :raises ValueError: an unknown kind.
         :raises ModelNotFoundError: ``"default"`` and no instructions checkpoint shipped for this model.
         """
         if kind not in ADAPTER_KINDS:
             raise ValueError(f"kind must be one of {', '.join(ADAPTER_KINDS)}, got {kind!r}")
-        if kind not in self._readers:
+        if kind == "document":
+            return self._readers[kind]
+        path: str | Path | None = (self.instructions_checkpoint if instructions_checkpoint is ENGINE_SETTING
+                                   else instructions_checkpoint)
+        slot = f"{kind}:{path}"
+        if slot not in self._readers:
             label = self.loaded.name
-            path: str | Path | None = self.instructions_checkpoint
             if path == "default":
                 path = default_checkpoint(label, kind)
                 if path is None:
@@ -259,8 +269,8 @@ class D2LEngine:
             hypernet, cid, _ = self._load_hypernet(path, self._seed, kind=kind)
             cfg = hypernet.config
             encoder = ContextEncoder(self.model, cfg.encoder_mode, cfg.exit_layer)
-            self._readers[kind] = _Reader(hypernet, encoder, cid, str(path) if path is not None else None)
-        return self._readers[kind]
+            self._readers[slot] = _Reader(hypernet, encoder, cid, str(path) if path is not None else None)
+        return self._readers[slot]
 
     def _load_hypernet(self, path: str | Path | None, seed: int, widths: dict[str, Any] | None = None,
                        kind: str = "document") -> tuple[Hypernetwork, str, dict[str, Any]]:
@@ -277,21 +287,20 @@ class D2LEngine:
         return hypernet, cid, info
 
     def set_instructions_checkpoint(self, checkpoint: str | None) -> None:
-        """Use another instructions hypernetwork (``"default"``, a folder or ``None``) from now on."""
-        if checkpoint != self.instructions_checkpoint:
-            self.instructions_checkpoint = checkpoint
-            self._readers.pop("instructions", None)
+        """Make another instructions hypernetwork (``"default"``, a folder or ``None``) this engine's
+        default from now on (a component sharing the engine passes its own to :meth:`internalize`)."""
+        self.instructions_checkpoint = checkpoint
 
     @torch.no_grad()
     def chunk_factors(self, wrapped: list[list[int]], timings: dict[str, float] | None = None,
-                      kind: str = "document") -> Factors:
+                      kind: str = "document", instructions_checkpoint: Any = ENGINE_SETTING) -> Factors:
         """Run encoder + hypernetwork on wrapped chunks: ``A: (chunks, L, r, d_in)`` (float32).
 
         :param timings: if given, the seconds of each stage are added to ``"encoder"`` and
             ``"hypernetwork"``.
         :param kind: which hypernetwork (:meth:`reader`).
         """
-        reader = self.reader(kind)
+        reader = self.reader(kind, instructions_checkpoint)
         ids, mask = pad_batch(wrapped, self.tokenizer.pad_token_id, self.device)
         t0 = time.perf_counter()
         with self.precision():
@@ -306,7 +315,8 @@ class D2LEngine:
 
     def internalize(self, text: str, *, source: str = "document", progress: bool | None = None,
                     batch_size: int = 4, meta: dict[str, Any] | None = None,
-                    timings: dict[str, float] | None = None, kind: str = "document") -> Adapter:
+                    timings: dict[str, float] | None = None, kind: str = "document",
+                    instructions_checkpoint: Any = ENGINE_SETTING) -> Adapter:
         """Turn a document into an :class:`Adapter` (one forward pass per chunk batch).
 
         Memory stays bounded for any length: chunks are encoded ``batch_size`` at a time and only
@@ -320,6 +330,8 @@ class D2LEngine:
         :param progress: show a progress bar (``None``: when there is more than one batch of chunks).
         :param timings: if given, seconds per stage are added to it: ``chunking``, ``encoder``,
             ``hypernetwork``, ``keys`` (the chunk-key embeddings) and ``assembly``.
+        :param instructions_checkpoint: ``kind="instructions"``: this call's checkpoint (default:
+            the engine's, :meth:`reader`).
         :raises InputError: empty or binary text.
         """
         clock = time.perf_counter()
@@ -332,7 +344,7 @@ class D2LEngine:
             clock = now
 
         validate_text(text, source)
-        reader = self.reader(kind)
+        reader = self.reader(kind, instructions_checkpoint)
         documents = kind == "document"
         chunks = self.chunk_ids(text) if documents else chunk_text_ids(self.format, text, "tokens",
                                                                         reader.config.chunk_tokens)
@@ -346,7 +358,7 @@ class D2LEngine:
         bar = tqdm(total=len(chunks), desc="internalizing", unit="chunk", disable=not show)
         for start in range(0, len(chunks), batch_size):
             batch = [self.format.wrap_chunk(c) for c in chunks[start:start + batch_size]]
-            out = self.chunk_factors(batch, stages, kind)
+            out = self.chunk_factors(batch, stages, kind, instructions_checkpoint)
             for m, (a, b) in out.items():
                 # (n, L, r, d) -> per-chunk (L, r, d), kept on CPU
                 for i in range(a.shape[0]):

@@ -110,7 +110,51 @@ def evaluate_instructions(engine: Any, cases: list[dict[str, Any]], methods: lis
             "by_kind": {k: _mean([r["complies"] for r in mine if r["kind"] == k])
                         for k in dict.fromkeys(r["kind"] for r in mine)},
         }
-    return {"results": results, "cases": rows}
+    return {"results": results, "cases": rows, "comparisons": paired_comparisons(rows)}
+
+
+COMPARED = (("adapter", "none"), ("adapter", "system"), ("system", "none"))
+"""Method pairs :func:`paired_comparisons` reports (where both were run)."""
+
+
+def paired_comparisons(rows: list[dict[str, Any]], rounds: int = 10000) -> list[dict[str, Any]]:
+    """Paired bootstrap differences (:func:`.compare.paired_difference`, cases paired by id) of
+    compliance on all kinds, held-out kinds and trained kinds, and of request quality, for each
+    pair of :data:`COMPARED`; the ratio ``a / b`` of compliance beside it."""
+    from .compare import paired_difference
+
+    out: list[dict[str, Any]] = []
+    methods = {r["method"] for r in rows}
+    subsets = (("all kinds", lambda r: True), ("held-out kinds", lambda r: r["heldout_kind"]),
+               ("trained kinds", lambda r: not r["heldout_kind"]))
+    for a, b in COMPARED:
+        if a not in methods or b not in methods:
+            continue
+        for label, keep in subsets:
+            for metric in ("complies", "quality"):
+                if metric == "quality" and label != "all kinds":
+                    continue
+                xa = {r["id"]: float(r[metric]) for r in rows if r["method"] == a and keep(r)}
+                xb = {r["id"]: float(r[metric]) for r in rows if r["method"] == b and keep(r)}
+                if not xa or not set(xa) & set(xb):
+                    continue
+                d = paired_difference(xa, xb, rounds)
+                mb = _mean(list(xb.values()))
+                out.append({"a": a, "b": b, "subset": label, "metric": metric, "difference": d.value,
+                            "low": d.low, "high": d.high, "n": d.n,
+                            "ratio": (_mean(list(xa.values())) / mb) if mb > 0 else None})
+    return out
+
+
+def format_comparisons(comparisons: list[dict[str, Any]]) -> str:
+    """One line per comparison: ``adapter - none, compliance on held-out kinds: +0.21 [+0.10, +0.33]``."""
+    lines = []
+    for c in comparisons:
+        what = "compliance" if c["metric"] == "complies" else "request quality"
+        ratio = "" if c["ratio"] is None else f", ratio {c['ratio']:.2f}"
+        lines.append(f"{c['a']} - {c['b']}, {what} on {c['subset']}: {c['difference']:+.3f} "
+                     f"[{c['low']:+.3f}, {c['high']:+.3f}] (n={c['n']}{ratio})")
+    return "\n".join(lines)
 
 
 COMPOSABLE_KINDS = ("uppercase", "lowercase", "start_phrase", "end_phrase", "required_word", "quoted", "persona")

@@ -65,3 +65,17 @@ def test_no_shipped_instructions_checkpoint_is_a_clear_error(tiny_llama_dir):
     e = D2LEngine(str(tiny_llama_dir), checkpoint=None, device="cpu")
     with pytest.raises(ModelNotFoundError, match="no instructions checkpoint is shipped for"):
         e.internalize(RULES, kind="instructions")
+
+
+def test_a_call_may_name_its_own_instructions_checkpoint(engine: D2LEngine, tmp_path):
+    from d2l_haystack.core.hypernet import save_checkpoint
+
+    trained = engine.reader("instructions").hypernet
+    folder = tmp_path / "inst-ckpt"
+    cid = save_checkpoint(trained, folder)
+    own = engine.internalize(RULES, kind="instructions", instructions_checkpoint=str(folder))
+    assert own.checkpoint_id == cid
+    assert engine.instructions_checkpoint is None  # the shared engine's setting is untouched
+    shared = engine.internalize(RULES, kind="instructions")
+    assert shared.checkpoint_id.startswith("untrained-instructions")
+    assert engine.reader("instructions", str(folder)) is not engine.reader("instructions")

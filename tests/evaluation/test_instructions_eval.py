@@ -45,3 +45,22 @@ def test_composition_report(tiny_llama_dir):
     assert set(report["results"]) == set(COMPOSITION_METHODS)
     assert all(r["n"] == 2 for r in report["results"].values()) and len(report["cases"]) == 6
     assert all(0.0 <= row["contains"] <= 1.0 and row["complies"] in (0.0, 1.0) for row in report["cases"])
+
+
+def test_paired_comparisons_pair_cases_by_id_per_subset():
+    from d2l_haystack.evaluation.instructions import format_comparisons, paired_comparisons
+
+    rows = []
+    for i in range(8):
+        held = i % 2 == 0
+        rows.append({"id": f"c{i}", "method": "none", "heldout_kind": held, "complies": 0.0, "quality": 1.0})
+        rows.append({"id": f"c{i}", "method": "adapter", "heldout_kind": held, "complies": float(not held),
+                     "quality": 1.0})
+    comps = {(c["a"], c["b"], c["subset"], c["metric"]): c for c in paired_comparisons(rows, rounds=200)}
+    assert set(comps) == {("adapter", "none", s, "complies") for s in ("all kinds", "held-out kinds", "trained kinds")} \
+        | {("adapter", "none", "all kinds", "quality")}
+    assert comps[("adapter", "none", "trained kinds", "complies")]["difference"] == 1.0
+    assert comps[("adapter", "none", "held-out kinds", "complies")]["difference"] == 0.0
+    assert comps[("adapter", "none", "all kinds", "complies")]["n"] == 8
+    assert comps[("adapter", "none", "all kinds", "complies")]["ratio"] is None  # none never complies
+    assert "adapter - none, compliance on trained kinds: +1.000" in format_comparisons(list(comps.values()))
