@@ -53,9 +53,9 @@ def test_each_chunk_is_wrapped_in_the_chat_template(tiny_engine: D2LEngine, monk
     seen: list[list[int]] = []
     original = tiny_engine.chunk_factors
 
-    def spy(wrapped, timings=None, kind="document"):
+    def spy(wrapped, *args, **kwargs):
         seen.extend(wrapped)
-        return original(wrapped, timings, kind)
+        return original(wrapped, *args, **kwargs)
 
     monkeypatch.setattr(tiny_engine, "chunk_factors", spy)
     adapter = tiny_engine.internalize(long_text(150), batch_size=2)
