@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from d2l_haystack.core.models import DEFAULT_MODEL
+
 from .options import add_chunking_option, add_device_option, checkpoint_arg
 
 
@@ -50,7 +52,7 @@ def register(sub: Any) -> None:
     p.add_argument("--quick", action="store_true", help="smoke-sized run (under 5 minutes on 2 idle cores)")
     p.add_argument("--checkpoint", default="default",
                    help="hypernetwork checkpoint folder, 'default' (shipped, else untrained) or 'none'")
-    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     add_device_option(p)
     p.add_argument("--chunk-tokens", type=int, help="tokens per internalized chunk (default: the checkpoint's)")
     add_chunking_option(p)

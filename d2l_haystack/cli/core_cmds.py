@@ -27,7 +27,7 @@ from .options import add_chunking_option, add_device_option, checkpoint_arg
 
 
 def _add_engine_options(p: argparse.ArgumentParser, from_adapter: bool = False) -> None:
-    from d2l_haystack.core.models import DEFAULT_MODEL
+    from d2l_haystack.core.models import DEFAULT_DTYPE, DEFAULT_MODEL
 
     default = f"the adapter's model, else {DEFAULT_MODEL}" if from_adapter else DEFAULT_MODEL
     p.add_argument("--model", default=None,
@@ -36,13 +36,14 @@ def _add_engine_options(p: argparse.ArgumentParser, from_adapter: bool = False) 
                    help="hypernetwork checkpoint: 'default' (shipped for the model, untrained if none), "
                         "a checkpoint folder, or 'none' (untrained: zero adapters)")
     add_device_option(p)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="base model dtype (default float32)")
+    p.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16", "float16"],
+                   help=f"base model dtype (default {DEFAULT_DTYPE})")
 
 
 def _engine(args: argparse.Namespace, model: str | None = None) -> Any:
     from d2l_haystack.core import get_engine
     from d2l_haystack.core.models import DEFAULT_MODEL
+    from d2l_haystack.core.textio import DEFAULT_CHUNKING
 
     if not getattr(args, "verbose", False):
         from transformers.utils import logging as hf_logging
@@ -50,7 +51,7 @@ def _engine(args: argparse.Namespace, model: str | None = None) -> Any:
         hf_logging.disable_progress_bar()
     return get_engine(model or args.model or DEFAULT_MODEL, args.checkpoint, device=args.device,
                       dtype=args.dtype, chunk_tokens=getattr(args, "chunk_tokens", None),
-                      chunking=getattr(args, "chunking", "tokens"))
+                      chunking=getattr(args, "chunking", DEFAULT_CHUNKING))
 
 
 def _notice_untrained(command: str, what: str) -> None:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from d2l_haystack.core.models import DEFAULT_MODEL
+
 from .options import add_chunking_option, checkpoint_arg
 
 
@@ -17,7 +19,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", dest="json_out", help="write results and per-case outputs here")
     p.add_argument("--limit", type=int, help="only the first N cases")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--checkpoint", default="default", help="'default', a folder, or 'none' (untrained)")
     p.add_argument("--chunk-tokens", type=int, help="tokens per chunk when internalizing")
     p.add_argument("--min-relevance", type=float, metavar="S",
@@ -36,7 +38,7 @@ def register(sub: Any) -> None:
                    help="needle phrasing: magic/code/city (trained) or heldout (phrasings, value formats and "
                         "question templates training never used; a new one per needle)")
     n.add_argument("--seed", type=int, default=1234)
-    n.add_argument("--model", default="smollm2-135m-instruct", help="model whose tokenizer counts tokens")
+    n.add_argument("--model", default=DEFAULT_MODEL, help="model whose tokenizer counts tokens")
     n.add_argument("-o", "--out", required=True)
     n.set_defaults(handler=_niah)
 
@@ -75,7 +77,7 @@ def register(sub: Any) -> None:
     i.add_argument("--kinds", help="comma-separated kinds (default: all)")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--max-new-tokens", type=int, default=64)
-    i.add_argument("--model", default="smollm2-135m-instruct")
+    i.add_argument("--model", default=DEFAULT_MODEL)
     i.add_argument("--instructions-checkpoint", default="default", metavar="DIR", type=checkpoint_arg,
                    help="the instructions hypernetwork ('default': shipped; 'none': untrained)")
     i.add_argument("--documents", metavar="CASES.jsonl",

@@ -14,7 +14,8 @@ from haystack.dataclasses.streaming_chunk import ComponentInfo, select_streaming
 from haystack.utils import deserialize_callable, serialize_callable
 
 from d2l_haystack.core.errors import AdapterError, InputError
-from d2l_haystack.core.models import DEFAULT_MODEL
+from d2l_haystack.core.models import DEFAULT_DTYPE, DEFAULT_MODEL
+from d2l_haystack.core.textio import DEFAULT_CHUNKING
 from d2l_haystack.stores.adapter_store import AdapterStore
 
 from ._utils import source_key
@@ -77,8 +78,8 @@ class AdapterGenerator:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, checkpoint: str | None = "default", device: str | None = None,
-                 dtype: str = "float32", chunk_tokens: int | None = None,
-                 chunking: str = "tokens", store: AdapterStore | str | None = None,
+                 dtype: str = DEFAULT_DTYPE, chunk_tokens: int | None = None,
+                 chunking: str = DEFAULT_CHUNKING, store: AdapterStore | str | None = None,
                  generation_kwargs: dict[str, Any] | None = None,
                  streaming_callback: Callable[[StreamingChunk], None] | None = None,
                  max_context_tokens: int = 1536, record_queries: bool = True,

@@ -13,8 +13,8 @@ from haystack import Document, component, default_from_dict, default_to_dict
 
 from d2l_haystack.core.errors import InputError
 from d2l_haystack.core.keys import resolve_embedding_model, split_words
-from d2l_haystack.core.models import DEFAULT_MODEL
-from d2l_haystack.core.textio import content_hash, validate_text
+from d2l_haystack.core.models import DEFAULT_DTYPE, DEFAULT_MODEL
+from d2l_haystack.core.textio import DEFAULT_CHUNKING, content_hash, validate_text
 from d2l_haystack.stores.adapter_store import AdapterStore
 from d2l_haystack.stores.faiss_document_store import PersistentFAISSDocumentStore
 
@@ -96,8 +96,8 @@ class DocToLoRAConverter:
     """
 
     def __init__(self, store: AdapterStore | str, model: str = DEFAULT_MODEL, checkpoint: str | None = "default",
-                 device: str | None = None, dtype: str = "float32", chunk_tokens: int | None = None,
-                 chunking: str = "tokens",
+                 device: str | None = None, dtype: str = DEFAULT_DTYPE, chunk_tokens: int | None = None,
+                 chunking: str = DEFAULT_CHUNKING,
                  embedding_model: str | None = None, routing_words: int = 50, document_store: Any = None,
                  skip_invalid: bool = False, progress: bool | None = False) -> None:
         self.store = store

@@ -7,7 +7,7 @@ from typing import Any
 
 from haystack import component, default_from_dict, default_to_dict
 
-from d2l_haystack.core.models import DEFAULT_MODEL
+from d2l_haystack.core.models import DEFAULT_DTYPE, DEFAULT_MODEL
 from d2l_haystack.core.textio import content_hash, validate_text
 from d2l_haystack.stores.adapter_store import AdapterStore
 
@@ -44,7 +44,7 @@ class InstructionsToLoRA:
 
     def __init__(self, store: AdapterStore | str, name: str = "instructions", model: str = DEFAULT_MODEL,
                  checkpoint: str | None = "default", instructions_checkpoint: str | None = "default",
-                 device: str | None = None, dtype: str = "float32") -> None:
+                 device: str | None = None, dtype: str = DEFAULT_DTYPE) -> None:
         self.store = store
         self.name = name
         self.model = model

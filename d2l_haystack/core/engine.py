@@ -38,9 +38,9 @@ from .errors import AdapterError, InputError, ModelNotFoundError
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
 from .lora import Factors, document_factors, get_hooks
-from .models import DEFAULT_MODEL, LoadedModel, cache_dir, get_model
+from .models import DEFAULT_DTYPE, DEFAULT_MODEL, LoadedModel, cache_dir, get_model
 from .prompts import ChatFormat, chunk_text_ids
-from .textio import CHUNKINGS, content_hash, validate_text
+from .textio import CHUNKINGS, DEFAULT_CHUNKING, content_hash, validate_text
 
 logger = logging.getLogger(__name__)
 # under bf16 autocast an RMSNorm sees bf16 input with float32 weight and takes the unfused path:
@@ -71,7 +71,7 @@ CPU with AMX tiles) and in float32 elsewhere; ``bf16`` always; ``off`` never. Th
 variable ``D2L_AUTOCAST`` overrides this default. Measured in ``benchmarks/bench_core.py``."""
 
 
-def resolve_autocast(mode: str | None, device: str, dtype: str = "float32") -> bool:
+def resolve_autocast(mode: str | None, device: str, dtype: str = DEFAULT_DTYPE) -> bool:
     """Whether internalization runs under bf16 autocast (:data:`DEFAULT_AUTOCAST`).
 
     :raises ValueError: an unknown mode.
@@ -184,8 +184,8 @@ class D2LEngine:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, checkpoint: str | None = "default",
-                 device: str | None = None, dtype: str = "float32", chunk_tokens: int | None = None,
-                 hypernet_widths: dict[str, Any] | None = None, seed: int = 0, chunking: str = "tokens",
+                 device: str | None = None, dtype: str = DEFAULT_DTYPE, chunk_tokens: int | None = None,
+                 hypernet_widths: dict[str, Any] | None = None, seed: int = 0, chunking: str = DEFAULT_CHUNKING,
                  max_chunks: int = DEFAULT_MAX_CHUNKS, keys: str | None = DEFAULT_KEY_MODEL,
                  min_relevance: float | None = DEFAULT_MIN_RELEVANCE,
                  relevance_margin: float = DEFAULT_RELEVANCE_MARGIN, autocast: str | None = None,
@@ -633,7 +633,8 @@ def engine_key(model: str, checkpoint: str | None, device: str, dtype: str, chun
 
 
 def get_engine(model: str = DEFAULT_MODEL, checkpoint: str | None = "default", device: str | None = None,
-               dtype: str = "float32", chunk_tokens: int | None = None, chunking: str = "tokens") -> D2LEngine:
+               dtype: str = DEFAULT_DTYPE, chunk_tokens: int | None = None,
+               chunking: str = DEFAULT_CHUNKING) -> D2LEngine:
     """One engine per (model, checkpoint, device, dtype, chunk size, chunking) per process."""
     from .models import default_device
 

@@ -31,6 +31,9 @@ from .errors import ModelNotFoundError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_DTYPE = "float32"
+"""Weights' dtype of the base model (``float32``, ``bfloat16`` or ``float16``); internalization's
+precision is :data:`~d2l_haystack.core.engine.DEFAULT_AUTOCAST`."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def get_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None,
-              dtype: str = "float32") -> LoadedModel:
+              dtype: str = DEFAULT_DTYPE) -> LoadedModel:
     """Load a base model once per process and return the shared copy.
 
     :param name_or_path: embedded name, local folder or hub id.

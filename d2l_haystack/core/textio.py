@@ -12,6 +12,7 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
 CHUNKINGS = ("tokens", "sentences", "auto")
+DEFAULT_CHUNKING = "tokens"
 """How a document is cut into chunks when it is internalized: ``tokens`` (chunks of
 ``chunk_tokens`` tokens), ``sentences`` (one chunk per sentence of :func:`split_text_sentences`;
 a sentence longer than ``chunk_tokens`` is cut like a document) or ``auto`` (``sentences`` for a

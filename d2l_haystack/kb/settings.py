@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from d2l_haystack.core.errors import D2LError
-from d2l_haystack.core.models import DEFAULT_MODEL
+from d2l_haystack.core.models import DEFAULT_DTYPE, DEFAULT_MODEL
 from d2l_haystack.core.textio import CHUNKINGS
 from d2l_haystack.stores.files import atomic_write_json
 
@@ -33,7 +33,7 @@ CONFIG_FILE = "workspace.json"
 STORE_SCHEMES = ("postgresql://", "postgres://")
 
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "model": DEFAULT_MODEL, "checkpoint": "default", "dtype": "float32", "chunk_tokens": None,
+    "model": DEFAULT_MODEL, "checkpoint": "default", "dtype": DEFAULT_DTYPE, "chunk_tokens": None,
     "chunking": "auto",
     "embedding_model": None, "split_length": 60, "split_overlap": 10, "top_k": 4, "max_new_tokens": 64,
     "max_file_bytes": 8 * 1024 * 1024, "router": {}, "query_router": {},
@@ -86,7 +86,7 @@ def check_settings(settings: dict[str, Any]) -> None:
     if name is not None and not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name)):
         raise WorkspaceError(f"workspace setting store_name must be 1-40 lowercase letters, digits or _ "
                              f"starting with a letter, got {name!r}")
-    if settings.get("chunking", "tokens") not in CHUNKINGS:
+    if settings.get("chunking", DEFAULT_SETTINGS["chunking"]) not in CHUNKINGS:
         raise WorkspaceError(f"workspace setting chunking must be one of {', '.join(CHUNKINGS)}, "
                              f"got {settings['chunking']!r}")
 

@@ -33,9 +33,9 @@ from ..core.encoder import ContextEncoder, decoder_of, left_pad_batch, pad_batch
 from ..core.errors import ConfigError
 from ..core.hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint, save_checkpoint
 from ..core.lora import document_factors, get_hooks
-from ..core.models import get_model
+from ..core.models import DEFAULT_MODEL, get_model
 from ..core.prompts import ChatFormat, chunk_text_ids, chunk_token_ids
-from ..core.textio import CHUNKINGS
+from ..core.textio import CHUNKINGS, DEFAULT_CHUNKING
 from . import data as D
 from .instructions import Instruction, instructions_document
 from .realistic import realistic_document
@@ -74,7 +74,7 @@ class Phase:
     cloze_sentences: int = 0
     """Cloze documents of this phase are runs of 1 to this many sentences of one passage (0: whole
     passages, ``chunk_mix`` of them)."""
-    chunking: str = "tokens"
+    chunking: str = DEFAULT_CHUNKING
     """How single-chunk documents of this phase are cut into adapter chunks: ``"tokens"``: one chunk;
     ``"sentences"`` or ``"auto"``: as the engine with that chunking cuts them (one chunk per
     sentence), so training sees the layout a workspace with ``chunking: auto`` serves."""
@@ -109,7 +109,7 @@ INSTRUCTIONS_TARGETS = ("teacher", "compliant")
 
 @dataclass
 class TrainConfig:
-    model: str = "smollm2-135m-instruct"
+    model: str = DEFAULT_MODEL
     out_dir: str = "runs/default"
     init_from: str | None = None
     seed: int = 0

@@ -230,6 +230,7 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_chunking_choices_are_the_engines():
     from d2l_haystack.cli.options import CHUNKING_CHOICES
-    from d2l_haystack.core.textio import CHUNKINGS
+    from d2l_haystack.core.textio import CHUNKINGS, DEFAULT_CHUNKING
 
     assert CHUNKING_CHOICES == CHUNKINGS
+    assert CHUNKING_CHOICES[0] == DEFAULT_CHUNKING  # the CLI's default is the engine's

@@ -57,8 +57,9 @@ def test_paired_comparisons_pair_cases_by_id_per_subset():
         rows.append({"id": f"c{i}", "method": "adapter", "heldout_kind": held, "complies": float(not held),
                      "quality": 1.0})
     comps = {(c["a"], c["b"], c["subset"], c["metric"]): c for c in paired_comparisons(rows, rounds=200)}
-    assert set(comps) == {("adapter", "none", s, "complies") for s in ("all kinds", "held-out kinds", "trained kinds")} \
-        | {("adapter", "none", "all kinds", "quality")}
+    subsets = ("all kinds", "held-out kinds", "trained kinds")
+    assert set(comps) == {("adapter", "none", s, "complies") for s in subsets} | {("adapter", "none", "all kinds",
+                                                                                      "quality")}
     assert comps[("adapter", "none", "trained kinds", "complies")]["difference"] == 1.0
     assert comps[("adapter", "none", "held-out kinds", "complies")]["difference"] == 0.0
     assert comps[("adapter", "none", "all kinds", "complies")]["n"] == 8
