@@ -1,6 +1,9 @@
 """Checking and fixing a workspace: :func:`verify` (read-only) and :func:`repair` (``d2l verify``,
 ``d2l repair``; :meth:`Workspace.verify` and :meth:`Workspace.repair` call these).
 
+They work on anything that has what :class:`MaintainedWorkspace` lists (the workspace does), so
+this module stands below :mod:`d2l_haystack.kb.workspace` and never imports it.
+
     >>> import tempfile
     >>> from d2l_haystack.kb.workspace import Workspace
     >>> ws = Workspace(tempfile.mkdtemp())
@@ -14,20 +17,50 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from d2l_haystack.components._utils import source_filter, source_key
 from d2l_haystack.core.errors import InputError
 from d2l_haystack.kb.settings import WorkspaceError
+from d2l_haystack.stores import AdapterStore
 
-if TYPE_CHECKING:
-    from d2l_haystack.kb.workspace import Workspace
+
+class MaintainedWorkspace(Protocol):
+    """What :func:`verify` and :func:`repair` use of a workspace: its stores, its records and
+    journal, its lock, and the steps that remove and re-index one document."""
+
+    path: Path
+    adapters: AdapterStore
+    document_store: Any
+    rag_index_problem: str | None
+    _files: dict[str, dict[str, Any]]
+    _journal: Any
+    _components: dict[str, Any]
+    _query_pipeline: Any
+
+    @property
+    def read_only(self) -> bool: ...
+
+    def _locked(self) -> AbstractContextManager[None]: ...
+
+    def _open_document_store(self) -> Any: ...
+
+    def _recover(self, heavy: bool = True) -> None: ...
+
+    def _materialized(self, doc_id: str, rec: dict[str, Any]) -> bool: ...
+
+    def _remove(self, doc_id: str) -> bool: ...
+
+    def index_file(self, path: str | Path, *, route: str | None = None, force: bool = False,
+                   prepared: Any = None) -> Any: ...
+
 
 logger = logging.getLogger("d2l_haystack.kb.workspace")
 
 
-def verify(ws: Workspace) -> list[str]:
+def verify(ws: MaintainedWorkspace) -> list[str]:
     """Every integrity problem, one line each (empty: healthy): adapter files against their
     checksums, orphan files, records without their adapter or chunks, chunks without a record,
     records of vanished files, a damaged RAG index, an interrupted update. Reads everything;
@@ -60,12 +93,12 @@ def is_instructions(entry: dict[str, Any]) -> bool:
     return entry.get("kind", "document") == "instructions"
 
 
-def chunk_sources(ws: Workspace) -> set[str]:
+def chunk_sources(ws: MaintainedWorkspace) -> set[str]:
     """The document ids that have chunks in the RAG index."""
     return {source_key(d.meta, d.id) for d in ws.document_store.filter_documents()}
 
 
-def repair(ws: Workspace, on_action: Callable[[str], None] | None = None) -> list[str]:
+def repair(ws: MaintainedWorkspace, on_action: Callable[[str], None] | None = None) -> list[str]:
     """Fix what :func:`verify` finds, from the records and the source files: finish an
     interrupted update; move a damaged RAG index aside (``faiss.damaged-<time>``, kept) and
     rebuild it; re-index documents whose adapter or chunks are damaged or missing; forget

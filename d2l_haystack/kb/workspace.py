@@ -65,6 +65,7 @@ from d2l_haystack.components.source_file_converter import read_source, supported
 from d2l_haystack.core.errors import D2LError, InputError
 from d2l_haystack.core.keys import EMBEDDING_DIM, resolve_embedding_model
 from d2l_haystack.core.textio import content_hash, validate_text
+from d2l_haystack.kb.maintenance import repair, verify
 from d2l_haystack.kb.settings import WorkspaceError, open_config, settings_of
 from d2l_haystack.kb.state import FolderState, StateBackend
 from d2l_haystack.stores import AdapterStore, PersistentFAISSDocumentStore
@@ -838,8 +839,6 @@ class Workspace:
     def verify(self) -> list[str]:
         """Every integrity problem, one line each (empty: healthy); changes nothing
         (:func:`~d2l_haystack.kb.maintenance.verify`)."""
-        from d2l_haystack.kb.maintenance import verify
-
         return verify(self)
 
     def repair(self, on_action: Callable[[str], None] | None = None) -> list[str]:
@@ -848,8 +847,6 @@ class Workspace:
 
         :raises WorkspaceError: the workspace is read-only.
         """
-        from d2l_haystack.kb.maintenance import repair
-
         return repair(self, on_action)
 
 
