@@ -17,6 +17,7 @@ import stat
 from collections.abc import Sequence
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
 from d2l_haystack.core.errors import InputError
 from d2l_haystack.kb.settings import DEFAULT_SETTINGS
@@ -138,6 +139,49 @@ class WatchScope:
             return (f"too large ({st.st_size:,} bytes > the {self.max_file_bytes:,}-byte limit; setting "
                     f"max_file_bytes, `--max-file-size BYTES` raises it)")
         return None
+
+    def changes(self, event: Any) -> list[tuple[Any, ...]]:
+        """What a watchdog event means for the watcher's queue: ``("upsert", path)``, ``("delete",
+        path)``, ``("move", src, dst)``, ``("scan", folder)`` or ``("delete_tree", folder)`` items
+        (none for the workspace's own files, excluded paths and unreadable types)."""
+        kind = event.event_type
+        src = os.path.abspath(os.fsdecode(event.src_path))
+        dst = os.path.abspath(os.fsdecode(event.dest_path)) if getattr(event, "dest_path", "") else ""
+        if self.in_workspace(src) and (not dst or self.in_workspace(dst)):
+            return []  # the workspace's own files
+        item: tuple[Any, ...] | None = None
+        items: list[tuple[Any, ...]] = []
+        if event.is_directory:
+            if kind == "created" and self.wanted(src, is_dir=True):
+                item = ("scan", src)
+            elif kind == "deleted" and self.root_of(src) is not None:
+                item = ("delete_tree", src)
+            elif kind == "moved":
+                # watchdog reports the files inside as moved too, but only those still there when it
+                # walks the new folder: a file moved on at once would keep its old record. So every
+                # record under the old folder is marked deleted (a file's own move event, arriving
+                # next, turns its mark into the move), and the new folder is scanned.
+                if self.root_of(src) is not None:
+                    items.append(("delete_tree", src))
+                if self.wanted(dst, is_dir=True):
+                    items.append(("scan", dst))
+        elif kind in ("created", "modified", "closed"):
+            if self.wanted(src):
+                item = ("upsert", src)
+        elif kind == "deleted":
+            if self.root_of(src) is not None and Workspace.supports(src):
+                item = ("delete", src)
+        elif kind == "moved":
+            src_ok, dst_ok = self.wanted(src), self.wanted(dst)
+            if src_ok and dst_ok:
+                item = ("move", src, dst)
+            elif dst_ok:  # e.g. an editor's temporary file saved over the document
+                item = ("upsert", dst)
+            elif src_ok or (self.root_of(src) is not None and Workspace.supports(src)):
+                item = ("delete", src)
+        if item is not None:
+            items.append(item)
+        return items
 
     def walk(self, folder: str) -> list[str]:
         """Every wanted regular file under ``folder`` (symbolic links are not followed)."""

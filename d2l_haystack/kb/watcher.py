@@ -56,7 +56,8 @@ from typing import Any
 
 from d2l_haystack.core.errors import InputError
 from d2l_haystack.kb.settings import WorkspaceError
-from d2l_haystack.kb.watch_scope import WatchScope, inside
+from d2l_haystack.kb.watch_pending import PendingChanges
+from d2l_haystack.kb.watch_scope import WatchScope
 from d2l_haystack.kb.workspace import IndexResult, Workspace
 from d2l_haystack.stores.files import stat_signature
 
@@ -84,14 +85,6 @@ class WatchEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class _Pending:
-    kind: str  # "upsert", "delete" or "move" (from ``src``)
-    src: str | None
-    first: float
-    due: float
 
 
 class _Handler:
@@ -153,7 +146,7 @@ class DocumentWatcher:
         self.stats: dict[str, Any] = {"fs_events": 0, "updates": 0, "errors": 0, "skipped": 0,
                                       "route_changes": 0, "reroute_passes": 0, "swept": 0, "actions": {}}
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self._pending: dict[str, _Pending] = {}
+        self._pending = PendingChanges(self.debounce, self.max_delay)
         self._scans: dict[str, float] = {}
         self._reroute_paths: set[str] = set()
         self._observer: Any = None
@@ -314,43 +307,7 @@ class DocumentWatcher:
         return self.scope.wanted(path, is_dir)
 
     def _on_fs_event(self, event: Any) -> None:
-        kind = event.event_type
-        src = os.path.abspath(os.fsdecode(event.src_path))
-        dst = os.path.abspath(os.fsdecode(event.dest_path)) if getattr(event, "dest_path", "") else ""
-        if self.scope.in_workspace(src) and (not dst or self.scope.in_workspace(dst)):
-            return  # the workspace's own files
-        item: tuple[Any, ...] | None = None
-        items: list[tuple[Any, ...]] = []
-        if event.is_directory:
-            if kind == "created" and self.wanted(src, is_dir=True):
-                item = ("scan", src)
-            elif kind == "deleted" and self.scope.root_of(src) is not None:
-                item = ("delete_tree", src)
-            elif kind == "moved":
-                # watchdog reports the files inside as moved too, but only those still there when it
-                # walks the new folder: a file moved on at once would keep its old record. So every
-                # record under the old folder is marked deleted (a file's own move event, arriving
-                # next, turns its mark into the move), and the new folder is scanned.
-                if self.scope.root_of(src) is not None:
-                    items.append(("delete_tree", src))
-                if self.wanted(dst, is_dir=True):
-                    items.append(("scan", dst))
-        elif kind in ("created", "modified", "closed"):
-            if self.wanted(src):
-                item = ("upsert", src)
-        elif kind == "deleted":
-            if self.scope.root_of(src) is not None and Workspace.supports(src):
-                item = ("delete", src)
-        elif kind == "moved":
-            src_ok, dst_ok = self.wanted(src), self.wanted(dst)
-            if src_ok and dst_ok:
-                item = ("move", src, dst)
-            elif dst_ok:  # e.g. an editor's temporary file saved over the document
-                item = ("upsert", dst)
-            elif src_ok or (self.scope.root_of(src) is not None and Workspace.supports(src)):
-                item = ("delete", src)
-        if item is not None:
-            items.append(item)
+        items = self.scope.changes(event)
         if items:
             self._last_event = time.monotonic()
             with self._state_lock:
@@ -398,7 +355,8 @@ class DocumentWatcher:
 
     def _next_timeout(self) -> float:
         now = time.monotonic()
-        dues = [p.due for p in self._pending.values()] + list(self._scans.values())
+        earliest = self._pending.earliest()
+        dues = ([] if earliest is None else [earliest]) + list(self._scans.values())
         if dues:
             return max(0.0, min(dues) - now)
         if self._sweep_due is not None:
@@ -423,45 +381,15 @@ class DocumentWatcher:
         elif kind == "delete_tree":
             self._delete_tree(item[1], now)
         else:
-            self._add(kind, item[-1], item[1] if kind == "move" else None, now)
-
-    def _set(self, path: str, kind: str, src: str | None, now: float) -> None:
-        old = self._pending.get(path)
-        first = old.first if old else now
-        self._pending[path] = _Pending(kind, src, first, min(first + self.max_delay, now + self.debounce))
-
-    def _add(self, kind: str, path: str, src: str | None, now: float) -> None:
-        """Collapse a file event into the pending table (one entry per path)."""
-        old = self._pending.get(path)
-        if kind == "upsert":
-            if old and old.kind == "move":
-                self._set(path, "move", old.src, now)  # rename_file re-indexes if the content changed
-            else:
-                self._set(path, "upsert", None, now)
-        elif kind == "delete":
-            if old and old.kind == "move" and old.src:
-                self._set(old.src, "delete", None, now)  # the moved file is gone: its old record too
-            self._set(path, "delete", None, now)
-        else:  # move src -> path
-            assert src is not None
-            prior = self._pending.pop(src, None)
-            origin = prior.src if prior and prior.kind == "move" and prior.src else src
-            if origin != src:  # src held a file moved over it (A -> src -> path): src's own record is gone
-                self._set(src, "delete", None, now)
-            if old and old.kind == "move" and old.src and old.src not in (origin, path):
-                self._set(old.src, "delete", None, now)  # a file moved here earlier is overwritten
-            if origin == path:
-                self._set(path, "upsert", None, now)
-            else:
-                self._set(path, "move", origin, now)
+            self._pending.add(kind, item[-1], item[1] if kind == "move" else None, now)
 
     def _delete_tree(self, folder: str, now: float) -> None:
         for path in self.workspace.sources(under=[folder]):
             if not os.path.lexists(path):
-                self._add("delete", path, None, now)
-        for path, entry in list(self._pending.items()):
-            if inside(path, folder) and entry.kind != "delete" and not os.path.lexists(path):
-                self._add("delete", path, None, now)
+                self._pending.add("delete", path, None, now)
+        for path in self._pending.waiting_under(folder):
+            if not os.path.lexists(path):
+                self._pending.add("delete", path, None, now)
 
     def _run_call(self, fn: Callable[[], Any], reply: tuple[threading.Event, dict[str, Any]] | None) -> None:
         try:
@@ -479,9 +407,9 @@ class DocumentWatcher:
     def _work(self, force: bool = False) -> None:
         """Process one due item (everything is due with ``force``), or do idle work."""
         now = time.monotonic()
-        due = [(e.due, p) for p, e in self._pending.items() if force or e.due <= now]
+        due = self._pending.next_due(now, force)
         scans = [d for d, t in self._scans.items() if force or t <= now]
-        if not due and not scans:
+        if due is None and not scans:
             if self._sweep_due is not None and not self._pending and not self._scans and (
                     force or self._sweep_due <= now):
                 self._sweep()
@@ -491,20 +419,15 @@ class DocumentWatcher:
         with self._state_lock:
             self._busy = True
         try:
-            if scans and (not due or self._scans[scans[0]] <= min(due)[0]):
+            earliest = self._pending.earliest()
+            if scans and (due is None or earliest is None or self._scans[scans[0]] <= earliest):
                 folder = scans[0]
                 del self._scans[folder]
                 for path in self.scope.walk(folder):
                     if path not in self._pending:
                         self._guard(path, self._upsert, path)
                 return
-            path = min(due)[1]
-            # a pending move out of this path goes first (its record must move before the path is reused)
-            for other, entry in self._pending.items():
-                if entry.kind == "move" and entry.src == path:
-                    path = other
-                    break
-            entry = self._pending.pop(path)
+            path, entry = self._pending.take(due)
             if entry.kind == "upsert":
                 self._guard(path, self._upsert, path)
             elif entry.kind == "delete":
@@ -623,7 +546,7 @@ class DocumentWatcher:
         missed += [("upsert", p) for p in sorted(present - set(known))
                    if self._unindexable.get(p, "?") != stat_signature(p)]  # not a file skipped as it is
         for kind, path in missed:
-            self._add(kind, path, None, now)
+            self._pending.add(kind, path, None, now)
         if missed:
             with self._state_lock:
                 self.stats["swept"] += len(missed)
