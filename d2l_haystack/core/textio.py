@@ -12,13 +12,15 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
 CHUNKINGS = ("tokens", "sentences", "auto")
-DEFAULT_CHUNKING = "tokens"
 """How a document is cut into chunks when it is internalized: ``tokens`` (chunks of
 ``chunk_tokens`` tokens), ``sentences`` (one chunk per sentence of :func:`split_text_sentences`;
 a sentence longer than ``chunk_tokens`` is cut like a document) or ``auto`` (``sentences`` for a
 document that fits in one chunk of ``chunk_tokens``, ``tokens`` for a longer one: the adapter of
 a short note holds one chunk per sentence, a long document's stays one chunk per
 ``chunk_tokens``)."""
+DEFAULT_CHUNKING = "tokens"
+"""The engine's and the components' chunking when none is given (a workspace's own default is
+``auto``, :data:`~d2l_haystack.kb.settings.DEFAULT_SETTINGS`)."""
 
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 """Whitespace after ``.``, ``!`` or ``?`` before a capital, quote or parenthesis: a sentence break

@@ -54,9 +54,6 @@ class PendingChanges:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __bool__(self) -> bool:
-        return bool(self._entries)
-
     def __contains__(self, path: object) -> bool:
         return path in self._entries
 
