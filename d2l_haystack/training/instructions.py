@@ -143,6 +143,26 @@ def _questions_back(reply: str, p: dict[str, Any]) -> bool:
     return reply.rstrip().endswith("?")
 
 
+def _signed(reply: str, p: dict[str, Any]) -> bool:
+    last = reply.strip().splitlines()[-1].strip() if reply.strip() else ""
+    return _norm(last).lstrip("-—– ").rstrip(".").endswith(_norm(p["name"]))
+
+
+def _title_case(reply: str, p: dict[str, Any]) -> bool:
+    ws = [w for w in words(reply) if w[:1].isalpha()]
+    return bool(ws) and sum(w[0].isupper() for w in ws) >= 0.9 * len(ws)
+
+
+def _lettered(reply: str, p: dict[str, Any]) -> bool:
+    lines = [ln.strip() for ln in reply.splitlines() if ln.strip()]
+    return sum(bool(re.match(r"^[a-z][.)]\s", ln)) for ln in lines) >= 2
+
+
+def _exclaims(reply: str, p: dict[str, Any]) -> bool:
+    text = reply.strip()
+    return text.endswith("!") and not re.search(r"\.(\s|$)", text)
+
+
 # -- compliant rewrites (training targets where the teacher does not follow) --------------------------
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
@@ -204,6 +224,10 @@ _FIXES: dict[str, Callable[[str, dict[str, Any]], str]] = {
     "quoted": lambda r, p: f"\"{r.strip()}\"",
     "persona": _fix_persona,
     "ask_back": _fix_ask_back,
+    "sign_off": lambda r, p: f"{r.strip()}\n— {p['name']}",
+    "title_case": lambda r, p: " ".join(w[:1].upper() + w[1:] for w in r.split(" ")),
+    "lettered_list": lambda r, p: "\n".join(f"{'abcdefghij'[i % 10]}) {x}" for i, x in enumerate(_sentences(r))),
+    "exclaim": lambda r, p: re.sub(r"\.(?=\s|$)", "!", r.strip().rstrip(".?!") + "!"),
 }
 """How each kind's rule is met by rewriting a reply that does not meet it (``min_words`` has none:
 a short reply cannot be lengthened by a rule)."""
@@ -241,6 +265,8 @@ _START_PHRASES = ("Certainly!", "Good question.", "Here is my answer:", "Well,",
 _END_PHRASES = ("Hope this helps!", "Have a nice day.", "That is all.", "Stay curious!", "Best regards.",
                 "End of answer.", "Good luck!", "Cheers!", "Thank you.", "Over and out.", "Take care.",
                 "See you soon.")
+_SIGNATURES = ("Alex", "The Help Desk", "Sam from Support", "Your Assistant", "Dr. Lee", "Maria", "The Team",
+               "Captain Jones", "Professor Oak", "Nina", "Robo", "The Librarian")
 _COMMON_WORDS = ("the", "is", "and", "a", "of", "it", "in", "to", "are", "you", "this", "that")
 _TOPIC_WORDS = ("banana", "rocket", "ocean", "guitar", "pizza", "castle", "penguin", "rainbow", "forest",
                 "volcano", "tiger", "bicycle")
@@ -337,10 +363,33 @@ KINDS: tuple[InstructionKind, ...] = (
         "Close each reply with a follow-up question.", "Your reply must end with a question mark.",
         "After answering, ask the user something.", "Finish every response with a question."),
         lambda rng, part: {}, _questions_back, "format"),
+    # trained neighbours of the held-out kinds (a reply's end, its case, a list's labels, its last mark)
+    InstructionKind("sign_off", (
+        "Sign every answer with \"— {name}\" on its own last line.", "End each reply with your signature: {name}.",
+        "Put the signature \"{name}\" under every answer.", "Always sign your replies as {name}.",
+        "Add \"— {name}\" as the last line of each response.", "Your answers are signed by {name}."),
+        _from("name", _SIGNATURES), _signed, "phrase"),
+    InstructionKind("title_case", (
+        "Capitalize The First Letter Of Every Word.", "Write every word with a capital first letter.",
+        "Use Title Case for your whole answer.", "Start each word of your reply with an uppercase letter.",
+        "Every word you write begins with a capital.", "Answer In Title Case Only."),
+        lambda rng, part: {}, _title_case, "case"),
+    InstructionKind("lettered_list", (
+        "Answer as a lettered list: a), b), c).", "Label each point of your reply with a letter: a), b) and so on.",
+        "Give your answer as points a), b), c), one per line.", "Format the reply as a list lettered a), b), c).",
+        "Reply with lettered items only, starting at a).", "Use letters, not numbers, for the points of your answer."),
+        lambda rng, part: {}, _lettered, "format"),
+    InstructionKind("exclaim", (
+        "End every sentence with an exclamation mark.", "Be enthusiastic: finish each sentence with \"!\".",
+        "Never end a sentence with a period; use exclamation marks.", "Every sentence you write ends in \"!\".",
+        "Write excitedly, with an exclamation mark after each sentence.", "Use \"!\" instead of \".\" everywhere."),
+        lambda rng, part: {}, _exclaims, "format"),
 )
 KIND_NAMES = tuple(k.name for k in KINDS)
 HELDOUT_KINDS = frozenset({"end_phrase", "lowercase", "numbered_list", "ask_back"})
-"""Kinds training never sees (any phrasing): one per constraint group where the group has two."""
+"""Kinds training never sees (any phrasing): one per constraint group where the group has two; each
+has a trained neighbour (``start_phrase`` and ``sign_off``; ``uppercase`` and ``title_case``;
+``bullet_list`` and ``lettered_list``; ``exclaim``)."""
 
 
 def kinds_of(part: str) -> list[InstructionKind]:

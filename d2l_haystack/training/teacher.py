@@ -147,8 +147,9 @@ class TeacherCache:
         return ids, mask, pad
 
     def _prompt(self, document: str, question: str, system: bool = False) -> list[int]:
-        if system:
-            return self.fmt.messages_ids(system_messages(document, question))
+        if system:  # an empty system prompt is no instructions: the question as the student sees it
+            return self.fmt.messages_ids(system_messages(document, question)) if document \
+                else self.fmt.question_ids(question)
         prompt = self.fmt.question_ids(question, context=document)
         overflow = len(prompt) - self.max_prompt_tokens
         if overflow > 0:  # keep the question and the template: shorten the document's end

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,11 @@ class TrainConfig:
     top-k (the reference); ``"compliant"``: that reply, rewritten by the instruction's rule where it
     does not follow it (:meth:`.Instruction.comply`; a small model often ignores its system prompt),
     with the teacher's top-k along it mixed in at ``distill_gold_weight``."""
+    instructions_plain_share: float = 0.0
+    """``instructions_target: compliant``: the share of instructions requests whose reply is the base
+    model's WITHOUT the instructions (what it answers unprompted, so the request's content keeps the
+    base model's quality), rewritten by the rule; the teacher with the instructions still gives the
+    soft part. Kinds without a rewrite (``min_words``) keep the instructed reply."""
     bias_trainable_from: int = 0
     phases: list[Phase] = field(default_factory=lambda: [Phase(until_step=10**9)])
     checkpoint_seconds: float = 300.0
@@ -168,6 +174,8 @@ class TrainConfig:
         if self.instructions_target not in INSTRUCTIONS_TARGETS:
             raise ValueError(f"instructions_target must be one of {', '.join(INSTRUCTIONS_TARGETS)}, "
                              f"got {self.instructions_target!r}")
+        if not 0.0 <= self.instructions_plain_share <= 1.0:
+            raise ValueError(f"instructions_plain_share must be within [0, 1], got {self.instructions_plain_share}")
         if self.distill_top_k <= 0 and any(isinstance(p, Phase) and p.mix.get("instructions") for p in self.phases):
             raise ValueError("a phase mixes in instructions documents: they are trained against the teacher's "
                              "replies, so distill_top_k must be > 0")
@@ -229,6 +237,11 @@ def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
     the last one, is still logged)."""
     keys = dict.fromkeys(k for row in rows for k in row)
     return {k: float(np.mean([row[k] for row in rows if k in row])) for k in keys}
+
+
+def _share_hit(key: str, share: float) -> bool:
+    """Whether ``key`` falls in a ``share`` of all keys (a stable hash: the same on every resume)."""
+    return share > 0 and zlib.crc32(key.encode("utf-8")) % 10_000 < share * 10_000
 
 
 def _length_groups(lengths: list[int], overhead: int = 16) -> list[list[int]]:
@@ -569,11 +582,23 @@ class Trainer:
             targets = self.teacher.get_many([(doc.text, q) for doc, q in instructed], system=True)
         if self.cfg.instructions_target == "teacher":
             return targets
+        plain_at = [i for i, (doc, q) in enumerate(instructed) if _share_hit(doc.text + "\n" + q,
+                                                                               self.cfg.instructions_plain_share)]
+        with self._autocast():  # no instructions: cached across steps (the requests repeat)
+            plain = dict(zip(plain_at, self.teacher.get_many([("", instructed[i][1]) for i in plain_at], system=True)))
         fixes: list[tuple[int, tuple[str, str, list[int]]]] = []
         for i, ((doc, q), t) in enumerate(zip(instructed, targets)):
             inst = Instruction.from_dict(doc.meta["instruction"])
             reply = self.fmt.tokenizer.decode(t.ids, skip_special_tokens=True).strip()
-            fixed = inst.comply(reply)
+            if i in plain:
+                unprompted = inst.comply(self.fmt.tokenizer.decode(plain[i].ids, skip_special_tokens=True).strip())
+                if inst.check(unprompted):
+                    reply = ""  # forced along the rewritten unprompted reply below
+                    fixed = unprompted
+                else:
+                    fixed = inst.comply(reply)
+            else:
+                fixed = inst.comply(reply)
             if fixed != reply:
                 fixes.append((i, (doc.text, q, self.fmt.answer_ids(fixed))))
         if fixes:

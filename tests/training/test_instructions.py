@@ -22,6 +22,10 @@ COMPLIANT = {
     "quoted": ('"Paris is the capital."', {}),
     "persona": ("Arr, matey, Paris it be.", {"markers": ["arr", "matey"]}),
     "ask_back": ("Paris. Have you been there?", {}),
+    "sign_off": ("Paris is the capital.\n— Nina", {"name": "Nina"}),
+    "title_case": ("Paris Is The Capital Of France.", {}),
+    "lettered_list": ("a) Paris\nb) France", {}),
+    "exclaim": ("Paris is the capital! What a city!", {}),
 }
 BROKEN = "The capital of France is Paris, and it is a lovely city."
 

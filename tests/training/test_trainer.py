@@ -358,6 +358,30 @@ def test_compliant_instructions_targets_follow_the_rule(tiny_llama_dir, tmp_path
         TrainConfig(model=str(tiny_llama_dir), instructions_target="gold")
 
 
+def test_plain_share_trains_on_the_unprompted_reply_rewritten(tiny_llama_dir, tmp_path):
+    import numpy as np
+
+    from d2l_haystack.training.instructions import Instruction
+
+    cfg = _config(tiny_llama_dir, tmp_path / "q", distill_top_k=4, teacher_max_new_tokens=6,
+                  instructions_target="compliant", instructions_plain_share=1.0, distill_gold_weight=0.8,
+                  phases=[Phase(until_step=100, mix={"instructions": 1.0})])
+    tr = Trainer(cfg, log=_silent)
+    docs = tr.make_docs(np.random.default_rng(4), cfg.phases[0], 6)
+    targets = tr._instructions_targets(docs)
+    rewritten = 0
+    for (doc, qa), t in zip([(d, qa) for d in docs for qa in d.qas], targets):
+        inst = Instruction.from_dict(doc.meta["instruction"])
+        unprompted = tr.teacher.get_many([("", qa.question)], system=True)[0]  # cached: no instructions
+        expected = inst.comply(tr.fmt.tokenizer.decode(unprompted.ids, skip_special_tokens=True).strip())
+        if inst.check(expected):
+            rewritten += 1
+            assert t.ids == tr.fmt.answer_ids(expected), inst.kind
+    assert rewritten
+    with pytest.raises(ValueError, match="instructions_plain_share must be within"):
+        TrainConfig(model=str(tiny_llama_dir), instructions_plain_share=1.5)
+
+
 def test_instructions_need_a_teacher(tiny_llama_dir, tmp_path):
     with pytest.raises(ValueError, match="distill_top_k must be > 0"):
         TrainConfig(model=str(tiny_llama_dir), phases=[Phase(until_step=10, mix={"instructions": 1.0})])
