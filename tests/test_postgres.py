@@ -329,7 +329,7 @@ def test_workspace_copy_moves_a_folder_workspace_without_reinternalizing(tmp_pat
     assert "nothing re-internalized" in out and "verify: healthy" in out
     dest = Workspace.open(tmp_path / "shared-kb")
     after = dest.status()
-    assert dest.settings["store"] == postgres_url and dest._components == {}  # no model was loaded
+    assert dest.settings["store"] == postgres_url and dest.components.built == ()  # no model was loaded
     assert after["documents"] == [{**d, "path": d["path"]} for d in before["documents"]]
     assert after["queries"] == before["queries"] and after["totals"] == before["totals"]
     assert dest.query(workspace_tests.KETTLE_Q).route == "d2l"

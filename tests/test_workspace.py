@@ -213,14 +213,14 @@ class TestWorkspaceIndexing:
         """The file changes right after one indexer read it, and a second indexer (another workspace
         object, as another process would be) indexes the new version at once: the old one must not
         be committed over it."""
-        from d2l_haystack.kb import workspace as workspace_module
+        from d2l_haystack.kb import sources as sources_module  # where index_file reads a file
 
         ws = workspace_factory()
         other = Workspace.open(ws.path)
         doc = tmp_path / "room.md"
         v1, v2 = "The meeting room is called Kestrel.\n", "The meeting room is called Osprey now.\n"
         doc.write_text(v1)
-        read_source, racers = workspace_module.read_source, []
+        read_source, racers = sources_module.read_source, []
 
         def racing(path):
             text, meta = read_source(path)
@@ -231,7 +231,7 @@ class TestWorkspaceIndexing:
                 time.sleep(1.0)
             return text, meta
 
-        monkeypatch.setattr(workspace_module, "read_source", racing)
+        monkeypatch.setattr(sources_module, "read_source", racing)
         ws.index_file(doc)
         racers[0].join(60)
         for view in (ws, other, Workspace.open(ws.path)):
@@ -280,7 +280,7 @@ class TestWorkspacePersistence:
         assert ws._journal.read()["phase"] == "prepare"
         monkeypatch.undo()
         again = Workspace(tmp_path / "ws", device="cpu")
-        assert not again.pending_update and again._components == {}  # no model loaded
+        assert not again.pending_update and again.components.built == ()  # no model loaded
         assert again.record(manual)["hash"] == before["hash"] and again.verify() == []
         calls = count_internalize(again._component("converter").engine)
         assert again.index_file(manual).action == "internalized" and len(calls) == 1
@@ -290,8 +290,8 @@ class TestWorkspacePersistence:
         ws = workspace_factory()
         _crash_mid_commit(ws, docs_dir / "kettle-manual.md", monkeypatch)
         reader = Workspace(tmp_path / "ws", device="cpu", recover=False)  # as `d2l status` opens it
-        assert reader.status()["pending_recovery"] is True and reader._components == {}  # no model loaded
-        assert any("interrupted update" in p for p in reader.verify()) and reader._components == {}
+        assert reader.status()["pending_recovery"] is True and reader.components.built == ()  # no model loaded
+        assert any("interrupted update" in p for p in reader.verify()) and reader.components.built == ()
         assert reader.pending_update
         writer = Workspace(tmp_path / "ws", device="cpu")
         assert not writer.pending_update and writer.verify() == []

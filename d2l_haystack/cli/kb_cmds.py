@@ -319,7 +319,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for f in sorted(sources.iterdir()):
         if ws.supports(f):
             _print_result(ws.index_file(f))
-    engine = ws._component("converter").engine
+    engine = ws.components.get("converter").engine
     if not engine.trained:
         print("\nnote: no trained hypernetwork checkpoint is installed: adapters are zero, so D2L answers come "
               "from the base model alone (routing, storage and timing are real).")

@@ -1,5 +1,6 @@
-"""Checking and fixing a workspace: :func:`verify` (read-only) and :func:`repair` (``d2l verify``,
-``d2l repair``; :meth:`Workspace.verify` and :meth:`Workspace.repair` call these).
+"""Checking and fixing a workspace: :func:`recover` (the journal's interrupted update, on every
+opening), :func:`verify` (read-only) and :func:`repair` (``d2l verify``, ``d2l repair``;
+:meth:`Workspace.verify` and :meth:`Workspace.repair` call these).
 
 They work on anything that has what :class:`MaintainedWorkspace` lists (the workspace does), so
 this module stands below :mod:`d2l_haystack.kb.workspace` and never imports it.
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from d2l_haystack.components._utils import source_filter, source_key
-from d2l_haystack.core.errors import InputError
+from d2l_haystack.core.errors import D2LError, InputError
 from d2l_haystack.kb.settings import WorkspaceError
 from d2l_haystack.stores import AdapterStore
 
@@ -37,17 +38,21 @@ class MaintainedWorkspace(Protocol):
     rag_index_problem: str | None
     _files: dict[str, dict[str, Any]]
     _journal: Any
-    _components: dict[str, Any]
-    _query_pipeline: Any
 
     @property
     def read_only(self) -> bool: ...
 
     def _locked(self) -> AbstractContextManager[None]: ...
 
-    def _open_document_store(self) -> Any: ...
+    def _reopen_document_store(self) -> None: ...
 
     def _recover(self, heavy: bool = True) -> None: ...
+
+    def _journal_op(self, op: dict[str, Any] | None) -> None: ...
+
+    def _index(self, text: str, meta: dict[str, Any], route: str | None, force: bool) -> Any: ...
+
+    def _rename(self, old_id: str, new_id: str) -> None: ...
 
     def _materialized(self, doc_id: str, rec: dict[str, Any]) -> bool: ...
 
@@ -58,6 +63,57 @@ class MaintainedWorkspace(Protocol):
 
 
 logger = logging.getLogger("d2l_haystack.kb.workspace")
+
+
+def recover(ws: MaintainedWorkspace, heavy: bool = True) -> None:
+    """Finish or roll back the operation an interrupted run left in the journal.
+
+    An index interrupted before its commit (``phase: prepare``, the long part: internalizing,
+    embedding) had changed nothing: it is rolled back, never replayed. Renames and removals
+    are redone (cheap). An index interrupted during its commit (the stores half written) is
+    redone when ``heavy`` (writing commands and queries; ``status`` and ``verify`` leave it
+    for the next one and say so). Every workspace runs this when it opens and before a query
+    answers from an update that died mid-way.
+    """
+    with ws._locked():
+        try:
+            op = ws._journal.read()
+        except WorkspaceError as exc:
+            logger.warning("%s; discarding it", exc)
+            ws._journal_op(None)
+            return
+        if op is None:
+            return
+        if op.get("op") == "index" and op.get("phase") == "prepare":
+            logger.warning("workspace %s: the interrupted index of %s had changed nothing; rolled back "
+                           "(index it again)", ws.path, op.get("doc_id"))
+            ws._journal_op(None)
+            ws.adapters.gc()
+            return
+        if op.get("op") == "index" and not heavy:
+            logger.warning("workspace %s: the interrupted index of %s is redone by the next writing command",
+                           ws.path, op.get("doc_id"))
+            return
+        logger.warning("workspace %s: redoing the interrupted operation %s %s", ws.path, op.get("op"),
+                       op.get("doc_id"))
+        try:
+            kind, doc_id = op.get("op"), str(op.get("doc_id", ""))
+            if kind == "index" and op.get("text") is not None:
+                ws._index(op["text"], op["meta"], op.get("route"), force=True)
+            elif kind == "index" and Path(doc_id).is_file():
+                ws.index_file(doc_id, route=op.get("route"), force=True)
+            elif kind == "rename" and op.get("new_id"):
+                ws._rename(doc_id, op["new_id"])
+            else:  # a removal, or an index of a file that no longer exists
+                ws._remove(doc_id)
+            ws._journal_op(None)
+            ws.adapters.gc()  # adapter files written by the interrupted run and never referenced
+        except InputError as exc:  # the file became unusable meanwhile: forget it
+            logger.warning("workspace %s: %s; removing it", ws.path, exc)
+            ws._remove(doc_id)
+            ws._journal_op(None)
+        except D2LError as exc:
+            logger.error("workspace %s: could not redo %s of %s: %s", ws.path, op.get("op"), doc_id, exc)
 
 
 def verify(ws: MaintainedWorkspace) -> list[str]:
@@ -123,9 +179,8 @@ def repair(ws: MaintainedWorkspace, on_action: Callable[[str], None] | None = No
             folder = ws.path / "faiss"
             aside = folder.with_name(f"faiss.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(folder, aside)
-            problem, ws.document_store = ws.rag_index_problem, ws._open_document_store()
-            ws._components.clear()  # the pipelines held the old store
-            ws._query_pipeline = None
+            problem = ws.rag_index_problem
+            ws._reopen_document_store()  # the components and pipelines held the old store
             did(f"RAG index damaged ({problem}): moved aside to {aside.name}, rebuilt from the sources")
         if ws._journal.pending():
             ws._recover(heavy=True)

@@ -180,7 +180,7 @@ def index_with_ray(ws: Workspace, paths: Iterable[str | Path], *, address: str |
             report.workers = pool
             cpus = max(1, int(resources.get("CPU", 1)) // pool)  # torch threads per worker
             claim = 0.5 * int(resources.get("CPU", 1)) / pool  # half the CPUs reserved: Ray Data's own tasks need some
-            params = ws._engine_params()
+            params = ws.components.engine_params()
             params["device"] = None if per_gpu else "cpu"  # a GPU worker uses its GPU
             params.update(embedding_model=ws.settings["embedding_model"])
             ds = ray.data.from_items(to_d2l, override_num_blocks=len(to_d2l))

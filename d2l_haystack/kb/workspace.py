@@ -29,6 +29,12 @@ interrupted while writing the stores, a rename or a removal is redone (all are i
 interrupted run leaves the old state or the new one. :meth:`~Workspace.verify` and
 :meth:`~Workspace.repair` (:mod:`d2l_haystack.kb.maintenance`) check and fix the rest.
 
+Parts (each its own module): :mod:`~d2l_haystack.kb.sources` (which files, how they are read),
+:mod:`~d2l_haystack.kb.component_set` (the indexing components), :mod:`~d2l_haystack.kb.records`
+(file records), :mod:`~d2l_haystack.kb.answers` (query inputs and results),
+:mod:`~d2l_haystack.kb.maintenance` (journal recovery, verify, repair), :mod:`~d2l_haystack.kb.state`
+(where records, journal and locks live). This class orchestrates them under its locks.
+
 Usage example::
 
     from d2l_haystack.kb.workspace import Workspace
@@ -50,32 +56,40 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from haystack import Document
 
-from d2l_haystack.components import ChunkWriter, DocToLoRAConverter, InternalizationRouter
 from d2l_haystack.components._utils import source_filter
 from d2l_haystack.components.internalization_router import parse_route
-from d2l_haystack.components.query_router import chunk_similarity
-from d2l_haystack.components.source_file_converter import read_source, supported_suffixes, title_of
+from d2l_haystack.components.source_file_converter import read_source, title_of
 from d2l_haystack.core.errors import D2LError, InputError
-from d2l_haystack.core.keys import EMBEDDING_DIM, resolve_embedding_model
+from d2l_haystack.core.keys import EMBEDDING_DIM
 from d2l_haystack.core.textio import content_hash, validate_text
-from d2l_haystack.kb.maintenance import repair, verify
+from d2l_haystack.kb.answers import QueryResult, pipeline_inputs, query_result
+from d2l_haystack.kb.answers import explain as explain_answer
+from d2l_haystack.kb.component_set import WorkspaceComponents
+from d2l_haystack.kb.maintenance import recover, repair, verify
+from d2l_haystack.kb.records import (
+    changed_record,
+    commit_record,
+    recent_route_changes,
+    renamed_record,
+    routing_history,
+    status_row,
+    totals,
+)
 from d2l_haystack.kb.settings import WorkspaceError, open_config, settings_of
+from d2l_haystack.kb.sources import INTERNAL_FOLDERS, SourceFiles
+from d2l_haystack.kb.sources import supports as _supports
 from d2l_haystack.kb.state import FolderState, StateBackend
 from d2l_haystack.stores import AdapterStore, PersistentFAISSDocumentStore
 from d2l_haystack.stores.faiss_document_store import DamagedIndexError
-from d2l_haystack.stores.files import stat_signature, writable
+from d2l_haystack.stores.files import writable
 
 logger = logging.getLogger(__name__)
-
-MAX_HISTORY = 50
-
 
 @dataclass
 class IndexResult:
@@ -100,32 +114,11 @@ class IndexResult:
 class _Decision:
     """What :meth:`Workspace._decide` found for a changed document."""
 
-    old: dict[str, Any] | None
-    """Its record before this index (``None``: new)."""
     record: dict[str, Any]
     """Its new record so far (change counted, route override set)."""
     document: Document
     """The document as the internalization router returned it (route and reason in its meta)."""
     to_d2l: bool
-
-
-@dataclass
-class QueryResult:
-    """An answer with how it was produced."""
-
-    question: str
-    answer: str
-    route: str
-    reason: str
-    adapters: list[dict[str, Any]] = field(default_factory=list)
-    chunks: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    generation_seconds: float = 0.0
-    meta: dict[str, Any] = field(default_factory=dict)
-    explanation: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Workspace:
@@ -147,11 +140,12 @@ class Workspace:
         self._query_lock = threading.Lock()
         self._files: dict[str, dict[str, Any]] = {}
         self._stats: dict[str, Any] = {}
-        self._components: dict[str, Any] = {}
         self._query_pipeline: Any = None
         config = open_config(self.path, create=create, **settings)
         self.config = config
         self.settings: dict[str, Any] = settings_of(config)
+        self.source_files = SourceFiles(self.path, self.settings["max_file_bytes"])
+        """Which files are indexed and how they are read (:mod:`d2l_haystack.kb.sources`)."""
         self._state: StateBackend = open_state(self.path, self.settings)
         self._lock, self._gate, self._journal = self._state.lock, self._state.gate, self._state.journal
         self.adapters = AdapterStore.open(self.path / "adapters")
@@ -160,6 +154,9 @@ class Workspace:
         self.document_store: Any = self._open_document_store()
         """The RAG chunks: a :class:`PersistentFAISSDocumentStore` in the folder, or a
         ``PgvectorDocumentStore`` when the ``store`` setting names a PostgreSQL database."""
+        self.components = WorkspaceComponents(self.settings, adapters=self.adapters,
+                                              document_store=self.document_store, device=device)
+        """The indexing components, built on first use (:mod:`d2l_haystack.kb.component_set`)."""
         with self._locked():
             pass  # loads files.json (damage is reported here)
         if self.read_only:
@@ -186,6 +183,14 @@ class Workspace:
             logger.warning("workspace %s: %s; RAG chunks cannot be retrieved until `d2l repair -w %s` rebuilds "
                            "the index", self.path, exc, self.path)
             return PersistentFAISSDocumentStore(None, embedding_dim=EMBEDDING_DIM)
+
+    def _reopen_document_store(self) -> None:
+        """Open the RAG index again (after :meth:`repair` moved a damaged one aside): the components
+        and the query pipeline that held the old one are built anew on next use."""
+        self.document_store = self._open_document_store()
+        self.components = WorkspaceComponents(self.settings, adapters=self.adapters,
+                                              document_store=self.document_store, device=self.device)
+        self._query_pipeline = None
 
     @property
     def read_only(self) -> bool:
@@ -215,7 +220,7 @@ class Workspace:
     @staticmethod
     def supports(path: str | Path) -> bool:
         """Whether ``path`` has a file type the workspace can index (for watchers)."""
-        return Path(path).suffix.lower() in supported_suffixes()
+        return _supports(path)
 
     # -- state ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -261,53 +266,9 @@ class Workspace:
         self._journal.write(op)
 
     def _recover(self, heavy: bool = True) -> None:
-        """Finish or roll back the operation an interrupted run left in the journal.
-
-        An index interrupted before its commit (``phase: prepare``, the long part: internalizing,
-        embedding) had changed nothing: it is rolled back, never replayed. Renames and removals
-        are redone (cheap). An index interrupted during its commit (the stores half written) is
-        redone when ``heavy`` (writing commands and queries; ``status`` and ``verify`` leave it
-        for the next one and say so).
-        """
-        with self._locked():
-            try:
-                op = self._journal.read()
-            except WorkspaceError as exc:
-                logger.warning("%s; discarding it", exc)
-                self._journal_op(None)
-                return
-            if op is None:
-                return
-            if op.get("op") == "index" and op.get("phase") == "prepare":
-                logger.warning("workspace %s: the interrupted index of %s had changed nothing; rolled back "
-                               "(index it again)", self.path, op.get("doc_id"))
-                self._journal_op(None)
-                self.adapters.gc()
-                return
-            if op.get("op") == "index" and not heavy:
-                logger.warning("workspace %s: the interrupted index of %s is redone by the next writing command",
-                               self.path, op.get("doc_id"))
-                return
-            logger.warning("workspace %s: redoing the interrupted operation %s %s", self.path, op.get("op"),
-                           op.get("doc_id"))
-            try:
-                kind, doc_id = op.get("op"), str(op.get("doc_id", ""))
-                if kind == "index" and op.get("text") is not None:
-                    self._index(op["text"], op["meta"], op.get("route"), force=True)
-                elif kind == "index" and Path(doc_id).is_file():
-                    self.index_file(doc_id, route=op.get("route"), force=True)
-                elif kind == "rename" and op.get("new_id"):
-                    self._rename(doc_id, op["new_id"])
-                else:  # a removal, or an index of a file that no longer exists
-                    self._remove(doc_id)
-                self._journal_op(None)
-                self.adapters.gc()  # adapter files written by the interrupted run and never referenced
-            except InputError as exc:  # the file became unusable meanwhile: forget it
-                logger.warning("workspace %s: %s; removing it", self.path, exc)
-                self._remove(doc_id)
-                self._journal_op(None)
-            except D2LError as exc:
-                logger.error("workspace %s: could not redo %s of %s: %s", self.path, op.get("op"), doc_id, exc)
+        """Finish or roll back what an interrupted run left in the journal
+        (:func:`~d2l_haystack.kb.maintenance.recover`)."""
+        recover(self, heavy)
 
     def _repair_if_abandoned(self) -> None:
         """Redo an update whose process died mid-way (journal left, lock free) before answering from it."""
@@ -318,40 +279,8 @@ class Workspace:
             self._recover(heavy=True)
 
     # -- components (loaded on first use) -------------------------------------------------
-    def _engine_params(self) -> dict[str, Any]:
-        s = self.settings
-        return {"model": s["model"], "checkpoint": s["checkpoint"], "device": self.device, "dtype": s["dtype"],
-                "chunk_tokens": s["chunk_tokens"], "chunking": s["chunking"]}
-
     def _component(self, name: str) -> Any:
-        if name in self._components:
-            return self._components[name]
-        s = self.settings
-        if name == "router":
-            comp: Any = InternalizationRouter(model=s["model"], **s["router"])
-        elif name == "converter":
-            comp = DocToLoRAConverter(store=self.adapters, embedding_model=s["embedding_model"],
-                                      document_store=self.document_store, **self._engine_params())
-        elif name == "splitter":
-            from haystack.components.preprocessors import DocumentSplitter
-
-            comp = DocumentSplitter(split_by="word", split_length=s["split_length"], split_overlap=s["split_overlap"])
-        elif name == "embedder":
-            from haystack_integrations.components.embedders.sentence_transformers import (
-                SentenceTransformersDocumentEmbedder,
-            )
-
-            comp = SentenceTransformersDocumentEmbedder(
-                model=resolve_embedding_model(s["embedding_model"]), normalize_embeddings=True,
-                progress_bar=False, local_files_only=True)
-        elif name == "writer":
-            comp = ChunkWriter(document_store=self.document_store, adapter_store=self.adapters)
-        else:  # pragma: no cover
-            raise KeyError(name)
-        if hasattr(comp, "warm_up") and name != "converter":  # the converter loads its models on first
-            comp.warm_up()  # prepare: a Ray driver that only commits workers' adapters never loads them
-        self._components[name] = comp
-        return comp
+        return self.components.get(name)
 
     def query_pipeline(self) -> Any:
         """The workspace's query pipeline (built once; shares the workspace's stores)."""
@@ -398,34 +327,12 @@ class Workspace:
             return self._index(text, meta, route, force, file_stat=stat, prepared=prepared)
 
     def _read(self, path: str | Path) -> tuple[str, dict[str, Any], list[int] | None]:
-        """A file's text, its document meta and its stat signature (taken before reading: a later
-        edit makes it differ).
-
-        :raises InputError: too large, or unreadable (as :meth:`index_file`).
-        """
-        stat = stat_signature(Path(path).expanduser())
-        if stat is not None:  # else read_source names the problem
-            self.check_size(path, stat[1])
-        text, meta = read_source(path)
-        return text, meta, stat
-
-    def _internal(self, path: Path) -> bool:
-        """Whether ``path`` is one of the workspace's own files (its top-level files, adapters,
-        RAG index): never indexed by a folder walk. Documents kept inside it (``uploads/``, the
-        demo's ``sources/``) are not."""
-        try:
-            rel = path.resolve().relative_to(self.path).parts
-        except ValueError:
-            return False
-        return len(rel) <= 1 or rel[0] in INTERNAL_FOLDERS or rel[0].startswith("faiss.damaged-")
+        return self.source_files.read(path)
 
     def check_size(self, path: str | Path, size: int) -> None:
         """:raises InputError: ``size`` bytes (of the file or upload ``path``) is over the
         ``max_file_bytes`` setting, the one limit of ``d2l index``, the watcher and uploads."""
-        limit = int(self.settings["max_file_bytes"])
-        if size > limit:
-            raise InputError(f"{path}: {size:,} bytes is over the workspace's {limit:,}-byte limit (setting "
-                             f"max_file_bytes; raise it with `d2l index --max-file-size BYTES`)")
+        self.source_files.check_size(path, size)
 
     def index_text(self, text: str, doc_id: str, *, meta: dict[str, Any] | None = None,
                    route: str | None = None, force: bool = False) -> IndexResult:
@@ -471,21 +378,7 @@ class Workspace:
 
         :raises InputError: a missing path.
         """
-        files: list[Path] = []
-        for raw in paths:
-            p = Path(raw).expanduser()
-            if not p.exists():
-                raise InputError(f"{p}: no such file or folder")
-            if p.is_dir():
-                pattern = "**/*" if recursive else "*"
-                for f in sorted(p.glob(pattern)):
-                    rel = f.relative_to(p).parts
-                    if (f.is_file() and self.supports(f) and not any(part.startswith(".") for part in rel)
-                            and not self._internal(f)):
-                        files.append(f)
-            else:
-                files.append(p)
-        return files
+        return self.source_files.collect(paths, recursive=recursive)
 
     def plan(self, path: str | Path, route: str | None = None,
              force: bool = False) -> tuple[str, str, dict[str, Any]] | None:
@@ -501,10 +394,7 @@ class Workspace:
             return None if decision is None else ("d2l" if decision.to_d2l else "rag", text, meta)
 
     def _history(self, doc_id: str, rec: dict[str, Any]) -> dict[str, Any]:
-        entry = self.adapters.info(doc_id)
-        queries = max(int(rec.get("queries", 0)), int(entry["queries"]) if entry else 0)
-        return {doc_id: {"first_seen": rec["first_seen"], "changes": list(rec["changes"]), "queries": queries,
-                         "route_override": rec.get("route_override")}}
+        return routing_history(doc_id, rec, self.adapters.info(doc_id))
 
     def _materialized(self, doc_id: str, rec: dict[str, Any]) -> bool:
         if rec.get("model") != self.settings["model"] or rec.get("checkpoint") != self.settings["checkpoint"]:
@@ -535,18 +425,13 @@ class Workspace:
         if (old and not force and old.get("hash") == digest and old.get("route_override") == override
                 and self._materialized(doc_id, old)):
             return None
-        rec = copy.deepcopy(old) if old else {"first_seen": now, "changes": [], "queries": 0, "last_query": None}
-        if rec.get("hash") != digest:
-            rec["changes"] = (list(rec.get("changes", [])) + [now])[-MAX_HISTORY:]
-            rec["num_changes"] = int(rec.get("num_changes", 0)) + 1
-            rec["last_change"] = now
-        rec["route_override"] = override
+        rec = changed_record(old, digest, override, now)
         doc_meta = {k: v for k, v in meta.items() if not k.startswith("d2l_route")}
         if override:
             doc_meta["d2l_route_override"] = override
         routed = self._component("router").run(documents=[Document(content=text, meta=doc_meta)],
                                                history=self._history(doc_id, rec))
-        return _Decision(old=old, record=rec, document=(routed["internalize"] or routed["index"])[0],
+        return _Decision(record=rec, document=(routed["internalize"] or routed["index"])[0],
                          to_d2l=bool(routed["internalize"]))
 
     def _index(self, text: str, meta: dict[str, Any], route: str | None, force: bool,
@@ -565,7 +450,7 @@ class Workspace:
                 return IndexResult(path=doc_id, action="unchanged", route=old["route"], reason=old.get("reason", ""),
                                    previous_route=old["route"], chunks=int(old.get("chunks", 0)),
                                    adapter_id=old.get("adapter_id"), num_tokens=int(old.get("num_tokens", 0)))
-            old, rec, doc, to_d2l = decision.old, decision.record, decision.document, decision.to_d2l
+            rec, doc, to_d2l = decision.record, decision.document, decision.to_d2l
             op: dict[str, Any] = {"op": "index", "doc_id": doc_id, "route": route, "phase": "prepare"}
             if keep_text:
                 op.update(text=text, meta=meta)
@@ -593,19 +478,11 @@ class Workspace:
                 else:
                     chunks = self._component("writer").run(documents=embedded)["documents_written"]
                     action = "indexed"
-                previous = old.get("route") if old else None
-                rec.update(
-                    path=meta.get("file_path", doc_id), doc_id=doc_id, hash=digest,
-                    route="d2l" if to_d2l else "rag", reason=doc.meta["d2l_route_reason"],
-                    num_tokens=int(doc.meta["d2l_num_tokens"]), chars=len(text), chunks=chunks,
-                    adapter_id=doc_id if to_d2l else None, title=meta.get("title", ""),
-                    file_type=meta.get("file_type", ""), indexed_at=now,
-                    index_seconds=round(time.perf_counter() - start, 4), model=self.settings["model"],
-                    checkpoint=self.settings["checkpoint"], file_stat=file_stat,
-                )
+                previous = commit_record(
+                    rec, doc_id=doc_id, meta=meta, text=text, digest=digest, to_d2l=to_d2l, routed_meta=doc.meta,
+                    chunks=chunks, now=now, seconds=time.perf_counter() - start, model=self.settings["model"],
+                    checkpoint=self.settings["checkpoint"], file_stat=file_stat)
                 if previous and previous != rec["route"]:  # kept with its reason (``status()``) and logged
-                    rec["route_history"] = (list(rec.get("route_history", [])) + [
-                        {"at": now, "from": previous, "to": rec["route"], "reason": rec["reason"]}])[-MAX_HISTORY:]
                     logger.info("route change: %s: %s -> %s: %s", doc_id, previous, rec["route"], rec["reason"])
                 self._files[doc_id] = rec
                 self._save_files()
@@ -711,9 +588,7 @@ class Workspace:
             if rec is None:
                 rec = self._files.get(new_id)
             if rec is not None:
-                rec.update(path=new_id, doc_id=new_id, adapter_id=new_id if rec.get("route") == "d2l" else None)
-                rec["renames"] = (list(rec.get("renames", [])) + [{"at": time.time(), "from": old_id}])[-MAX_HISTORY:]
-                self._files[new_id] = rec
+                self._files[new_id] = renamed_record(rec, old_id, new_id, time.time())
             self._save_files()
 
     # -- querying -------------------------------------------------------------------------
@@ -725,55 +600,30 @@ class Workspace:
         :param mode: force ``d2l``, ``rag`` or ``hybrid`` for this query (default: the router's).
         :param streaming_callback: receives Haystack ``StreamingChunk`` objects while generating.
         """
-        if not isinstance(question, str) or not question.strip():
-            raise InputError("question is empty")
         start = time.perf_counter()
-        gen_kwargs = {"max_new_tokens": self.settings["max_new_tokens"] if max_new_tokens is None else max_new_tokens}
-        data: dict[str, Any] = {"query_embedder": {"text": question}, "query_router": {"query": question}}
-        if mode:
-            data["query_router"]["mode"] = mode
-        for name in ("d2l_generator", "rag_generator"):
-            data[name] = {"generation_kwargs": gen_kwargs}
-            if streaming_callback is not None:
-                data[name]["streaming_callback"] = streaming_callback
+        data = pipeline_inputs(question, mode=mode, streaming_callback=streaming_callback,
+                               max_new_tokens=self.settings["max_new_tokens"] if max_new_tokens is None
+                               else max_new_tokens)
         self._repair_if_abandoned()
         with self._query_lock:
             pipe = self.query_pipeline()
             try:
                 with self._gate.shared():  # an update in progress commits before or after this, never during
-                    result = pipe.run(data, include_outputs_from={"query_router", "retriever"})
+                    outputs = pipe.run(data, include_outputs_from={"query_router", "retriever"})
             except Exception as exc:  # Haystack wraps component errors: surface ours as they are
                 cause = exc.__cause__
                 if isinstance(cause, D2LError):
                     raise cause from None
                 raise
-        reply = result["answer_joiner"]["value"][0]
-        routing = result["query_router"]["routing"]
-        route = reply.meta.get("route", routing["route"])  # "base" when nothing was applied or retrieved
         seconds = time.perf_counter() - start
-        files = self._files  # titles from the records as last loaded (no lock: an update elsewhere may run long)
-        adapters = []
-        for a in routing.get("adapters", []):
-            rec = files.get(a["id"])
-            adapters.append({**a, "path": rec["path"] if rec else a["id"], "title": rec.get("title", "") if rec
-                             else ""})
-        chunks = [{**c, "path": c["source"]} for c in reply.meta.get("chunks", [])]
-        used = {a["id"] for a in adapters} | {c["source"] for c in chunks}
+        # titles from the records as last loaded (no lock: an update elsewhere may run long)
+        result = query_result(question, outputs, self._files, seconds)
         if not self.read_only:  # a read-only workspace answers without counting
-            self._state.count_query(self._files, self._stats, used, route, seconds)
-        explanation = None
+            self._state.count_query(self._files, self._stats, result.used_sources, result.route, seconds)
         if explain:
-            retrieved = result.get("retriever", {}).get("documents", [])
-            emb = np.asarray(pipe.get_component("query_embedder").run(text=question)["embedding"], dtype=np.float32)
-            explanation = {
-                **routing,
-                "retrieved": [{"source": d.meta.get("file_path"), "similarity": chunk_similarity(d, emb),
-                               "text": (d.content or "")[:160]} for d in retrieved],
-            }
-        return QueryResult(question=question, answer=reply.text or "", route=route,
-                           reason=routing["reason"], adapters=adapters, chunks=chunks, seconds=round(seconds, 4),
-                           generation_seconds=reply.meta.get("seconds", 0.0), meta=dict(reply.meta),
-                           explanation=explanation)
+            result.explanation = explain_answer(
+                outputs, pipe.get_component("query_embedder").run(text=question)["embedding"])
+        return result
 
     # -- status ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -783,34 +633,17 @@ class Workspace:
         """
         with self._locked():
             entries = {e["id"]: e for e in self.adapters.list()}
-            docs = []
-            for doc_id, rec in sorted(self._files.items()):
-                entry = entries.get(doc_id)
-                docs.append({
-                    "path": rec.get("path", doc_id), "route": rec.get("route"), "reason": rec.get("reason", ""),
-                    "override": rec.get("route_override"), "title": rec.get("title", ""),
-                    "adapter_bytes": int(entry["nbytes"]) if entry else 0,
-                    "chunks": int(rec.get("chunks", 0)), "tokens": int(rec.get("num_tokens", 0)),
-                    "queries": max(int(rec.get("queries", 0)), int(entry["queries"]) if entry else 0),
-                    "changes": int(rec.get("num_changes", 0)), "last_change": rec.get("last_change"),
-                    "first_seen": rec.get("first_seen"), "last_query": rec.get("last_query"),
-                    "checkpoint_id": entry["checkpoint_id"] if entry else None,
-                    "exists": Path(doc_id).is_file() if Path(doc_id).is_absolute() else None,
-                    "problem": (self.adapters.quick_check(doc_id) if rec.get("route") == "d2l" else None),
-                    "route_changes": list(rec.get("route_history", []))[-5:],
-                })
+            docs = [status_row(doc_id, rec, entries.get(doc_id),
+                               self.adapters.quick_check(doc_id) if rec.get("route") == "d2l" else None)
+                    for doc_id, rec in sorted(self._files.items())]
             pending = self._journal.pending()
             return {
                 "workspace": str(self.path), "store": self.store, "model": self.settings["model"],
                 "checkpoint": self.settings["checkpoint"], "documents": docs,
-                "totals": {"documents": len(docs), "d2l": sum(d["route"] == "d2l" for d in docs),
-                           "rag": sum(d["route"] == "rag" for d in docs),
-                           "adapter_bytes": sum(d["adapter_bytes"] for d in docs),
-                           "chunks": self.document_store.count_documents()},
+                "totals": totals(docs, self.document_store.count_documents()),
                 "queries": dict(self._stats.get("queries", {})), "query_seconds": dict(self._stats.get("seconds", {})),
                 "pending_recovery": pending, "rag_index_problem": self.rag_index_problem,
-                "route_changes": sorted(({"path": d["path"], **c} for d in docs for c in d["route_changes"]),
-                                        key=lambda c: c.get("at") or 0.0)[-20:],
+                "route_changes": recent_route_changes(docs),
             }
 
     # -- for watchers ---------------------------------------------------------------------
@@ -859,5 +692,4 @@ def open_state(path: str | Path, settings: dict[str, Any]) -> StateBackend:
     return FolderState(path)
 
 
-INTERNAL_FOLDERS = ("adapters", "faiss")
-"""The workspace's own folders (and ``faiss.damaged-*``, kept by :meth:`Workspace.repair`)."""
+__all__ = ["INTERNAL_FOLDERS", "IndexResult", "QueryResult", "Workspace", "WorkspaceError", "open_state"]
