@@ -50,42 +50,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from d2l_haystack.core.errors import InputError
 from d2l_haystack.kb.settings import WorkspaceError
+from d2l_haystack.kb.watch_apply import ChangeApplier, WatchEvent, strip_path
 from d2l_haystack.kb.watch_pending import PendingChanges
 from d2l_haystack.kb.watch_scope import WatchScope
-from d2l_haystack.kb.workspace import IndexResult, Workspace
+from d2l_haystack.kb.workspace import Workspace
 from d2l_haystack.stores.files import stat_signature
 
 logger = logging.getLogger(__name__)
-
-@dataclass
-class WatchEvent:
-    """What the watcher did with one file (passed to ``on_event`` and kept in :attr:`DocumentWatcher.events`)."""
-
-    action: str
-    """``internalized``, ``indexed``, ``copied``, ``unchanged``, ``renamed``, ``removed``, ``rerouted``,
-    ``skipped`` or ``failed``."""
-    path: str
-    route: str | None = None
-    previous_route: str | None = None
-    reason: str = ""
-    seconds: float = 0.0
-    source: str | None = None
-    """For ``renamed``: the old path."""
-    at: float = field(default_factory=time.time)
-
-    @property
-    def route_changed(self) -> bool:
-        return bool(self.previous_route and self.route and self.previous_route != self.route)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class _Handler:
     """watchdog event handler: filters and enqueues, nothing else (runs in the observer thread)."""
@@ -139,15 +115,16 @@ class DocumentWatcher:
         self.reconcile_on_start = reconcile
         self.reroute_interval = reroute_interval
         self.reroute_check = reroute_check
-        self.on_event = on_event
         self.polling = polling
-        self.events: deque[WatchEvent] = deque(maxlen=2000)
+        self._scans: dict[str, float] = {}
+        self._apply = ChangeApplier(self.workspace, self.scope, on_event=on_event,
+                                    on_folder=lambda folder: self._scans.__setitem__(folder, time.monotonic()))
+        """What each change does to the workspace (:mod:`d2l_haystack.kb.watch_apply`)."""
+        self.events: deque[WatchEvent] = self._apply.events
         """The last events handled (newest last)."""
-        self.stats: dict[str, Any] = {"fs_events": 0, "updates": 0, "errors": 0, "skipped": 0,
-                                      "route_changes": 0, "reroute_passes": 0, "swept": 0, "actions": {}}
+        self.stats: dict[str, Any] = self._apply.stats
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._pending = PendingChanges(self.debounce, self.max_delay)
-        self._scans: dict[str, float] = {}
         self._reroute_paths: set[str] = set()
         self._observer: Any = None
         self._thread: threading.Thread | None = None
@@ -157,11 +134,19 @@ class DocumentWatcher:
         self._stopped = False
         self._last_event = 0.0
         self._sweep_due: float | None = None
-        self._unindexable: dict[str, list[int] | None] = {}
         self._last_reroute = time.monotonic()
         self._last_check = 0.0
         self._last_queries: int | None = None
-        self._state_lock = threading.Lock()
+        self._state_lock = self._apply.lock
+
+    @property
+    def on_event(self) -> Callable[[WatchEvent], None] | None:
+        """Called (in the worker thread) with a :class:`WatchEvent` for every file handled."""
+        return self._apply.on_event
+
+    @on_event.setter
+    def on_event(self, callback: Callable[[WatchEvent], None] | None) -> None:
+        self._apply.on_event = callback
 
     @property
     def roots(self) -> list[str]:
@@ -425,105 +410,19 @@ class DocumentWatcher:
                 del self._scans[folder]
                 for path in self.scope.walk(folder):
                     if path not in self._pending:
-                        self._guard(path, self._upsert, path)
+                        self._apply.guard(path, self._apply.upsert, path)
                 return
             path, entry = self._pending.take(due)
             if entry.kind == "upsert":
-                self._guard(path, self._upsert, path)
+                self._apply.guard(path, self._apply.upsert, path)
             elif entry.kind == "delete":
-                self._guard(path, self._delete, path)
+                self._apply.guard(path, self._apply.delete, path)
             else:
                 assert entry.src is not None
-                self._guard(path, self._move, entry.src, path)
+                self._apply.guard(path, self._apply.move, entry.src, path)
         finally:
             with self._state_lock:
                 self._busy = False
-
-    def _guard(self, path: str, fn: Callable[..., None], *args: Any) -> None:
-        """Run one file operation; any failure is logged and counted, never raised."""
-        try:
-            fn(*args)
-        except Exception as exc:
-            with self._state_lock:
-                self.stats["errors"] += 1
-            logger.error("failed to update %s: %s: %s", path, type(exc).__name__, exc,
-                         exc_info=logger.isEnabledFor(logging.DEBUG))
-            self._emit(WatchEvent("failed", path, reason=f"{type(exc).__name__}: {exc}"))
-
-    # -- file operations (worker thread) --------------------------------------------------
-    def _known(self, path: str) -> bool:
-        """Whether the workspace has a record for exactly this path (never through a symbolic link)."""
-        try:
-            rec = self.workspace.record(path)
-        except (OSError, RuntimeError):  # resolving a symbolic link loop
-            return False
-        return rec is not None and rec.get("path", path) == path
-
-    def _skip(self, path: str, reason: str) -> None:
-        """Log an unusable file; forget it if it was indexed (its indexed content no longer exists)."""
-        self._unindexable[path] = stat_signature(path)  # sweeps leave it until it changes
-        if self._known(path):
-            self.workspace.remove_file(path)
-            logger.warning("removed %s: %s (it was indexed; its old content is gone)", path, reason)
-            self._emit(WatchEvent("removed", path, reason=reason))
-            return
-        with self._state_lock:
-            self.stats["skipped"] += 1
-        (logger.info if reason.startswith("vanished") else logger.warning)("skipped %s: %s", path, reason)
-        self._emit(WatchEvent("skipped", path, reason=reason))
-
-    def _upsert(self, path: str) -> None:
-        reason = self.scope.inspect(path)
-        if reason == "is a folder":
-            self._scans[path] = time.monotonic()
-            return
-        if reason:
-            self._skip(path, reason)
-            return
-        try:
-            result = self.workspace.index_file(path)
-        except InputError as exc:
-            self._skip(path, _strip_path(str(exc), path))
-            return
-        self._emit_result(result)
-
-    def _delete(self, path: str) -> None:
-        if os.path.lexists(path):  # re-created since: index what is there now
-            self._upsert(path)
-            return
-        if self._known(path) and self.workspace.remove_file(path):
-            logger.info("removed %s", path)
-            self._emit(WatchEvent("removed", path, reason="file deleted"))
-
-    def _move(self, src: str, dst: str) -> None:
-        if not os.path.lexists(dst):  # moved, then deleted
-            self._delete(src)
-            self._delete(dst)
-            return
-        reason = self.scope.inspect(dst)
-        if reason:
-            if self._known(src):
-                self.workspace.remove_file(src)
-                self._emit(WatchEvent("removed", src, reason=f"moved to {dst}"))
-            if reason == "is a folder":
-                self._scans[dst] = time.monotonic()
-            else:
-                self._skip(dst, reason)
-            return
-        if not self._known(src):
-            self._upsert(dst)
-            return
-        try:
-            result = self.workspace.rename_file(src, dst)
-        except InputError as exc:
-            self._skip(dst, _strip_path(str(exc), dst))
-            if self._known(src):
-                self.workspace.remove_file(src)
-            return
-        if result is None:  # pragma: no cover - dst is a supported type (checked when the event came)
-            self._emit(WatchEvent("removed", src, reason=f"renamed to unsupported {dst}"))
-            return
-        self._emit_result(result, source=src)
 
     def _sweep(self) -> None:
         """After a burst of events is applied, compare the folders with the records (a walk and a
@@ -544,7 +443,7 @@ class DocumentWatcher:
                 if stat is None or rec.get("file_stat") != stat:
                     missed.append(("upsert", path))
         missed += [("upsert", p) for p in sorted(present - set(known))
-                   if self._unindexable.get(p, "?") != stat_signature(p)]  # not a file skipped as it is
+                   if self._apply.unindexable.get(p, "?") != stat_signature(p)]  # not a file skipped as it is
         for kind, path in missed:
             self._pending.add(kind, path, None, now)
         if missed:
@@ -585,24 +484,20 @@ class DocumentWatcher:
                     old = olds.pop()
                     missing.pop(old, None)
                     new.remove(p)
-                    self._guard(p, self._move, old, p)
+                    self._apply.guard(p, self._apply.move, old, p)
         for p in new + [p for p in current if p in known]:
             if self._halt.is_set():
-                return self._since(mark)
-            self._guard(p, self._upsert, p)
+                return self._apply.since(mark)
+            self._apply.guard(p, self._apply.upsert, p)
         for p in missing:
             if self._halt.is_set():
-                return self._since(mark)
-            self._guard(p, self._delete, p)
-        done = self._since(mark)
+                return self._apply.since(mark)
+            self._apply.guard(p, self._apply.delete, p)
+        done = self._apply.since(mark)
         changed = [e for e in done if e.action != "unchanged"]
         logger.info("reconciled %d files with %s in %.1f s: %d updates", len(current), self.workspace.path,
                     time.perf_counter() - start, len(changed))
         return done
-
-    def _since(self, mark: int) -> list[WatchEvent]:
-        events = list(self.events)
-        return events[mark:] if mark <= len(events) else events
 
     def _idle_work(self, now: float) -> None:
         """Re-evaluate routes while idle: files just queried, new queries anywhere, or periodically."""
@@ -628,56 +523,23 @@ class DocumentWatcher:
             todo = sorted(self.workspace.sources(under=self.roots)) if paths is None else list(paths)
             for path in todo:
                 if self._halt.is_set() or (interruptible and not self._queue.empty()):
-                    return self._since(mark)  # new events first; the next idle moment starts over
+                    return self._apply.since(mark)  # new events first; the next idle moment starts over
                 if not os.path.isfile(path) or os.path.islink(path):
                     continue
                 try:
                     results = self.workspace.reroute([path])
                 except InputError as exc:
-                    self._skip(path, _strip_path(str(exc), path))
+                    self._apply.skip(path, strip_path(str(exc), path))
                     continue
                 for r in results:
-                    self._emit_result(r, rerouted=True)
+                    self._apply.emit_result(r, rerouted=True)
             if paths is None:
                 self._last_reroute = time.monotonic()
                 self._last_queries = self.workspace.query_count()
-            return [e for e in self._since(mark) if e.action == "rerouted"]
+            return [e for e in self._apply.since(mark) if e.action == "rerouted"]
         finally:
             with self._state_lock:
                 self._busy = busy
 
-    # -- reporting ------------------------------------------------------------------------
-    def _emit_result(self, result: IndexResult, source: str | None = None, rerouted: bool = False) -> None:
-        action = "rerouted" if rerouted and result.route != result.previous_route else result.action
-        event = WatchEvent(action, result.path, route=result.route, previous_route=result.previous_route,
-                           reason=result.reason, seconds=result.seconds, source=source)
-        if action != "unchanged":
-            with self._state_lock:
-                self.stats["updates"] += 1
-        if event.route_changed:
-            with self._state_lock:
-                self.stats["route_changes"] += 1
-            logger.info("route change: %s: %s -> %s: %s", result.path, result.previous_route, result.route,
-                        result.reason)
-        elif action not in ("unchanged",):
-            logger.info("%s %s %s (%.2f s)", action, result.route, result.path, result.seconds)
-        self._emit(event)
 
-    def _emit(self, event: WatchEvent) -> None:
-        with self._state_lock:
-            actions = self.stats["actions"]
-            actions[event.action] = actions.get(event.action, 0) + 1
-        self.events.append(event)
-        if self.on_event is not None:
-            try:
-                self.on_event(event)
-            except Exception:  # pragma: no cover - a broken callback must not stop the service
-                logger.exception("watcher: on_event callback failed")
-
-
-def _strip_path(message: str, path: str) -> str:
-    """``"/a/b.md: not UTF-8 text"`` -> ``"not UTF-8 text"`` (the log line names the file already)."""
-    for prefix in (f"{path}: ", f"{Path(path)}: "):
-        if message.startswith(prefix):
-            return message[len(prefix):]
-    return message
+__all__ = ["DocumentWatcher", "WatchEvent"]
