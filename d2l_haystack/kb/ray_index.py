@@ -25,6 +25,7 @@ adapters, the same records.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -169,7 +170,7 @@ def index_with_ray(ws: Workspace, paths: Iterable[str | Path], *, address: str |
     own_cluster = False
     if to_d2l:
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
             own_cluster = address is None
         try:
             resources = ray.cluster_resources()

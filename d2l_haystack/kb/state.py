@@ -104,8 +104,10 @@ class FolderState:
         with self.lock:  # read-modify-write of files.json
             loaded = self.load()
             if loaded is not None:  # another process saved meanwhile: count on its records
-                files.clear(), files.update(loaded[0])
-                stats.clear(), stats.update(loaded[1])
+                files.clear()
+                files.update(loaded[0])
+                stats.clear()
+                stats.update(loaded[1])
             add_query(files, stats, doc_ids, route, seconds)
             self.save(files, stats)
 

@@ -229,8 +229,8 @@ def needle_document(rng: np.random.Generator, filler: FillerBank, target_tokens:
     if natural is None:
         natural = bool(rng.random() < 0.7)
     sents = filler.sentences(rng, target_tokens, natural)
-    facts = []
-    keys = set()
+    facts: list[tuple[str, list[str], str, str]] = []
+    keys: set[str] = set()
     while len(facts) < n_facts:
         f = make_fact(rng, fact_kinds)
         if f[3] not in keys:

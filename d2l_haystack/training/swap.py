@@ -119,7 +119,7 @@ def swap_qas(rng: np.random.Generator, text: str, qas: list[tuple[str, list[str]
         new = pool.replacement(rng, answer)
         if new is None:
             continue
-        text = pattern.sub(lambda _m, new=new: new, text)
+        text = pattern.sub(new.replace("\\", "\\\\"), text)  # backslashes are the only escapes
         used += [answer, new]
         questions.append(question)
         out.append(QA(question, new, "swap"))

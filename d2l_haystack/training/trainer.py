@@ -23,6 +23,7 @@ import math
 import os
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -293,7 +294,8 @@ class Trainer:
         self.hooks = get_hooks(self.model, hc.target_modules)
         self.teacher = TeacherCache(self.model, self.fmt, config.distill_top_k, config.teacher_max_new_tokens,
                                     path=self.out / "teacher.pt") if config.distill_top_k > 0 else None
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, p in self.hypernet.named_parameters():
             plain = p.dim() < 2 or any(k in name for k in ("scale_", "norm", "latents", "layer_embed", "bias_"))
             (no_decay if plain else decay).append(p)
@@ -451,7 +453,7 @@ class Trainer:
         texts = [self.tok.decode(c).lower() for c in chunks]
         holding = [i for i, t in enumerate(texts) if any(a in t for a in answers)][:max_chunks]
         others = [i for i in range(len(chunks)) if i not in holding]
-        fill = rng.choice(len(others), size=max_chunks - len(holding), replace=False) if others else []
+        fill: Any = rng.choice(len(others), size=max_chunks - len(holding), replace=False) if others else []
         keep = sorted(holding + [others[int(j)] for j in fill])
         return [chunks[i] for i in keep]
 
@@ -463,7 +465,8 @@ class Trainer:
 
     def doc_factors(self, docs: list[D.TrainDoc]) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """Per-document factors ``(docs, L, K*r + rb, d)`` and the L1 penalty of the generated part."""
-        wrapped, counts = [], []
+        wrapped: list[list[int]] = []
+        counts: list[int] = []
         for doc in docs:
             if doc.chunks is not None:
                 chunks = doc.chunks
@@ -529,7 +532,7 @@ class Trainer:
                      if self.teacher is not None and qa.kind in self.cfg.distill_kinds and qa.kind != "instructions"]
         system_teacher = iter(self._instructions_targets(docs))
         if self.teacher is None:
-            teacher = iter([])
+            teacher: Iterator[TeacherTarget] = iter([])
         elif self.cfg.distill_mode == "gold":
             with self._autocast():  # the teacher's pass runs at the student's precision
                 teacher = iter(self.teacher.forced_many([(d, q, self.fmt.answer_ids(a)) for d, q, a in distilled],
@@ -745,7 +748,7 @@ class Trainer:
             dt = time.perf_counter() - t0
             self.elapsed += dt
             row = {k: float(np.mean(v)) for k, v in stats_acc.items()}
-            row.update(step=self.step, lr=self.sched.get_last_lr()[0], grad_norm=grad_norm, seconds=dt,
+            row.update(step=self.step, lr=float(self.sched.get_last_lr()[0]), grad_norm=grad_norm, seconds=dt,
                        scale_B=self.hypernet.scale_B.abs().mean().item())
             window.append(row)
             out_of_time = cfg.time_budget_seconds is not None and \
