@@ -40,12 +40,17 @@ def changed_record(old: dict[str, Any] | None, digest: str, override: str | None
     return rec
 
 
+def queries_of(rec: dict[str, Any], adapter_entry: dict[str, Any] | None) -> int:
+    """A document's query count: the record's or its adapter store entry's, whichever is higher
+    (the generator counts on the adapter, the workspace on the record)."""
+    return max(int(rec.get("queries", 0)), int(adapter_entry["queries"]) if adapter_entry else 0)
+
+
 def routing_history(doc_id: str, rec: dict[str, Any], adapter_entry: dict[str, Any] | None) -> dict[str, Any]:
     """What the internalization router weighs for one document (``history`` input): first seen,
-    changes, queries (the record's or the adapter store's, whichever is higher), override."""
-    queries = max(int(rec.get("queries", 0)), int(adapter_entry["queries"]) if adapter_entry else 0)
-    return {doc_id: {"first_seen": rec["first_seen"], "changes": list(rec["changes"]), "queries": queries,
-                     "route_override": rec.get("route_override")}}
+    changes, queries (:func:`queries_of`), override."""
+    return {doc_id: {"first_seen": rec["first_seen"], "changes": list(rec["changes"]),
+                     "queries": queries_of(rec, adapter_entry), "route_override": rec.get("route_override")}}
 
 
 def commit_record(rec: dict[str, Any], *, doc_id: str, meta: dict[str, Any], text: str, digest: str,
@@ -75,19 +80,19 @@ def renamed_record(rec: dict[str, Any], old_id: str, new_id: str, now: float) ->
     return rec
 
 
-def status_row(doc_id: str, rec: dict[str, Any], adapter_entry: dict[str, Any] | None,
+def status_row(doc_id: str, rec: dict[str, Any], entry: dict[str, Any] | None,
                problem: str | None) -> dict[str, Any]:
     """One document of ``Workspace.status()``: route, why, adapter size, chunks, queries, changes.
 
+    :param entry: its adapter store entry (``None``: not internalized).
     :param problem: the adapter's quick check (``None``: healthy or not internalized).
     """
-    entry = adapter_entry
     return {
         "path": rec.get("path", doc_id), "route": rec.get("route"), "reason": rec.get("reason", ""),
         "override": rec.get("route_override"), "title": rec.get("title", ""),
         "adapter_bytes": int(entry["nbytes"]) if entry else 0,
         "chunks": int(rec.get("chunks", 0)), "tokens": int(rec.get("num_tokens", 0)),
-        "queries": max(int(rec.get("queries", 0)), int(entry["queries"]) if entry else 0),
+        "queries": queries_of(rec, entry),
         "changes": int(rec.get("num_changes", 0)), "last_change": rec.get("last_change"),
         "first_seen": rec.get("first_seen"), "last_query": rec.get("last_query"),
         "checkpoint_id": entry["checkpoint_id"] if entry else None,

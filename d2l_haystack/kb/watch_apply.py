@@ -61,7 +61,6 @@ class WatchEvent:
         return asdict(self)
 
 
-
 class ChangeApplier:
     """Applies file changes to ``workspace`` within ``scope`` and records what happened.
 

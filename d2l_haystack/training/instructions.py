@@ -108,14 +108,17 @@ def _lowercase(reply: str, p: dict[str, Any]) -> bool:
     return len(letters) >= 2 and not any(c.isupper() for c in letters)
 
 
+def _items(reply: str, label: str) -> int:
+    """How many of the reply's non-empty lines start with the list label ``label`` (a regex)."""
+    return sum(bool(re.match(label, ln.strip())) for ln in reply.splitlines() if ln.strip())
+
+
 def _bullets(reply: str, p: dict[str, Any]) -> bool:
-    lines = [ln.strip() for ln in reply.splitlines() if ln.strip()]
-    return sum(ln[:1] in "-*•" for ln in lines) >= 2
+    return _items(reply, r"[-*•]") >= 2
 
 
 def _numbered(reply: str, p: dict[str, Any]) -> bool:
-    lines = [ln.strip() for ln in reply.splitlines() if ln.strip()]
-    return sum(bool(re.match(r"^\d+[.)]\s", ln)) for ln in lines) >= 2
+    return _items(reply, r"\d+[.)]\s") >= 2
 
 
 def _json_keys(reply: str, p: dict[str, Any]) -> bool:
@@ -154,8 +157,7 @@ def _title_case(reply: str, p: dict[str, Any]) -> bool:
 
 
 def _lettered(reply: str, p: dict[str, Any]) -> bool:
-    lines = [ln.strip() for ln in reply.splitlines() if ln.strip()]
-    return sum(bool(re.match(r"^[a-z][.)]\s", ln)) for ln in lines) >= 2
+    return _items(reply, r"[a-z][.)]\s") >= 2
 
 
 def _exclaims(reply: str, p: dict[str, Any]) -> bool:

@@ -593,16 +593,13 @@ class Trainer:
         for i, ((doc, q), t) in enumerate(zip(instructed, targets)):
             inst = Instruction.from_dict(doc.meta["instruction"])
             reply = self.fmt.tokenizer.decode(t.ids, skip_special_tokens=True).strip()
-            if i in plain:
+            fixed = inst.comply(reply)
+            from_plain = False
+            if i in plain:  # the unprompted reply, rewritten, where the rule can make it comply
                 unprompted = inst.comply(self.fmt.tokenizer.decode(plain[i].ids, skip_special_tokens=True).strip())
-                if inst.check(unprompted):
-                    reply = ""  # forced along the rewritten unprompted reply below
-                    fixed = unprompted
-                else:
-                    fixed = inst.comply(reply)
-            else:
-                fixed = inst.comply(reply)
-            if fixed != reply:
+                from_plain = inst.check(unprompted)
+                fixed = unprompted if from_plain else fixed
+            if from_plain or fixed != reply:
                 fixes.append((i, (doc.text, q, self.fmt.answer_ids(fixed))))
         if fixes:
             with self._autocast():
