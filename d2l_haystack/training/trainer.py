@@ -41,6 +41,7 @@ from ..core.textio import CHUNKINGS, DEFAULT_CHUNKING
 from . import data as D
 from .instructions import Instruction, instructions_document
 from .realistic import realistic_document
+from .recall import recall_question
 from .swap import AnswerPool, swap_document, swap_run_document
 from .teacher import TeacherCache, TeacherTarget, soft_cross_entropy
 
@@ -51,11 +52,14 @@ gold questions' answers swapped in text and target (:mod:`.swap`), generated eve
 with fresh values (:mod:`.realistic`; held-out kinds and templates in evaluation), and system
 prompts of checkable instructions answered by the teacher WITH them (:mod:`.instructions`: the
 Text-to-LoRA variant; needs ``distill_top_k``)."""
-QA_KINDS = ("fact", "squad", "cloze", "swap", "realistic", "instructions", "unrelated")
-READ_KINDS = ("fact", "squad", "cloze", "swap", "realistic", "instructions")
+QA_KINDS = ("fact", "squad", "cloze", "swap", "realistic", "instructions", "recall", "unrelated")
+READ_KINDS = ("fact", "squad", "cloze", "swap", "realistic", "instructions", "recall")
 """Kinds whose ``eval_read_<kind>`` the held-out evaluation reports: the answer cross-entropy with
 another document's adapter minus with the document's own (> 0: the adapter carries what was
 read, not only the answer's shape)."""
+RECALL_DOC_KINDS = ("squad", "cloze", "swap", "realistic")
+"""Document kinds that :attr:`Phase.recall_prob` gives recall questions (not needles: their filler
+is not worth the adapter's room; not instructions: they hold no facts)."""
 SCORE_KINDS = ("fact", "squad", "realistic")
 """The held-out accuracies whose mean is ``eval_score`` (those the evaluation documents have)."""
 """Question kinds (:attr:`.data.QA.kind`); each gets ``ce_<kind>`` and ``acc_<kind>`` in the metrics."""
@@ -89,6 +93,10 @@ class Phase:
     """SQuAD documents (gold and swapped) of this phase are runs of 1 to this many sentences of a
     paragraph around a gold answer, asked their gold questions (:func:`.data.squad_run_document`,
     :func:`.swap.swap_run_document`; 0: whole paragraphs, ``chunk_mix`` of them)."""
+    recall_prob: float = 0.0
+    """The chance that a document of :data:`RECALL_DOC_KINDS` gets one recall question beside its
+    questions: continue one of its sentences from the first words (:mod:`.recall`), a target on
+    every token of the continuation rather than on a two-token answer."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.mix) - set(DOC_KINDS))
@@ -100,6 +108,8 @@ class Phase:
             raise ValueError(f"max_chunks must be 0 (all) or more, got {self.max_chunks}")
         if self.chunking not in CHUNKINGS:
             raise ValueError(f"chunking must be one of {', '.join(CHUNKINGS)}, got {self.chunking!r}")
+        if not 0.0 <= self.recall_prob <= 1.0:
+            raise ValueError(f"recall_prob must be within [0, 1], got {self.recall_prob}")
         for name in ("cloze_sentences", "squad_sentences"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (whole passages) or more, got {getattr(self, name)}")
@@ -434,6 +444,10 @@ class Trainer:
                 n_facts = int(rng.integers(1, phase.max_facts + 1))
                 doc = D.needle_document(rng, filler, per_chunk * chunks, n_facts, self.cfg.questions_per_doc,
                                           fact_kinds=phase.fact_kinds)
+            if phase.recall_prob and kind in RECALL_DOC_KINDS and rng.random() < phase.recall_prob:
+                recall = recall_question(rng, doc.text, part="heldout" if held_out else "train")
+                if recall is not None:
+                    doc.qas.append(recall)
             doc.num_chunks = chunks
             doc.chunking = phase.chunking if chunks == 1 else "tokens"
             if doc.chunking != "tokens" and phase.max_chunks:
