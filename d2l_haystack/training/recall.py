@@ -45,7 +45,8 @@ def recall_question(rng: np.random.Generator, text: str, part: str = "train", ma
     """
     if part not in ("train", "heldout"):
         raise ValueError(f"part must be 'train' or 'heldout', got {part!r}")
-    sentences = [s for s in split_sentences(text, min_words=MIN_CUE_WORDS + 2, max_words=10**6)]
+    sentences = [s for line in text.splitlines()  # a title line is not the start of its next sentence
+                 for s in split_sentences(line, min_words=MIN_CUE_WORDS + 2, max_words=10**6)]
     if not sentences:
         return None
     words = sentences[int(rng.integers(len(sentences)))].split()

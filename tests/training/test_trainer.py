@@ -385,3 +385,22 @@ def test_plain_share_trains_on_the_unprompted_reply_rewritten(tiny_llama_dir, tm
 def test_instructions_need_a_teacher(tiny_llama_dir, tmp_path):
     with pytest.raises(ValueError, match="distill_top_k must be > 0"):
         TrainConfig(model=str(tiny_llama_dir), phases=[Phase(until_step=10, mix={"instructions": 1.0})])
+
+
+def test_recall_prob_adds_recall_questions_to_reading_documents_only(tiny_llama_dir, tmp_path):
+    import numpy as np
+
+    tr = Trainer(_config(tiny_llama_dir, tmp_path / "r", unrelated_prob=0.0), log=_silent)
+    with pytest.raises(ValueError, match="recall_prob"):
+        Phase(until_step=1, recall_prob=1.5)
+    phase = Phase(until_step=10, mix={"realistic": 0.5, "needle": 0.5}, recall_prob=1.0)
+    docs = tr.make_docs(np.random.default_rng(0), phase, 12)
+    for doc in docs:
+        recalls = [qa for qa in doc.qas if qa.kind == "recall"]
+        assert len(recalls) == (1 if doc.source == "realistic" else 0)
+        assert all(qa.answer in doc.text for qa in recalls)
+    assert {d.source for d in docs} >= {"realistic"}
+    _, stats = tr.loss(docs)
+    assert "ce_recall" in stats and "acc_recall" in stats
+    off = Phase(until_step=10, mix={"realistic": 1.0})
+    assert not any(qa.kind == "recall" for d in tr.make_docs(np.random.default_rng(0), off, 6) for qa in d.qas)
