@@ -298,7 +298,7 @@ def run_latency(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     settings = model_settings(args.model, args.checkpoint, tmp)
     settings["max_new_tokens"] = args.max_new_tokens
     ws = Workspace(tmp / "latency" / "ws", device="cpu", **settings)
-    router = ws._component("router")
+    router = ws.components.get("router")
     doc = folder / "handbook.md"
     rng = random.Random(args.seed)
     code = rng.randint(1000, 9999)

@@ -287,7 +287,7 @@ def test_the_database_going_away_is_one_line_and_leaves_no_half_state(tmp_path: 
         _assert_consistent(again, [doc, log])
         # the database goes away in the middle of an update: after the hypernetwork pass, before the commit
         doc.write_text("# Note\nThe meeting room is called Heron.\n")
-        converter = again._component("converter")
+        converter = again.components.get("converter")
         prepare = converter.prepare
 
         def prepare_then_lose_the_database(*a, **kw):

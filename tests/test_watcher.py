@@ -71,7 +71,7 @@ class TestWatcher:
         (docs / "b.txt").write_text("Beta: the office opens at nine every weekday.\n")
         (docs / "drafts" / "wip.md").write_text("Work in progress, not for the knowledge base.\n")
         (docs / "notes.rst").write_text("Not included by the glob.\n")
-        calls = count_internalize(ws._component("converter").engine)
+        calls = count_internalize(ws.components.get("converter").engine)
         with _watch(ws, docs, include=["*.md", "*.txt"], exclude=["drafts"]) as w:
             _idle(w)
             assert sorted(Path(p).name for p in ws.sources()) == ["a.md", "b.txt"] and len(calls) == 2
@@ -114,7 +114,7 @@ class TestWatcher:
         ws = workspace_factory()
         docs = tmp_path / "docs"
         docs.mkdir()
-        calls = count_internalize(ws._component("converter").engine)
+        calls = count_internalize(ws.components.get("converter").engine)
         with _watch(ws, docs, debounce=0.4) as w:
             _idle(w)
             for i in range(15):  # an editor saving in small writes
@@ -138,7 +138,7 @@ class TestWatcher:
         (docs / "gone.md").unlink()
         (docs / "move.md").rename(docs / "moved.md")
         (docs / "new.md").write_text("New: added while stopped.\n")
-        calls = count_internalize(ws._component("converter").engine)
+        calls = count_internalize(ws.components.get("converter").engine)
         w2 = _watch(ws, docs)
         events = w2.reconcile()  # the same pass start() runs (here without starting)
         actions = {Path(e.path).name: e.action for e in events}
@@ -287,13 +287,13 @@ class TestConsistency:
         ws.index_file(doc)
         doc.write_text("The meeting room is called Osprey.\n")
 
-        store_it = ws._component("converter").commit
+        store_it = ws.components.get("converter").commit
 
         def crash(*a, **kw):
             store_it(*a, **kw)
             raise KeyboardInterrupt  # the process dies after the adapter was written, before the record
 
-        monkeypatch.setattr(ws._component("converter"), "commit", crash)
+        monkeypatch.setattr(ws.components.get("converter"), "commit", crash)
         with pytest.raises(KeyboardInterrupt):
             ws.index_file(doc)
         monkeypatch.undo()

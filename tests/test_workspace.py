@@ -49,13 +49,13 @@ def _crash_mid_commit(ws: Workspace, doc: Path, monkeypatch) -> None:
     record (the journal says ``phase: commit``); the monkeypatch is undone."""
     ws.index_file(doc)
     _edit(doc, "The kettle is also available in red.")
-    store_it = ws._component("converter").commit
+    store_it = ws.components.get("converter").commit
 
     def crash(*a, **kw):
         store_it(*a, **kw)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ws._component("converter"), "commit", crash)
+    monkeypatch.setattr(ws.components.get("converter"), "commit", crash)
     with pytest.raises(KeyboardInterrupt):
         ws.index_file(doc)
     monkeypatch.undo()
@@ -64,7 +64,7 @@ def _crash_mid_commit(ws: Workspace, doc: Path, monkeypatch) -> None:
 class TestWorkspaceIndexing:
     def test_index_route_and_reindex_unchanged(self, workspace_factory, docs_dir: Path, count_internalize):
         ws = workspace_factory()
-        calls = count_internalize(ws._component("converter").engine)
+        calls = count_internalize(ws.components.get("converter").engine)
         results = ws.index_paths([docs_dir])
         assert len(results) == 4 and {r.action for r in results} == {"internalized"}
         assert {r.route for r in results} == {"d2l"} and len(calls) == 4
@@ -132,7 +132,7 @@ class TestWorkspaceIndexing:
         manual, log = docs_dir / "kettle-manual.md", docs_dir / "app-changelog.md"
         ws.index_file(manual)
         ws.index_file(log, route="rag")
-        calls = count_internalize(ws._component("converter").engine)
+        calls = count_internalize(ws.components.get("converter").engine)
         # rename a D2L document: the adapter moves, nothing is internalized again
         new_manual = docs_dir / "manual-v2.md"
         manual.rename(new_manual)
@@ -274,7 +274,7 @@ class TestWorkspacePersistence:
         def killed(*a, **kw):
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(ws._component("converter"), "prepare", killed)
+        monkeypatch.setattr(ws.components.get("converter"), "prepare", killed)
         with pytest.raises(KeyboardInterrupt):
             ws.index_file(manual)
         assert ws._journal.read()["phase"] == "prepare"
@@ -282,7 +282,7 @@ class TestWorkspacePersistence:
         again = Workspace(tmp_path / "ws", device="cpu")
         assert not again.pending_update and again.components.built == ()  # no model loaded
         assert again.record(manual)["hash"] == before["hash"] and again.verify() == []
-        calls = count_internalize(again._component("converter").engine)
+        calls = count_internalize(again.components.get("converter").engine)
         assert again.index_file(manual).action == "internalized" and len(calls) == 1
 
     def test_status_and_verify_leave_an_interrupted_commit_to_the_next_writer(self, workspace_factory, docs_dir: Path,

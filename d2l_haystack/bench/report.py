@@ -338,10 +338,10 @@ def markdown(report: dict[str, Any]) -> str:
         if wname == "niah" and summary.get("needle_grid"):
             grid = summary["needle_grid"]
             names = list(grid)
-            cells = sorted({(int(length), float(d)) for g in grid.values() for length, row in g.items() for d in row})
+            points = sorted({(int(length), float(d)) for g in grid.values() for length, row in g.items() for d in row})
             lines += ["Needle grid (contains per length and depth; * = beyond the window, icl truncated):", "",
                       "| length | depth | " + " | ".join(names) + " |", "| ---: | ---: |" + " ---: |" * len(names)]
-            for length, depth in cells:
+            for length, depth in points:
                 star = "*" if length > window else ""
                 lines.append(f"| {length}{star} | {depth:g} | " + " | ".join(
                     _f(grid[m].get(str(length), {}).get(f"{depth:g}"), 2) for m in names) + " |")

@@ -359,7 +359,7 @@ class RoutedMethod(Method):
         ttft = float(q.meta.get("time_to_first_token", gen) or 0.0)
         usage = q.meta.get("usage", {}) or {}
         adapters = [a["id"] for a in q.adapters]
-        sources = sorted({c.get("source") for c in q.chunks if c.get("source")})
+        sources = sorted({str(c["source"]) for c in q.chunks if c.get("source")})
         result = GenerationResult(text=q.answer.strip(), num_tokens=int(usage.get("completion_tokens", 0)),
                                   seconds=total, time_to_first_token=max(0.0, total - gen) + ttft,
                                   prompt_tokens=int(usage.get("prompt_tokens", 0)))

@@ -445,7 +445,8 @@ def stop_local_server(data_dir: str | Path) -> bool:
     folder = Path(data_dir).expanduser().resolve()
     if not (folder / "postmaster.pid").is_file():
         return False
-    from pgserver._commands import pg_ctl
+    # pgserver makes one function per PostgreSQL program at import time (setattr), out of a type checker's sight
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
     user = "pgserver" if os.name == "posix" and os.geteuid() == 0 else None  # pgserver's user when root
     try:

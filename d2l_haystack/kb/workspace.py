@@ -279,9 +279,6 @@ class Workspace:
             self._recover(heavy=True)
 
     # -- components (loaded on first use) -------------------------------------------------
-    def _component(self, name: str) -> Any:
-        return self.components.get(name)
-
     def query_pipeline(self) -> Any:
         """The workspace's query pipeline (built once; shares the workspace's stores)."""
         if self._query_pipeline is None:
@@ -429,7 +426,7 @@ class Workspace:
         doc_meta = {k: v for k, v in meta.items() if not k.startswith("d2l_route")}
         if override:
             doc_meta["d2l_route_override"] = override
-        routed = self._component("router").run(documents=[Document(content=text, meta=doc_meta)],
+        routed = self.components.get("router").run(documents=[Document(content=text, meta=doc_meta)],
                                                history=self._history(doc_id, rec))
         return _Decision(record=rec, document=(routed["internalize"] or routed["index"])[0],
                          to_d2l=bool(routed["internalize"]))
@@ -463,20 +460,20 @@ class Workspace:
             if to_d2l and made_elsewhere:
                 prepared.start = time.perf_counter() - prepared.seconds
             elif to_d2l:
-                prepared = self._component("converter").prepare(doc, force=force)
+                prepared = self.components.get("converter").prepare(doc, force=force)
             else:
-                split = self._component("splitter").run(documents=[doc])["documents"]
+                split = self.components.get("splitter").run(documents=[doc])["documents"]
                 for i, chunk in enumerate(split):
                     chunk.meta["d2l_chunk"] = i
-                embedded = self._component("embedder").run(documents=split)["documents"]
+                embedded = self.components.get("embedder").run(documents=split)["documents"]
             self._journal_op({**op, "phase": "commit"})  # from here on the stores change
             with self._gate.exclusive():  # queries see the old state or the new one, never a mix
                 if to_d2l:  # the converter stores the adapter and removes the document's chunks
                     assert prepared is not None
-                    self._component("converter").commit(doc, prepared)
+                    self.components.get("converter").commit(doc, prepared)
                     action = prepared.action
                 else:
-                    chunks = self._component("writer").run(documents=embedded)["documents_written"]
+                    chunks = self.components.get("writer").run(documents=embedded)["documents_written"]
                     action = "indexed"
                 previous = commit_record(
                     rec, doc_id=doc_id, meta=meta, text=text, digest=digest, to_d2l=to_d2l, routed_meta=doc.meta,
@@ -510,7 +507,7 @@ class Workspace:
                     continue
                 doc = Document(content=text, meta={**meta, **({"d2l_route_override": rec["route_override"]}
                                                              if rec.get("route_override") else {})})
-                routed = self._component("router").run(documents=[doc], history=self._history(doc_id, rec))
+                routed = self.components.get("router").run(documents=[doc], history=self._history(doc_id, rec))
                 new_route = "d2l" if routed["internalize"] else "rag"
                 if new_route != rec.get("route"):
                     results.append(self._index(text, meta, None, True))

@@ -108,7 +108,8 @@ class PersistentFAISSDocumentStore(FAISSDocumentStore):
         if isinstance(store, dict) and store.get("type") not in (_BASE_TYPE, f"{__name__}.{cls.__name__}"):
             from haystack.core.serialization import import_class_by_name
 
-            return import_class_by_name(str(store.get("type"))).from_dict(store)
+            other: Any = import_class_by_name(str(store.get("type")))  # a Haystack document store class
+            return other.from_dict(store)
         if isinstance(store, dict):
             params = store.get("init_parameters", {})
             if not params.get("index_path"):

@@ -123,7 +123,7 @@ class TestRouted:
             assert r.meta["route"] in ("d2l", "rag", "hybrid") and r.meta["doc_route"] == "d2l"
             assert r.seconds >= r.meta["generation_seconds"] > 0
             # the workspace used the evaluation's engine, not a second copy
-            assert routed.workspace._component("converter").engine is tiny_engine
+            assert routed.workspace.components.get("converter").engine is tiny_engine
             routed.release("doc-a")
             assert routed.workspace.record("doc-a") is None and "doc-a" not in routed.workspace.adapters
         finally:
