@@ -33,6 +33,15 @@ def supports(path: str | Path) -> bool:
     return Path(path).suffix.lower() in supported_suffixes()
 
 
+def size_problem(size: int, limit: int) -> str | None:
+    """Why a file of ``size`` bytes cannot be indexed under the ``max_file_bytes`` setting ``limit``
+    (``None``: it can): the one wording of ``d2l index``, the watcher and uploads."""
+    if size <= limit:
+        return None
+    return f"{size:,} bytes is over the workspace's {limit:,}-byte limit (setting max_file_bytes; " \
+           f"raise it with `--max-file-size BYTES`)"
+
+
 class SourceFiles:
     """The source-file rules of one workspace folder.
 
@@ -46,9 +55,9 @@ class SourceFiles:
 
     def check_size(self, path: str | Path, size: int) -> None:
         """:raises InputError: ``size`` bytes (of the file or upload ``path``) is over the limit."""
-        if size > self.max_file_bytes:
-            raise InputError(f"{path}: {size:,} bytes is over the workspace's {self.max_file_bytes:,}-byte limit "
-                             f"(setting max_file_bytes; raise it with `d2l index --max-file-size BYTES`)")
+        problem = size_problem(size, self.max_file_bytes)
+        if problem:
+            raise InputError(f"{path}: {problem}")
 
     def read(self, path: str | Path) -> tuple[str, dict[str, Any], list[int] | None]:
         """A file's text, its document meta and its stat signature (taken before reading: a later

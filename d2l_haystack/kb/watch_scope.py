@@ -21,6 +21,7 @@ from typing import Any
 
 from d2l_haystack.core.errors import InputError
 from d2l_haystack.kb.settings import DEFAULT_SETTINGS
+from d2l_haystack.kb.sources import size_problem
 from d2l_haystack.kb.workspace import Workspace
 
 logger = logging.getLogger("d2l_haystack.kb.watcher")
@@ -135,10 +136,8 @@ class WatchScope:
             return "is a folder"
         if not stat.S_ISREG(st.st_mode):
             return f"not a regular file: {_FILE_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}"
-        if st.st_size > self.max_file_bytes:
-            return (f"too large ({st.st_size:,} bytes > the {self.max_file_bytes:,}-byte limit; setting "
-                    f"max_file_bytes, `--max-file-size BYTES` raises it)")
-        return None
+        problem = size_problem(st.st_size, self.max_file_bytes)
+        return f"too large: {problem}" if problem else None
 
     def changes(self, event: Any) -> list[tuple[Any, ...]]:
         """What a watchdog event means for the watcher's queue: ``("upsert", path)``, ``("delete",
