@@ -26,6 +26,7 @@ and the PEFT export): for a target linear layer ``y = W x``, ``A`` has shape ``(
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -68,6 +69,13 @@ class HypernetConfig:
     bias_rank: int = 8
     alpha: float = 0.0
     chunk_tokens: int = 512
+    copy_path: bool = False
+    """Give every rank component a second, direct way to write its output row ``B``: a pointer
+    attention from the component's latent over the document's tokens picks tokens, and their
+    (normalised) encoder states, through one linear map shared by all layers, are added to ``B``
+    under a learned per-component gate that starts at 0 (so an older checkpoint extended with it
+    answers exactly as before). A latent of ``latent_dim`` widths otherwise writes a value only
+    through a few shared directions (``docs/training.md``, "Where the values get lost")."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,6 +85,8 @@ class HypernetConfig:
             raise ValueError(f"encoder_mode must be 'early_exit' or 'per_layer', got {self.encoder_mode!r}")
         if not 1 <= self.exit_layer <= self.num_layers:
             raise ValueError(f"exit_layer must be within 1..{self.num_layers}, got {self.exit_layer}")
+        if self.copy_path and self.encoder_mode != "early_exit":
+            raise ValueError("copy_path needs encoder_mode 'early_exit' (one set of token states to point at)")
 
     @property
     def num_modules(self) -> int:
@@ -211,6 +221,13 @@ class Hypernetwork(nn.Module):
         self.bias_B = nn.ParameterList(
             nn.Parameter(torch.zeros(L, c.bias_rank, dout)) for dout in c.module_out
         )
+        if c.copy_path:
+            self.copy_query = nn.Linear(d, d, bias=False)
+            self.copy_key = nn.Linear(d, d, bias=False)
+            self.copy_out = nn.ParameterList(  # identity where the widths allow: a token state as it is
+                nn.Parameter(torch.eye(c.hidden_size, dout)) for dout in c.module_out
+            )
+            self.copy_gate = nn.Parameter(torch.zeros(L, c.num_modules, c.rank))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -246,6 +263,7 @@ class Hypernetwork(nn.Module):
         lat = lat.reshape(b, c.num_layers, c.num_modules * c.rank, c.latent_dim)
         hidden = torch.einsum("blqd,lde->blqe", lat, self.head_mlp_in)
         lat = lat + torch.einsum("blqe,led->blqd", F.silu(hidden), self.head_mlp_out)
+        copied = self._copied(lat, tokens, features, tmask) if c.copy_path else None
         lat = F.normalize(lat, dim=-1)
         lat = lat.view(b, c.num_layers, c.num_modules, c.rank, c.latent_dim)
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -254,12 +272,56 @@ class Hypernetwork(nn.Module):
             din = c.module_in[m]
             a = proj[..., :din] * self.scale_A[None, :, m, :, None]
             bb = proj[..., din:] * self.scale_B[None, :, m, :, None]
+            if copied is not None:
+                direct = torch.einsum("blrh,he->blre", copied[:, :, m], self.copy_out[m])
+                bb = bb + direct * self.copy_gate[None, :, m, :, None]
             out[name] = (a, bb)
         return out
+
+    def _copied(self, lat: torch.Tensor, tokens: torch.Tensor, features: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """The copy path's pointer read: per rank component, an attention-weighted mean of the
+        document's RMS-normalised encoder states, ``(batch, layers, modules, rank, hidden)``."""
+        c = self.config
+        b = lat.shape[0]
+        q = self.copy_query(lat.reshape(b, -1, c.latent_dim))
+        k = self.copy_key(tokens)
+        scores = torch.einsum("bqd,btd->bqt", q, k) / math.sqrt(c.latent_dim)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None, :].to(torch.bool), float("-inf"))
+        states = features * torch.rsqrt(features.pow(2).mean(-1, keepdim=True) + 1e-6)
+        read = torch.einsum("bqt,bth->bqh", scores.softmax(-1).to(states.dtype), states)
+        return read.view(b, c.num_layers, c.num_modules, c.rank, c.hidden_size)
 
     def bias_block(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The document-independent bias LoRA: ``{module: (A (L, rb, d_in), B (L, rb, d_out))}``."""
         return {name: (self.bias_A[m], self.bias_B[m]) for m, name in enumerate(self.config.target_modules)}
+
+
+NEUTRAL_EXTENSIONS = ("copy_path",)
+"""Config switches whose new parts start neutral: :func:`extended` adds them to a trained network."""
+
+
+def extended(hypernet: Hypernetwork, **changes: Any) -> Hypernetwork:
+    """A copy of ``hypernet`` with the parts of :data:`NEUTRAL_EXTENSIONS` switched on, its trained
+    weights kept: it generates the same factors until the new parts are trained.
+
+    Usage example::
+
+        net, _ = load_checkpoint("d2l_haystack/checkpoints/smollm2-135m-instruct")
+        net = extended(net, copy_path=True)   # a warm start for a run that trains the copy path
+
+    :raises ValueError: a change that is not a neutral extension (it would change the outputs).
+    """
+    other = sorted(set(changes) - set(NEUTRAL_EXTENSIONS))
+    if other:
+        raise ValueError(f"cannot change {other} of a trained hypernetwork (only {list(NEUTRAL_EXTENSIONS)} "
+                         f"can be added to one)")
+    grown = Hypernetwork(dataclasses.replace(hypernet.config, **changes))
+    missing, unexpected = grown.load_state_dict(hypernet.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("copy_") for k in missing):  # pragma: no cover - a coding error
+        raise RuntimeError(f"extension mismatch: missing {missing}, unexpected {unexpected}")
+    return grown.to(next(hypernet.parameters()).device)
 
 
 def file_sha256(path: Path) -> str:

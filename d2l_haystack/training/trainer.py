@@ -33,7 +33,14 @@ import torch
 
 from ..core.encoder import ContextEncoder, decoder_of, left_pad_batch, pad_batch
 from ..core.errors import ConfigError
-from ..core.hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint, save_checkpoint
+from ..core.hypernet import (
+    HypernetConfig,
+    Hypernetwork,
+    config_for_model,
+    extended,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ..core.lora import document_factors, get_hooks
 from ..core.models import DEFAULT_MODEL, get_model
 from ..core.prompts import ChatFormat, chunk_text_ids, chunk_token_ids
@@ -295,6 +302,12 @@ class Trainer:
         elif config.init_from:
             self.hypernet, _ = load_checkpoint(config.init_from, expected_base_model=self.loaded.name,
                                                map_location=self.device)
+            changes = {k: v for k, v in config.hypernet.items() if getattr(self.hypernet.config, k, None) != v}
+            if changes:  # e.g. the copy path added to a trained network (it starts neutral)
+                try:
+                    self.hypernet = extended(self.hypernet, **changes)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"init_from {config.init_from}: hypernet {changes}: {exc}") from None
         else:
             hcfg = config_for_model(self.model, self.loaded.name, **config.hypernet)
             self.hypernet = Hypernetwork(hcfg).to(self.device)
@@ -307,7 +320,8 @@ class Trainer:
         decay: list[torch.nn.Parameter] = []
         no_decay: list[torch.nn.Parameter] = []
         for name, p in self.hypernet.named_parameters():
-            plain = p.dim() < 2 or any(k in name for k in ("scale_", "norm", "latents", "layer_embed", "bias_"))
+            plain = p.dim() < 2 or any(k in name for k in ("scale_", "norm", "latents", "layer_embed", "bias_",
+                                                    "copy_gate"))
             (no_decay if plain else decay).append(p)
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
