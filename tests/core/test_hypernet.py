@@ -163,3 +163,38 @@ def test_config_validation() -> None:
     cfg = HypernetConfig(**base, rank=4)
     assert cfg.alpha == pytest.approx(16.0)
     assert HypernetConfig.from_dict({**cfg.to_dict(), "unknown_key": 1}) == cfg
+
+
+def test_the_copy_path_starts_neutral_then_writes_what_it_points_at(tmp_path: Path, tiny_engine: D2LEngine,
+                                                                     sample_text: str) -> None:
+    from d2l_haystack.core.hypernet import extended
+
+    hyper = _nonzero_hypernet(tiny_engine)
+    grown = extended(hyper, copy_path=True)
+    assert grown.config.copy_path and not hyper.config.copy_path
+    features = torch.randn(2, 9, tiny_engine.config.hidden_size)
+    mask = torch.ones(2, 9)
+    mask[1, 6:] = 0
+    before, after = hyper(features, mask)["down_proj"], grown(features, mask)["down_proj"]
+    assert all(torch.equal(x, y) for x, y in zip(before, after))  # the gate starts at 0
+    with torch.no_grad():
+        grown.copy_gate.fill_(1.0)
+    a, b = grown(features, mask)["down_proj"]
+    assert torch.equal(a, before[0]) and not torch.allclose(b, before[1])  # only B gets the copied states
+    # padding is never pointed at: the padded chunk's factors do not depend on its padding
+    padded = features.clone()
+    padded[1, 6:] = 100.0
+    assert torch.allclose(grown(padded, mask)["down_proj"][1][1], b[1], atol=1e-5)
+    b.sum().backward()
+    assert grown.copy_gate.grad is not None and grown.copy_query.weight.grad.abs().sum() > 0
+    # saved and loaded like any checkpoint, then used by the engine
+    save_checkpoint(grown, tmp_path / "copy")
+    loaded, _ = load_checkpoint(tmp_path / "copy")
+    assert loaded.config.copy_path and torch.allclose(loaded.copy_gate, grown.copy_gate.half().float())
+    engine = D2LEngine(tiny_engine.loaded.path, checkpoint=str(tmp_path / "copy"), device="cpu")
+    assert engine.internalize(sample_text).num_chunks >= 1
+    with pytest.raises(ValueError, match="cannot change"):
+        extended(hyper, latent_dim=64)
+    cfg = {**hyper.config.to_dict(), "encoder_mode": "per_layer", "copy_path": True}
+    with pytest.raises(ValueError, match="copy_path needs encoder_mode"):
+        HypernetConfig.from_dict(cfg)

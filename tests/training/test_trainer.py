@@ -404,3 +404,26 @@ def test_recall_prob_adds_recall_questions_to_reading_documents_only(tiny_llama_
     assert "ce_recall" in stats and "acc_recall" in stats
     off = Phase(until_step=10, mix={"realistic": 1.0})
     assert not any(qa.kind == "recall" for d in tr.make_docs(np.random.default_rng(0), off, 6) for qa in d.qas)
+
+
+def test_init_from_adds_the_copy_path_to_a_trained_network(tiny_llama_dir, tmp_path):
+    import torch
+
+    from d2l_haystack.core.errors import ConfigError
+    from d2l_haystack.core.hypernet import save_checkpoint
+
+    first = Trainer(_config(tiny_llama_dir, tmp_path / "a", unrelated_prob=0.0), log=_silent)
+    with torch.no_grad():
+        first.hypernet.scale_B.normal_(0, 0.1)
+    save_checkpoint(first.hypernet, tmp_path / "ckpt")
+    grown = Trainer(_config(tiny_llama_dir, tmp_path / "b", unrelated_prob=0.0, init_from=str(tmp_path / "ckpt"),
+                            hypernet={"copy_path": True}), log=_silent)
+    assert grown.hypernet.config.copy_path
+    docs = first.make_docs(__import__("numpy").random.default_rng(0), first.cfg.phases[0], 2)
+    with torch.no_grad():
+        a = first.doc_factors(docs)[0]["down_proj"][1]
+        b = grown.doc_factors(docs)[0]["down_proj"][1]
+    assert torch.allclose(a.half().float(), b, atol=1e-3)  # the checkpoint is fp16; the copy path adds nothing yet
+    with pytest.raises(ConfigError, match="cannot change"):
+        Trainer(_config(tiny_llama_dir, tmp_path / "c", init_from=str(tmp_path / "ckpt"),
+                        hypernet={"latent_dim": 16}), log=_silent)
