@@ -183,6 +183,9 @@ class TrainConfig:
     """Stop (with a checkpoint) at this step; unlike ``max_steps`` it leaves the schedule unchanged."""
     autocast: str = "auto"
     threads: int | None = None
+    copy_lr_scale: float = 1.0
+    """Learning-rate multiplier of the copy path's parameters (``hypernet: {copy_path: true}``): they
+    start neutral (gates at 0) beside a trained network and must grow from nothing."""
 
     def __post_init__(self) -> None:
         if self.distill_mode not in DISTILL_MODES:
@@ -192,6 +195,8 @@ class TrainConfig:
         if self.instructions_target not in INSTRUCTIONS_TARGETS:
             raise ValueError(f"instructions_target must be one of {', '.join(INSTRUCTIONS_TARGETS)}, "
                              f"got {self.instructions_target!r}")
+        if self.copy_lr_scale <= 0:
+            raise ValueError(f"copy_lr_scale must be > 0, got {self.copy_lr_scale}")
         if not 0.0 <= self.instructions_plain_share <= 1.0:
             raise ValueError(f"instructions_plain_share must be within [0, 1], got {self.instructions_plain_share}")
         if self.distill_top_k <= 0 and any(isinstance(p, Phase) and p.mix.get("instructions") for p in self.phases):
@@ -319,12 +324,15 @@ class Trainer:
                                     path=self.out / "teacher.pt") if config.distill_top_k > 0 else None
         decay: list[torch.nn.Parameter] = []
         no_decay: list[torch.nn.Parameter] = []
+        copy: list[torch.nn.Parameter] = []
         for name, p in self.hypernet.named_parameters():
-            plain = p.dim() < 2 or any(k in name for k in ("scale_", "norm", "latents", "layer_embed", "bias_",
-                                                    "copy_gate"))
-            (no_decay if plain else decay).append(p)
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+            plain = p.dim() < 2 or any(k in name for k in ("scale_", "norm", "latents", "layer_embed", "bias_"))
+            (copy if name.startswith("copy_") else no_decay if plain else decay).append(p)
+        groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": config.weight_decay},
+                                        {"params": no_decay, "weight_decay": 0.0}]
+        if copy:  # a third group only where there is a copy path: older runs' optimizer states still load
+            groups.append({"params": copy, "weight_decay": 0.0, "lr": config.lr * config.copy_lr_scale})
+        self.opt = torch.optim.AdamW(groups, lr=config.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.step = 0
         self.best_score = -1.0
