@@ -417,8 +417,11 @@ def test_init_from_adds_the_copy_path_to_a_trained_network(tiny_llama_dir, tmp_p
         first.hypernet.scale_B.normal_(0, 0.1)
     save_checkpoint(first.hypernet, tmp_path / "ckpt")
     grown = Trainer(_config(tiny_llama_dir, tmp_path / "b", unrelated_prob=0.0, init_from=str(tmp_path / "ckpt"),
-                            hypernet={"copy_path": True}), log=_silent)
+                            hypernet={"copy_path": True}, copy_lr_scale=10.0), log=_silent)
     assert grown.hypernet.config.copy_path
+    copy_group = [g for g in grown.opt.param_groups if any(p is grown.hypernet.copy_gate for p in g["params"])]
+    assert len(copy_group) == 1 and copy_group[0]["lr"] == pytest.approx(10.0 * grown.cfg.lr * grown._lr_factor(0))
+    assert len(first.opt.param_groups) == 2  # no copy path, no third group: older runs' states still load
     docs = first.make_docs(__import__("numpy").random.default_rng(0), first.cfg.phases[0], 2)
     with torch.no_grad():
         a = first.doc_factors(docs)[0]["down_proj"][1]
