@@ -354,7 +354,7 @@ def _without_defaults(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     import inspect
 
     try:
-        signature = inspect.signature(cls)  # the constructor's parameters, without self
+        signature = inspect.signature(cls.__init__)  # type: ignore[misc]  # the class as written, not a subclass
     except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
         return params
     out = {}
