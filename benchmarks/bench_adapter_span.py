@@ -48,31 +48,23 @@ def span(x: torch.Tensor) -> dict[str, list[float]]:
 
 
 def measure(checkpoint: str, n_docs: int) -> dict[str, object]:
-    from d2l_haystack.core.encoder import ContextEncoder, pad_batch
-    from d2l_haystack.core.hypernet import load_checkpoint
-    from d2l_haystack.core.models import get_model
-    from d2l_haystack.core.prompts import ChatFormat
+    from d2l_haystack.core.engine import D2LEngine
     from d2l_haystack.training.realistic import realistic_document
 
-    net, payload = load_checkpoint(checkpoint)
-    net.eval()
-    loaded = get_model(net.config.base_model)
-    encoder = ContextEncoder(loaded.model, net.config.encoder_mode, net.config.exit_layer)
-    fmt = ChatFormat(loaded.tokenizer)
+    engine = D2LEngine(checkpoint=checkpoint, device="cpu")
+    cfg = engine.config
     rng = np.random.default_rng(0)
     texts = [realistic_document(rng, 2, part="heldout").text for _ in range(n_docs)]
+    module = cfg.target_modules[0]
     parts: dict[str, list[torch.Tensor]] = {"A": [], "B": []}
-    module = net.config.target_modules[0]
     with torch.no_grad():
-        for i in range(0, n_docs, 8):
-            wrapped = [fmt.wrap_chunk(fmt.document_ids(t)) for t in texts[i:i + 8]]
-            ids, mask = pad_batch(wrapped, loaded.tokenizer.pad_token_id, "cpu")
-            a, b = net(encoder(ids, mask), mask)[module]
+        for i in range(0, n_docs, 8):  # one chunk per document, through the engine's own routine
+            wrapped = [engine.format.wrap_chunk(engine.format.document_ids(t)) for t in texts[i:i + 8]]
+            a, b = engine.chunk_factors(wrapped)[module]
             parts["A"].append(a)
             parts["B"].append(b)
-    out: dict[str, object] = {"checkpoint": checkpoint, "checkpoint_id": payload["checkpoint_id"],
-                              "module": module, "docs": n_docs,
-                              "d_in": net.config.module_in[0], "d_out": net.config.module_out[0]}
+    out: dict[str, object] = {"checkpoint": checkpoint, "checkpoint_id": engine.checkpoint_id,
+                              "module": module, "docs": n_docs, "d_in": cfg.module_in[0], "d_out": cfg.module_out[0]}
     for side, xs in parts.items():
         out[side] = span(torch.cat(xs))
     return out
