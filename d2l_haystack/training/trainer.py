@@ -466,7 +466,7 @@ class Trainer:
                 n_facts = int(rng.integers(1, phase.max_facts + 1))
                 doc = D.needle_document(rng, filler, per_chunk * chunks, n_facts, self.cfg.questions_per_doc,
                                           fact_kinds=phase.fact_kinds)
-            if phase.recall_prob and kind in RECALL_DOC_KINDS and rng.random() < phase.recall_prob:
+            if phase.recall_prob and doc.source in RECALL_DOC_KINDS and rng.random() < phase.recall_prob:
                 recall = recall_question(rng, doc.text, part="heldout" if held_out else "train")
                 if recall is not None:
                     doc.qas.append(recall)
