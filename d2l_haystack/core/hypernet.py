@@ -76,6 +76,14 @@ class HypernetConfig:
     under a learned per-component gate that starts at 0 (so an older checkpoint extended with it
     answers exactly as before). A latent of ``latent_dim`` widths otherwise writes a value only
     through a few shared directions (``docs/training.md``, "Where the values get lost")."""
+    copy_sharpness: float = 1.0
+    """Multiplier of the copy pointer's scores. At 1 a fresh pointer is nearly uniform (entropy 0.99 of
+    the maximum on a 65-token document with the shipped network), so it reads the document's mean
+    state; ``sqrt(latent_dim)`` removes the attention scaling and starts it sharp."""
+    copy_centered: bool = False
+    """Subtract the document's mean (normalised) state from what the pointer reads, so the copy path
+    carries only what tells a token from the rest of its document (the mean state holds 0.7 of a
+    state's norm) and a uniform pointer writes nothing."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,6 +95,8 @@ class HypernetConfig:
             raise ValueError(f"exit_layer must be within 1..{self.num_layers}, got {self.exit_layer}")
         if self.copy_path and self.encoder_mode != "early_exit":
             raise ValueError("copy_path needs encoder_mode 'early_exit' (one set of token states to point at)")
+        if self.copy_sharpness <= 0:
+            raise ValueError(f"copy_sharpness must be > 0, got {self.copy_sharpness}")
 
     @property
     def num_modules(self) -> int:
@@ -286,10 +296,16 @@ class Hypernetwork(nn.Module):
         b = lat.shape[0]
         q = self.copy_query(lat.reshape(b, -1, c.latent_dim))
         k = self.copy_key(tokens)
-        scores = torch.einsum("bqd,btd->bqt", q, k) / math.sqrt(c.latent_dim)
+        scores = torch.einsum("bqd,btd->bqt", q, k) * (c.copy_sharpness / math.sqrt(c.latent_dim))
         if mask is not None:
             scores = scores.masked_fill(~mask[:, None, :].to(torch.bool), float("-inf"))
         states = features * torch.rsqrt(features.pow(2).mean(-1, keepdim=True) + 1e-6)
+        if c.copy_centered:
+            if mask is None:
+                states = states - states.mean(1, keepdim=True)
+            else:
+                w = mask.to(states.dtype)[..., None]
+                states = states - (states * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
         read = torch.einsum("bqt,bth->bqh", scores.softmax(-1).to(states.dtype), states)
         return read.view(b, c.num_layers, c.num_modules, c.rank, c.hidden_size)
 
@@ -298,8 +314,9 @@ class Hypernetwork(nn.Module):
         return {name: (self.bias_A[m], self.bias_B[m]) for m, name in enumerate(self.config.target_modules)}
 
 
-NEUTRAL_EXTENSIONS = ("copy_path",)
-"""Config switches whose new parts start neutral: :func:`extended` adds them to a trained network."""
+NEUTRAL_EXTENSIONS = ("copy_path", "copy_sharpness", "copy_centered")
+"""Config switches whose new parts start neutral (the copy pointer's settings change nothing while its
+gates are 0): :func:`extended` adds them to a trained network."""
 
 
 def extended(hypernet: Hypernetwork, **changes: Any) -> Hypernetwork:

@@ -186,6 +186,11 @@ class TrainConfig:
     copy_lr_scale: float = 1.0
     """Learning-rate multiplier of the copy path's parameters (``hypernet: {copy_path: true}``): they
     start neutral (gates at 0) beside a trained network and must grow from nothing."""
+    copy_gate_init: float = 0.0
+    """Where the copy path's gates start when ``init_from`` adds it to a trained network. At 0 the
+    pointer gets no gradient until a gate has grown (stages R, S); a small value (the shipped
+    network's rows of ``B`` have norm ~0.015, a pointer read ~17) trains the pointer from step 1
+    at the price of a small first change to the adapters."""
 
     def __post_init__(self) -> None:
         if self.distill_mode not in DISTILL_MODES:
@@ -197,6 +202,8 @@ class TrainConfig:
                              f"got {self.instructions_target!r}")
         if self.copy_lr_scale <= 0:
             raise ValueError(f"copy_lr_scale must be > 0, got {self.copy_lr_scale}")
+        if self.copy_gate_init and not self.hypernet.get("copy_path"):
+            raise ValueError("copy_gate_init needs hypernet: {copy_path: true} (the gates it starts)")
         if not 0.0 <= self.instructions_plain_share <= 1.0:
             raise ValueError(f"instructions_plain_share must be within [0, 1], got {self.instructions_plain_share}")
         if self.distill_top_k <= 0 and any(isinstance(p, Phase) and p.mix.get("instructions") for p in self.phases):
@@ -313,6 +320,9 @@ class Trainer:
                     self.hypernet = extended(self.hypernet, **changes)
                 except (TypeError, ValueError) as exc:
                     raise ConfigError(f"init_from {config.init_from}: hypernet {changes}: {exc}") from None
+                if config.copy_gate_init and self.hypernet.config.copy_path and "copy_path" in changes:
+                    with torch.no_grad():
+                        self.hypernet.copy_gate.fill_(config.copy_gate_init)
         else:
             hcfg = config_for_model(self.model, self.loaded.name, **config.hypernet)
             self.hypernet = Hypernetwork(hcfg).to(self.device)
