@@ -198,3 +198,28 @@ def test_the_copy_path_starts_neutral_then_writes_what_it_points_at(tmp_path: Pa
     cfg = {**hyper.config.to_dict(), "encoder_mode": "per_layer", "copy_path": True}
     with pytest.raises(ValueError, match="copy_path needs encoder_mode"):
         HypernetConfig.from_dict(cfg)
+
+
+def test_a_centred_pointer_reads_what_sets_a_token_apart_and_sharpness_focuses_it(tiny_engine: D2LEngine) -> None:
+    from d2l_haystack.core.hypernet import extended
+
+    hyper = _nonzero_hypernet(tiny_engine)
+    features = torch.randn(1, 7, tiny_engine.config.hidden_size) + 3.0  # a large state all tokens share
+    mask = torch.ones(1, 7)
+
+    def pointer_read(net: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            net.copy_gate.fill_(1.0)
+            return net(features, mask)["down_proj"][1] - hyper(features, mask)["down_proj"][1]
+
+    plain = extended(hyper, copy_path=True)
+    centred = extended(hyper, copy_path=True, copy_centered=True)
+    torch.nn.init.zeros_(plain.copy_query.weight)  # a uniform pointer: the mean of the states
+    torch.nn.init.zeros_(centred.copy_query.weight)
+    assert pointer_read(plain).abs().max() > 1.0
+    assert pointer_read(centred).abs().max() < 1e-4  # the mean is taken away: nothing is written
+    loose, sharp = (extended(hyper, copy_path=True, copy_centered=True, copy_sharpness=s) for s in (1.0, 50.0))
+    sharp.load_state_dict(loose.state_dict())
+    assert pointer_read(sharp).norm() > 2 * pointer_read(loose).norm()  # one token's state, not an average
+    with pytest.raises(ValueError, match="copy_sharpness"):
+        HypernetConfig.from_dict({**hyper.config.to_dict(), "copy_sharpness": 0.0})

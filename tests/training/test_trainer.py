@@ -430,3 +430,11 @@ def test_init_from_adds_the_copy_path_to_a_trained_network(tiny_llama_dir, tmp_p
     with pytest.raises(ConfigError, match="cannot change"):
         Trainer(_config(tiny_llama_dir, tmp_path / "c", init_from=str(tmp_path / "ckpt"),
                         hypernet={"latent_dim": 16}), log=_silent)
+    started = Trainer(_config(tiny_llama_dir, tmp_path / "d", unrelated_prob=0.0, init_from=str(tmp_path / "ckpt"),
+                              hypernet={"copy_path": True, "copy_centered": True}, copy_gate_init=0.5), log=_silent)
+    assert torch.all(started.hypernet.copy_gate == 0.5) and started.hypernet.config.copy_centered
+    with torch.no_grad():
+        c = started.doc_factors(docs)[0]["down_proj"][1]
+    assert not torch.allclose(c, b, atol=1e-3)  # the pointer writes from the first step
+    with pytest.raises(ValueError, match="copy_gate_init needs"):
+        TrainConfig(model=str(tiny_llama_dir), out_dir=str(tmp_path / "e"), copy_gate_init=0.5)
