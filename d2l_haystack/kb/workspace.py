@@ -29,7 +29,8 @@ interrupted while writing the stores, a rename or a removal is redone (all are i
 interrupted run leaves the old state or the new one. :meth:`~Workspace.verify` and
 :meth:`~Workspace.repair` (:mod:`d2l_haystack.kb.maintenance`) check and fix the rest.
 
-Parts (each its own module): :mod:`~d2l_haystack.kb.sources` (which files, how they are read),
+Parts (each its own module): :mod:`~d2l_haystack.kb.indexing` (decide, prepare, commit one
+source), :mod:`~d2l_haystack.kb.sources` (which files, how they are read),
 :mod:`~d2l_haystack.kb.component_set` (the indexing components), :mod:`~d2l_haystack.kb.records`
 (file records), :mod:`~d2l_haystack.kb.answers` (query inputs and results),
 :mod:`~d2l_haystack.kb.maintenance` (journal recovery, verify, repair), :mod:`~d2l_haystack.kb.state`
@@ -56,28 +57,23 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from haystack import Document
-
 from d2l_haystack.components._utils import source_filter
-from d2l_haystack.components.internalization_router import parse_route
 from d2l_haystack.components.source_file_converter import read_source, title_of
 from d2l_haystack.core.errors import D2LError, InputError
 from d2l_haystack.core.keys import EMBEDDING_DIM
 from d2l_haystack.core.textio import content_hash, validate_text
+from d2l_haystack.kb import indexing
 from d2l_haystack.kb.answers import QueryResult, pipeline_inputs, query_result
 from d2l_haystack.kb.answers import explain as explain_answer
 from d2l_haystack.kb.component_set import WorkspaceComponents
+from d2l_haystack.kb.indexing import IndexResult
 from d2l_haystack.kb.maintenance import recover, repair, verify
 from d2l_haystack.kb.records import (
-    changed_record,
-    commit_record,
     recent_route_changes,
     renamed_record,
-    routing_history,
     status_row,
     totals,
 )
@@ -90,35 +86,6 @@ from d2l_haystack.stores.faiss_document_store import DamagedIndexError
 from d2l_haystack.stores.files import writable
 
 logger = logging.getLogger(__name__)
-
-@dataclass
-class IndexResult:
-    """What :meth:`Workspace.index_file` did with one source."""
-
-    path: str
-    action: str
-    """``internalized``, ``indexed``, ``unchanged``, ``copied`` (adapter reused), ``renamed``, ``removed``."""
-    route: str | None = None
-    reason: str = ""
-    previous_route: str | None = None
-    seconds: float = 0.0
-    chunks: int = 0
-    adapter_id: str | None = None
-    num_tokens: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class _Decision:
-    """What :meth:`Workspace._decide` found for a changed document."""
-
-    record: dict[str, Any]
-    """Its new record so far (change counted, route override set)."""
-    document: Document
-    """The document as the internalization router returned it (route and reason in its meta)."""
-    to_d2l: bool
 
 
 class Workspace:
@@ -387,131 +354,27 @@ class Workspace:
         """
         with self._locked():
             text, meta, _ = self._read(path)
-            decision = self._decide(meta["d2l_doc_id"], text, content_hash(text), meta, route, force, time.time())
+            decision = indexing.decide(self, meta["d2l_doc_id"], text, content_hash(text), meta, route, force,
+                                       time.time())
             return None if decision is None else ("d2l" if decision.to_d2l else "rag", text, meta)
 
-    def _history(self, doc_id: str, rec: dict[str, Any]) -> dict[str, Any]:
-        return routing_history(doc_id, rec, self.adapters.info(doc_id))
-
     def _materialized(self, doc_id: str, rec: dict[str, Any]) -> bool:
-        if rec.get("model") != self.settings["model"] or rec.get("checkpoint") != self.settings["checkpoint"]:
-            return False
-        if rec.get("route") == "d2l":  # present, of this content, and not damaged
-            entry = self.adapters.info(doc_id)
-            return bool(entry and entry["content_hash"] == rec.get("hash") and self.adapters.check(doc_id) is None)
-        if rec.get("route") == "rag":
-            return self.document_store.count_documents_by_filter(source_filter(doc_id)) > 0
-        return False
-
-    def _decide(self, doc_id: str, text: str, digest: str, meta: dict[str, Any], route: str | None, force: bool,
-                now: float) -> _Decision | None:
-        """The first step of an index (under the updates' lock; changes nothing): ``None`` when the
-        document is unchanged (same content and route override, its adapter or chunks present, no
-        ``force``); else its records and the internalization router's decision.
-
-        :param digest: ``content_hash(text)``.
-        :raises InputError: ``route`` is not ``d2l``, ``rag``, ``auto`` or ``None``.
-        """
-        old = self._files.get(doc_id)
-        if route is None:
-            override = old.get("route_override") if old else None
-        else:
-            override = parse_route(route)
-            if override is None and str(route).lower() != "auto":
-                raise InputError(f"route must be 'd2l', 'rag' or 'auto', got {route!r}")
-        if (old and not force and old.get("hash") == digest and old.get("route_override") == override
-                and self._materialized(doc_id, old)):
-            return None
-        rec = changed_record(old, digest, override, now)
-        doc_meta = {k: v for k, v in meta.items() if not k.startswith("d2l_route")}
-        if override:
-            doc_meta["d2l_route_override"] = override
-        routed = self.components.get("router").run(documents=[Document(content=text, meta=doc_meta)],
-                                               history=self._history(doc_id, rec))
-        return _Decision(record=rec, document=(routed["internalize"] or routed["index"])[0],
-                         to_d2l=bool(routed["internalize"]))
+        """Whether a record's adapter or chunks are present and current
+        (:func:`~d2l_haystack.kb.indexing.materialized`)."""
+        return indexing.materialized(self, doc_id, rec)
 
     def _index(self, text: str, meta: dict[str, Any], route: str | None, force: bool,
                keep_text: bool = False, file_stat: list[int] | None = None, prepared: Any = None) -> IndexResult:
-        doc_id = meta["d2l_doc_id"]
-        digest = content_hash(text)
-        start = time.perf_counter()
-        with self._locked():
-            now = time.time()
-            decision = self._decide(doc_id, text, digest, meta, route, force, now)
-            if decision is None:  # unchanged
-                old = self._files[doc_id]
-                if file_stat is not None and old.get("file_stat") != file_stat and not self.read_only:
-                    old["file_stat"] = file_stat  # touched or replaced, same content: remembered for sweeps
-                    self._save_files()
-                return IndexResult(path=doc_id, action="unchanged", route=old["route"], reason=old.get("reason", ""),
-                                   previous_route=old["route"], chunks=int(old.get("chunks", 0)),
-                                   adapter_id=old.get("adapter_id"), num_tokens=int(old.get("num_tokens", 0)))
-            rec, doc, to_d2l = decision.record, decision.document, decision.to_d2l
-            op: dict[str, Any] = {"op": "index", "doc_id": doc_id, "route": route, "phase": "prepare"}
-            if keep_text:
-                op.update(text=text, meta=meta)
-            self._journal_op(op)
-            chunks, action = 0, ""
-            embedded: list[Document] = []
-            made_elsewhere = prepared is not None and prepared.adapter is not None and \
-                prepared.adapter.content_hash == digest and prepared.key == doc_id
-            # the heavy work runs before the commit gate: queries only wait for the store changes
-            if to_d2l and made_elsewhere:
-                prepared.start = time.perf_counter() - prepared.seconds
-            elif to_d2l:
-                prepared = self.components.get("converter").prepare(doc, force=force)
-            else:
-                split = self.components.get("splitter").run(documents=[doc])["documents"]
-                for i, chunk in enumerate(split):
-                    chunk.meta["d2l_chunk"] = i
-                embedded = self.components.get("embedder").run(documents=split)["documents"]
-            self._journal_op({**op, "phase": "commit"})  # from here on the stores change
-            with self._gate.exclusive():  # queries see the old state or the new one, never a mix
-                if to_d2l:  # the converter stores the adapter and removes the document's chunks
-                    assert prepared is not None
-                    self.components.get("converter").commit(doc, prepared)
-                    action = prepared.action
-                else:
-                    chunks = self.components.get("writer").run(documents=embedded)["documents_written"]
-                    action = "indexed"
-                previous = commit_record(
-                    rec, doc_id=doc_id, meta=meta, text=text, digest=digest, to_d2l=to_d2l, routed_meta=doc.meta,
-                    chunks=chunks, now=now, seconds=time.perf_counter() - start, model=self.settings["model"],
-                    checkpoint=self.settings["checkpoint"], file_stat=file_stat)
-                if previous and previous != rec["route"]:  # kept with its reason (``status()``) and logged
-                    logger.info("route change: %s: %s -> %s: %s", doc_id, previous, rec["route"], rec["reason"])
-                self._files[doc_id] = rec
-                self._save_files()
-                self._journal_op(None)
-            return IndexResult(path=doc_id, action=action, route=rec["route"], reason=rec["reason"],
-                               previous_route=previous, seconds=rec["index_seconds"], chunks=chunks,
-                               adapter_id=rec["adapter_id"], num_tokens=rec["num_tokens"])
+        """Index one read document (:func:`~d2l_haystack.kb.indexing.index_document`)."""
+        return indexing.index_document(self, text, meta, route, force, keep_text=keep_text, file_stat=file_stat,
+                                       prepared=prepared)
 
     def reroute(self, paths: Iterable[str | Path] | None = None) -> list[IndexResult]:
         """Re-evaluate the route of unchanged documents (query counts grow) and move those that changed.
 
         Only files that still exist are re-read; others are left as they are.
         """
-        with self._locked():
-            ids = [self._doc_id(p) for p in paths] if paths is not None else list(self._files)
-        results = []
-        for doc_id in ids:
-            with self._locked():
-                rec = self._files.get(doc_id)
-                if rec is None or not Path(doc_id).is_file():
-                    continue
-                text, meta = read_source(doc_id)
-                if content_hash(text) != rec.get("hash"):
-                    results.append(self._index(text, meta, None, False))
-                    continue
-                doc = Document(content=text, meta={**meta, **({"d2l_route_override": rec["route_override"]}
-                                                             if rec.get("route_override") else {})})
-                routed = self.components.get("router").run(documents=[doc], history=self._history(doc_id, rec))
-                new_route = "d2l" if routed["internalize"] else "rag"
-                if new_route != rec.get("route"):
-                    results.append(self._index(text, meta, None, True))
-        return results
+        return indexing.reroute(self, paths)
 
     # -- removal and renames --------------------------------------------------------------
     def remove_file(self, path: str | Path) -> bool:

@@ -30,25 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from .heldout import PARTS
+from .heldout import part_of as _part_of
+
 Rng = np.random.Generator
-PARTS = ("train", "heldout")
 SAMPLE_PARTS = (*PARTS, "validation")
 """``validation``: training kinds in held-out phrasings and values (what a training run selects its
 best checkpoint on; the held-out KINDS stay unseen until the evaluation)."""
-
-
-def held_out_index(i: int) -> bool:
-    """Every third phrasing or value (indices 2, 5, ...) belongs to the held-out part."""
-    return i % 3 == 2
-
-
-def _part_of(items: Sequence[Any], part: str) -> list[Any]:
-    if part == "any":
-        return list(items)
-    if part not in PARTS:
-        raise ValueError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
-    keep = [x for i, x in enumerate(items) if held_out_index(i) == (part == "heldout")]
-    return keep or list(items)
 
 
 def _pick(rng: Rng, items: Sequence[Any]) -> Any:

@@ -32,28 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import QA, TrainDoc
-
-PARTS = ("train", "heldout")
+from .heldout import PARTS
+from .heldout import part_of as _part_of
 
 Rng = np.random.Generator
 
 
 def _pick(rng: Rng, xs: Sequence[str]) -> str:
     return xs[int(rng.integers(len(xs)))]
-
-
-def held_out_index(i: int) -> bool:
-    """Whether template or format number ``i`` of a list belongs to the held-out part."""
-    return i % 3 == 2
-
-
-def _part_of(items: Sequence[str], part: str) -> list[str]:
-    """The items of ``part`` (``any``: all of them); a list too short to have a held-out item is
-    all train."""
-    if part == "any" or len(items) < 3:
-        return list(items)
-    keep = [x for i, x in enumerate(items) if held_out_index(i) == (part == "heldout")]
-    return keep or list(items)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.keys import split_sentences
 from .data import QA
-from .realistic import held_out_index
+from .heldout import held_out_index
 
 TEMPLATES = (
     'How does the sentence that begins "{cue}" continue in the document?',
