@@ -33,11 +33,11 @@ from typing import Any
 import torch
 
 from .adapter import ADAPTER_KINDS, Adapter, compose
-from .encoder import ContextEncoder, decoder_of, pad_batch
+from .encoder import ContextEncoder, decoder_of
 from .errors import AdapterError, InputError, ModelNotFoundError
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
-from .lora import Factors, document_factors, get_hooks
+from .lora import Factors, document_factors, encode_chunks, get_hooks
 from .models import DEFAULT_DTYPE, DEFAULT_MODEL, LoadedModel, cache_dir, get_model
 from .prompts import ChatFormat, chunk_text_ids
 from .textio import CHUNKINGS, DEFAULT_CHUNKING, content_hash, validate_text
@@ -301,17 +301,9 @@ class D2LEngine:
         :param kind: which hypernetwork (:meth:`reader`).
         """
         reader = self.reader(kind, instructions_checkpoint)
-        ids, mask = pad_batch(wrapped, self.tokenizer.pad_token_id, self.device)
-        t0 = time.perf_counter()
-        with self.precision():
-            features = reader.encoder(ids, mask)
-            t1 = time.perf_counter()
-            out = reader.hypernet(features.float(), mask)
-        factors = {m: (a.float(), b.float()) for m, (a, b) in out.items()}
-        if timings is not None:
-            timings["encoder"] = timings.get("encoder", 0.0) + t1 - t0
-            timings["hypernetwork"] = timings.get("hypernetwork", 0.0) + time.perf_counter() - t1
-        return factors
+        out = encode_chunks(reader.encoder, reader.hypernet, wrapped, self.tokenizer.pad_token_id, self.device,
+                            self.precision, timings)
+        return {m: (a.float(), b.float()) for m, (a, b) in out.items()}
 
     def internalize(self, text: str, *, source: str = "document", progress: bool | None = None,
                     batch_size: int = 4, meta: dict[str, Any] | None = None,

@@ -11,15 +11,18 @@ Convention (see :mod:`d2l_haystack.core.hypernet`): ``A: (R, d_in)``, ``B: (R, d
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
+from .encoder import pad_batch
 from .hypernet import find_target_modules
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -47,6 +50,50 @@ def document_factors(a: torch.Tensor, b: torch.Tensor, bias: tuple[torch.Tensor,
             doc = torch.nn.functional.pad(doc, (0, 0, 0, pad_chunks * r))
         out.append(torch.cat([doc, extra.to(doc.dtype)], dim=1))
     return out[0], out[1]
+
+
+def length_groups(lengths: list[int], overhead: int = 16) -> list[list[int]]:
+    """Indices sorted by length, cut into one or two groups where padding each group to its own
+    longest member costs least (``overhead`` tokens per extra group)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    lens = [lengths[i] for i in order]
+    n = len(lens)
+    cost = [lens[-1] * n] + [lens[c - 1] * c + lens[-1] * (n - c) + overhead for c in range(1, n)]
+    cut = min(range(len(cost)), key=cost.__getitem__)
+    return [order] if cut == 0 else [order[:cut], order[cut:]]
+
+
+def encode_chunks(encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], hypernet: nn.Module,
+                  wrapped: list[list[int]], pad_id: int, device: Any,
+                  precision: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+                  timings: dict[str, float] | None = None) -> Factors:
+    """Chunk token ids (each wrapped in the chat template) -> encoder -> hypernetwork -> per-chunk
+    factors ``A: (chunks, L, r, d_in)``, in the chunks' order: the one routine of the engine and the
+    trainer (which runs it with gradients). Chunks of very different lengths (a 40-token note beside
+    a 384-token document) run in two length groups, so the short ones are not padded to the longest.
+
+    :param precision: a factory of the context both models run in (e.g. bf16 autocast).
+    :param timings: if given, the seconds of each stage are added to ``"encoder"`` and ``"hypernetwork"``.
+    """
+    groups = length_groups([len(w) for w in wrapped])
+    parts: list[Factors] = []
+    for group in groups:
+        ids, mask = pad_batch([wrapped[i] for i in group], pad_id, device)
+        t0 = time.perf_counter()
+        with precision():
+            features = encoder(ids, mask)
+            t1 = time.perf_counter()
+            parts.append(hypernet(features.float(), mask))
+        if timings is not None:
+            timings["encoder"] = timings.get("encoder", 0.0) + t1 - t0
+            timings["hypernetwork"] = timings.get("hypernetwork", 0.0) + time.perf_counter() - t1
+    if len(parts) == 1 and groups[0] == sorted(groups[0]):
+        return parts[0]
+    inverse = torch.empty(len(wrapped), dtype=torch.long)
+    inverse[torch.tensor([i for g in groups for i in g])] = torch.arange(len(wrapped))
+    inverse = inverse.to(next(iter(parts[0].values()))[0].device)
+    return {m: (torch.cat([p[m][0] for p in parts])[inverse], torch.cat([p[m][1] for p in parts])[inverse])
+            for m in parts[0]}
 
 
 class LoraHooks:

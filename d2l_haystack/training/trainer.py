@@ -41,7 +41,7 @@ from ..core.hypernet import (
     load_checkpoint,
     save_checkpoint,
 )
-from ..core.lora import document_factors, get_hooks
+from ..core.lora import document_factors, encode_chunks, get_hooks, length_groups
 from ..core.models import DEFAULT_MODEL, get_model
 from ..core.prompts import ChatFormat, chunk_text_ids, chunk_token_ids
 from ..core.textio import CHUNKINGS, DEFAULT_CHUNKING
@@ -272,17 +272,6 @@ def _mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 def _share_hit(key: str, share: float) -> bool:
     """Whether ``key`` falls in a ``share`` of all keys (a stable hash: the same on every resume)."""
     return share > 0 and zlib.crc32(key.encode("utf-8")) % 10_000 < share * 10_000
-
-
-def _length_groups(lengths: list[int], overhead: int = 16) -> list[list[int]]:
-    """Indices sorted by length, cut into one or two groups where padding each group to its own
-    longest member costs least (``overhead`` tokens per extra group)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    lens = [lengths[i] for i in order]
-    n = len(lens)
-    cost = [lens[-1] * n] + [lens[c - 1] * c + lens[-1] * (n - c) + overhead for c in range(1, n)]
-    cut = min(range(len(cost)), key=cost.__getitem__)
-    return [order] if cut == 0 else [order[:cut], order[cut:]]
 
 
 def _draw(rng: np.random.Generator, mix: dict[str, float]) -> str:
@@ -523,20 +512,8 @@ class Trainer:
                 chunks = chunk_text_ids(self.fmt, doc.text, doc.chunking, self.hypernet.config.chunk_tokens)
             counts.append(len(chunks))
             wrapped.extend(self.fmt.wrap_chunk(c) for c in chunks)
-        # chunks of very different lengths (a 40-token note beside a 384-token needle document) are
-        # encoded in two length groups, so the short ones are not padded to the longest
-        groups = _length_groups([len(w) for w in wrapped])
-        parts: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
-        for group in groups:
-            ids_t, mask = pad_batch([wrapped[i] for i in group], self.tok.pad_token_id, self.device)
-            with self._autocast():
-                parts.append(self.hypernet(self.encoder(ids_t, mask), mask))
-        # the groups hold the chunks sorted by length (one group too): put them back in order
-        inverse = torch.empty(len(wrapped), dtype=torch.long, device=self.device)
-        inverse[torch.tensor([i for g in groups for i in g], device=self.device)] = torch.arange(
-            len(wrapped), device=self.device)
-        factors = {m: (torch.cat([p[m][0] for p in parts])[inverse], torch.cat([p[m][1] for p in parts])[inverse])
-                   for m in parts[0]}
+        factors = encode_chunks(self.encoder, self.hypernet, wrapped, self.tok.pad_token_id, self.device,
+                                self._autocast)
         k_max = max(counts)
         bias = self.hypernet.bias_block()
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -662,7 +639,7 @@ class Trainer:
         Questions are run in (at most two) groups of similar length: long unrelated answers would
         otherwise pad every short fact question of the batch.
         """
-        groups = _length_groups([len(x) for x in seqs])
+        groups = length_groups([len(x) for x in seqs])
         order = [i for g in groups for i in g]
         losses, hits = [], []
         for group in groups:

@@ -202,10 +202,10 @@ def test_chunks_of_different_lengths_are_encoded_in_length_groups_with_the_same_
     import torch
 
     from d2l_haystack.training.data import QA, TrainDoc
-    from d2l_haystack.training.trainer import _length_groups
+    from d2l_haystack.core.lora import length_groups
 
-    assert _length_groups([5, 300, 6, 310]) == [[0, 2], [1, 3]]
-    assert _length_groups([50, 52, 51]) == [[0, 2, 1]]
+    assert length_groups([5, 300, 6, 310]) == [[0, 2], [1, 3]]
+    assert length_groups([50, 52, 51]) == [[0, 2, 1]]
     short = TrainDoc("The code is 4411.", [QA("What is the code?", "4411")], "needle")
     long = TrainDoc(" ".join(["The river was calm that morning."] * 60), [QA("How was the river?", "calm")], "needle")
     mid = TrainDoc("The code of the blue door is 72.", [QA("What is the code?", "72")], "needle")
