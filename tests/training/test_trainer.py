@@ -201,8 +201,8 @@ def test_chunks_of_different_lengths_are_encoded_in_length_groups_with_the_same_
     gets when encoded alone."""
     import torch
 
-    from d2l_haystack.training.data import QA, TrainDoc
     from d2l_haystack.core.lora import length_groups
+    from d2l_haystack.training.data import QA, TrainDoc
 
     assert length_groups([5, 300, 6, 310]) == [[0, 2], [1, 3]]
     assert length_groups([50, 52, 51]) == [[0, 2, 1]]
