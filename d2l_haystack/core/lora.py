@@ -89,9 +89,8 @@ def encode_chunks(encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             timings["hypernetwork"] = timings.get("hypernetwork", 0.0) + time.perf_counter() - t1
     if len(parts) == 1 and groups[0] == sorted(groups[0]):
         return parts[0]
-    inverse = torch.empty(len(wrapped), dtype=torch.long)
-    inverse[torch.tensor([i for g in groups for i in g])] = torch.arange(len(wrapped))
-    inverse = inverse.to(next(iter(parts[0].values()))[0].device)
+    inverse = torch.empty(len(wrapped), dtype=torch.long, device=device)
+    inverse[torch.tensor([i for g in groups for i in g], device=device)] = torch.arange(len(wrapped), device=device)
     return {m: (torch.cat([p[m][0] for p in parts])[inverse], torch.cat([p[m][1] for p in parts])[inverse])
             for m in parts[0]}
 

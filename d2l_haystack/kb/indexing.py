@@ -95,7 +95,8 @@ class Decision:
     to_d2l: bool
 
 
-def history(ws: IndexedWorkspace, doc_id: str, rec: dict[str, Any]) -> dict[str, Any]:
+def _history(ws: IndexedWorkspace, doc_id: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """What the internalization router knows of a document's past routes."""
     return routing_history(doc_id, rec, ws.adapters.info(doc_id))
 
 
@@ -134,7 +135,7 @@ def decide(ws: IndexedWorkspace, doc_id: str, text: str, digest: str, meta: dict
     if override:
         doc_meta["d2l_route_override"] = override
     routed = ws.components.get("router").run(documents=[Document(content=text, meta=doc_meta)],
-                                           history=history(ws, doc_id, rec))
+                                           history=_history(ws, doc_id, rec))
     return Decision(record=rec, document=(routed["internalize"] or routed["index"])[0],
                      to_d2l=bool(routed["internalize"]))
 
@@ -224,7 +225,7 @@ def reroute(ws: IndexedWorkspace, paths: Iterable[str | Path] | None = None) -> 
                 continue
             doc = Document(content=text, meta={**meta, **({"d2l_route_override": rec["route_override"]}
                                                          if rec.get("route_override") else {})})
-            routed = ws.components.get("router").run(documents=[doc], history=history(ws, doc_id, rec))
+            routed = ws.components.get("router").run(documents=[doc], history=_history(ws, doc_id, rec))
             new_route = "d2l" if routed["internalize"] else "rag"
             if new_route != rec.get("route"):
                 results.append(index_document(ws, text, meta, None, True))

@@ -187,10 +187,11 @@ class TrainConfig:
     """Learning-rate multiplier of the copy path's parameters (``hypernet: {copy_path: true}``): they
     start neutral (gates at 0) beside a trained network and must grow from nothing."""
     copy_gate_init: float = 0.0
-    """Where the copy path's gates start when ``init_from`` adds it to a trained network. At 0 the
-    pointer gets no gradient until a gate has grown (stages R, S); a small value (the shipped
-    network's rows of ``B`` have norm ~0.015, a pointer read ~17) trains the pointer from step 1
-    at the price of a small first change to the adapters."""
+    """Where the copy path's new gates start (a new network, or the copy path added to ``init_from``;
+    never a checkpoint's trained gates, never on resume). At 0 the pointer gets no gradient until a
+    gate has grown (stages R, S); a small value (the shipped network's rows of ``B`` have norm
+    ~0.015, a pointer read ~17) trains the pointer from step 1 at the price of a small first change
+    to the adapters."""
 
     def __post_init__(self) -> None:
         if self.distill_mode not in DISTILL_MODES:
@@ -303,18 +304,21 @@ class Trainer:
         elif config.init_from:
             self.hypernet, _ = load_checkpoint(config.init_from, expected_base_model=self.loaded.name,
                                                map_location=self.device)
+            if config.copy_gate_init and self.hypernet.config.copy_path:
+                raise ConfigError(f"init_from {config.init_from} has trained copy gates: copy_gate_init would "
+                                  f"overwrite them (it starts new gates only)")
             changes = {k: v for k, v in config.hypernet.items() if getattr(self.hypernet.config, k, None) != v}
             if changes:  # e.g. the copy path added to a trained network (it starts neutral)
                 try:
                     self.hypernet = extended(self.hypernet, **changes)
                 except (TypeError, ValueError) as exc:
                     raise ConfigError(f"init_from {config.init_from}: hypernet {changes}: {exc}") from None
-                if config.copy_gate_init and self.hypernet.config.copy_path and "copy_path" in changes:
-                    with torch.no_grad():
-                        self.hypernet.copy_gate.fill_(config.copy_gate_init)
         else:
             hcfg = config_for_model(self.model, self.loaded.name, **config.hypernet)
             self.hypernet = Hypernetwork(hcfg).to(self.device)
+        if saved is None and config.copy_gate_init:  # new gates (validated: the config has copy_path)
+            with torch.no_grad():
+                self.hypernet.copy_gate.fill_(config.copy_gate_init)
         self.hypernet.train()
         hc = self.hypernet.config
         self.encoder = ContextEncoder(self.model, hc.encoder_mode, hc.exit_layer)

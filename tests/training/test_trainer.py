@@ -438,3 +438,11 @@ def test_init_from_adds_the_copy_path_to_a_trained_network(tiny_llama_dir, tmp_p
     assert not torch.allclose(c, b, atol=1e-3)  # the pointer writes from the first step
     with pytest.raises(ValueError, match="copy_gate_init needs"):
         TrainConfig(model=str(tiny_llama_dir), out_dir=str(tmp_path / "e"), copy_gate_init=0.5)
+    fresh = Trainer(_config(tiny_llama_dir, tmp_path / "f", unrelated_prob=0.0,
+                            hypernet={"latent_dim": 32, "proj_hidden": 64, "num_heads": 2, "copy_path": True},
+                            copy_gate_init=0.5), log=_silent)
+    assert torch.all(fresh.hypernet.copy_gate == 0.5)  # a new network's gates start there too
+    save_checkpoint(started.hypernet, tmp_path / "copy_ckpt")
+    with pytest.raises(ConfigError, match="trained copy gates"):  # never overwrites trained gates
+        Trainer(_config(tiny_llama_dir, tmp_path / "g", init_from=str(tmp_path / "copy_ckpt"),
+                        hypernet={"copy_path": True}, copy_gate_init=0.5), log=_silent)
