@@ -57,9 +57,9 @@ from d2l_haystack.core.errors import InputError
 from d2l_haystack.kb.settings import WorkspaceError
 from d2l_haystack.kb.watch_apply import ChangeApplier, WatchEvent, strip_path
 from d2l_haystack.kb.watch_pending import PendingChanges
+from d2l_haystack.kb.watch_reconcile import missed_changes, reconcile
 from d2l_haystack.kb.watch_scope import WatchScope
 from d2l_haystack.kb.workspace import Workspace
-from d2l_haystack.stores.files import stat_signature
 
 logger = logging.getLogger(__name__)
 
@@ -425,25 +425,11 @@ class DocumentWatcher:
                 self._busy = False
 
     def _sweep(self) -> None:
-        """After a burst of events is applied, compare the folders with the records (a walk and a
-        ``stat`` per file, no reading) and queue what the events missed: watchdog loses events
-        (a full inotify queue, files moved in and out of a folder just moved, paths reported under
-        a moved folder's old name). A missed rename becomes a removal and an addition."""
+        """After a burst of events is applied, queue what the events missed
+        (:func:`~d2l_haystack.kb.watch_reconcile.missed_changes`)."""
         self._sweep_due = None
         now = time.monotonic()
-        present = {p for root in self.roots for p in self.scope.walk(root)}
-        known = self.workspace.sources(under=self.roots)
-        missed: list[tuple[str, str]] = []
-        for path, rec in known.items():
-            if path not in present:
-                if not os.path.lexists(path):
-                    missed.append(("delete", path))
-            else:
-                stat = stat_signature(path)
-                if stat is None or rec.get("file_stat") != stat:
-                    missed.append(("upsert", path))
-        missed += [("upsert", p) for p in sorted(present - set(known))
-                   if self._apply.unindexable.get(p, "?") != stat_signature(p)]  # not a file skipped as it is
+        missed = missed_changes(self.scope, self.workspace, self._apply)
         for kind, path in missed:
             self._pending.add(kind, path, None, now)
         if missed:
@@ -454,50 +440,8 @@ class DocumentWatcher:
 
     # -- reconciliation and rerouting -----------------------------------------------------
     def _reconcile(self) -> list[WatchEvent]:
-        """Apply what changed while the watcher was not running (renames detected by content)."""
-        start = time.perf_counter()
-        mark = len(self.events)
-        current = [p for root in self.roots for p in self.scope.walk(root)]
-        known = self.workspace.sources(under=self.roots)
-        present = set(current)
-        missing = {p: rec for p, rec in known.items() if p not in present and not os.path.isfile(p)}
-        new = [p for p in current if p not in known]
-        by_hash: dict[str, list[str]] = {}
-        for p, rec in missing.items():
-            if rec.get("hash"):
-                by_hash.setdefault(rec["hash"], []).append(p)
-        if by_hash:
-            from d2l_haystack.components.source_file_converter import read_source
-            from d2l_haystack.core.textio import content_hash
-
-            for p in list(new):
-                if self._halt.is_set():
-                    break
-                if self.scope.inspect(p):
-                    continue
-                try:
-                    digest = content_hash(read_source(p)[0])
-                except InputError:
-                    continue
-                olds = by_hash.get(digest)
-                if olds:
-                    old = olds.pop()
-                    missing.pop(old, None)
-                    new.remove(p)
-                    self._apply.guard(p, self._apply.move, old, p)
-        for p in new + [p for p in current if p in known]:
-            if self._halt.is_set():
-                return self._apply.since(mark)
-            self._apply.guard(p, self._apply.upsert, p)
-        for p in missing:
-            if self._halt.is_set():
-                return self._apply.since(mark)
-            self._apply.guard(p, self._apply.delete, p)
-        done = self._apply.since(mark)
-        changed = [e for e in done if e.action != "unchanged"]
-        logger.info("reconciled %d files with %s in %.1f s: %d updates", len(current), self.workspace.path,
-                    time.perf_counter() - start, len(changed))
-        return done
+        """Apply what changed while the watcher was not running (:func:`~d2l_haystack.kb.watch_reconcile.reconcile`)."""
+        return reconcile(self.scope, self.workspace, self._apply, self._halt)
 
     def _idle_work(self, now: float) -> None:
         """Re-evaluate routes while idle: files just queried, new queries anywhere, or periodically."""
