@@ -115,16 +115,12 @@ class Memory(torch.nn.Module):
 def train(args: argparse.Namespace) -> None:
     from d2l_haystack.core.models import get_model
 
-    torch.set_num_threads(args.threads)
     lm = get_model("smollm2-135m-instruct", device="cpu").model
     emb = lm.get_output_embeddings().weight.detach().float()
-    g, eps = lm.model.norm.weight.detach().float(), lm.model.norm.variance_epsilon
+    norm = lm.model.norm  # the model's own final norm: the memory's output goes straight into it
     unit = emb / emb.norm(dim=-1, keepdim=True)
     hold = set(args.hold_kinds.split(","))
     items = [it for f in args.caches for it in torch.load(f)["items"]]
-
-    def norm(h: torch.Tensor) -> torch.Tensor:
-        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * g
 
     def prep(it: dict[str, Any]) -> list[tuple[Any, ...]]:
         k = it["keys"].float()
@@ -143,7 +139,7 @@ def train(args: argparse.Namespace) -> None:
                 if nxt[j:j + len(body)] == body or spaced:
                     at = j
                     break
-            bind = [at + t if at >= 0 and at + t < len(nxt) and t < len(body) else -1 for t in range(len(tg))]
+            bind = [at + t if at >= 0 and t < len(body) else -1 for t in range(len(tg))]  # none for end of turn
             out.append((x, h, k, torch.tensor(cand), torch.tensor([idx[i] for i in nxt]),
                         torch.tensor([idx[t] for t in tg]), idx[alt] if alt >= 0 else -1, torch.tensor(bind)))
         return out

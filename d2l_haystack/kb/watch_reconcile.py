@@ -15,7 +15,9 @@ import os
 import threading
 import time
 
+from d2l_haystack.components.source_file_converter import read_source
 from d2l_haystack.core.errors import InputError
+from d2l_haystack.core.textio import content_hash
 from d2l_haystack.kb.watch_apply import ChangeApplier, WatchEvent
 from d2l_haystack.kb.watch_scope import WatchScope
 from d2l_haystack.kb.workspace import Workspace
@@ -63,9 +65,6 @@ def reconcile(scope: WatchScope, workspace: Workspace, apply: ChangeApplier,
         if rec.get("hash"):
             by_hash.setdefault(rec["hash"], []).append(p)
     if by_hash:
-        from d2l_haystack.components.source_file_converter import read_source
-        from d2l_haystack.core.textio import content_hash
-
         for p in list(new):
             if halt.is_set():
                 break
