@@ -89,7 +89,7 @@ def cmd_internalize(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     written = adapter.save(out)  # atomic: an existing adapter is replaced only by a complete one
     print(f"wrote {written}: {adapter.num_chunks} chunk(s), {adapter.num_tokens} tokens, "
-          f"rank {adapter.total_rank}, {_human_bytes(written.stat().st_size)}, {seconds:.2f} s")
+          f"rank {adapter.total_rank}{_memory_note(adapter)}, {_human_bytes(written.stat().st_size)}, {seconds:.2f} s")
     return 0
 
 
@@ -175,12 +175,12 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
         manifest = export_for_serving(adapter, out, name=name, base_model=base, max_rank=args.max_rank)
         groups = manifest["groups"]
         modules = " ".join(lora_modules(manifest, out))
-        print(f"wrote {len(groups)} vLLM LoRA folder(s) in {out} (rank {adapter.total_rank} padded to "
+        print(f"wrote {len(groups)} vLLM LoRA folder(s) in {out} (rank {adapter.serving_rank_needed} padded to "
               f"{', '.join(str(g['rank']) for g in groups)}; manifest {out / 'd2l_serving.json'}); serve with: "
               f"vllm serve {base} --enable-lora --max-lora-rank {manifest['max_rank']} --lora-modules {modules}")
         return 0
     folder = adapter.to_peft(out, base_model_name_or_path=base)
-    print(f"wrote PEFT LoRA folder {folder} (rank {adapter.total_rank}); "
+    print(f"wrote PEFT LoRA folder {folder} (rank {adapter.total_rank}{_memory_note(adapter)}); "
           f"load it with peft.PeftModel.from_pretrained(base_model, '{folder}')")
     return 0
 
@@ -282,3 +282,8 @@ def register(subparsers: Any) -> None:
     _add_engine_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_info)
+
+
+def _memory_note(adapter: Any) -> str:
+    """`` + N reading-memory rows on down_proj@29`` when the adapter carries a reading memory."""
+    return f" + {adapter.memory_rows} reading-memory rows on {adapter.memory_key}" if adapter.memory_rows else ""

@@ -1,9 +1,10 @@
-"""``d2l train`` and ``d2l average``."""
+"""``d2l train``, ``d2l average`` and ``d2l memory`` (the reading memory)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from .options import add_device_option
@@ -32,6 +33,35 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, help="folder for the averaged checkpoint")
     p.add_argument("--weights", help="comma-separated weights, one per checkpoint (default: equal)")
     p.set_defaults(handler=_average)
+
+    p = sub.add_parser("memory", help="fit a reading memory for a checkpoint (d2l_haystack.training.memory)")
+    msub = p.add_subparsers(dest="memory_cmd", required=True)
+    c = msub.add_parser("collect", help="cache the states of generated training-part documents")
+    c.add_argument("--docs", type=int, default=450, help="documents to read (default 450)")
+    c.add_argument("--seed", type=int, default=21)
+    c.add_argument("--layer", type=int, default=29, help="the layer whose down_proj gets the rows (default 29)")
+    c.add_argument("--squad-share", type=float, default=0.4, help="share of SQuAD training runs (default 0.4)")
+    c.add_argument("--needle-share", type=float, default=0.0,
+                   help="share of fact needles in training-part filler (default 0)")
+    c.add_argument("--checkpoint", default="default", help="the hypernetwork checkpoint (default: shipped)")
+    c.add_argument("--chunking", default="auto", help="the adapters' chunking (default auto)")
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("-o", "--out", required=True, help="cache file to write")
+    c.set_defaults(handler=_memory_collect)
+    f = msub.add_parser("fit", help="fit the memory on caches; write a checkpoint with it")
+    f.add_argument("caches", nargs="+")
+    f.add_argument("--checkpoint", default="default", help="the base checkpoint (default: shipped)")
+    f.add_argument("--out", help="checkpoint folder to write (the base's files plus memory.safetensors)")
+    f.add_argument("--hold-kinds", help="comma-separated training-part kinds kept out of the fit; they choose "
+                                        "the step (default: training.memory.DEFAULT_HOLD_KINDS)")
+    f.add_argument("--rank", type=int, default=128)
+    f.add_argument("--steps", type=int, default=1500)
+    f.add_argument("--lr", type=float, default=3e-3)
+    f.add_argument("--weight-decay", type=float, default=0.0)
+    f.add_argument("--bind-weight", type=float, default=1.0)
+    f.add_argument("--threads", type=int, default=2)
+    f.add_argument("--json", help="write the report here")
+    f.set_defaults(handler=_memory_fit)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -70,3 +100,58 @@ def _average(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {args.out} (checkpoint id {ckpt_id}) from {len(args.checkpoints)} checkpoints")
     return 0
+
+
+def _memory_collect(args: argparse.Namespace) -> int:
+    import torch
+
+    from d2l_haystack.core import D2LEngine
+    from d2l_haystack.training.memory import collect
+
+    torch.set_num_threads(args.threads)
+    engine = D2LEngine(checkpoint=args.checkpoint, chunking=args.chunking, autocast="off", keys=None, device="cpu")
+    out = collect(engine, args.docs, args.seed, args.out, layer=args.layer, squad_share=args.squad_share,
+                  needle_share=args.needle_share,
+                  log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"wrote {out}")
+    return 0
+
+
+def _memory_fit(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from d2l_haystack.core.engine import default_checkpoint
+    from d2l_haystack.core.models import get_model
+    from d2l_haystack.training.memory import DEFAULT_HOLD_KINDS, fit, print_report, write_checkpoint
+
+    torch.set_num_threads(args.threads)
+    loaded = get_model("smollm2-135m-instruct" if args.checkpoint == "default" else _base_of(args.checkpoint),
+                       device="cpu")
+    try:
+        hold = tuple(args.hold_kinds.split(",")) if args.hold_kinds else DEFAULT_HOLD_KINDS
+        memory, report = fit(args.caches, loaded.model, hold, rank=args.rank,
+                             steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
+                             bind_weight=args.bind_weight, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        print(f"d2l memory fit: error: {exc}", file=sys.stderr)
+        return 2
+    print_report(report)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    if args.out:
+        base = default_checkpoint(loaded.name) if args.checkpoint == "default" else args.checkpoint
+        if base is None:
+            print(f"d2l memory fit: error: no checkpoint is shipped for {loaded.name}", file=sys.stderr)
+            return 2
+        print(f"wrote {write_checkpoint(memory, base, args.out, report)}")
+    return 0
+
+
+def _base_of(checkpoint: str) -> str:
+    """The base model a checkpoint folder was trained for."""
+    import json
+
+    return str(json.loads((Path(checkpoint) / "config.json").read_text())["hypernet"]["base_model"])

@@ -5,8 +5,14 @@ Rank layout: ``num_chunks * rank`` document components (chunk after chunk), then
 ``A: (L, R, d_in)``, ``B: (L, R, d_out)``; the update of a target layer is
 ``y = W x + scale * (x A^T) B`` (see :mod:`d2l_haystack.core.hypernet`).
 
+Reading-memory rows (:mod:`d2l_haystack.core.memory`), when the checkpoint has a memory: one rank-1
+component per document position on ONE layer (``memory_key``, e.g. ``"down_proj@29"``),
+``A: (n, d_in)``, ``B: (n, d_out)`` with the update scale already folded into ``B``, and the chunk
+each row belongs to, so that selecting chunks selects their rows.
+
 Files: one ``adapter.safetensors`` (fp16 tensors ``<module>.A`` / ``<module>.B``, optional chunk
-keys ``keys.vectors`` / ``keys.chunks``, metadata in the safetensors header), written
+keys ``keys.vectors`` / ``keys.chunks``, optional memory rows ``memory.A`` / ``memory.B`` /
+``memory.chunks``, metadata in the safetensors header), written
 atomically. :meth:`Adapter.to_peft` writes a standard PEFT LoRA folder that ``peft.PeftModel.from_pretrained`` loads.
 """
 
@@ -14,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,7 @@ from typing import Any
 import torch
 
 from .errors import AdapterError
-from .fileio import temp_beside
+from .fileio import write_safetensors
 from .lora import Factors
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -56,6 +61,22 @@ class Adapter:
     #: Which texts the keys embed (:data:`d2l_haystack.core.keys.KEY_SCHEME`); "" in files written
     #: before sentences were keys (word windows only).
     key_scheme: str = ""
+    #: Reading-memory rows ``(A (n, d_in), B (n, d_out))``, their chunks ``(n,)`` and the
+    #: ``"<module>@<layer>"`` they apply to (:mod:`d2l_haystack.core.memory`); ``None`` without.
+    memory: tuple[torch.Tensor, torch.Tensor] | None = None
+    memory_chunks: torch.Tensor | None = None
+    memory_key: str = ""
+
+    @property
+    def memory_rows(self) -> int:
+        """How many reading-memory rows the adapter carries (0 without a memory)."""
+        return 0 if self.memory is None else int(self.memory[0].shape[0])
+
+    @property
+    def serving_rank_needed(self) -> int:
+        """The rank one PEFT/vLLM adapter needs for every layer to hold this adapter: the rank
+        layout's components plus the reading-memory rows of their layer."""
+        return self.total_rank + self.memory_rows
 
     @property
     def kind(self) -> str:
@@ -77,7 +98,10 @@ class Adapter:
         keys = 0
         if self.keys is not None and self.key_chunks is not None:
             keys = self.keys.numel() * 2 + self.key_chunks.numel() * 4
-        return sum((a.numel() + b.numel()) * 2 for a, b in self.factors.values()) + keys
+        memory = 0
+        if self.memory is not None:
+            memory = (self.memory[0].numel() + self.memory[1].numel()) * 2 + self.memory_rows * 4
+        return sum((a.numel() + b.numel()) * 2 for a, b in self.factors.values()) + keys + memory
 
     def document_factors(self) -> Factors:
         """The document components only (bias block removed)."""
@@ -142,14 +166,18 @@ class Adapter:
         idx = torch.tensor(cols, dtype=torch.long)
         factors = {m: (a.index_select(1, idx.to(a.device)), b.index_select(1, idx.to(b.device)))
                    for m, (a, b) in self.factors.items()}
+        renumber = torch.full((self.num_chunks,), -1, dtype=torch.long)  # old chunk -> new chunk, or -1
+        renumber[torch.tensor(chosen, dtype=torch.long)] = torch.arange(len(chosen))
         keys, key_chunks = self.keys, self.key_chunks
         if keys is not None and key_chunks is not None:
-            renumber = torch.full((self.num_chunks,), -1, dtype=torch.long)
-            renumber[torch.tensor(chosen, dtype=torch.long)] = torch.arange(len(chosen))
             mapped = renumber[key_chunks.long()]
-            keep = mapped >= 0
-            keys, key_chunks = keys[keep], mapped[keep]
+            keys, key_chunks = keys[mapped >= 0], mapped[mapped >= 0]
+        memory, memory_chunks = self.memory, self.memory_chunks
+        if memory is not None and memory_chunks is not None:
+            mapped = renumber[memory_chunks.long()]
+            memory, memory_chunks = (memory[0][mapped >= 0], memory[1][mapped >= 0]), mapped[mapped >= 0]
         return replace(self, factors=factors, num_chunks=len(chosen), keys=keys, key_chunks=key_chunks,
+                       memory=memory, memory_chunks=memory_chunks,
                        meta={**self.meta, "selected_chunks": chosen, "source_chunks": self.num_chunks})
 
     def chunk_groups(self, max_rank: int) -> list[list[int]]:
@@ -159,15 +187,29 @@ class Adapter:
 
         :raises AdapterError: not even one chunk and the bias block fit in ``max_rank``.
         """
-        per_group = (max_rank - self.bias_rank) // self.rank if self.rank else 0
-        if per_group < 1:
-            raise AdapterError(f"a rank-{max_rank} adapter cannot hold one rank-{self.rank} chunk and the "
-                               f"rank-{self.bias_rank} bias block")
-        return [list(range(i, min(i + per_group, self.num_chunks))) for i in range(0, self.num_chunks, per_group)]
+        rows = torch.zeros(self.num_chunks, dtype=torch.long)
+        if self.memory_chunks is not None and len(self.memory_chunks):
+            rows = torch.bincount(self.memory_chunks.long(), minlength=self.num_chunks)
+        groups: list[list[int]] = []
+        used = max_rank + 1
+        for c in range(self.num_chunks):
+            need = self.rank + int(rows[c])
+            if self.bias_rank + need > max_rank:
+                raise AdapterError(f"a rank-{max_rank} adapter cannot hold one rank-{need} chunk and the "
+                                   f"rank-{self.bias_rank} bias block")
+            if used + need > max_rank:
+                groups.append([])
+                used = self.bias_rank
+            groups[-1].append(c)
+            used += need
+        return groups
 
     def effective_factors(self, weight: float = 1.0) -> Factors:
         """Factors with ``scale * weight`` folded into ``B`` (so the update scale is 1)."""
-        return {m: (a, b * (self.scale * weight)) for m, (a, b) in self.factors.items()}
+        out = {m: (a, b * (self.scale * weight)) for m, (a, b) in self.factors.items()}
+        if self.memory is not None:
+            out[self.memory_key] = (self.memory[0], self.memory[1] * weight)
+        return out
 
     # -- persistence ----------------------------------------------------------------------
     def _metadata(self) -> dict[str, str]:
@@ -179,6 +221,7 @@ class Adapter:
             "num_tokens": str(self.num_tokens), "module_paths": json.dumps(self.module_paths),
             "meta": json.dumps(self.meta), "key_model": self.key_model if self.has_keys else "",
             "key_scheme": self.key_scheme if self.has_keys else "",
+            "memory_key": self.memory_key if self.memory is not None else "",
         }
 
     def save(self, path: str | Path) -> Path:
@@ -186,7 +229,6 @@ class Adapter:
 
         :returns: the file written.
         """
-        from safetensors.torch import save_file
 
         path = Path(path)
         target = path if path.suffix == ".safetensors" else path / ADAPTER_FILE
@@ -199,15 +241,11 @@ class Adapter:
             assert self.keys is not None and self.key_chunks is not None
             tensors["keys.vectors"] = self.keys.detach().to("cpu", torch.float16).contiguous()
             tensors["keys.chunks"] = self.key_chunks.detach().to("cpu", torch.int32).contiguous()
-        fd, tmp = temp_beside(target, prefix=".adapter-")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={**self._metadata(), "data_sha256": tensor_digest(tensors)})
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        if self.memory is not None and self.memory_chunks is not None:
+            tensors["memory.A"] = self.memory[0].detach().to("cpu", torch.float16).contiguous()
+            tensors["memory.B"] = self.memory[1].detach().to("cpu", torch.float16).contiguous()
+            tensors["memory.chunks"] = self.memory_chunks.detach().to("cpu", torch.int32).contiguous()
+        return write_safetensors(target, tensors, {**self._metadata(), "data_sha256": tensor_digest(tensors)})
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Adapter:
@@ -235,7 +273,7 @@ class Adapter:
             raise AdapterError(f"damaged adapter file {target}: its tensor data does not match its checksum")
         factors: Factors = {}
         for k in keys:
-            if k.endswith(".A"):
+            if k.endswith(".A") and not k.startswith("memory."):
                 m = k[:-2]
                 if f"{m}.B" not in tensors:
                     raise AdapterError(f"damaged adapter file {target}: {m}.B missing")
@@ -246,6 +284,15 @@ class Adapter:
         if (key_vectors is None) != (key_chunks is None) or (
                 key_vectors is not None and key_chunks is not None and len(key_vectors) != len(key_chunks)):
             raise AdapterError(f"damaged adapter file {target}: incomplete chunk keys")
+        memory_parts = [tensors.get(f"memory.{p}") for p in ("A", "B", "chunks")]
+        memory: tuple[torch.Tensor, torch.Tensor] | None = None
+        memory_chunks: torch.Tensor | None = None
+        if any(t is not None for t in memory_parts):
+            m_a, m_b, m_c = memory_parts
+            if m_a is None or m_b is None or m_c is None or not meta.get("memory_key") or not (
+                    len(m_a) == len(m_b) == len(m_c)):
+                raise AdapterError(f"damaged adapter file {target}: incomplete reading-memory rows")
+            memory, memory_chunks = (m_a.float(), m_b.float()), m_c.long()
         try:
             adapter = cls(factors=factors, scale=float(meta["scale"]), rank=int(meta["rank"]),
                        bias_rank=int(meta["bias_rank"]), num_chunks=int(meta["num_chunks"]),
@@ -256,12 +303,17 @@ class Adapter:
                        keys=None if key_vectors is None else key_vectors.float(),
                        key_chunks=None if key_chunks is None else key_chunks.long(),
                        key_model=meta.get("key_model", "") if key_vectors is not None else "",
-                       key_scheme=meta.get("key_scheme", "") if key_vectors is not None else "")
+                       key_scheme=meta.get("key_scheme", "") if key_vectors is not None else "",
+                       memory=memory, memory_chunks=memory_chunks,
+                       memory_key=meta.get("memory_key", "") if memory is not None else "")
         except (KeyError, ValueError) as exc:
             raise AdapterError(f"damaged adapter metadata in {target}: {exc}") from exc
         if adapter.key_chunks is not None and len(adapter.key_chunks) and (
                 int(adapter.key_chunks.min()) < 0 or int(adapter.key_chunks.max()) >= adapter.num_chunks):
             raise AdapterError(f"damaged adapter file {target}: chunk keys name chunks the adapter does not have")
+        if adapter.memory_chunks is not None and len(adapter.memory_chunks) and (
+                int(adapter.memory_chunks.min()) < 0 or int(adapter.memory_chunks.max()) >= adapter.num_chunks):
+            raise AdapterError(f"damaged adapter file {target}: memory rows name chunks the adapter does not have")
         return adapter
 
     def to_peft(self, folder: str | Path, base_model_name_or_path: str | None = None,
@@ -270,6 +322,10 @@ class Adapter:
 
         ``lora_A.weight = A`` and ``lora_B.weight = scale * B^T`` with ``lora_alpha = r``, so PEFT's
         scaling is exactly 1 and the PEFT model computes the same update as this project.
+
+        Reading-memory rows go to their one layer: without ``rank``, that layer's rank is larger
+        (``rank_pattern``/``alpha_pattern``); with ``rank`` (one rank for every layer, as servers
+        need), every layer is padded to it.
 
         :param rank: pad the rank with zero components up to this value (servers such as vLLM
             accept only some ranks: :func:`serving_rank`); ``lora_alpha`` is the padded rank, so
@@ -281,21 +337,30 @@ class Adapter:
         if not self.module_paths:
             raise AdapterError("adapter has no module paths; cannot export to PEFT")
         own = self.total_rank
+        widest = self.serving_rank_needed
         r = own if rank is None else int(rank)
-        if r < own:
-            raise AdapterError(f"cannot export a rank-{own} adapter at rank {r} (padding only adds components)")
+        if r < (own if rank is None else widest):
+            raise AdapterError(f"cannot export a rank-{widest} adapter at rank {r} (padding only adds components)")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state: dict[str, torch.Tensor] = {}
         targets = []
+        patterns: dict[str, int] = {}
         for (module, (a, b)), template in zip(self.factors.items(), self.module_paths):
             targets.append(module)
             for layer in range(a.shape[0]):
-                prefix = "base_model.model." + template.format(layer=layer)
+                path = template.format(layer=layer)
+                prefix = "base_model.model." + path
                 lora_a, lora_b = a[layer].float(), (b[layer].T * self.scale).float()
-                if r > own:  # zero components: A rows and B columns that add nothing
-                    lora_a = torch.cat([lora_a, lora_a.new_zeros(r - own, lora_a.shape[1])])
-                    lora_b = torch.cat([lora_b, lora_b.new_zeros(lora_b.shape[0], r - own)], dim=1)
+                if self.memory is not None and self.memory_key == f"{module}@{layer}":
+                    lora_a = torch.cat([lora_a, self.memory[0].float()])
+                    lora_b = torch.cat([lora_b, self.memory[1].T.float()], dim=1)
+                    if rank is None:
+                        patterns[path] = lora_a.shape[0]
+                if r > lora_a.shape[0]:  # zero components: A rows and B columns that add nothing
+                    pad = r - lora_a.shape[0]
+                    lora_a = torch.cat([lora_a, lora_a.new_zeros(pad, lora_a.shape[1])])
+                    lora_b = torch.cat([lora_b, lora_b.new_zeros(lora_b.shape[0], pad)], dim=1)
                 state[f"{prefix}.lora_A.weight"] = lora_a.contiguous()
                 state[f"{prefix}.lora_B.weight"] = lora_b.contiguous()
         config = {
@@ -303,6 +368,7 @@ class Adapter:
             "lora_dropout": 0.0, "bias": "none", "target_modules": targets, "use_rslora": False,
             "fan_in_fan_out": False, "inference_mode": True,
             "base_model_name_or_path": base_model_name_or_path or self.base_model,
+            "rank_pattern": patterns, "alpha_pattern": dict(patterns),
         }
         save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
@@ -333,7 +399,8 @@ def compose(adapters: list[Adapter], weights: list[float] | None = None) -> Fact
     """Concatenate adapters along the rank dimension (scales folded into ``B``).
 
     Each adapter contributes its document components times its weight; the bias block of each
-    distinct hypernetwork checkpoint is added once.
+    distinct hypernetwork checkpoint is added once. Reading-memory rows travel under their
+    ``"<module>@<layer>"`` key as ``(rows, d)`` tensors (:class:`~d2l_haystack.core.lora.LoraHooks`).
     """
     if not adapters:
         raise ValueError("compose() needs at least one adapter")
@@ -346,6 +413,8 @@ def compose(adapters: list[Adapter], weights: list[float] | None = None) -> Fact
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     seen_bias: set[str] = set()
     for adapter, w in zip(adapters, weights):
+        if adapter.memory is not None and adapter.memory_rows:  # rows of one layer, scale folded in
+            parts.setdefault(adapter.memory_key, []).append((adapter.memory[0], adapter.memory[1] * w))
         doc = adapter.document_factors()
         for m, (a, b) in doc.items():
             parts.setdefault(m, []).append((a, b * (adapter.scale * w)))
@@ -353,7 +422,7 @@ def compose(adapters: list[Adapter], weights: list[float] | None = None) -> Fact
             seen_bias.add(adapter.checkpoint_id)
             for m, (a, b) in adapter.bias_factors().items():
                 parts.setdefault(m, []).append((a, b * adapter.scale))
-    return {m: (torch.cat([a for a, _ in p], dim=1), torch.cat([b for _, b in p], dim=1))
+    return {m: (torch.cat([a for a, _ in p], dim=-2), torch.cat([b for _, b in p], dim=-2))
             for m, p in parts.items()}
 
 

@@ -34,10 +34,11 @@ import torch
 
 from .adapter import ADAPTER_KINDS, Adapter, compose
 from .encoder import ContextEncoder, decoder_of
-from .errors import AdapterError, InputError, ModelNotFoundError
+from .errors import AdapterError, CheckpointError, InputError, ModelNotFoundError
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
 from .lora import Factors, document_factors, encode_chunks, get_hooks
+from .memory import ReadingMemory, memory_digest
 from .models import DEFAULT_DTYPE, DEFAULT_MODEL, LoadedModel, cache_dir, get_model
 from .prompts import ChatFormat, chunk_text_ids
 from .textio import CHUNKINGS, DEFAULT_CHUNKING, content_hash, validate_text
@@ -181,6 +182,10 @@ class D2LEngine:
         (:data:`DEFAULT_AUTOCAST`; ``None``: ``D2L_AUTOCAST`` or the default).
     :param instructions_checkpoint: the hypernetwork of ``kind="instructions"`` adapters
         (:meth:`reader`): ``"default"`` (shipped for the model), a folder, or ``None`` (untrained).
+    :param reading_memory: use the checkpoint's reading memory (:mod:`~d2l_haystack.core.memory`),
+        if it has one: document adapters then carry one row per token on the memory's layer, made
+        by one more full-depth pass over the document. ``False`` makes the adapters of the
+        hypernetwork alone (cheaper to internalize, and they carry the hypernetwork's checkpoint id).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, checkpoint: str | None = "default",
@@ -189,7 +194,7 @@ class D2LEngine:
                  max_chunks: int = DEFAULT_MAX_CHUNKS, keys: str | None = DEFAULT_KEY_MODEL,
                  min_relevance: float | None = DEFAULT_MIN_RELEVANCE,
                  relevance_margin: float = DEFAULT_RELEVANCE_MARGIN, autocast: str | None = None,
-                 instructions_checkpoint: str | None = "default") -> None:
+                 instructions_checkpoint: str | None = "default", reading_memory: bool = True) -> None:
         self.loaded: LoadedModel = get_model(model, device=device, dtype=dtype)
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
@@ -198,6 +203,19 @@ class D2LEngine:
         label = self.loaded.name
         ckpt_path = default_checkpoint(label) if checkpoint == "default" else checkpoint
         self.hypernet, self.checkpoint_id, self.checkpoint_info = self._load_hypernet(ckpt_path, seed, hypernet_widths)
+        #: The checkpoint's reading memory (:mod:`~d2l_haystack.core.memory`), or ``None``.
+        self.memory: ReadingMemory | None = None
+        if ckpt_path is not None and reading_memory:
+            self.memory = ReadingMemory.load(ckpt_path, self.device)
+        if self.memory is not None and ckpt_path is not None:
+            if self.memory.module not in self.hypernet.config.target_modules or not (
+                    0 <= self.memory.layer < self.hypernet.config.num_layers):
+                raise CheckpointError(f"the reading memory of {ckpt_path} targets {self.memory.key}, which the "
+                                      f"checkpoint's adapters do not have")
+            import hashlib
+
+            self.checkpoint_id = hashlib.sha256(
+                f"{self.checkpoint_id}:{memory_digest(ckpt_path)}".encode()).hexdigest()[:12]
         self.checkpoint_path: str | None = str(ckpt_path) if ckpt_path is not None else None
         self.trained = ckpt_path is not None
         self.config: HypernetConfig = self.hypernet.config
@@ -321,7 +339,8 @@ class D2LEngine:
 
         :param progress: show a progress bar (``None``: when there is more than one batch of chunks).
         :param timings: if given, seconds per stage are added to it: ``chunking``, ``encoder``,
-            ``hypernetwork``, ``keys`` (the chunk-key embeddings) and ``assembly``.
+            ``hypernetwork``, ``keys`` (the chunk-key embeddings), ``memory`` (the reading memory's
+            full-depth pass, when the checkpoint has one) and ``assembly``.
         :param instructions_checkpoint: ``kind="instructions"``: this call's checkpoint (default:
             the engine's, :meth:`reader`).
         :raises InputError: empty or binary text.
@@ -381,7 +400,59 @@ class D2LEngine:
                           key_chunks=torch.cat([o for _, o in keys]) if keys else None,
                           key_model=(self.key_model or "") if keys else "", key_scheme=KEY_SCHEME if keys else "")
         lap("assembly")
+        if documents and self.memory is not None:
+            adapter.memory, adapter.memory_chunks = self._memory_rows(chunks)
+            adapter.memory_key = self.memory.key
+            lap("memory")
         return adapter
+
+    @torch.no_grad()
+    def memory_states(self, chunks: list[list[int]], layer: int | None = None, module: str | None = None
+                      ) -> list[tuple[torch.Tensor, list[int], list[int]]]:
+        """What the reading memory reads: per pass, the memory layer's inputs ``(n, d_in)`` at the
+        positions that predict the pass's ``n`` document tokens, those tokens and their chunks.
+
+        Consecutive chunks are read together, up to ``chunk_tokens`` tokens per pass (a short
+        document in one pass, whatever its chunking), so each position's state has its context.
+        The trainer (:mod:`d2l_haystack.training.memory`) caches exactly these.
+
+        :param layer: the layer to read (default: the memory's); ``module`` likewise.
+        :raises AdapterError: no layer given and the checkpoint has no reading memory.
+        """
+        if layer is None or module is None:
+            if self.memory is None:
+                raise AdapterError(f"checkpoint {self.checkpoint_id} has no reading memory: name the layer to read")
+            layer, module = self.memory.layer if layer is None else layer, module or self.memory.module
+        pre = len(self.format.doc_prefix_ids)
+        groups: list[list[int]] = []
+        size = 0
+        for c, ids in enumerate(chunks):
+            if not groups or size + len(ids) > self.chunk_tokens:
+                groups.append([])
+                size = 0
+            groups[-1].append(c)
+            size += len(ids)
+        out = []
+        for group in groups:
+            ids = [t for c in group for t in chunks[c]]
+            wrapped = self.format.wrap_chunk(ids)
+            with self.precision(), self.hooks.capture() as rec:
+                decoder_of(self.model)(input_ids=torch.tensor([wrapped], device=self.device))
+            states = rec[module][layer][pre - 1:pre - 1 + len(ids)].float()
+            out.append((states, ids, [c for c in group for _ in chunks[c]]))
+        return out
+
+    def _memory_rows(self, chunks: list[list[int]]) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The reading memory of a document's chunks: ``(A, B)`` rows on CPU and each row's chunk."""
+        assert self.memory is not None
+        emb = self.model.get_output_embeddings().weight
+        a_parts, b_parts, owners = [], [], []
+        for states, ids, chunk_of in self.memory_states(chunks):
+            a, b = self.memory.rows(states, torch.tensor(ids), emb)
+            a_parts.append(a.cpu())
+            b_parts.append(b.cpu())
+            owners.append(torch.tensor(chunk_of, dtype=torch.long))
+        return (torch.cat(a_parts), torch.cat(b_parts)), torch.cat(owners)
 
     def chunk_ids(self, text: str) -> list[list[int]]:
         """The token ids of each chunk of ``text`` (no template), as :attr:`chunking` cuts it."""
@@ -576,6 +647,7 @@ class D2LEngine:
                 "max_chunks": self.max_chunks,
                 "key_model": self.key_model, "min_relevance": self.min_relevance,
                 "relevance_margin": self.relevance_margin, "autocast": "bf16" if self.autocast else "off",
+                "reading_memory": self.memory.key if self.memory is not None else None,
                 "instructions_checkpoint": self.instructions_checkpoint}
 
 

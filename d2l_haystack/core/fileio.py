@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def current_umask() -> int:
@@ -41,3 +42,20 @@ def temp_beside(target: str | Path, prefix: str | None = None) -> tuple[int, str
     except (AttributeError, OSError):  # pragma: no cover - Windows
         pass
     return fd, tmp
+
+
+def write_safetensors(target: str | Path, tensors: dict[str, Any], metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` to the safetensors file ``target`` atomically: a temporary file beside it,
+    renamed over it only when complete (a failed write leaves the previous file as it was)."""
+    from safetensors.torch import save_file
+
+    target = Path(target)
+    fd, tmp = temp_beside(target)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

@@ -6,7 +6,9 @@ modified and concurrent calls with different adapters on one loaded model cannot
 
 Convention (see :mod:`d2l_haystack.core.hypernet`): ``A: (R, d_in)``, ``B: (R, d_out)``,
 ``y = W x + scale * (x A^T) B``. Factors are stacked over layers: ``A: (L, R, d_in)``, or
-``(batch, L, R, d_in)`` to give every sample of a batch its own adapter (training).
+``(batch, L, R, d_in)`` to give every sample of a batch its own adapter (training). A key
+``"<module>@<layer>"`` holds rows of that one layer only, ``A: (R, d_in)`` (the reading memory,
+:mod:`d2l_haystack.core.memory`).
 """
 
 from __future__ import annotations
@@ -114,19 +116,25 @@ class LoraHooks:
             if record is not None:
                 record.setdefault(target, {})[layer] = inputs[0][0].detach()
             state = getattr(self._local, "state", None)
-            if state is None or target not in state:
+            if state is None:
                 return None
-            factors, scale = state[target], self._local.scale
-            a, b = factors
-            x = inputs[0]
-            if a.dim() == 3:
-                a_l, b_l = a[layer], b[layer]
-                delta = (x @ a_l.to(x.dtype).T) @ b_l.to(x.dtype)
-            else:
-                a_l, b_l = a[:, layer].to(x.dtype), b[:, layer].to(x.dtype)
-                shape = x.shape
-                x3 = x.reshape(shape[0], -1, shape[-1])
-                delta = torch.bmm(torch.bmm(x3, a_l.transpose(1, 2)), b_l).reshape(*shape[:-1], -1)
+            rows = state.get(f"{target}@{layer}")  # rows of this one layer only (the reading memory)
+            if target not in state and rows is None:
+                return None
+            x, scale = inputs[0], self._local.scale
+            delta = torch.zeros((), dtype=x.dtype, device=x.device)
+            if target in state:
+                a, b = state[target]
+                if a.dim() == 3:
+                    a_l, b_l = a[layer], b[layer]
+                    delta = (x @ a_l.to(x.dtype).T) @ b_l.to(x.dtype)
+                else:
+                    a_l, b_l = a[:, layer].to(x.dtype), b[:, layer].to(x.dtype)
+                    shape = x.shape
+                    x3 = x.reshape(shape[0], -1, shape[-1])
+                    delta = torch.bmm(torch.bmm(x3, a_l.transpose(1, 2)), b_l).reshape(*shape[:-1], -1)
+            if rows is not None:
+                delta = delta + (x @ rows[0].to(x.dtype).T) @ rows[1].to(x.dtype)
             return output + (scale * delta).to(output.dtype)
 
         return hook

@@ -67,7 +67,7 @@ def export_for_serving(adapter: Adapter, folder: str | Path, *, name: str, base_
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     base = base_model or adapter.base_model
-    if adapter.total_rank <= max_rank:
+    if adapter.serving_rank_needed <= max_rank:
         groups = [list(range(adapter.num_chunks))]
     else:
         groups = adapter.chunk_groups(max_rank)
@@ -76,10 +76,10 @@ def export_for_serving(adapter: Adapter, folder: str | Path, *, name: str, base_
         part = adapter if len(groups) == 1 else adapter.select_chunks(chunks)
         group_name = name if len(groups) == 1 else f"{name}-g{i:03d}"
         sub = folder if len(groups) == 1 else folder / group_name
-        rank = serving_rank(part.total_rank, tuple(r for r in ranks if r <= max_rank))
+        rank = serving_rank(part.serving_rank_needed, tuple(r for r in ranks if r <= max_rank))
         part.to_peft(sub, base_model_name_or_path=base, rank=rank)
         entries.append({"name": group_name, "path": "." if len(groups) == 1 else group_name, "chunks": chunks,
-                        "rank": rank, "own_rank": part.total_rank})
+                        "rank": rank, "own_rank": part.serving_rank_needed})
     manifest: dict[str, Any] = {"format": "d2l-serving/1", "base_model": base, "source": adapter.content_hash,
                                 "num_chunks": adapter.num_chunks, "max_rank": max(e["rank"] for e in entries),
                                 "key_model": adapter.key_model, "groups": entries}

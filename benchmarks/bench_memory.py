@@ -1,0 +1,82 @@
+"""What the reading memory costs: internalization seconds and adapter bytes, with and without it.
+
+Usage::
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_memory.py              # the shipped checkpoint
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_memory.py --checkpoint runs/memory_r128 --sizes 256,4000
+
+For documents of ``--sizes`` tokens cut from the NLTK ``state_union`` filler (as ``bench_core.py``;
+read from ``$D2L_EVALDATA``, never copied), one engine with the checkpoint's reading memory and one
+with ``reading_memory=False``: seconds to internalize (median and minimum of ``--repeats`` runs
+after a warm-up), the seconds of the memory's own pass (``timings["memory"]``), the adapter's
+stored bytes and its memory rows. Prints a table and writes ``--out`` (JSON). Timings depend on
+the machine and on other processes: run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import print_table, run_info, write_json  # noqa: E402
+from bench_core import REPO, document, evaldata_dir, filler_text  # noqa: E402
+
+
+def measure(engine: Any, text: str, repeats: int) -> dict[str, Any]:
+    engine.internalize(text, progress=False)  # warm-up
+    seconds, memory_seconds = [], []
+    adapter = None
+    for _ in range(repeats):
+        stages: dict[str, float] = {}
+        start = time.perf_counter()
+        adapter = engine.internalize(text, progress=False, timings=stages)
+        seconds.append(time.perf_counter() - start)
+        memory_seconds.append(stages.get("memory", 0.0))
+    assert adapter is not None
+    return {"median_s": round(statistics.median(seconds), 3), "min_s": round(min(seconds), 3),
+            "memory_pass_s": round(statistics.median(memory_seconds), 3), "bytes": adapter.nbytes,
+            "memory_rows": adapter.memory_rows, "chunks": adapter.num_chunks}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="default", help="a checkpoint folder with memory.safetensors")
+    parser.add_argument("--sizes", default="256,1000,4000", help="document sizes in tokens, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunking", default="auto")
+    parser.add_argument("--evaldata", default=None)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory_cost.json"))
+    args = parser.parse_args(argv)
+    from d2l_haystack.core import D2LEngine
+
+    with_memory = D2LEngine(checkpoint=args.checkpoint, chunking=args.chunking, device="cpu")
+    if with_memory.memory is None:
+        print(f"bench_memory: checkpoint {args.checkpoint!r} has no reading memory", file=sys.stderr)
+        return 2
+    without = D2LEngine(checkpoint=args.checkpoint, chunking=args.chunking, device="cpu", reading_memory=False)
+    filler_ids = with_memory.tokenizer(filler_text(evaldata_dir(args.evaldata)), add_special_tokens=False)["input_ids"]
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        text, tokens = document(with_memory, filler_ids, size)
+        for label, engine in (("hypernetwork", without), ("hypernetwork + memory", with_memory)):
+            row = {"tokens": tokens, "engine": label, **measure(engine, text, args.repeats)}
+            row["MiB"] = round(row["bytes"] / 2**20, 2)
+            rows.append(row)
+            print(row, file=sys.stderr, flush=True)
+    print_table(rows, [("tokens", "tokens"), ("adapter", "engine"), ("chunks", "chunks"),
+                       ("internalize s (median)", "median_s"), ("min s", "min_s"),
+                       ("memory pass s", "memory_pass_s"), ("memory rows", "memory_rows"), ("MiB", "MiB")])
+    path = write_json(args.out, {**run_info("bench_memory.py", argv), "checkpoint": with_memory.checkpoint_id,
+                                 "threads": __import__("torch").get_num_threads(), "rows": rows})
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

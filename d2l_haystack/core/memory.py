@@ -1,0 +1,135 @@
+"""The reading memory: a document's "what comes next" as LoRA rows of one layer.
+
+The hypernetwork's adapter gives an answer its form (a date, a price, a name) but does not find the
+value in the document. The reading memory does the finding. While the base model reads a document,
+position ``i`` has an input ``k_i`` of the target module (``down_proj`` of layer :attr:`layer`) and
+a next token ``y_i``. The memory writes one rank-1 LoRA component per position::
+
+    A_i = (a * k_i + Q^T P k_i) / s        (d_in)    the match: a learned bilinear form
+    B_i = g * w * E[y_i] / |E[y_i]|        (d_out)   the value: y_i's output embedding
+
+so that, while the model answers a question, its own state ``x`` at that layer fires row ``i`` by
+``x . A_i`` and adds the direction of token ``y_i``. ``k_i`` are centered over the positions of
+one pass and L2-normalised. ``Q``, ``P`` (``rank x d_in``), ``a``, ``g`` and ``w`` are learned
+(:mod:`d2l_haystack.training.memory`) on cached states; ``s`` is fixed at fitting time. On the last
+layer, ``B`` goes straight into the final norm, so the memory is fitted with the model's exact
+logits and no pass through it.
+
+Files: ``memory.safetensors`` in a hypernetwork checkpoint folder (tensors ``q``, ``p``, ``a``,
+``log_gain``, ``w``; the layer, module and ``s`` in its header). The engine loads it with the
+checkpoint and adds the rows to every adapter it internalizes (:attr:`Adapter.memory`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .fileio import write_safetensors
+
+MEMORY_FILE = "memory.safetensors"
+
+
+class ReadingMemory(nn.Module):
+    """The learned parts of the memory rows (see the module docstring).
+
+    :param d_in: the target module's input width (``down_proj``: the MLP's intermediate size).
+    :param d_out: its output width (the hidden size).
+    :param rank: rank of the learned part of the match.
+    :param layer: the layer whose ``module`` gets the rows.
+    :param scale_x: ``s``, the typical norm of that module's inputs while answering.
+    """
+
+    def __init__(self, d_in: int, d_out: int, rank: int, layer: int, module: str = "down_proj",
+                 scale_x: float = 1.0) -> None:
+        super().__init__()
+        self.q = nn.Parameter(torch.randn(rank, d_in) * 0.01)
+        self.p = nn.Parameter(torch.randn(rank, d_in) * 0.01)
+        self.a = nn.Parameter(torch.tensor(1.0))
+        self.log_gain = nn.Parameter(torch.tensor(1.5))
+        self.w = nn.Parameter(torch.ones(d_out))
+        self.layer, self.module, self.scale_x = int(layer), str(module), float(scale_x)
+
+    @property
+    def key(self) -> str:
+        """The factors key the rows travel under (:class:`~d2l_haystack.core.lora.LoraHooks`)."""
+        return f"{self.module}@{self.layer}"
+
+    @staticmethod
+    def normalise_keys(keys: torch.Tensor) -> torch.Tensor:
+        """Center ``(positions, d_in)`` states over the positions and scale each to unit length."""
+        k = keys.float()
+        k = k - k.mean(0, keepdim=True)
+        return k / k.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+    def match_rows(self, keys: torch.Tensor) -> torch.Tensor:
+        """``A``: ``(positions, d_in)`` from normalised keys."""
+        return (self.a * keys + (keys @ self.p.T) @ self.q) / self.scale_x
+
+    def scores(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """How strongly states ``x`` ``(tokens, d_in)`` fire each row: ``(tokens, positions)``."""
+        return (self.a * (x @ keys.T) + (x @ self.q.T) @ (keys @ self.p.T).T) / self.scale_x
+
+    def value_rows(self, next_ids: torch.Tensor, unit_embeddings: torch.Tensor) -> torch.Tensor:
+        """``B``: ``(positions, d_out)``; ``unit_embeddings`` are the output embeddings, unit length."""
+        return self.log_gain.exp() * unit_embeddings[next_ids] * self.w
+
+    @torch.no_grad()
+    def rows(self, states: torch.Tensor, next_ids: torch.Tensor,
+             output_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The memory of one pass: ``A (positions, d_in)``, ``B (positions, d_out)``, float32.
+
+        :param states: the module's inputs at the positions that predict ``next_ids``.
+        :param output_embeddings: the model's output embedding matrix ``(vocab, d_out)``.
+        """
+        emb = output_embeddings.float()
+        ids = next_ids.to(emb.device).long()
+        unit = emb[ids] / emb[ids].norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        a = self.match_rows(self.normalise_keys(states.to(self.q.device)))
+        return a, self.log_gain.exp() * unit.to(self.w.device) * self.w
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write ``memory.safetensors`` (fp16) into ``folder``, atomically."""
+        target = Path(folder) / MEMORY_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.state_dict().items()}
+        return write_safetensors(target, tensors, {"format": "pt", "layer": str(self.layer), "module": self.module,
+                                                   "scale_x": repr(self.scale_x)})
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> ReadingMemory | None:
+        """The memory of a checkpoint folder, or ``None`` when it has none.
+
+        :raises CheckpointError: a damaged memory file.
+        """
+        from safetensors import SafetensorError, safe_open
+
+        target = Path(folder) / MEMORY_FILE
+        if not target.is_file():
+            return None
+        try:
+            with safe_open(str(target), framework="pt", device="cpu") as fh:
+                meta = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k).float() for k in fh.keys()}
+            memory = cls(tensors["q"].shape[1], tensors["w"].shape[0], tensors["q"].shape[0], int(meta["layer"]),
+                         meta.get("module", "down_proj"), float(meta["scale_x"]))
+            memory.load_state_dict(tensors)
+        except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"damaged reading memory {target}: {exc}") from exc
+        if not math.isfinite(memory.scale_x) or memory.scale_x <= 0:
+            raise CheckpointError(f"damaged reading memory {target}: scale {memory.scale_x}")
+        return memory.to(device).eval().requires_grad_(False)
+
+
+def memory_digest(folder: str | Path) -> str | None:
+    """SHA-256 of a checkpoint's memory file (first 12 hex digits), or ``None`` without one."""
+    target = Path(folder) / MEMORY_FILE
+    if not target.is_file():
+        return None
+    return hashlib.sha256(target.read_bytes()).hexdigest()[:12]

@@ -1,0 +1,189 @@
+"""The reading memory: rows per document position on one layer, carried by the adapter, applied by
+the hooks, exported to PEFT, fitted on cached states (tiny random models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from d2l_haystack.core import Adapter, D2LEngine
+from d2l_haystack.core.errors import AdapterError, CheckpointError
+from d2l_haystack.core.hypernet import save_checkpoint
+from d2l_haystack.core.memory import MEMORY_FILE, ReadingMemory
+
+
+def _random_memory(layer: int = 3, seed: int = 0) -> ReadingMemory:
+    torch.manual_seed(seed)
+    memory = ReadingMemory(128, 64, rank=4, layer=layer, scale_x=0.5)
+    with torch.no_grad():
+        memory.q.normal_(0, 0.3)
+        memory.p.normal_(0, 0.3)
+    return memory
+
+
+@pytest.fixture(scope="module")
+def memory_checkpoints(tmp_path_factory: pytest.TempPathFactory, nonzero_engine: D2LEngine) -> tuple[Path, Path]:
+    """A hypernetwork checkpoint without and with a reading memory on the tiny Llama's last layer."""
+    root = tmp_path_factory.mktemp("memory-ckpt")
+    plain, with_memory = root / "plain", root / "with-memory"
+    for folder in (plain, with_memory):
+        save_checkpoint(nonzero_engine.hypernet, folder, dtype=torch.float32)
+    _random_memory().save(with_memory)
+    return plain, with_memory
+
+
+@pytest.fixture(scope="module")
+def memory_engine(tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path]) -> D2LEngine:
+    return D2LEngine(str(tiny_llama_dir), checkpoint=str(memory_checkpoints[1]), device="cpu", chunk_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def memory_adapter(memory_engine: D2LEngine, long_text) -> Adapter:
+    return memory_engine.internalize(long_text(120))
+
+
+def test_memory_round_trips_and_damage_is_named(tmp_path: Path) -> None:
+    memory = _random_memory()
+    memory.save(tmp_path)
+    loaded = ReadingMemory.load(tmp_path)
+    assert loaded is not None and (loaded.layer, loaded.module, loaded.key) == (3, "down_proj", "down_proj@3")
+    torch.testing.assert_close(loaded.q, memory.q.half().float())
+    assert ReadingMemory.load(tmp_path / "elsewhere") is None
+    (tmp_path / MEMORY_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="damaged reading memory"):
+        ReadingMemory.load(tmp_path)
+
+
+def test_an_engine_with_a_memory_adds_one_row_per_document_token(
+        memory_engine: D2LEngine, memory_adapter: Adapter, memory_checkpoints: tuple[Path, Path],
+        tiny_llama_dir: Path) -> None:
+    plain = D2LEngine(str(tiny_llama_dir), checkpoint=str(memory_checkpoints[0]), device="cpu", chunk_tokens=64)
+    assert plain.memory is None and memory_engine.memory is not None
+    assert memory_engine.checkpoint_id != plain.checkpoint_id  # adapters of the two are not interchangeable
+    assert memory_engine.describe()["reading_memory"] == "down_proj@3"
+    a = memory_adapter
+    assert a.memory is not None and a.memory_chunks is not None and a.memory_key == "down_proj@3"
+    assert a.memory_rows == a.num_tokens and a.memory[0].shape == (a.num_tokens, 128)
+    assert a.memory[1].shape == (a.num_tokens, 64)
+    assert a.num_chunks > 1 and torch.equal(a.memory_chunks.unique(), torch.arange(a.num_chunks))
+    assert a.serving_rank_needed == a.total_rank + a.num_tokens
+    without = plain.internalize("A short note. It has two sentences.")
+    assert without.memory is None and without.memory_rows == 0
+    switched_off = D2LEngine(str(tiny_llama_dir), checkpoint=str(memory_checkpoints[1]), device="cpu",
+                             chunk_tokens=64, reading_memory=False)
+    assert switched_off.memory is None and switched_off.checkpoint_id == plain.checkpoint_id
+
+
+def test_memory_rows_change_the_answer_only_through_their_layer(memory_engine: D2LEngine,
+                                                                memory_adapter: Adapter) -> None:
+    from dataclasses import replace
+
+    ids = memory_engine.format.question_ids("How many barrels were noted?")
+    with_rows = memory_engine.logits(ids, memory_adapter)
+    no_rows = memory_engine.logits(ids, replace(memory_adapter, memory=None, memory_chunks=None, memory_key=""))
+    assert not torch.allclose(with_rows, no_rows, atol=1e-4)
+    assert memory_adapter.memory is not None
+    silent = (memory_adapter.memory[0], torch.zeros_like(memory_adapter.memory[1]))
+    torch.testing.assert_close(memory_engine.logits(ids, replace(memory_adapter, memory=silent)), no_rows)
+
+
+def test_memory_rows_persist_and_follow_their_chunks(tmp_path: Path, memory_adapter: Adapter) -> None:
+    from safetensors.torch import load_file, save_file
+
+    loaded = Adapter.load(memory_adapter.save(tmp_path / "a"))
+    assert loaded.memory is not None and memory_adapter.memory is not None and loaded.memory_chunks is not None
+    torch.testing.assert_close(loaded.memory[0], memory_adapter.memory[0], atol=2e-3, rtol=2e-3)
+    assert torch.equal(loaded.memory_chunks, memory_adapter.memory_chunks)
+    assert loaded.memory_key == memory_adapter.memory_key and "memory" not in loaded.factors
+    assert loaded.nbytes > memory_adapter.total_rank  # rows are counted
+    last = loaded.num_chunks - 1
+    picked = loaded.select_chunks([last])
+    assert picked.memory_chunks is not None and picked.memory is not None
+    assert picked.memory_rows == int((loaded.memory_chunks == last).sum()) > 0
+    assert torch.equal(picked.memory_chunks, torch.zeros(picked.memory_rows, dtype=torch.long))
+    torch.testing.assert_close(picked.memory[0], loaded.memory[0][loaded.memory_chunks == last])
+    # a file whose rows lost their chunk numbers is refused, naming the problem
+    target = tmp_path / "a" / "adapter.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(target), framework="pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(target))
+    del tensors["memory.chunks"], meta["data_sha256"]
+    save_file(tensors, str(tmp_path / "broken.safetensors"), metadata=meta)
+    with pytest.raises(AdapterError, match="incomplete reading-memory rows"):
+        Adapter.load(tmp_path / "broken.safetensors")
+
+
+def test_peft_export_of_memory_rows_gives_the_same_logits(tmp_path: Path, memory_engine: D2LEngine,
+                                                          memory_adapter: Adapter, tiny_llama_dir: Path) -> None:
+    """The rows go to their one layer: a larger rank there (rank_pattern), or every layer padded."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    saved = Adapter.load(memory_adapter.save(tmp_path / "a"))  # fp16 on disk: what an export reads
+    ids = memory_engine.format.question_ids("How many barrels were noted?")
+    ours = memory_engine.logits(ids, saved)
+    for name, rank in (("pattern", None), ("padded", saved.serving_rank_needed + 3)):
+        folder = saved.to_peft(tmp_path / name, base_model_name_or_path=str(tiny_llama_dir), rank=rank)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        if rank is None:
+            assert config["rank_pattern"] == {"model.layers.3.mlp.down_proj": saved.serving_rank_needed}
+        fresh = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32).eval()
+        with torch.no_grad():
+            theirs = PeftModel.from_pretrained(fresh, str(folder)).eval()(input_ids=torch.tensor([ids])).logits[0]
+        torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    with pytest.raises(AdapterError, match="padding only adds"):
+        saved.to_peft(tmp_path / "small", rank=saved.total_rank)
+
+
+def test_chunk_groups_count_the_memory_rows(memory_adapter: Adapter) -> None:
+    assert memory_adapter.memory_chunks is not None
+    rows = torch.bincount(memory_adapter.memory_chunks, minlength=memory_adapter.num_chunks)
+    widest = memory_adapter.bias_rank + memory_adapter.rank + int(rows.max())
+    groups = memory_adapter.chunk_groups(widest + memory_adapter.rank)
+    assert [c for g in groups for c in g] == list(range(memory_adapter.num_chunks))
+    for g in groups:
+        assert memory_adapter.select_chunks(g).serving_rank_needed <= widest + memory_adapter.rank
+    with pytest.raises(AdapterError, match="cannot hold one"):
+        memory_adapter.chunk_groups(widest - 1)
+
+
+def test_a_memory_for_a_layer_the_adapters_lack_is_refused(tmp_path: Path, nonzero_engine: D2LEngine,
+                                                           tiny_llama_dir: Path) -> None:
+    save_checkpoint(nonzero_engine.hypernet, tmp_path, dtype=torch.float32)
+    _random_memory(layer=9).save(tmp_path)
+    with pytest.raises(CheckpointError, match="down_proj@9"):
+        D2LEngine(str(tiny_llama_dir), checkpoint=str(tmp_path), device="cpu")
+
+
+def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
+        tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path]) -> None:
+    """End to end on the tiny model: cache states of generated training-part documents, fit a
+    memory (held kinds choose the step), write a checkpoint, internalize with it."""
+    from d2l_haystack.training.memory import collect, fit, write_checkpoint
+
+    engine = D2LEngine(str(tiny_llama_dir), checkpoint=str(memory_checkpoints[0]), device="cpu", chunk_tokens=64,
+                       keys=None, chunking="auto")
+    cache = collect(engine, docs=8, seed=3, out=tmp_path / "c.pt", layer=3, squad_share=0.0, needle_share=0.5)
+    kinds = [it["kind"] for it in torch.load(cache, weights_only=False)["items"]]
+    assert "needle" in kinds and len(set(kinds)) > 2
+    hold = next(k for k in kinds if k != "needle")
+    memory, report = fit([cache], engine.model, hold_kinds=(hold,), rank=4, steps=4, batch=4, eval_every=2,
+                         val_every=2)
+    assert report["questions"]["held"] >= 1 and report["questions"]["train"] >= 1
+    assert report["questions"]["validation"] == sum(v["questions"] for v in report["validation"].values()) > 0
+    assert hold not in report["validation"]
+    assert [row["step"] for row in report["curve"]] == [0, 2, 4] and report["best_step"] in (0, 2, 4)
+    assert memory.layer == 3 and memory.scale_x > 0
+    out = write_checkpoint(memory, memory_checkpoints[0], tmp_path / "ckpt", report)
+    assert (out / MEMORY_FILE).is_file() and (out / "memory_fit.json").is_file()
+    reader = D2LEngine(str(tiny_llama_dir), checkpoint=str(out), device="cpu", chunk_tokens=64, keys=None)
+    assert reader.internalize("The gate opens at nine.").memory_rows > 0
+    with pytest.raises(ValueError, match="not over its base"):
+        write_checkpoint(memory, out, out)
+    with pytest.raises(ValueError, match="held kinds"):
+        fit([cache], engine.model, hold_kinds=("no-such-kind",), steps=1)
