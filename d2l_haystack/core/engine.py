@@ -20,6 +20,7 @@ chunk unconditionally (the hypernetwork alone).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -212,8 +213,6 @@ class D2LEngine:
                     0 <= self.memory.layer < self.hypernet.config.num_layers):
                 raise CheckpointError(f"the reading memory of {ckpt_path} targets {self.memory.key}, which the "
                                       f"checkpoint's adapters do not have")
-            import hashlib
-
             self.checkpoint_id = hashlib.sha256(
                 f"{self.checkpoint_id}:{memory_digest(ckpt_path)}".encode()).hexdigest()[:12]
         self.checkpoint_path: str | None = str(ckpt_path) if ckpt_path is not None else None

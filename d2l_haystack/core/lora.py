@@ -111,6 +111,8 @@ class LoraHooks:
             self._handles.append(module.register_forward_hook(self._make_hook(layer, target)))
 
     def _make_hook(self, layer: int, target: str) -> Any:
+        row_key = f"{target}@{layer}"  # rows of this one layer only (the reading memory)
+
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
             record = getattr(self._local, "record", None)
             if record is not None:
@@ -118,7 +120,7 @@ class LoraHooks:
             state = getattr(self._local, "state", None)
             if state is None:
                 return None
-            rows = state.get(f"{target}@{layer}")  # rows of this one layer only (the reading memory)
+            rows = state.get(row_key)
             if target not in state and rows is None:
                 return None
             x, scale = inputs[0], self._local.scale
