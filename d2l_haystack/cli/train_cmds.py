@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import add_device_option
+from .options import CHUNKING_CHOICES, add_device_option
 
 
 def register(sub: Any) -> None:
@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
     c.add_argument("--needle-share", type=float, default=0.0,
                    help="share of fact needles in training-part filler (default 0)")
     c.add_argument("--checkpoint", default="default", help="the hypernetwork checkpoint (default: shipped)")
-    c.add_argument("--chunking", default="auto", help="the adapters' chunking (default auto)")
+    c.add_argument("--chunking", choices=CHUNKING_CHOICES, default="auto", help="the adapters' chunking (default auto)")
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("-o", "--out", required=True, help="cache file to write")
     c.set_defaults(handler=_memory_collect)
@@ -123,12 +123,22 @@ def _memory_fit(args: argparse.Namespace) -> int:
     import torch
 
     from d2l_haystack.core.engine import default_checkpoint
-    from d2l_haystack.core.models import get_model
+    from d2l_haystack.core.errors import CheckpointError
+    from d2l_haystack.core.hypernet import load_checkpoint
+    from d2l_haystack.core.models import DEFAULT_MODEL, get_model
     from d2l_haystack.training.memory import DEFAULT_HOLD_KINDS, fit, print_report, write_checkpoint
 
     torch.set_num_threads(args.threads)
-    loaded = get_model("smollm2-135m-instruct" if args.checkpoint == "default" else _base_of(args.checkpoint),
-                       device="cpu")
+    base = default_checkpoint(DEFAULT_MODEL) if args.checkpoint == "default" else args.checkpoint
+    if base is None:
+        print(f"d2l memory fit: error: no checkpoint is shipped for {DEFAULT_MODEL}", file=sys.stderr)
+        return 2
+    try:
+        _, payload = load_checkpoint(base)
+    except CheckpointError as exc:
+        print(f"d2l memory fit: error: {exc}", file=sys.stderr)
+        return 2
+    loaded = get_model(payload["hypernet"]["base_model"], device="cpu")
     try:
         hold = tuple(args.hold_kinds.split(",")) if args.hold_kinds else DEFAULT_HOLD_KINDS
         memory, report = fit(args.caches, loaded.model, hold, rank=args.rank,
@@ -142,16 +152,5 @@ def _memory_fit(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     if args.out:
-        base = default_checkpoint(loaded.name) if args.checkpoint == "default" else args.checkpoint
-        if base is None:
-            print(f"d2l memory fit: error: no checkpoint is shipped for {loaded.name}", file=sys.stderr)
-            return 2
         print(f"wrote {write_checkpoint(memory, base, args.out, report)}")
     return 0
-
-
-def _base_of(checkpoint: str) -> str:
-    """The base model a checkpoint folder was trained for."""
-    import json
-
-    return str(json.loads((Path(checkpoint) / "config.json").read_text())["hypernet"]["base_model"])

@@ -229,7 +229,6 @@ class Adapter:
 
         :returns: the file written.
         """
-
         path = Path(path)
         target = path if path.suffix == ".safetensors" else path / ADAPTER_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -308,12 +307,10 @@ class Adapter:
                        memory_key=meta.get("memory_key", "") if memory is not None else "")
         except (KeyError, ValueError) as exc:
             raise AdapterError(f"damaged adapter metadata in {target}: {exc}") from exc
-        if adapter.key_chunks is not None and len(adapter.key_chunks) and (
-                int(adapter.key_chunks.min()) < 0 or int(adapter.key_chunks.max()) >= adapter.num_chunks):
-            raise AdapterError(f"damaged adapter file {target}: chunk keys name chunks the adapter does not have")
-        if adapter.memory_chunks is not None and len(adapter.memory_chunks) and (
-                int(adapter.memory_chunks.min()) < 0 or int(adapter.memory_chunks.max()) >= adapter.num_chunks):
-            raise AdapterError(f"damaged adapter file {target}: memory rows name chunks the adapter does not have")
+        for owners, what in ((adapter.key_chunks, "chunk keys"), (adapter.memory_chunks, "memory rows")):
+            if owners is not None and len(owners) and not (
+                    0 <= int(owners.min()) and int(owners.max()) < adapter.num_chunks):
+                raise AdapterError(f"damaged adapter file {target}: {what} name chunks the adapter does not have")
         return adapter
 
     def to_peft(self, folder: str | Path, base_model_name_or_path: str | None = None,
@@ -339,7 +336,7 @@ class Adapter:
         own = self.total_rank
         widest = self.serving_rank_needed
         r = own if rank is None else int(rank)
-        if r < (own if rank is None else widest):
+        if rank is not None and r < widest:
             raise AdapterError(f"cannot export a rank-{widest} adapter at rank {r} (padding only adds components)")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -75,9 +75,9 @@ class ReadingMemory(nn.Module):
         """How strongly states ``x`` ``(tokens, d_in)`` fire each row: ``(tokens, positions)``."""
         return (self.a * (x @ keys.T) + (x @ self.q.T) @ (keys @ self.p.T).T) / self.scale_x
 
-    def value_rows(self, next_ids: torch.Tensor, unit_embeddings: torch.Tensor) -> torch.Tensor:
-        """``B``: ``(positions, d_out)``; ``unit_embeddings`` are the output embeddings, unit length."""
-        return self.log_gain.exp() * unit_embeddings[next_ids] * self.w
+    def value_rows(self, unit_next: torch.Tensor) -> torch.Tensor:
+        """``B``: ``(positions, d_out)`` from the unit-length output embeddings of the next tokens."""
+        return self.log_gain.exp() * unit_next * self.w
 
     @torch.no_grad()
     def rows(self, states: torch.Tensor, next_ids: torch.Tensor,
@@ -87,11 +87,9 @@ class ReadingMemory(nn.Module):
         :param states: the module's inputs at the positions that predict ``next_ids``.
         :param output_embeddings: the model's output embedding matrix ``(vocab, d_out)``.
         """
-        emb = output_embeddings.float()
-        ids = next_ids.to(emb.device).long()
-        unit = emb[ids] / emb[ids].norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        a = self.match_rows(self.normalise_keys(states.to(self.q.device)))
-        return a, self.log_gain.exp() * unit.to(self.w.device) * self.w
+        emb = output_embeddings[next_ids.to(output_embeddings.device).long()].float()
+        unit = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return self.match_rows(self.normalise_keys(states.to(self.q.device))), self.value_rows(unit.to(self.w.device))
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:

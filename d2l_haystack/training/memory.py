@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 
 from ..core.memory import ReadingMemory
-from ..core.textio import CHUNKINGS
 
 DEFAULT_HOLD_KINDS = ("faq", "profile", "lease")
 """Training-part kinds kept out of the memory's fit and used to choose its step."""
@@ -54,8 +53,6 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
     from .data import FillerBank, needle_document, squad_paragraphs, squad_run_document
     from .realistic import realistic_document
 
-    if engine.chunking not in CHUNKINGS:
-        raise ValueError(f"unknown chunking {engine.chunking!r}")
     model, fmt, tok = engine.model, engine.format, engine.tokenizer
     paras = squad_paragraphs("train") if squad_share > 0 else []
     filler = FillerBank(tok, "train") if needle_share > 0 else None
@@ -147,7 +144,7 @@ class _Fitter:
 
     def forward(self, q: _Question, use: bool = True, full: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.memory.scores(q.x, q.keys)
-        h = q.h + s @ self.memory.value_rows(q.nxt, self.unit) if use else q.h
+        h = q.h + s @ self.memory.value_rows(self.unit[q.nxt]) if use else q.h
         return self.norm(h) @ (self.emb if full or q.cand is None else self.emb[q.cand]).T, s
 
     def loss(self, q: _Question, bind_weight: float) -> torch.Tensor:

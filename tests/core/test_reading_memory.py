@@ -187,3 +187,11 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
         write_checkpoint(memory, out, out)
     with pytest.raises(ValueError, match="held kinds"):
         fit([cache], engine.model, hold_kinds=("no-such-kind",), steps=1)
+
+
+def test_memory_fit_names_a_missing_checkpoint_in_one_line(tmp_path: Path, capsys) -> None:
+    from d2l_haystack.cli import main
+
+    assert main(["memory", "fit", str(tmp_path / "c.pt"), "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("d2l memory fit: error:") and "nowhere" in err and len(err.splitlines()) == 1
