@@ -59,6 +59,9 @@ def register(sub: Any) -> None:
     f.add_argument("--lr", type=float, default=3e-3)
     f.add_argument("--weight-decay", type=float, default=0.0)
     f.add_argument("--bind-weight", type=float, default=1.0)
+    f.add_argument("--batch", type=int, default=32, help="questions per step (default 32)")
+    f.add_argument("--init", help="a checkpoint folder whose memory the fit goes on from (a fit continued)")
+    f.add_argument("--eval-every", type=int, default=250, help="steps between choosing evaluations (default 250)")
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--json", help="write the report here")
     f.set_defaults(handler=_memory_fit)
@@ -125,6 +128,7 @@ def _memory_fit(args: argparse.Namespace) -> int:
     from d2l_haystack.core.engine import default_checkpoint
     from d2l_haystack.core.errors import CheckpointError
     from d2l_haystack.core.hypernet import load_checkpoint
+    from d2l_haystack.core.memory import MEMORY_FILE, ReadingMemory
     from d2l_haystack.core.models import DEFAULT_MODEL, get_model
     from d2l_haystack.training.memory import DEFAULT_HOLD_KINDS, fit, print_report, write_checkpoint
 
@@ -140,10 +144,19 @@ def _memory_fit(args: argparse.Namespace) -> int:
         return 2
     loaded = get_model(payload["hypernet"]["base_model"], device="cpu")
     try:
+        init = ReadingMemory.load(args.init) if args.init else None
+    except CheckpointError as exc:
+        print(f"d2l memory fit: error: {exc}", file=sys.stderr)
+        return 2
+    if args.init and init is None:
+        print(f"d2l memory fit: error: {args.init} has no {MEMORY_FILE}", file=sys.stderr)
+        return 2
+    try:
         hold = tuple(args.hold_kinds.split(",")) if args.hold_kinds else DEFAULT_HOLD_KINDS
         memory, report = fit(args.caches, loaded.model, hold, rank=args.rank,
                              steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
-                             bind_weight=args.bind_weight, log=lambda s: print(s, file=sys.stderr, flush=True))
+                             bind_weight=args.bind_weight, batch=args.batch, eval_every=args.eval_every, init=init,
+                             log=lambda s: print(s, file=sys.stderr, flush=True))
     except ValueError as exc:
         print(f"d2l memory fit: error: {exc}", file=sys.stderr)
         return 2

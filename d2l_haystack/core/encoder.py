@@ -45,13 +45,35 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
+def _stop_after(model: nn.Module, layer: int) -> nn.Module:
+    """Decoder layer ``layer`` with the shared early-exit hook on it (registered once)."""
+    target = decoder_layers(model)[layer]
+    if getattr(target, _HOOK_ATTR, None) is None:
+        setattr(target, _HOOK_ATTR, target.register_forward_hook(_exit_hook))
+    return target
+
+
+def run_until(model: nn.Module, layer: int, **inputs: Any) -> torch.Tensor:
+    """Run ``model``'s decoder on ``inputs`` through decoder layer ``layer`` (0-based) and no
+    further; returns that layer's output hidden states. Forward hooks inside (LoRA, capture) fire
+    as in a full pass, up to that layer."""
+    _STOP.layer = _stop_after(model, layer)
+    try:
+        decoder_of(model)(use_cache=False, **inputs)
+    except _EarlyExit as stop:
+        return stop.hidden
+    finally:
+        _STOP.layer = None
+    raise RuntimeError("early exit hook did not fire")
+
+
 class ContextEncoder:
     """Encodes padded batches of wrapped chunks into hypernetwork features (no gradient).
 
-    The early exit is one forward hook per decoder layer, registered by the first encoder that
-    stops there and shared by every later one (base models are shared by the process-level
-    model cache, so engines created one after another do not pile hooks onto the same layer).
-    It does nothing unless this thread's encoder asked to stop after that layer.
+    The early exit is :func:`run_until`: one forward hook per decoder layer, registered by the
+    first pass that stops there and shared by every later one (base models are shared by the
+    process-level model cache, so engines created one after another do not pile hooks onto the
+    same layer). It does nothing unless this thread's pass asked to stop after that layer.
     """
 
     def __init__(self, model: nn.Module, mode: str, exit_layer: int) -> None:
@@ -59,22 +81,14 @@ class ContextEncoder:
         self.mode = mode
         self.exit_layer = exit_layer
         self._decoder = decoder_of(model)
-        self._layer = decoder_layers(model)[exit_layer - 1]
-        if mode == "early_exit" and getattr(self._layer, _HOOK_ATTR, None) is None:
-            setattr(self._layer, _HOOK_ATTR, self._layer.register_forward_hook(_exit_hook))
+        if mode == "early_exit":
+            _stop_after(model, exit_layer - 1)
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """:returns: ``(batch, tokens, hidden)`` (early exit) or ``(batch, layers, tokens, hidden)``."""
         if self.mode == "early_exit":
-            _STOP.layer = self._layer
-            try:
-                self._decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            except _EarlyExit as stop:
-                return stop.hidden
-            finally:
-                _STOP.layer = None
-            raise RuntimeError("early exit hook did not fire")
+            return run_until(self.model, self.exit_layer - 1, input_ids=input_ids, attention_mask=attention_mask)
         out = self._decoder(input_ids=input_ids, attention_mask=attention_mask,
                             output_hidden_states=True, use_cache=False)
         return torch.stack(out.hidden_states[:-1], dim=1)

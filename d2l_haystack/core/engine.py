@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .adapter import ADAPTER_KINDS, Adapter, compose
-from .encoder import ContextEncoder, decoder_of
+from .encoder import ContextEncoder, decoder_of, run_until
 from .errors import AdapterError, CheckpointError, InputError, ModelNotFoundError
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
@@ -185,8 +185,8 @@ class D2LEngine:
         (:meth:`reader`): ``"default"`` (shipped for the model), a folder, or ``None`` (untrained).
     :param reading_memory: use the checkpoint's reading memory (:mod:`~d2l_haystack.core.memory`),
         if it has one: document adapters then carry one row per token on the memory's layer, made
-        by one more full-depth pass over the document. ``False`` makes the adapters of the
-        hypernetwork alone (cheaper to internalize, and they carry the hypernetwork's checkpoint id).
+        by one more pass over the document (through that layer, no further). ``False`` makes the
+        adapters of the hypernetwork alone (cheaper to internalize, and they carry the hypernetwork's checkpoint id).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, checkpoint: str | None = "default",
@@ -339,7 +339,7 @@ class D2LEngine:
         :param progress: show a progress bar (``None``: when there is more than one batch of chunks).
         :param timings: if given, seconds per stage are added to it: ``chunking``, ``encoder``,
             ``hypernetwork``, ``keys`` (the chunk-key embeddings), ``memory`` (the reading memory's
-            full-depth pass, when the checkpoint has one) and ``assembly``.
+            pass up to its layer, when the checkpoint has one) and ``assembly``.
         :param instructions_checkpoint: ``kind="instructions"``: this call's checkpoint (default:
             the engine's, :meth:`reader`).
         :raises InputError: empty or binary text.
@@ -435,8 +435,8 @@ class D2LEngine:
         for group in groups:
             ids = [t for c in group for t in chunks[c]]
             wrapped = self.format.wrap_chunk(ids)
-            with self.precision(), self.hooks.capture() as rec:
-                decoder_of(self.model)(input_ids=torch.tensor([wrapped], device=self.device))
+            with self.precision(), self.hooks.capture() as rec:  # the layers above the memory's are not needed
+                run_until(self.model, layer, input_ids=torch.tensor([wrapped], device=self.device))
             states = rec[module][layer][pre - 1:pre - 1 + len(ids)].float()
             out.append((states, ids, [c for c in group for _ in chunks[c]]))
         return out

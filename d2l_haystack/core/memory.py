@@ -13,7 +13,8 @@ so that, while the model answers a question, its own state ``x`` at that layer f
 one pass and L2-normalised. ``Q``, ``P`` (``rank x d_in``), ``a``, ``g`` and ``w`` are learned
 (:mod:`d2l_haystack.training.memory`) on cached states; ``s`` is fixed at fitting time. On the last
 layer, ``B`` goes straight into the final norm, so the memory is fitted with the model's exact
-logits and no pass through it.
+logits and no pass through it; on a layer below, the fit runs the layers above (the rows' vote
+then meets the adapter's inside the model, not as added logits).
 
 Files: ``memory.safetensors`` in a hypernetwork checkpoint folder (tensors ``q``, ``p``, ``a``,
 ``log_gain``, ``w``; the layer, module and ``s`` in its header). The engine loads it with the

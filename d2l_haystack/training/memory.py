@@ -6,10 +6,14 @@ Two steps, both resumable by construction (each writes one file):
   SQuAD training runs; never the held-out kinds, templates or SQuAD validation articles) with an
   engine: per document, what the memory reads (:meth:`D2LEngine.memory_states`, no adapter) and, per
   question, the states along the teacher-forced gold answer with the document's adapter applied
-  (the memory layer's inputs ``x`` and the final hidden states ``h`` before the norm).
+  (the memory layer's inputs ``x`` and the final hidden states ``h`` before the norm). For a
+  memory below the last layer it also keeps the whole sequence (the memory layer's inputs and
+  output at every prompt and answer position) and the document adapter of the layers above.
 * :func:`fit` learns the memory on those caches: the gold answer's cross-entropy over the full
-  vocabulary, ``logits = lm_head(norm(h + delta))`` (exact when the memory is on the last layer,
-  whose output goes straight into the final norm), plus a contrastive loss that makes the answer's
+  vocabulary, ``logits = lm_head(norm(h + delta))`` on the last layer (whose output goes straight
+  into the final norm); below it, the rows are added to the memory layer's output at every
+  position and the model's layers above run on the result with the document's adapter, so what
+  is fitted is what the engine serves (a test checks the logits). Plus a contrastive loss that makes the answer's
   document position fire first (with a "none" option). Questions of ``hold_kinds`` (training-part
   kinds) and every ``val_every``-th document of the other kinds are kept out of the fit; the step
   that reads best on both together (kinds it never saw, documents it never saw) is returned.
@@ -57,7 +61,11 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
     paras = squad_paragraphs("train") if squad_share > 0 else []
     filler = FillerBank(tok, "train") if needle_share > 0 else None
     captured: dict[str, torch.Tensor] = {}
-    handle = model.model.norm.register_forward_pre_hook(lambda m, a: captured.__setitem__("h", a[0][0].detach()))
+    handles = [model.model.norm.register_forward_pre_hook(lambda m, a: captured.__setitem__("h", a[0][0].detach()))]
+    upper = layer < len(model.model.layers) - 1  # rows below the last layer: the fit runs the layers above
+    if upper:
+        handles.append(model.model.layers[layer].register_forward_hook(
+            lambda m, a, out: captured.__setitem__("layer", (out[0] if isinstance(out, tuple) else out)[0].detach())))
     rng = np.random.default_rng(seed)
     items: list[dict[str, Any]] = []
     start = time.time()
@@ -75,7 +83,7 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
             chunks = engine.chunk_ids(doc.text)
             passes = [(s.half(), ids) for s, ids, _ in engine.memory_states(chunks, layer, module)]
             factors = compose([engine.internalize(doc.text, progress=False)], None)
-            questions = []
+            questions: list[dict[str, Any]] = []
             for qa in doc.qas:
                 prompt, answer = fmt.question_ids(qa.question), fmt.answer_ids(qa.answer)
                 spaced = tok(" " + qa.answer.strip(), add_special_tokens=False)["input_ids"]
@@ -83,13 +91,22 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
                 span = slice(len(prompt) - 1, len(prompt) - 1 + len(answer))
                 with torch.no_grad(), engine.hooks.capture() as rec, engine.hooks.apply(factors):
                     model(input_ids=torch.tensor([prompt + answer[:-1]]))
-                questions.append({"x": rec[module][layer][span].half(), "h": captured["h"][span].half(),
-                                  "targets": answer, "alt0": alt})
-            items.append({"passes": passes, "qs": questions, "kind": kind})
+                q = {"x": rec[module][layer][span].half(), "h": captured["h"][span].half(), "targets": answer,
+                     "alt0": alt}
+                if upper:  # the whole sequence: the rows fire at every position, the layers above attend to all
+                    q.update(x_all=rec[module][layer].half(), h_layer=captured["layer"].half(), start=span.start,
+                             ids=prompt + answer[:-1])
+                questions.append(q)
+            item: dict[str, Any] = {"passes": passes, "qs": questions, "kind": kind, "text": doc.text}
+            if upper:  # the adapter of the layers above (the fit applies it there)
+                item["upper"] = {m: (a[layer + 1:].half(), b[layer + 1:].half()) for m, (a, b) in factors.items()
+                                 if "@" not in m}
+            items.append(item)
             if log is not None and (n % 50 == 0 or n == docs - 1):
                 log(f"{n + 1}/{docs} documents, {time.time() - start:.0f} s")
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"layer": layer, "module": module, "checkpoint": engine.checkpoint_id, "chunking": engine.chunking,
@@ -107,12 +124,18 @@ class _Question:
     alt0: int                # the spaced form of the answer's first token, or -1
     bind: torch.Tensor       # (T,) the document position of each answer token, -1 if none
     cand: torch.Tensor | None = None  # the tokens training's softmax runs over (see _Fitter.restrict)
+    # rows below the last layer: the whole sequence (prompt and answer) and the adapter of the layers above
+    x_all: torch.Tensor | None = None    # (L, d_in) memory-layer inputs
+    h_layer: torch.Tensor | None = None  # (L, d_out) the memory layer's output without the rows
+    start: int = 0                       # the position that predicts the answer's first token
+    upper: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # module -> (layers, R, d) factors
 
 
 def _questions(item: dict[str, Any]) -> list[_Question]:
     passes = item.get("passes") or [(item["keys"], item["nxt"])]  # caches of the first probe: one pass
     keys = torch.cat([ReadingMemory.normalise_keys(s.float()) for s, _ in passes])
     nxt = [t for _, ids in passes for t in ids]
+    upper = item.get("upper")
     out = []
     for q in item["qs"]:
         tg, alt = list(q["targets"]), int(q["alt0"])
@@ -123,15 +146,29 @@ def _questions(item: dict[str, Any]) -> list[_Question]:
                 at = j
                 break
         bind = [at + t if at >= 0 and t < len(body) else -1 for t in range(len(tg))]  # none for end of turn
-        out.append(_Question(q["x"].float(), q["h"].float(), keys, torch.tensor(nxt), torch.tensor(tg), alt,
-                             torch.tensor(bind)))
+        question = _Question(q["x"].float(), q["h"].float(), keys, torch.tensor(nxt), torch.tensor(tg), alt,
+                             torch.tensor(bind))
+        if "x_all" in q:
+            question.x_all, question.h_layer = q["x_all"].float(), q["h_layer"].float()
+            question.start, question.upper = int(q["start"]), upper
+        out.append(question)
     return out
 
 
 class _Fitter:
-    def __init__(self, memory: ReadingMemory, norm: torch.nn.Module, emb: torch.Tensor) -> None:
-        self.memory, self.norm, self.emb = memory, norm, emb
-        self.unit = emb / emb.norm(dim=-1, keepdim=True)
+    """The answer's logits with and without the memory, for batches of cached questions.
+
+    On the last layer the rows' output goes straight into the final norm (no model pass). Below
+    it, the rows are added to the memory layer's cached output at every position and the layers
+    above run on the result, each question with its own document adapter (zero-padded in rank).
+    """
+
+    def __init__(self, memory: ReadingMemory, lm: Any) -> None:
+        self.memory, self.lm = memory, lm
+        self.norm = lm.model.norm
+        self.emb = lm.get_output_embeddings().weight.detach().float()
+        self.unit = self.emb / self.emb.norm(dim=-1, keepdim=True)
+        self.above = list(lm.model.layers)[memory.layer + 1:]
 
     @torch.no_grad()
     def restrict(self, q: _Question, top: int = 64) -> None:
@@ -142,45 +179,102 @@ class _Fitter:
         extra = torch.tensor([q.alt0] if q.alt0 >= 0 else [], dtype=torch.long)
         q.cand = torch.unique(torch.cat([best, q.nxt, q.targets, extra]))
 
-    def forward(self, q: _Question, use: bool = True, full: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.memory.scores(q.x, q.keys)
-        h = q.h + s @ self.memory.value_rows(self.unit[q.nxt]) if use else q.h
-        return self.norm(h) @ (self.emb if full or q.cand is None else self.emb[q.cand]).T, s
+    def _delta(self, x: torch.Tensor, q: _Question) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.memory.scores(x, q.keys)
+        return s @ self.memory.value_rows(self.unit[q.nxt]), s
 
-    def loss(self, q: _Question, bind_weight: float) -> torch.Tensor:
-        logits, s = self.forward(q, full=False)
-        targets, alt0 = q.targets, q.alt0
-        if q.cand is not None:  # positions in the candidate list
-            targets = torch.searchsorted(q.cand, q.targets)
-            alt0 = int(torch.searchsorted(q.cand, torch.tensor(alt0))) if alt0 >= 0 else -1
-        lp = logits.log_softmax(-1)
-        tok = lp[torch.arange(len(targets)), targets]
-        if alt0 >= 0:  # the first token may be the document's spaced form of the answer's first word
-            tok = torch.cat([torch.logsumexp(torch.stack([tok[0], lp[0, alt0]]), 0)[None], tok[1:]])
-        lm = -tok.mean()
-        m = q.bind >= 0
-        if not m.any() or not bind_weight:
-            return lm
-        z = torch.cat([s[m] * 10.0, torch.zeros(int(m.sum()), 1)], 1)  # a "none" option at 0
-        return lm + bind_weight * F.cross_entropy(z, q.bind[m])
+    def _above(self, qs: list[_Question], use: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Final hidden states (before the norm) along each answer, and the rows' scores there."""
+        length = max(len(q.h_layer) for q in qs)  # type: ignore[arg-type]
+        h = torch.zeros(len(qs), length, self.emb.shape[1])
+        scores = []
+        for i, q in enumerate(qs):
+            assert q.x_all is not None and q.h_layer is not None
+            h[i, :len(q.h_layer)] = q.h_layer
+            if use:
+                delta, s = self._delta(q.x_all, q)
+                h[i, :len(q.h_layer)] += delta
+                scores.append(s[q.start:q.start + len(q.targets)])
+        factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for m in qs[0].upper or {}:
+            rank = max(q.upper[m][0].shape[1] for q in qs)  # type: ignore[index]
+            a = torch.zeros(len(qs), len(self.above), rank, qs[0].upper[m][0].shape[-1])  # type: ignore[index]
+            b = torch.zeros(len(qs), len(self.above), rank, qs[0].upper[m][1].shape[-1])  # type: ignore[index]
+            for i, q in enumerate(qs):
+                qa, qb = q.upper[m]  # type: ignore[index]
+                a[i, :, :qa.shape[1]], b[i, :, :qb.shape[1]] = qa.float(), qb.float()
+            factors[m] = (a, b)
+
+        def hook(j: int, m: str) -> Any:
+            def add(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+                a, b = factors[m]
+                return output + torch.bmm(torch.bmm(inputs[0], a[:, j].transpose(1, 2)), b[:, j])
+            return add
+
+        handles = [getattr(layer.mlp, m).register_forward_hook(hook(j, m))
+                   for j, layer in enumerate(self.above) for m in factors]
+        try:
+            position = torch.arange(length)[None].expand(len(qs), -1)
+            rotary = self.lm.model.rotary_emb(h, position)
+            for layer in self.above:  # right padding: causal attention keeps it out of every real position
+                out = layer(h, attention_mask=None, position_ids=position, position_embeddings=rotary)
+                h = out[0] if isinstance(out, tuple) else out
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [h[i, q.start:q.start + len(q.targets)] for i, q in enumerate(qs)], scores
+
+    def forward(self, qs: list[_Question], use: bool = True, full: bool = True
+                ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per question: the answer's logits (full vocabulary, or the question's candidates when
+        ``full`` is false) and the rows' scores along the answer (``None`` without the memory)."""
+        if use and qs[0].x_all is not None:
+            finals, scores = self._above(qs, use)
+            pairs: list[tuple[torch.Tensor, torch.Tensor | None]] = list(zip(finals, scores))
+        else:
+            pairs = []
+            for q in qs:
+                delta, s = self._delta(q.x, q) if use else (0.0, None)
+                pairs.append((q.h + delta, s))
+        return [(self.norm(h) @ (self.emb if full or q.cand is None else self.emb[q.cand]).T, s)
+                for q, (h, s) in zip(qs, pairs)]
+
+    def loss(self, qs: list[_Question], bind_weight: float) -> torch.Tensor:
+        total = torch.zeros(())
+        for q, (logits, s) in zip(qs, self.forward(qs, full=False)):
+            targets, alt0 = q.targets, q.alt0
+            if q.cand is not None:  # positions in the candidate list
+                targets = torch.searchsorted(q.cand, q.targets)
+                alt0 = int(torch.searchsorted(q.cand, torch.tensor(alt0))) if alt0 >= 0 else -1
+            lp = logits.log_softmax(-1)
+            tok = lp[torch.arange(len(targets)), targets]
+            if alt0 >= 0:  # the first token may be the document's spaced form of the answer's first word
+                tok = torch.cat([torch.logsumexp(torch.stack([tok[0], lp[0, alt0]]), 0)[None], tok[1:]])
+            total = total - tok.mean()
+            m = q.bind >= 0
+            if m.any() and bind_weight and s is not None:
+                z = torch.cat([s[m] * 10.0, torch.zeros(int(m.sum()), 1)], 1)  # a "none" option at 0
+                total = total + bind_weight * F.cross_entropy(z, q.bind[m])
+        return total / len(qs)
 
     @torch.no_grad()
-    def metrics(self, data: list[_Question], use: bool = True, per_question: list[int] | None = None
-                ) -> dict[str, float]:
+    def metrics(self, data: list[_Question], use: bool = True, per_question: list[int] | None = None,
+                batch: int = 16) -> dict[str, float]:
         first = every = cont = n_cont = bound = n_bound = 0
-        for q in data:
-            logits, s = self.forward(q, use)
-            ok = logits.argmax(-1) == q.targets
-            ok[0] = ok[0] | (q.alt0 >= 0 and bool(logits[0].argmax() == q.alt0))
-            first += int(ok[0])
-            every += int(ok.all())
-            if per_question is not None:
-                per_question.append(int(ok.all()))
-            cont += int(ok[1:].sum())
-            n_cont += len(q.targets) - 1
-            if use and q.bind[0] >= 0:
-                n_bound += 1
-                bound += int(s[0].argmax() == q.bind[0])
+        for i in range(0, len(data), batch):
+            qs = data[i:i + batch]
+            for q, (logits, s) in zip(qs, self.forward(qs, use)):
+                ok = logits.argmax(-1) == q.targets
+                ok[0] = ok[0] | (q.alt0 >= 0 and bool(logits[0].argmax() == q.alt0))
+                first += int(ok[0])
+                every += int(ok.all())
+                if per_question is not None:
+                    per_question.append(int(ok.all()))
+                cont += int(ok[1:].sum())
+                n_cont += len(q.targets) - 1
+                if s is not None and q.bind[0] >= 0:
+                    n_bound += 1
+                    bound += int(s[0].argmax() == q.bind[0])
         n = max(len(data), 1)
         return {"first": first / n, "all": every / n, "cont": cont / max(n_cont, 1),
                 "bind0": bound / max(n_bound, 1) if use else float("nan")}
@@ -189,11 +283,13 @@ class _Fitter:
 def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT_HOLD_KINDS, rank: int = 128,
         steps: int = 1500, lr: float = 3e-3, weight_decay: float = 0.0, bind_weight: float = 1.0,
         batch: int = 32, eval_every: int = 250, seed: int = 0, val_every: int = 10,
-        log: Callable[[str], None] | None = None) -> tuple[ReadingMemory, dict[str, Any]]:
+        init: ReadingMemory | None = None, log: Callable[[str], None] | None = None
+        ) -> tuple[ReadingMemory, dict[str, Any]]:
     """Fit a reading memory on ``caches`` (:func:`collect`) for the causal LM ``lm``; returns the
     memory at the step that read best (teacher-forced, all answer tokens right) on the held kinds
     and the validation documents together, and a report (sizes, the curve, with/without-memory
-    metrics per validation kind, a paired bootstrap on the held kinds)."""
+    metrics per validation kind, a paired bootstrap on the held kinds). ``init``: a memory to go
+    on from (a fit continued in another session; its rank, layer and scale are kept)."""
     loaded = [torch.load(c, weights_only=False) for c in caches]
     layers = {(d["layer"], d.get("module", "down_proj")) for d in loaded}
     if len(layers) != 1:
@@ -211,12 +307,18 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     if not train or not held:
         raise ValueError(f"need questions both outside and inside the held kinds {hold_kinds}: "
                          f"{len(train)} and {len(held)}")
-    emb = lm.get_output_embeddings().weight.detach().float()
-    norm = lm.model.norm
+    d_out = lm.get_output_embeddings().weight.shape[1]
     scale_x = float(torch.cat([q.x for q in train[:300]]).norm(dim=-1).mean())
     torch.manual_seed(seed)
-    memory = ReadingMemory(train[0].x.shape[1], emb.shape[1], rank, layer, module, scale_x)
-    fitter = _Fitter(memory, norm, emb)
+    memory = ReadingMemory(train[0].x.shape[1], d_out, rank, layer, module, scale_x)
+    if init is not None:
+        if (init.layer, init.module) != (layer, module):
+            raise ValueError(f"the memory to go on from is on {init.key}, the caches on {module}@{layer}")
+        memory = ReadingMemory(init.q.shape[1], d_out, init.q.shape[0], layer, module, init.scale_x)
+        memory.load_state_dict(init.state_dict())
+        memory.requires_grad_(True)
+    lm.requires_grad_(False)
+    fitter = _Fitter(memory, lm)
     for q in train:
         fitter.restrict(q)
     decay = [memory.q, memory.p]
@@ -237,9 +339,7 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
                 best = (row["chosen_on"]["all"], step, copy.deepcopy(memory.state_dict()))
         if step == steps:
             break
-        loss = torch.zeros(())
-        for i in rng.choice(len(train), batch):
-            loss = loss + fitter.loss(train[i], bind_weight) / batch
+        loss = fitter.loss([train[i] for i in rng.choice(len(train), batch)], bind_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -252,7 +352,8 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     low, high = np.percentile(diff[boot].mean(1), [2.5, 97.5])
     report = {
         "caches": [str(c) for c in caches], "layer": layer, "module": module, "hold_kinds": sorted(hold_kinds),
-        "rank": rank, "steps": steps, "best_step": best[1], "lr": lr, "weight_decay": weight_decay,
+        "rank": memory.q.shape[0], "init": init is not None,
+        "steps": steps, "best_step": best[1], "lr": lr, "weight_decay": weight_decay,
         "bind_weight": bind_weight,
         "questions": {"train": len(train), "held": len(held), "validation": sum(len(v) for v in val.values())},
         "held_without_memory": held_without, "held_with_memory": held_with,

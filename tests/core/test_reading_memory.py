@@ -187,6 +187,13 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
         write_checkpoint(memory, out, out)
     with pytest.raises(ValueError, match="held kinds"):
         fit([cache], engine.model, hold_kinds=("no-such-kind",), steps=1)
+    # a fit continued from the memory starts where the first one chose to stop
+    _, again = fit([cache], engine.model, hold_kinds=(hold,), steps=2, batch=4, eval_every=2, val_every=2,
+                   init=memory)
+    chosen = next(row for row in report["curve"] if row["step"] == report["best_step"])
+    assert again["init"] and again["curve"][0]["chosen_on"] == chosen["chosen_on"]
+    with pytest.raises(ValueError, match="down_proj@1"):
+        fit([cache], engine.model, hold_kinds=(hold,), steps=1, init=_random_memory(layer=1))
 
 
 def test_memory_fit_names_a_missing_checkpoint_in_one_line(tmp_path: Path, capsys) -> None:
@@ -195,3 +202,40 @@ def test_memory_fit_names_a_missing_checkpoint_in_one_line(tmp_path: Path, capsy
     assert main(["memory", "fit", str(tmp_path / "c.pt"), "--checkpoint", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("d2l memory fit: error:") and "nowhere" in err and len(err.splitlines()) == 1
+
+
+def test_a_memory_below_the_last_layer_is_fitted_through_the_layers_above(
+        tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path]) -> None:
+    """Rows on layer 1 of 4: the cache keeps the whole sequence and the adapter of layers 2-3; the
+    fitter's pass through those layers gives the logits the engine's own forward gives with the
+    rows applied (so what is fitted is what is served), and without the rows the cached answer."""
+    from d2l_haystack.core.adapter import compose
+    from d2l_haystack.training.memory import _Fitter, _questions, collect, write_checkpoint
+
+    engine = D2LEngine(str(tiny_llama_dir), checkpoint=str(memory_checkpoints[0]), device="cpu", chunk_tokens=64,
+                       keys=None, chunking="tokens")
+    cache = collect(engine, docs=3, seed=5, out=tmp_path / "c.pt", layer=1, squad_share=0.0, needle_share=1.0)
+    item = torch.load(cache, weights_only=False)["items"][0]
+    assert {m: tuple(a.shape[:1]) for m, (a, _) in item["upper"].items()} == {"down_proj": (2,)}
+    memory = _random_memory(layer=1, seed=4)
+    fitter = _Fitter(memory, engine.model.requires_grad_(False))
+    qs = _questions(item)
+    first = qs[0]
+    assert first.x_all is not None and len(first.x_all) == len(first.h_layer) > len(first.targets)
+    finals, _ = fitter._above(qs, use=False)
+    for q, final in zip(qs, finals):
+        torch.testing.assert_close(final, q.h, atol=0.02, rtol=0.01)
+
+    out = write_checkpoint(memory, memory_checkpoints[0], tmp_path / "ckpt")
+    reader = D2LEngine(str(tiny_llama_dir), checkpoint=str(out), device="cpu", chunk_tokens=64, keys=None,
+                       chunking="tokens")
+    adapter = reader.internalize(item["text"], progress=False)
+    assert adapter.memory_key == "down_proj@1" and adapter.memory_rows == sum(len(ids) for _, ids in item["passes"])
+    factors = compose([adapter])
+    for q, raw, (logits, scores) in zip(qs, item["qs"], fitter.forward(qs)):
+        with torch.no_grad(), reader.hooks.apply(factors):
+            served = reader.model(input_ids=torch.tensor([raw["ids"]])).logits[0, q.start:q.start + len(q.targets)]
+        torch.testing.assert_close(logits, served, atol=0.05, rtol=0.01)
+        assert scores is not None and scores.shape == (len(q.targets), adapter.memory_rows)
+    plain = fitter.forward(qs, use=False)
+    assert any(not torch.allclose(a, b, atol=0.05) for (a, _), (b, _) in zip(plain, fitter.forward(qs)))
