@@ -61,10 +61,26 @@ def register(sub: Any) -> None:
     f.add_argument("--bind-weight", type=float, default=1.0)
     f.add_argument("--batch", type=int, default=32, help="questions per step (default 32)")
     f.add_argument("--init", help="a checkpoint folder whose memory the fit goes on from (a fit continued)")
+    f.add_argument("--yield-above", type=_probability_or_none,
+                   help="the memory yields when the adapter alone gives the answer's first token at least this "
+                        "probability; 'none': never (default: core.memory.DEFAULT_YIELD_ABOVE)")
     f.add_argument("--eval-every", type=int, default=250, help="steps between choosing evaluations (default 250)")
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--json", help="write the report here")
     f.set_defaults(handler=_memory_fit)
+
+
+def _probability_or_none(text: str) -> float | str:
+    """A probability in (0, 1], or ``"none"``."""
+    if text.lower() == "none":
+        return "none"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1] or 'none', got {text!r}")
+    return value
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -160,6 +176,8 @@ def _memory_fit(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"d2l memory fit: error: {exc}", file=sys.stderr)
         return 2
+    if args.yield_above is not None:
+        memory.yield_above = None if args.yield_above == "none" else float(args.yield_above)
     print_report(report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

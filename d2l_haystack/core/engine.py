@@ -27,7 +27,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from .errors import AdapterError, CheckpointError, InputError, ModelNotFoundErro
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
 from .lora import Factors, document_factors, encode_chunks, get_hooks
-from .memory import ReadingMemory, memory_digest
+from .memory import DEFAULT_YIELD_ABOVE, ReadingMemory, memory_digest
 from .models import DEFAULT_DTYPE, DEFAULT_MODEL, LoadedModel, cache_dir, get_model
 from .prompts import ChatFormat, chunk_text_ids
 from .textio import CHUNKINGS, DEFAULT_CHUNKING, content_hash, validate_text
@@ -506,8 +506,10 @@ class D2LEngine:
         ``max_chunks``, default the engine's; 0 applies every chunk), and with ``gate`` no
         adapter at all when none is relevant. The result's ``meta`` says what was applied:
         ``chunks_applied``, ``chunks_total``, ``selection`` and, with chunk keys, ``relevance``
-        and ``gated``. ``query`` is the text compared with the chunk keys (default: the question,
-        or the last user message).
+        and ``gated``; for adapters with reading-memory rows, ``memory`` (``"applied"``, or
+        ``"yielded"`` when the adapters alone were sure of the first token, see
+        :attr:`ReadingMemory.yield_above`) and ``adapter_confidence``. ``query`` is the text
+        compared with the chunk keys (default: the question, or the last user message).
         """
         _check_generation(max_new_tokens, temperature, top_p)
         ids = self.prompt_ids(question, context)
@@ -517,12 +519,12 @@ class D2LEngine:
                              f"the model's {limit}-token window")
         meta: dict[str, Any] = {}
         factors = None
+        start = time.perf_counter()
         if adapters is not None:  # select_chunks validates the adapters
             selected, weights, meta = self.select_chunks(ids, adapters, weights, max_chunks,
                                                          query=query or _query_text(question), gate=gate)
-            factors = self._compose(selected, weights)
+            factors = self._memory_or_not(ids, selected, weights, meta)
         input_ids = torch.tensor([ids], device=self.device)
-        start = time.perf_counter()
         streamer = _CallbackStreamer(self.tokenizer, streaming_callback, start)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                   "pad_token_id": self.tokenizer.pad_token_id, "streamer": streamer,
@@ -538,6 +540,26 @@ class D2LEngine:
         return GenerationResult(text=text, num_tokens=len(streamer.tokens), seconds=seconds,
                                 time_to_first_token=streamer.first_token_at or seconds,
                                 prompt_tokens=len(ids), meta=meta)
+
+    @torch.no_grad()
+    def _memory_or_not(self, prompt_ids: list[int], selected: list[Adapter], weights: list[float] | None,
+                       meta: dict[str, Any]) -> Factors | None:
+        """The factors to answer with: the reading-memory rows yield when the adapters alone give
+        the answer's first token a probability of at least the memory's ``yield_above`` (they are
+        sure: trained needles, where the rows would only add noise); ``meta`` says which."""
+        factors = self._compose(selected, weights)
+        if not any(a.memory_rows for a in selected):
+            return factors
+        threshold = self.memory.yield_above if self.memory is not None else DEFAULT_YIELD_ABOVE
+        if threshold is None:
+            meta["memory"] = "applied"
+            return factors
+        plain = self._compose([replace(a, memory=None, memory_chunks=None, memory_key="") for a in selected], weights)
+        with self.hooks.apply(plain):
+            logits = self.model(input_ids=torch.tensor([prompt_ids], device=self.device)).logits[0, -1]
+        sure = float(logits.float().softmax(-1).max())
+        meta.update(memory="yielded" if sure >= threshold else "applied", adapter_confidence=round(sure, 4))
+        return plain if sure >= threshold else factors
 
     @torch.no_grad()
     def select_chunks(self, prompt_ids: list[int], adapters: Adapter | list[Adapter],

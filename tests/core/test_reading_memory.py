@@ -202,6 +202,9 @@ def test_memory_fit_names_a_missing_checkpoint_in_one_line(tmp_path: Path, capsy
     assert main(["memory", "fit", str(tmp_path / "c.pt"), "--checkpoint", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("d2l memory fit: error:") and "nowhere" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main(["memory", "fit", str(tmp_path / "c.pt"), "--yield-above", "2"])
+    assert "expected a probability in (0, 1] or 'none', got '2'" in capsys.readouterr().err
 
 
 def test_a_memory_below_the_last_layer_is_fitted_through_the_layers_above(
@@ -239,3 +242,41 @@ def test_a_memory_below_the_last_layer_is_fitted_through_the_layers_above(
         assert scores is not None and scores.shape == (len(q.targets), adapter.memory_rows)
     plain = fitter.forward(qs, use=False)
     assert any(not torch.allclose(a, b, atol=0.05) for (a, _), (b, _) in zip(plain, fitter.forward(qs)))
+
+
+def test_the_memory_yields_when_the_adapter_alone_is_sure(memory_engine: D2LEngine, memory_adapter: Adapter,
+                                                           tmp_path: Path) -> None:
+    """generate() answers without the rows when the adapter alone gives the first token at least
+    yield_above, with them otherwise, and says which in meta; the threshold survives the file."""
+    from dataclasses import replace
+
+    assert memory_engine.memory is not None
+    plain = replace(memory_adapter, memory=None, memory_chunks=None, memory_key="")
+    question = "What is the third fact?"
+    without = memory_engine.generate(question, plain, max_new_tokens=6, max_chunks=0).text
+    applied = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0, gate=False)
+    saved = memory_engine.memory.yield_above
+    try:
+        memory_engine.memory.yield_above = None
+        always = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
+        memory_engine.memory.yield_above = 1e-6  # any first token is "sure"
+        yielded = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
+    finally:
+        memory_engine.memory.yield_above = saved
+    assert always.meta["memory"] == "applied" and "adapter_confidence" not in always.meta
+    assert yielded.meta["memory"] == "yielded" and yielded.text == without
+    assert applied.meta["memory"] == "applied" and applied.meta["adapter_confidence"] < saved  # type: ignore[operator]
+    assert applied.text == always.text != without  # the random rows change the answer
+    assert "memory" not in memory_engine.generate(question, plain, max_new_tokens=2, max_chunks=0).meta
+
+    memory = _random_memory()
+    memory.yield_above = 0.5
+    memory.save(tmp_path)
+    assert ReadingMemory.load(tmp_path).yield_above == 0.5  # type: ignore[union-attr]
+    memory.yield_above = None
+    memory.save(tmp_path)
+    assert ReadingMemory.load(tmp_path).yield_above is None  # type: ignore[union-attr]
+    memory.yield_above = 3.0
+    memory.save(tmp_path)
+    with pytest.raises(CheckpointError, match="yield_above 3.0"):
+        ReadingMemory.load(tmp_path)
