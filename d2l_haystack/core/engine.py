@@ -518,12 +518,12 @@ class D2LEngine:
             raise InputError(f"prompt has {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds "
                              f"the model's {limit}-token window")
         meta: dict[str, Any] = {}
-        factors = None
-        start = time.perf_counter()
+        selected: list[Adapter] = []
         if adapters is not None:  # select_chunks validates the adapters
             selected, weights, meta = self.select_chunks(ids, adapters, weights, max_chunks,
                                                          query=query or _query_text(question), gate=gate)
-            factors = self._memory_or_not(ids, selected, weights, meta)
+        start = time.perf_counter()  # the memory's yield test is part of the answer's time
+        factors = self._memory_or_not(ids, selected, weights, meta)
         input_ids = torch.tensor([ids], device=self.device)
         streamer = _CallbackStreamer(self.tokenizer, streaming_callback, start)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
@@ -547,7 +547,7 @@ class D2LEngine:
         """The factors to answer with: the reading-memory rows yield when the adapters alone give
         the answer's first token a probability of at least the memory's ``yield_above`` (they are
         sure: trained needles, where the rows would only add noise); ``meta`` says which."""
-        factors = self._compose(selected, weights)
+        factors = self._compose(selected, weights)  # None without adapters
         if not any(a.memory_rows for a in selected):
             return factors
         threshold = self.memory.yield_above if self.memory is not None else DEFAULT_YIELD_ABOVE
