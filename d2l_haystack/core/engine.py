@@ -399,7 +399,7 @@ class D2LEngine:
                           key_chunks=torch.cat([o for _, o in keys]) if keys else None,
                           key_model=(self.key_model or "") if keys else "", key_scheme=KEY_SCHEME if keys else "")
         lap("assembly")
-        if documents and self.memory is not None:
+        if documents and self.memory is not None and sum(map(len, chunks)) <= self.memory.max_tokens:
             adapter.memory, adapter.memory_chunks = self._memory_rows(chunks)
             adapter.memory_key = self.memory.key
             lap("memory")

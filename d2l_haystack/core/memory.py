@@ -17,8 +17,9 @@ logits and no pass through it; on a layer below, the fit runs the layers above (
 then meets the adapter's inside the model, not as added logits).
 
 Files: ``memory.safetensors`` in a hypernetwork checkpoint folder (tensors ``q``, ``p``, ``a``,
-``log_gain``, ``w``; the layer, module and ``s`` in its header). The engine loads it with the
-checkpoint and adds the rows to every adapter it internalizes (:attr:`Adapter.memory`).
+``log_gain``, ``w``; the layer, module, ``s``, ``yield_above`` and ``max_tokens`` in its header).
+The engine loads it with the checkpoint and adds the rows to every adapter it internalizes from a
+document of at most ``max_tokens`` tokens (:attr:`Adapter.memory`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ from .errors import CheckpointError
 from .fileio import write_safetensors
 
 MEMORY_FILE = "memory.safetensors"
+
+DEFAULT_MAX_TOKENS = 4096
+"""The memory reads documents up to this many tokens; a longer document's adapter is the
+hypernetwork's alone. Rows cost 4.2 KB and a pass ~2 ms per token on the 2-core CPU (a 43k-token
+document: ~180 MB, ~90 s), and every measurement of its reading was on short documents (generated
+documents, notes, SQuAD paragraphs, needles of up to 500 tokens; docs/training.md)."""
 
 DEFAULT_YIELD_ABOVE = 0.95
 """The memory yields to the hypernetwork's adapter when the adapter alone gives the answer's
@@ -55,10 +62,12 @@ class ReadingMemory(nn.Module):
     :param yield_above: the engine answers without the rows when the adapter alone gives the
         answer's first token at least this probability (``None``: the rows always apply).
         A PEFT export cannot carry this switch: there the rows always apply.
+    :param max_tokens: documents longer than this get no rows (:data:`DEFAULT_MAX_TOKENS`).
     """
 
     def __init__(self, d_in: int, d_out: int, rank: int, layer: int, module: str = "down_proj",
-                 scale_x: float = 1.0, yield_above: float | None = DEFAULT_YIELD_ABOVE) -> None:
+                 scale_x: float = 1.0, yield_above: float | None = DEFAULT_YIELD_ABOVE,
+                 max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
         super().__init__()
         self.q = nn.Parameter(torch.randn(rank, d_in) * 0.01)
         self.p = nn.Parameter(torch.randn(rank, d_in) * 0.01)
@@ -67,6 +76,7 @@ class ReadingMemory(nn.Module):
         self.w = nn.Parameter(torch.ones(d_out))
         self.layer, self.module, self.scale_x = int(layer), str(module), float(scale_x)
         self.yield_above = None if yield_above is None else float(yield_above)
+        self.max_tokens = int(max_tokens)
 
     @property
     def key(self) -> str:
@@ -112,7 +122,8 @@ class ReadingMemory(nn.Module):
         tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.state_dict().items()}
         return write_safetensors(target, tensors, {"format": "pt", "layer": str(self.layer), "module": self.module,
                                                    "scale_x": repr(self.scale_x),
-                                                   "yield_above": repr(self.yield_above)})
+                                                   "yield_above": repr(self.yield_above),
+                                                   "max_tokens": str(self.max_tokens)})
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> ReadingMemory | None:
@@ -132,7 +143,8 @@ class ReadingMemory(nn.Module):
             given = meta.get("yield_above", repr(DEFAULT_YIELD_ABOVE))
             memory = cls(tensors["q"].shape[1], tensors["w"].shape[0], tensors["q"].shape[0], int(meta["layer"]),
                          meta.get("module", "down_proj"), float(meta["scale_x"]),
-                         None if given == "None" else float(given))
+                         None if given == "None" else float(given),
+                         int(meta.get("max_tokens", DEFAULT_MAX_TOKENS)))
             memory.load_state_dict(tensors)
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"damaged reading memory {target}: {exc}") from exc

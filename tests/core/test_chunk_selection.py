@@ -116,8 +116,8 @@ def test_the_needle_chunk_responds_most_on_the_real_model(real_engine: D2LEngine
     result = real_engine.generate(question, without_keys(adapter), max_new_tokens=8)
     assert {k: result.meta[k] for k in ("chunks_applied", "chunks_total", "selection")} == {
         "chunks_applied": DEFAULT_MAX_CHUNKS, "chunks_total": adapter.num_chunks, "selection": "response"}
-    # the shipped checkpoint's reading memory: rows per token, which yield when the adapter is sure
-    assert adapter.memory_rows > 0 and result.meta["memory"] in ("applied", "yielded")
+    # longer than the reading memory's max_tokens: the network's adapter alone
+    assert adapter.memory_rows == 0 and "memory" not in result.meta
 
 
 def test_adapters_of_another_model_are_rejected_before_any_selection(nonzero_engine: D2LEngine, many_chunks):

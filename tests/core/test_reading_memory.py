@@ -270,9 +270,10 @@ def test_the_memory_yields_when_the_adapter_alone_is_sure(memory_engine: D2LEngi
     assert "memory" not in memory_engine.generate(question, plain, max_new_tokens=2, max_chunks=0).meta
 
     memory = _random_memory()
-    memory.yield_above = 0.5
+    memory.yield_above, memory.max_tokens = 0.5, 77
     memory.save(tmp_path)
-    assert ReadingMemory.load(tmp_path).yield_above == 0.5  # type: ignore[union-attr]
+    loaded = ReadingMemory.load(tmp_path)
+    assert loaded is not None and (loaded.yield_above, loaded.max_tokens) == (0.5, 77)
     memory.yield_above = None
     memory.save(tmp_path)
     assert ReadingMemory.load(tmp_path).yield_above is None  # type: ignore[union-attr]
@@ -280,3 +281,21 @@ def test_the_memory_yields_when_the_adapter_alone_is_sure(memory_engine: D2LEngi
     memory.save(tmp_path)
     with pytest.raises(CheckpointError, match="yield_above 3.0"):
         ReadingMemory.load(tmp_path)
+
+
+def test_documents_longer_than_max_tokens_get_no_rows(memory_engine: D2LEngine, long_text) -> None:
+    """The memory reads documents up to its max_tokens; a longer one's adapter is the network's alone."""
+    assert memory_engine.memory is not None
+    text = long_text(120)
+    tokens = sum(map(len, memory_engine.chunk_ids(text)))
+    saved = memory_engine.memory.max_tokens
+    try:
+        memory_engine.memory.max_tokens = tokens
+        assert memory_engine.internalize(text, progress=False).memory_rows == tokens
+        memory_engine.memory.max_tokens = tokens - 1
+        plain = memory_engine.internalize(text, progress=False)
+    finally:
+        memory_engine.memory.max_tokens = saved
+    assert plain.memory is None and plain.memory_rows == 0
+    assert "memory" not in memory_engine.generate("What is the third fact?", plain, max_new_tokens=2).meta
+
