@@ -27,7 +27,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -554,7 +554,8 @@ class D2LEngine:
         if threshold is None:
             meta["memory"] = "applied"
             return factors
-        plain = self._compose([replace(a, memory=None, memory_chunks=None, memory_key="") for a in selected], weights)
+        assert factors is not None
+        plain = {m: f for m, f in factors.items() if "@" not in m}  # without the rows' "module@layer" keys
         with self.hooks.apply(plain):
             logits = self.model(input_ids=torch.tensor([prompt_ids], device=self.device)).logits[0, -1]
         sure = float(logits.float().softmax(-1).max())

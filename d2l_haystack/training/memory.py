@@ -310,10 +310,11 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     d_out = lm.get_output_embeddings().weight.shape[1]
     scale_x = float(torch.cat([q.x for q in train[:300]]).norm(dim=-1).mean())
     torch.manual_seed(seed)
-    memory = ReadingMemory(train[0].x.shape[1], d_out, rank, layer, module, scale_x)
-    if init is not None:
-        if (init.layer, init.module) != (layer, module):
-            raise ValueError(f"the memory to go on from is on {init.key}, the caches on {module}@{layer}")
+    if init is None:
+        memory = ReadingMemory(train[0].x.shape[1], d_out, rank, layer, module, scale_x)
+    elif (init.layer, init.module) != (layer, module):
+        raise ValueError(f"the memory to go on from is on {init.key}, the caches on {module}@{layer}")
+    else:
         memory = ReadingMemory(init.q.shape[1], d_out, init.q.shape[0], layer, module, init.scale_x)
         memory.load_state_dict(init.state_dict())
         memory.requires_grad_(True)
