@@ -187,6 +187,11 @@ class TestWorkspaceIndexing:
         assert r.route == "d2l" and entry["num_chunks"] == 3 and entry["meta"]["chunking"] == "sentences"
         assert Workspace.open(ws.path).settings["chunking"] == "sentences"
         assert ws.index_text(text, "note:rooms").action == "unchanged"
+        ws.close()
+        ws = workspace_factory(chunking="tokens")  # the setting changes: the adapter is remade by it
+        assert ws.index_text(text, "note:rooms").action != "unchanged"
+        assert ws.adapters.info("note:rooms")["meta"]["chunking"] == "tokens"
+        assert ws.index_text(text, "note:rooms").action == "unchanged"
 
     def test_threads_index_concurrently(self, workspace_factory, docs_dir: Path):
         ws = workspace_factory()

@@ -18,7 +18,7 @@ from typing import Any
 
 from d2l_haystack.core.models import DEFAULT_MODEL
 
-from .options import add_chunking_option, add_device_option, checkpoint_arg
+from .options import add_chunking_option, add_device_option, add_reading_memory_option, checkpoint_arg
 
 
 def _ints(text: str) -> list[int]:
@@ -56,6 +56,7 @@ def register(sub: Any) -> None:
     add_device_option(p)
     p.add_argument("--chunk-tokens", type=int, help="tokens per internalized chunk (default: the checkpoint's)")
     add_chunking_option(p)
+    add_reading_memory_option(p)
     p.add_argument("--methods", type=_words, help="comma-separated subset of base,icl,rag,d2l,hybrid,routed")
     p.add_argument("--workloads", type=_words,
                    help="comma-separated subset of squad_paragraphs,squad_articles,niah,mixed")
@@ -173,7 +174,7 @@ def _bench(args: argparse.Namespace) -> int:
               "(--threads 1 is often much faster on a shared machine)")
     t = time.perf_counter()
     engine = D2LEngine(args.model, checkpoint_arg(args.checkpoint), device=args.device, chunk_tokens=args.chunk_tokens,
-                       chunking=args.chunking)
+                       chunking=args.chunking, reading_memory=args.reading_memory)
     load_seconds = time.perf_counter() - t
     if not engine.trained:
         print("d2l bench: note: no trained checkpoint; the hypernetwork is untrained (d2l answers like base)")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .options import add_chunking_option, add_device_option, checkpoint_arg
+from .options import add_chunking_option, add_device_option, add_reading_memory_option, checkpoint_arg
 
 
 def _add_engine_options(p: argparse.ArgumentParser, from_adapter: bool = False) -> None:
@@ -35,6 +35,7 @@ def _add_engine_options(p: argparse.ArgumentParser, from_adapter: bool = False) 
     p.add_argument("--checkpoint", type=checkpoint_arg, default="default",
                    help="hypernetwork checkpoint: 'default' (shipped for the model, untrained if none), "
                         "a checkpoint folder, or 'none' (untrained: zero adapters)")
+    add_reading_memory_option(p)
     add_device_option(p)
     p.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["float32", "bfloat16", "float16"],
                    help=f"base model dtype (default {DEFAULT_DTYPE})")
@@ -51,7 +52,8 @@ def _engine(args: argparse.Namespace, model: str | None = None) -> Any:
         hf_logging.disable_progress_bar()
     return get_engine(model or args.model or DEFAULT_MODEL, args.checkpoint, device=args.device,
                       dtype=args.dtype, chunk_tokens=getattr(args, "chunk_tokens", None),
-                      chunking=getattr(args, "chunking", DEFAULT_CHUNKING))
+                      chunking=getattr(args, "chunking", DEFAULT_CHUNKING),
+                      reading_memory=getattr(args, "reading_memory", True))
 
 
 def _notice_untrained(command: str, what: str) -> None:

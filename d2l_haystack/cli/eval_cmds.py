@@ -9,7 +9,7 @@ from typing import Any
 
 from d2l_haystack.core.models import DEFAULT_MODEL
 
-from .options import add_chunking_option, checkpoint_arg
+from .options import add_chunking_option, add_reading_memory_option, checkpoint_arg
 
 
 def register(sub: Any) -> None:
@@ -25,6 +25,7 @@ def register(sub: Any) -> None:
     p.add_argument("--min-relevance", type=float, metavar="S",
                    help="the engine's relevance gate (default: the engine's DEFAULT_MIN_RELEVANCE)")
     add_chunking_option(p)
+    add_reading_memory_option(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_eval)
 
@@ -110,7 +111,7 @@ def _eval(args: argparse.Namespace) -> int:
     cases = load_cases(args.cases, args.limit)
     gate = {} if args.min_relevance is None else {"min_relevance": args.min_relevance}
     engine = D2LEngine(args.model, checkpoint_arg(args.checkpoint), chunk_tokens=args.chunk_tokens,
-                       chunking=args.chunking, **gate)
+                       chunking=args.chunking, reading_memory=args.reading_memory, **gate)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     report = run_eval(engine, cases, methods, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
     report["cases_file"] = str(args.cases)

@@ -76,6 +76,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunking", choices=CHUNKING_CHOICES, default=argparse.SUPPRESS,
                    help="how adapters cut documents, saved in the workspace: tokens, sentences, or auto "
                         "(sentences for a document that fits in one chunk)")
+    p.add_argument("--reading-memory", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="document adapters carry the checkpoint's reading-memory rows, saved in the workspace "
+                        "(default: on; --no-reading-memory internalizes faster into smaller adapters)")
     add_device_option(p)
 
 
@@ -87,6 +90,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         out["checkpoint"] = args.checkpoint
     if hasattr(args, "chunking"):
         out["chunking"] = args.chunking
+    if hasattr(args, "reading_memory"):
+        out["reading_memory"] = args.reading_memory
     if getattr(args, "max_file_size", None) is not None:
         out["max_file_bytes"] = args.max_file_size
     if getattr(args, "store", None):

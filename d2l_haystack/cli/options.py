@@ -25,3 +25,12 @@ def add_chunking_option(p: argparse.ArgumentParser) -> None:
                    help="chunks of --chunk-tokens tokens (default); one chunk per sentence (better answers on "
                         "short factual text, an adapter with as many chunks as sentences); or auto (sentences "
                         "for a document that fits in one chunk, tokens for a longer one)")
+
+
+READING_MEMORY_HELP = ("document adapters without the checkpoint's reading-memory rows: faster to internalize and "
+                       "smaller, reading ordinary documents less well")
+
+
+def add_reading_memory_option(p: argparse.ArgumentParser) -> None:
+    """``--no-reading-memory``: the engine without its checkpoint's reading memory (``args.reading_memory``)."""
+    p.add_argument("--no-reading-memory", dest="reading_memory", action="store_false", help=READING_MEMORY_HELP)

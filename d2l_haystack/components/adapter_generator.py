@@ -65,6 +65,8 @@ class AdapterGenerator:
     :param chunk_tokens: tokens per internalized chunk (part of the shared-engine key).
     :param chunking: ``"tokens"`` or ``"sentences"`` (part of the shared-engine key, as in
         :class:`DocToLoRAConverter`).
+    :param reading_memory: load the checkpoint's reading memory (part of the shared-engine key, as
+        in :class:`DocToLoRAConverter`; adapters with memory rows apply them either way).
     :param store: the :class:`AdapterStore` (or its folder) that ``adapter_ids`` refer to.
     :param generation_kwargs: defaults for ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``,
         ``max_chunks``, ``gate``.
@@ -79,7 +81,8 @@ class AdapterGenerator:
 
     def __init__(self, model: str = DEFAULT_MODEL, checkpoint: str | None = "default", device: str | None = None,
                  dtype: str = DEFAULT_DTYPE, chunk_tokens: int | None = None,
-                 chunking: str = DEFAULT_CHUNKING, store: AdapterStore | str | None = None,
+                 chunking: str = DEFAULT_CHUNKING, reading_memory: bool = True,
+                 store: AdapterStore | str | None = None,
                  generation_kwargs: dict[str, Any] | None = None,
                  streaming_callback: Callable[[StreamingChunk], None] | None = None,
                  max_context_tokens: int = 1536, record_queries: bool = True,
@@ -90,6 +93,7 @@ class AdapterGenerator:
         self.dtype = dtype
         self.chunk_tokens = chunk_tokens
         self.chunking = chunking
+        self.reading_memory = reading_memory
         self.store = store
         self.generation_kwargs = generation_kwargs or {}
         self.streaming_callback = streaming_callback
@@ -108,7 +112,7 @@ class AdapterGenerator:
             from d2l_haystack.core import get_engine
 
             self._engine = get_engine(self.model, self.checkpoint, self.device, self.dtype, self.chunk_tokens,
-                                      self.chunking)
+                                      self.chunking, self.reading_memory)
 
     @property
     def engine(self) -> Any:
@@ -119,7 +123,7 @@ class AdapterGenerator:
         callback = serialize_callable(self.streaming_callback) if self.streaming_callback else None
         return default_to_dict(self, model=self.model, checkpoint=self.checkpoint, device=self.device,
                                dtype=self.dtype, chunk_tokens=self.chunk_tokens, chunking=self.chunking,
-                               store=self.store,
+                               reading_memory=self.reading_memory, store=self.store,
                                generation_kwargs=self.generation_kwargs, streaming_callback=callback,
                                max_context_tokens=self.max_context_tokens, record_queries=self.record_queries,
                                instruction_ids=self.instruction_ids, instruction_weight=self.instruction_weight)

@@ -206,6 +206,8 @@ class D2LEngine:
         self.hypernet, self.checkpoint_id, self.checkpoint_info = self._load_hypernet(ckpt_path, seed, hypernet_widths)
         #: The checkpoint's reading memory (:mod:`~d2l_haystack.core.memory`), or ``None``.
         self.memory: ReadingMemory | None = None
+        #: Whether the engine was asked for the checkpoint's reading memory (part of its cache key).
+        self.reading_memory = bool(reading_memory)
         if ckpt_path is not None and reading_memory:
             self.memory = ReadingMemory.load(ckpt_path, self.device)
         if self.memory is not None and ckpt_path is not None:
@@ -713,21 +715,21 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def engine_key(model: str, checkpoint: str | None, device: str, dtype: str, chunk_tokens: int | None,
-               chunking: str | None) -> tuple[Any, ...]:
+               chunking: str | None, reading_memory: bool = True) -> tuple[Any, ...]:
     """The key of :func:`get_engine`'s process-level cache (``chunking`` ``None`` is ``"tokens"``)."""
-    return (model, checkpoint, device, dtype, chunk_tokens, chunking or "tokens")
+    return (model, checkpoint, device, dtype, chunk_tokens, chunking or "tokens", bool(reading_memory))
 
 
 def get_engine(model: str = DEFAULT_MODEL, checkpoint: str | None = "default", device: str | None = None,
                dtype: str = DEFAULT_DTYPE, chunk_tokens: int | None = None,
-               chunking: str = DEFAULT_CHUNKING) -> D2LEngine:
-    """One engine per (model, checkpoint, device, dtype, chunk size, chunking) per process."""
+               chunking: str = DEFAULT_CHUNKING, reading_memory: bool = True) -> D2LEngine:
+    """One engine per (model, checkpoint, device, dtype, chunk size, chunking, reading memory) per process."""
     from .models import default_device
 
     device = device or default_device()
-    key = engine_key(model, checkpoint, device, dtype, chunk_tokens, chunking)
+    key = engine_key(model, checkpoint, device, dtype, chunk_tokens, chunking, reading_memory)
     with _ENGINES_LOCK:
         if key not in _ENGINES:
             _ENGINES[key] = D2LEngine(model, checkpoint, device=device, dtype=dtype, chunk_tokens=chunk_tokens,
-                                      chunking=chunking)
+                                      chunking=chunking, reading_memory=reading_memory)
         return _ENGINES[key]

@@ -299,7 +299,8 @@ def share_engine(engine: D2LEngine, settings: dict[str, Any], device: str) -> No
     from d2l_haystack.core import engine as engine_module
 
     key = engine_module.engine_key(settings["model"], settings["checkpoint"], device, settings["dtype"],
-                                   settings["chunk_tokens"], settings.get("chunking"))
+                                   settings["chunk_tokens"], settings.get("chunking"),
+                                   settings.get("reading_memory", True))
     with engine_module._ENGINES_LOCK:
         engine_module._ENGINES[key] = engine
 
@@ -324,7 +325,7 @@ class RoutedMethod(Method):
         self.settings: dict[str, Any] = {
             "model": engine.loaded.path, "checkpoint": engine.checkpoint_path, "dtype": "float32",
             "chunk_tokens": engine.chunk_tokens, "chunking": engine.chunking,
-            "split_length": SPLIT_WORDS, "split_overlap": SPLIT_OVERLAP,
+            "reading_memory": engine.reading_memory, "split_length": SPLIT_WORDS, "split_overlap": SPLIT_OVERLAP,
             "top_k": TOP_K, "max_new_tokens": max_new_tokens, "router": dict(router or {}),
             "query_router": dict(query_router or {}),
         }

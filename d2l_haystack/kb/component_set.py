@@ -47,7 +47,7 @@ class WorkspaceComponents:
         """The D2L engine's parameters from the settings (for the converter and Ray workers)."""
         s = self.settings
         return {"model": s["model"], "checkpoint": s["checkpoint"], "device": self.device, "dtype": s["dtype"],
-                "chunk_tokens": s["chunk_tokens"], "chunking": s["chunking"]}
+                "chunk_tokens": s["chunk_tokens"], "chunking": s["chunking"], "reading_memory": s["reading_memory"]}
 
     def get(self, name: str) -> Any:
         """The component ``name`` (one of :data:`NAMES`), built and warmed up on first use; the

@@ -103,9 +103,11 @@ def _history(ws: IndexedWorkspace, doc_id: str, rec: dict[str, Any]) -> dict[str
 def materialized(ws: IndexedWorkspace, doc_id: str, rec: dict[str, Any]) -> bool:
     if rec.get("model") != ws.settings["model"] or rec.get("checkpoint") != ws.settings["checkpoint"]:
         return False
-    if rec.get("route") == "d2l":  # present, of this content, and not damaged
+    if rec.get("route") == "d2l":  # present, of this content and of the adapter settings, and not damaged
         entry = ws.adapters.info(doc_id)
-        return bool(entry and entry["content_hash"] == rec.get("hash") and ws.adapters.check(doc_id) is None)
+        made = entry.get("meta") or {} if entry else {}
+        same = all(made.get(k, ws.settings[k]) == ws.settings[k] for k in ("chunking", "reading_memory"))
+        return bool(entry and same and entry["content_hash"] == rec.get("hash") and ws.adapters.check(doc_id) is None)
     if rec.get("route") == "rag":
         return ws.document_store.count_documents_by_filter(source_filter(doc_id)) > 0
     return False

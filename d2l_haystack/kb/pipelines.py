@@ -112,7 +112,8 @@ class _Settings:
 
     def __init__(self, workspace: WorkspaceLike | str | None, store: Any, document_store: Any, model: str | None,
                  checkpoint: str | None, device: str | None, embedding_model: str | None,
-                 chunk_tokens: int | None, chunking: str | None = None) -> None:
+                 chunk_tokens: int | None, chunking: str | None = None,
+                 reading_memory: bool | None = None) -> None:
         self.workspace_path: str | None = None
         if workspace is not None and not isinstance(workspace, str | Path):
             s = workspace.settings
@@ -126,6 +127,7 @@ class _Settings:
             self.embedding_model = embedding_model or s["embedding_model"]
             self.chunk_tokens = chunk_tokens or s["chunk_tokens"]
             self.chunking = chunking or s["chunking"]
+            self.reading_memory = bool(s["reading_memory"] if reading_memory is None else reading_memory)
             self.dtype = s["dtype"]
             self.router = dict(s["router"])
             self.query_router = dict(s["query_router"])
@@ -148,6 +150,7 @@ class _Settings:
         self.embedding_model = embedding_model
         self.chunk_tokens = chunk_tokens
         self.chunking = chunking or d["chunking"]
+        self.reading_memory = bool(d["reading_memory"] if reading_memory is None else reading_memory)
         self.dtype = d["dtype"]
         self.router, self.query_router = dict(d["router"]), dict(d["query_router"])
         self.split_length, self.split_overlap, self.top_k = d["split_length"], d["split_overlap"], d["top_k"]
@@ -155,7 +158,7 @@ class _Settings:
 
     def engine_params(self) -> dict[str, Any]:
         return {"model": self.model, "checkpoint": self.checkpoint, "device": self.device, "dtype": self.dtype,
-                "chunk_tokens": self.chunk_tokens, "chunking": self.chunking}
+                "chunk_tokens": self.chunk_tokens, "chunking": self.chunking, "reading_memory": self.reading_memory}
 
     def embedding_path(self) -> str:
         name = self.embedding_model
@@ -173,16 +176,16 @@ class _Settings:
 def _settings(workspace: WorkspaceLike | str | None, store: Any = None, document_store: Any = None,
               model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
               embedding_model: str | None = None, chunk_tokens: int | None = None,
-              chunking: str | None = None) -> _Settings:
+              chunking: str | None = None, reading_memory: bool | None = None) -> _Settings:
     return _Settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens,
-                     chunking)
+                     chunking, reading_memory)
 
 
 def build_indexing_pipeline(workspace: WorkspaceLike | str | None = None, *, store: Any = None,
                             document_store: Any = None,
                             model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
                             embedding_model: str | None = None, chunk_tokens: int | None = None,
-                            chunking: str | None = None) -> Pipeline:
+                            chunking: str | None = None, reading_memory: bool | None = None) -> Pipeline:
     """Files -> documents -> per-document route -> adapters or FAISS chunks.
 
     Run it with ``{"converter": {"sources": [paths]}}``.
@@ -193,7 +196,7 @@ def build_indexing_pipeline(workspace: WorkspaceLike | str | None = None, *, sto
     :param document_store: a FAISS store or index path (instead of the workspace's).
     """
     s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens,
-                  chunking)
+                  chunking, reading_memory)
     pipe = Pipeline(metadata={"d2l_pipeline": "indexing"})
     pipe.add_component("converter", SourceFileConverter())
     pipe.add_component("internalization_router", InternalizationRouter(
@@ -216,7 +219,8 @@ def build_indexing_pipeline(workspace: WorkspaceLike | str | None = None, *, sto
 def build_query_pipeline(workspace: WorkspaceLike | str | None = None, *, store: Any = None, document_store: Any = None,
                          model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
                          embedding_model: str | None = None, chunk_tokens: int | None = None,
-                         chunking: str | None = None, router: dict[str, Any] | None = None,
+                         chunking: str | None = None, reading_memory: bool | None = None,
+                         router: dict[str, Any] | None = None,
                          top_k: int | None = None) -> Pipeline:
     """Query -> embed -> retrieve -> route (adapter / RAG / hybrid) -> answer.
 
@@ -226,7 +230,7 @@ def build_query_pipeline(workspace: WorkspaceLike | str | None = None, *, store:
     :param top_k: chunks retrieved per query.
     """
     s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens,
-                  chunking)
+                  chunking, reading_memory)
     pipe = Pipeline(metadata={"d2l_pipeline": "query"})
     pipe.add_component("query_embedder", s.text_embedder())
     pipe.add_component("retriever", embedding_retriever(s.document_store, top_k or s.top_k))
@@ -252,13 +256,14 @@ def build_query_pipeline(workspace: WorkspaceLike | str | None = None, *, store:
 def build_rag_pipeline(workspace: WorkspaceLike | str | None = None, *, store: Any = None, document_store: Any = None,
                        model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
                        embedding_model: str | None = None, chunk_tokens: int | None = None,
-                       chunking: str | None = None, top_k: int | None = None) -> Pipeline:
+                       chunking: str | None = None, reading_memory: bool | None = None,
+                       top_k: int | None = None) -> Pipeline:
     """RAG only: embed -> retrieve -> the same base model with the chunks in the prompt.
 
     Run it with :func:`query_inputs`; the answer is ``result["generator"]["replies"][0]``.
     """
     s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens,
-                  chunking)
+                  chunking, reading_memory)
     pipe = Pipeline(metadata={"d2l_pipeline": "rag_only"})
     pipe.add_component("query_embedder", s.text_embedder())
     pipe.add_component("retriever", embedding_retriever(s.document_store, top_k or s.top_k))
@@ -271,13 +276,14 @@ def build_rag_pipeline(workspace: WorkspaceLike | str | None = None, *, store: A
 def build_d2l_pipeline(workspace: WorkspaceLike | str | None = None, *, store: Any = None, document_store: Any = None,
                        model: str | None = None, checkpoint: str | None = "default", device: str | None = None,
                        embedding_model: str | None = None, chunk_tokens: int | None = None,
-                       chunking: str | None = None, router: dict[str, Any] | None = None) -> Pipeline:
+                       chunking: str | None = None, reading_memory: bool | None = None,
+                       router: dict[str, Any] | None = None) -> Pipeline:
     """D2L only: embed -> pick the relevant adapter (if any) -> answer without the document.
 
     Run it with :func:`query_inputs`; the answer is ``result["generator"]["replies"][0]``.
     """
     s = _settings(workspace, store, document_store, model, checkpoint, device, embedding_model, chunk_tokens,
-                  chunking)
+                  chunking, reading_memory)
     pipe = Pipeline(metadata={"d2l_pipeline": "d2l_only"})
     pipe.add_component("query_embedder", s.text_embedder())
     params = {**s.query_router, **(router or {}), "mode": "d2l"}
@@ -326,6 +332,7 @@ _PLACEHOLDER_DEFAULTS = {
     "D2L_CHECKPOINT": "${D2L_CHECKPOINT:-default}",
     "D2L_EMBEDDING_MODEL": "${D2L_EMBEDDING_MODEL:-all-minilm-l6-v2}",
     "D2L_CHUNKING": "${D2L_CHUNKING:-" + DEFAULT_SETTINGS["chunking"] + "}",
+    "D2L_READING_MEMORY": "${D2L_READING_MEMORY:-" + str(DEFAULT_SETTINGS["reading_memory"]).lower() + "}",
 }
 
 
@@ -344,7 +351,10 @@ def render_yaml(name: str) -> str:
     data = pipe.to_dict()
     for comp_name, instance in pipe.walk():
         params = data["components"][comp_name].get("init_parameters", {})
-        data["components"][comp_name]["init_parameters"] = _without_defaults(type(instance), params)
+        params = _without_defaults(type(instance), params)
+        if hasattr(instance, "reading_memory"):  # a bool: its placeholder goes in after the build
+            params["reading_memory"] = _PLACEHOLDER_DEFAULTS["D2L_READING_MEMORY"]
+        data["components"][comp_name]["init_parameters"] = params
     return header + YamlMarshaller().marshal(data)
 
 
@@ -389,8 +399,9 @@ def _substitute(node: Any, variables: dict[str, Any], source: str) -> Any:
                                 f"pass variables={{'{name}': ...}} or set the environment variable")
 
     whole = _PLACEHOLDER.fullmatch(node)
-    if whole:
-        return value(whole)
+    if whole:  # a whole value keeps its type; "true"/"false" from the environment or a default are booleans
+        got = value(whole)
+        return {"true": True, "false": False}.get(got.lower(), got) if isinstance(got, str) else got
     return _PLACEHOLDER.sub(lambda m: "" if (v := value(m)) is None else str(v), node)
 
 
@@ -425,7 +436,8 @@ def _variables(workspace: WorkspaceLike | str | Path | None, s: dict[str, Any] |
     if workspace is not None and s is not None:
         path = Path(workspace).expanduser().resolve() if isinstance(workspace, str | Path) else workspace.path
         out.update(D2L_WORKSPACE=str(path), D2L_MODEL=s["model"], D2L_CHECKPOINT=s["checkpoint"],
-                   D2L_EMBEDDING_MODEL=s["embedding_model"], D2L_CHUNKING=s["chunking"])
+                   D2L_EMBEDDING_MODEL=s["embedding_model"], D2L_CHUNKING=s["chunking"],
+                   D2L_READING_MEMORY=s["reading_memory"])
     out.update(extra or {})
     embedding = out["D2L_EMBEDDING_MODEL"] if "D2L_EMBEDDING_MODEL" in out else os.environ.get("D2L_EMBEDDING_MODEL")
     out["D2L_EMBEDDING_MODEL"] = resolve_embedding_model(embedding)

@@ -34,20 +34,23 @@ STORE_SCHEMES = ("postgresql://", "postgres://")
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "model": DEFAULT_MODEL, "checkpoint": "default", "dtype": DEFAULT_DTYPE, "chunk_tokens": None,
-    "chunking": "auto",
+    "chunking": "auto", "reading_memory": True,
     "embedding_model": None, "split_length": 60, "split_overlap": 10, "top_k": 4, "max_new_tokens": 64,
     "max_file_bytes": 8 * 1024 * 1024, "router": {}, "query_router": {},
     "store": None, "store_name": None,
 }
-"""Workspace settings (saved in ``workspace.json``): the base model, the hypernetwork checkpoint
-(``default``: the shipped one), the chunking of adapters (``auto``: one chunk per sentence for a
-document that fits in one chunk; measured in ``benchmarks/results/reading/``), the embedding model (``None``: the
-packaged MiniLM), the RAG splitter and retriever, the answer length, the largest file indexed (``d2l index``
-and the watcher alike; ``--max-file-size`` raises it); ``store``: ``None`` keeps records and RAG chunks in the
-folder (``files.json``, FAISS), a ``postgresql://`` URL (or ``$VARIABLE`` naming one) keeps them in that database
-(:mod:`d2l_haystack.kb.postgres`), under the tables of ``store_name`` (chosen when the workspace is
-created); ``router`` and ``query_router`` hold :class:`~d2l_haystack.components.InternalizationRouter` and
-:class:`~d2l_haystack.components.QueryRouter` init parameters that differ from their defaults."""
+"""Workspace settings (saved in ``workspace.json``): the base model, the hypernetwork checkpoint (``default``:
+the shipped one), the chunking of adapters (``auto``: one chunk per sentence for a document that fits in one
+chunk; measured in ``benchmarks/results/reading/``), whether document adapters carry the checkpoint's reading
+memory (``reading_memory``: ``True`` reads documents better, ``False`` internalizes faster into smaller
+adapters, without the rows of 4.2 KB per token; :mod:`d2l_haystack.core.memory`), the embedding model
+(``None``: the packaged MiniLM), the RAG splitter and retriever, the answer length, the largest file indexed
+(``d2l index`` and the watcher alike; ``--max-file-size`` raises it); ``store``: ``None`` keeps records and
+RAG chunks in the folder (``files.json``, FAISS), a ``postgresql://`` URL (or ``$VARIABLE`` naming one) keeps
+them in that database (:mod:`d2l_haystack.kb.postgres`), under the tables of ``store_name`` (chosen when the
+workspace is created); ``router`` and ``query_router`` hold
+:class:`~d2l_haystack.components.InternalizationRouter` and :class:`~d2l_haystack.components.QueryRouter` init
+parameters that differ from their defaults."""
 
 
 class WorkspaceError(D2LError):
@@ -86,6 +89,9 @@ def check_settings(settings: dict[str, Any]) -> None:
     if name is not None and not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name)):
         raise WorkspaceError(f"workspace setting store_name must be 1-40 lowercase letters, digits or _ "
                              f"starting with a letter, got {name!r}")
+    if not isinstance(settings.get("reading_memory", True), bool):
+        raise WorkspaceError(f"workspace setting reading_memory must be true or false, "
+                             f"got {settings['reading_memory']!r}")
     if settings.get("chunking", DEFAULT_SETTINGS["chunking"]) not in CHUNKINGS:
         raise WorkspaceError(f"workspace setting chunking must be one of {', '.join(CHUNKINGS)}, "
                              f"got {settings['chunking']!r}")

@@ -299,3 +299,55 @@ def test_documents_longer_than_max_tokens_get_no_rows(memory_engine: D2LEngine, 
     assert plain.memory is None and plain.memory_rows == 0
     assert "memory" not in memory_engine.generate("What is the third fact?", plain, max_new_tokens=2).meta
 
+
+
+def test_the_switch_reaches_workspaces_components_pipelines_and_the_cli(
+        tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path], monkeypatch) -> None:
+    """``reading_memory`` is a workspace setting (saved, re-read, checked), a parameter of the
+    converter and the generator (to_dict round trip, part of the shared-engine key), a YAML
+    placeholder and the CLI's --no-reading-memory; switched off, adapters carry no rows."""
+    from d2l_haystack.cli import main
+    from d2l_haystack.components import AdapterGenerator, DocToLoRAConverter
+    from d2l_haystack.kb.pipelines import load_pipeline
+    from d2l_haystack.kb.settings import WorkspaceError
+    from d2l_haystack.kb.workspace import Workspace
+
+    model, ckpt = str(tiny_llama_dir), str(memory_checkpoints[1])
+    text = "The boat house opens at nine. The key is kept by the warden. Visitors sign the book."
+    rows = {}
+    for name, switch in (("on", {}), ("off", {"reading_memory": False})):
+        ws = Workspace(tmp_path / name, device="cpu", model=model, checkpoint=ckpt, chunk_tokens=64, **switch)
+        ws.index_text(text, "note:boats", route="d2l")
+        adapter = ws.adapters.get("note:boats")
+        assert adapter is not None
+        rows[name] = adapter.memory_rows
+        assert Workspace.open(ws.path).settings["reading_memory"] is (name == "on")
+        assert ws.components.get("converter").engine.reading_memory is (name == "on")
+        pipe = load_pipeline("d2l_only", workspace=ws)
+        assert pipe.get_component("generator").reading_memory is (name == "on")
+        ws.close()
+    assert rows["on"] > 0 and rows["off"] == 0
+    switched = Workspace(tmp_path / "on", device="cpu", reading_memory=False)  # the setting changes: the
+    assert switched.index_text(text, "note:boats", route="d2l").action != "unchanged"  # adapter is remade
+    assert switched.adapters.get("note:boats").memory_rows == 0  # type: ignore[union-attr]
+    switched.close()
+    with pytest.raises(WorkspaceError, match="reading_memory must be true or false"):
+        Workspace(tmp_path / "bad", device="cpu", model=model, reading_memory="yes")
+
+    monkeypatch.setenv("D2L_READING_MEMORY", "false")  # an environment string becomes the boolean
+    pipe = load_pipeline("d2l_only", variables={"D2L_WORKSPACE": str(tmp_path / "env"), "D2L_MODEL": model,
+                                                "D2L_CHECKPOINT": ckpt})
+    assert pipe.get_component("generator").reading_memory is False
+
+    for cls in (DocToLoRAConverter, AdapterGenerator):
+        comp = cls(store=str(tmp_path / "s"), model=model, checkpoint=ckpt, device="cpu", reading_memory=False)
+        again = cls.from_dict(comp.to_dict())
+        assert again.reading_memory is False and again.engine.memory is None
+
+    doc = tmp_path / "note.txt"
+    doc.write_text(text)
+    for flag, has_rows in (([], True), (["--no-reading-memory"], False)):
+        out = tmp_path / f"cli{len(flag)}"
+        argv = ["internalize", str(doc), "-o", str(out), "--model", model, "--checkpoint", ckpt, "--device", "cpu"]
+        assert main(argv + flag) == 0
+        assert (Adapter.load(out).memory_rows > 0) is has_rows
