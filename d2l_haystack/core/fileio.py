@@ -46,14 +46,22 @@ def temp_beside(target: str | Path, prefix: str | None = None) -> tuple[int, str
 
 def write_safetensors(target: str | Path, tensors: dict[str, Any], metadata: dict[str, str]) -> Path:
     """Write ``tensors`` to the safetensors file ``target`` atomically: a temporary file beside it,
-    renamed over it only when complete (a failed write leaves the previous file as it was)."""
+    renamed over it only when complete (a failed write leaves the previous file as it was), with the
+    mode of an ordinary new file.
+
+        >>> import os, tempfile, torch
+        >>> path = write_safetensors(os.path.join(tempfile.mkdtemp(), "t.safetensors"), {"t": torch.zeros(1)}, {})
+        >>> oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~current_umask())
+        True
+    """
     from safetensors.torch import save_file
 
     target = Path(target)
     fd, tmp = temp_beside(target)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        save_file(tensors, tmp, metadata=metadata)  # creates its file anew, mode 0600: set it again
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
