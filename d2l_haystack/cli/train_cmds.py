@@ -64,10 +64,26 @@ def register(sub: Any) -> None:
     f.add_argument("--yield-above", type=_probability_or_none,
                    help="the memory yields when the adapter alone gives the answer's first token at least this "
                         "probability; 'none': never (default: core.memory.DEFAULT_YIELD_ABOVE)")
+    f.add_argument("--override", type=_override_or_none,
+                   help="where the adapter alone is sure, the memory's answer is still taken when its mean token "
+                        "log-probabilities own,rejects,form pass this rule (core.memory.OverrideRule; written "
+                        "--override=-0.15,-1,-2); 'none': never (default: core.memory.DEFAULT_OVERRIDE)")
     f.add_argument("--eval-every", type=int, default=250, help="steps between choosing evaluations (default 250)")
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--json", help="write the report here")
     f.set_defaults(handler=_memory_fit)
+
+
+def _override_or_none(text: str) -> Any:
+    """An :class:`~d2l_haystack.core.memory.OverrideRule` as ``own,rejects,form``, or ``"none"``."""
+    from d2l_haystack.core.memory import OverrideRule
+
+    if text.lower() == "none":
+        return "none"
+    try:
+        return OverrideRule.from_text(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _probability_or_none(text: str) -> float | str:
@@ -178,6 +194,8 @@ def _memory_fit(args: argparse.Namespace) -> int:
         return 2
     if args.yield_above is not None:
         memory.yield_above = None if args.yield_above == "none" else float(args.yield_above)
+    if args.override is not None:
+        memory.override = None if args.override == "none" else args.override
     print_report(report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

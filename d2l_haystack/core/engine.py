@@ -39,7 +39,7 @@ from .errors import AdapterError, CheckpointError, InputError, ModelNotFoundErro
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
 from .lora import Factors, document_factors, encode_chunks, get_hooks
-from .memory import DEFAULT_YIELD_ABOVE, ReadingMemory, memory_digest
+from .memory import DEFAULT_OVERRIDE, DEFAULT_YIELD_ABOVE, ReadingMemory, memory_digest
 from .models import DEFAULT_DTYPE, DEFAULT_MODEL, LoadedModel, cache_dir, get_model
 from .prompts import ChatFormat, chunk_text_ids
 from .textio import CHUNKINGS, DEFAULT_CHUNKING, content_hash, validate_text
@@ -508,10 +508,12 @@ class D2LEngine:
         ``max_chunks``, default the engine's; 0 applies every chunk), and with ``gate`` no
         adapter at all when none is relevant. The result's ``meta`` says what was applied:
         ``chunks_applied``, ``chunks_total``, ``selection`` and, with chunk keys, ``relevance``
-        and ``gated``; for adapters with reading-memory rows, ``memory`` (``"applied"``, or
-        ``"yielded"`` when the adapters alone were sure of the first token, see
-        :attr:`ReadingMemory.yield_above`) and ``adapter_confidence``. ``query`` is the text
-        compared with the chunk keys (default: the question, or the last user message).
+        and ``gated``; for adapters with reading-memory rows, ``memory`` and ``adapter_confidence``:
+        ``"applied"``, or where the adapters alone were sure of the first token
+        (:attr:`ReadingMemory.yield_above`) ``"yielded"`` or, greedy, ``"overrode"`` when the
+        memory's own answer was taken (:class:`~d2l_haystack.core.memory.OverrideRule`; both answers
+        are made first, so a streaming callback then gets the answer in one piece). ``query`` is the
+        text compared with the chunk keys (default: the question, or the last user message).
         """
         _check_generation(max_new_tokens, temperature, top_p)
         ids = self.prompt_ids(question, context)
@@ -525,9 +527,26 @@ class D2LEngine:
             selected, weights, meta = self.select_chunks(ids, adapters, weights, max_chunks,
                                                          query=query or _query_text(question), gate=gate)
         start = time.perf_counter()  # the memory's yield test is part of the answer's time
-        factors = self._memory_or_not(ids, selected, weights, meta)
-        input_ids = torch.tensor([ids], device=self.device)
+        factors, with_rows = self._memory_or_not(ids, selected, weights, meta, greedy=not do_sample)
         streamer = _CallbackStreamer(self.tokenizer, streaming_callback, start)
+        if with_rows is not None:  # the adapters alone are sure: both readers answer, one answer is sent
+            chosen = self._two_readers(ids, factors, with_rows, max_new_tokens, meta)
+            streamer.put(torch.tensor(ids))
+            streamer.put(torch.tensor(chosen))
+            streamer.end()
+        else:
+            self._run_generate(ids, factors, streamer, max_new_tokens, do_sample, temperature, top_p)
+        seconds = time.perf_counter() - start
+        text = self.tokenizer.decode(streamer.tokens, skip_special_tokens=True).strip()
+        return GenerationResult(text=text, num_tokens=len(streamer.tokens), seconds=seconds,
+                                time_to_first_token=streamer.first_token_at or seconds,
+                                prompt_tokens=len(ids), meta=meta)
+
+    def _run_generate(self, ids: list[int], factors: Factors | None, streamer: _CallbackStreamer,
+                      max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
+                      top_p: float = 1.0) -> list[int]:
+        """Generate after ``ids`` with ``factors`` into ``streamer``; the new tokens (a stop token included)."""
+        input_ids = torch.tensor([ids], device=self.device)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
                                   "pad_token_id": self.tokenizer.pad_token_id, "streamer": streamer,
                                   "eos_token_id": self.format.stop_ids}
@@ -537,32 +556,65 @@ class D2LEngine:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.no_grad(), self.hooks.apply(factors):
             self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-        seconds = time.perf_counter() - start
-        text = self.tokenizer.decode(streamer.tokens, skip_special_tokens=True).strip()
-        return GenerationResult(text=text, num_tokens=len(streamer.tokens), seconds=seconds,
-                                time_to_first_token=streamer.first_token_at or seconds,
-                                prompt_tokens=len(ids), meta=meta)
+        return streamer.tokens
 
     @torch.no_grad()
     def _memory_or_not(self, prompt_ids: list[int], selected: list[Adapter], weights: list[float] | None,
-                       meta: dict[str, Any]) -> Factors | None:
-        """The factors to answer with: the reading-memory rows yield when the adapters alone give
-        the answer's first token a probability of at least the memory's ``yield_above`` (they are
-        sure: trained needles, where the rows would only add noise); ``meta`` says which."""
+                       meta: dict[str, Any], greedy: bool = True) -> tuple[Factors | None, Factors | None]:
+        """The factors to answer with, and the factors with the reading-memory rows where both
+        readers are to answer (else ``None``).
+
+        The rows apply unless the adapters alone give the answer's first token a probability of at
+        least the memory's ``yield_above``: then the adapters are sure (trained needles, where the
+        rows would only add noise), and, greedy and with the memory's
+        :class:`~d2l_haystack.core.memory.OverrideRule`, :meth:`_two_readers` decides."""
         factors = self._compose(selected, weights)  # None without adapters
         if not any(a.memory_rows for a in selected):
-            return factors
+            return factors, None
         threshold = self.memory.yield_above if self.memory is not None else DEFAULT_YIELD_ABOVE
         if threshold is None:
             meta["memory"] = "applied"
-            return factors
+            return factors, None
         assert factors is not None
         plain = {m: f for m, f in factors.items() if "@" not in m}  # without the rows' "module@layer" keys
         with self.hooks.apply(plain):
             logits = self.model(input_ids=torch.tensor([prompt_ids], device=self.device)).logits[0, -1]
         sure = float(logits.float().softmax(-1).max())
         meta.update(memory="yielded" if sure >= threshold else "applied", adapter_confidence=round(sure, 4))
-        return plain if sure >= threshold else factors
+        if sure < threshold:
+            return factors, None
+        rule = self.memory.override if self.memory is not None else DEFAULT_OVERRIDE
+        return plain, factors if greedy and rule is not None else None
+
+    @torch.no_grad()
+    def _two_readers(self, prompt_ids: list[int], plain: Factors | None, with_rows: Factors,
+                     max_new_tokens: int, meta: dict[str, Any]) -> list[int]:
+        """Greedy answers of the adapters alone and with the memory rows; the memory's is taken
+        where its :class:`~d2l_haystack.core.memory.OverrideRule` says so (``meta["memory"]``
+        ``"overrode"``, with the three log-probabilities in ``meta["memory_check"]``)."""
+        adapter = self._run_generate(prompt_ids, plain, _CallbackStreamer(self.tokenizer, None, 0.0), max_new_tokens)
+        memory = self._run_generate(prompt_ids, with_rows, _CallbackStreamer(self.tokenizer, None, 0.0),
+                                    max_new_tokens)
+        if adapter == memory:
+            return adapter
+        own = self._mean_logprob(with_rows, prompt_ids, memory)
+        memory_on_adapter = self._mean_logprob(with_rows, prompt_ids, adapter)
+        adapter_on_memory = self._mean_logprob(plain, prompt_ids, memory)
+        rule = (self.memory.override if self.memory is not None else None) or DEFAULT_OVERRIDE
+        take = rule.prefers_memory(own, memory_on_adapter, adapter_on_memory)
+        meta.update(memory="overrode" if take else "yielded",
+                    memory_check={"own": round(own, 4), "memory_on_adapter": round(memory_on_adapter, 4),
+                                  "adapter_on_memory": round(adapter_on_memory, 4)})
+        return memory if take else adapter
+
+    @torch.no_grad()
+    def _mean_logprob(self, factors: Factors | None, prompt_ids: list[int], answer: list[int]) -> float:
+        """The mean log-probability of the tokens ``answer`` after ``prompt_ids`` under ``factors``."""
+        x = torch.tensor([prompt_ids + answer], device=self.device)
+        with self.hooks.apply(factors):
+            logits = self.model(input_ids=x).logits[0, len(prompt_ids) - 1:-1].float()
+        picked = logits.log_softmax(-1).gather(1, torch.tensor(answer, device=self.device)[:, None])
+        return float(picked.mean())
 
     @torch.no_grad()
     def select_chunks(self, prompt_ids: list[int], adapters: Adapter | list[Adapter],

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,6 +52,51 @@ documents, where the memory reads better, it was below 0.95 for 73 % of the ques
 (docs/training.md, "The memory yields")."""
 
 
+@dataclass(frozen=True)
+class OverrideRule:
+    """When the memory's answer replaces a sure adapter's (:meth:`D2LEngine.generate`, greedy).
+
+    Where the adapter alone is sure of the first token (:attr:`ReadingMemory.yield_above`), the
+    engine lets both readers answer: the adapter alone and the adapter with the rows. Where the two
+    answers differ, the memory's is taken when it is sure of it, rejects the adapter's, and gives
+    an answer the adapter finds plausible: the adapter knows the form of the answer (a name, a time,
+    a weight with its unit), the memory finds the value. Each threshold is a mean token
+    log-probability of a whole answer (its end-of-turn token included).
+
+    Read off training-part and study-only data (docs/training.md, "Two readers"): sure adapters
+    were wrong where the memory read a value they missed (a name, a unit after a number) and right
+    where the memory's rows fired at a neighbouring digit ("29417" -> "29411": the memory itself
+    finds the adapter's answer likely) or glued filler to a number (the adapter finds that unlikely).
+
+    :param own: the memory's log-probability of its own answer, at least (it is sure).
+    :param rejects: the memory's log-probability of the adapter's answer, at most (it disagrees).
+    :param form: the adapter's log-probability of the memory's answer, at least (a plausible form).
+    """
+
+    own: float = -0.15
+    rejects: float = -1.0
+    form: float = -2.0
+
+    def prefers_memory(self, own: float, memory_on_adapter: float, adapter_on_memory: float) -> bool:
+        """Whether the memory's answer is taken, from the three mean log-probabilities."""
+        return own >= self.own and memory_on_adapter <= self.rejects and adapter_on_memory >= self.form
+
+    def to_text(self) -> str:
+        return f"{self.own!r},{self.rejects!r},{self.form!r}"
+
+    @classmethod
+    def from_text(cls, text: str) -> OverrideRule:
+        """``"own,rejects,form"``. :raises ValueError: not three finite non-positive numbers."""
+        values = [float(v) for v in text.split(",")]
+        if len(values) != 3 or not all(math.isfinite(v) and v <= 0 for v in values):
+            raise ValueError(f"override {text!r} is not three log-probabilities own,rejects,form (each <= 0)")
+        return cls(*values)
+
+
+DEFAULT_OVERRIDE = OverrideRule()
+"""The memory's override of a sure adapter (:class:`OverrideRule`)."""
+
+
 class ReadingMemory(nn.Module):
     """The learned parts of the memory rows (see the module docstring).
 
@@ -63,11 +109,13 @@ class ReadingMemory(nn.Module):
         answer's first token at least this probability (``None``: the rows always apply).
         A PEFT export cannot carry this switch: there the rows always apply.
     :param max_tokens: documents longer than this get no rows (:data:`DEFAULT_MAX_TOKENS`).
+    :param override: when the memory's answer still replaces a sure adapter's (greedy answers;
+        :class:`OverrideRule`; ``None``: a sure adapter always answers alone).
     """
 
     def __init__(self, d_in: int, d_out: int, rank: int, layer: int, module: str = "down_proj",
                  scale_x: float = 1.0, yield_above: float | None = DEFAULT_YIELD_ABOVE,
-                 max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+                 max_tokens: int = DEFAULT_MAX_TOKENS, override: OverrideRule | None = DEFAULT_OVERRIDE) -> None:
         super().__init__()
         self.q = nn.Parameter(torch.randn(rank, d_in) * 0.01)
         self.p = nn.Parameter(torch.randn(rank, d_in) * 0.01)
@@ -77,6 +125,7 @@ class ReadingMemory(nn.Module):
         self.layer, self.module, self.scale_x = int(layer), str(module), float(scale_x)
         self.yield_above = None if yield_above is None else float(yield_above)
         self.max_tokens = int(max_tokens)
+        self.override = override
 
     @property
     def key(self) -> str:
@@ -123,7 +172,8 @@ class ReadingMemory(nn.Module):
         return write_safetensors(target, tensors, {"format": "pt", "layer": str(self.layer), "module": self.module,
                                                    "scale_x": repr(self.scale_x),
                                                    "yield_above": repr(self.yield_above),
-                                                   "max_tokens": str(self.max_tokens)})
+                                                   "max_tokens": str(self.max_tokens),
+                                                   "override": self.override.to_text() if self.override else "None"})
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> ReadingMemory | None:
@@ -141,10 +191,12 @@ class ReadingMemory(nn.Module):
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k).float() for k in fh.keys()}
             given = meta.get("yield_above", repr(DEFAULT_YIELD_ABOVE))
+            rule = meta.get("override", DEFAULT_OVERRIDE.to_text())  # files from before the rule get it
             memory = cls(tensors["q"].shape[1], tensors["w"].shape[0], tensors["q"].shape[0], int(meta["layer"]),
                          meta.get("module", "down_proj"), float(meta["scale_x"]),
                          None if given == "None" else float(given),
-                         int(meta.get("max_tokens", DEFAULT_MAX_TOKENS)))
+                         int(meta.get("max_tokens", DEFAULT_MAX_TOKENS)),
+                         None if rule == "None" else OverrideRule.from_text(rule))
             memory.load_state_dict(tensors)
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"damaged reading memory {target}: {exc}") from exc

@@ -12,7 +12,7 @@ import torch
 from d2l_haystack.core import Adapter, D2LEngine
 from d2l_haystack.core.errors import AdapterError, CheckpointError
 from d2l_haystack.core.hypernet import save_checkpoint
-from d2l_haystack.core.memory import MEMORY_FILE, ReadingMemory
+from d2l_haystack.core.memory import DEFAULT_OVERRIDE, MEMORY_FILE, OverrideRule, ReadingMemory
 
 
 def _random_memory(layer: int = 3, seed: int = 0) -> ReadingMemory:
@@ -188,8 +188,10 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
     with pytest.raises(ValueError, match="held kinds"):
         fit([cache], engine.model, hold_kinds=("no-such-kind",), steps=1)
     # a fit continued from the memory starts where the first one chose to stop
-    _, again = fit([cache], engine.model, hold_kinds=(hold,), steps=2, batch=4, eval_every=2, val_every=2,
-                   init=memory)
+    memory.yield_above, memory.max_tokens, memory.override = 0.5, 99, OverrideRule(-0.5, -0.5, -0.5)
+    continued, again = fit([cache], engine.model, hold_kinds=(hold,), steps=2, batch=4, eval_every=2, val_every=2,
+                           init=memory)
+    assert (continued.yield_above, continued.max_tokens, continued.override) == (0.5, 99, memory.override)
     chosen = next(row for row in report["curve"] if row["step"] == report["best_step"])
     assert again["init"] and again["curve"][0]["chosen_on"] == chosen["chosen_on"]
     with pytest.raises(ValueError, match="down_proj@1"):
@@ -205,6 +207,9 @@ def test_memory_fit_names_a_missing_checkpoint_in_one_line(tmp_path: Path, capsy
     with pytest.raises(SystemExit):
         main(["memory", "fit", str(tmp_path / "c.pt"), "--yield-above", "2"])
     assert "expected a probability in (0, 1] or 'none', got '2'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["memory", "fit", str(tmp_path / "c.pt"), "--override=-0.1,1,-2"])
+    assert "not three log-probabilities" in capsys.readouterr().err
 
 
 def test_a_memory_below_the_last_layer_is_fitted_through_the_layers_above(
@@ -259,10 +264,10 @@ def test_the_memory_yields_when_the_adapter_alone_is_sure(memory_engine: D2LEngi
     try:
         memory_engine.memory.yield_above = None
         always = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
-        memory_engine.memory.yield_above = 1e-6  # any first token is "sure"
+        memory_engine.memory.yield_above, memory_engine.memory.override = 1e-6, None  # any first token is "sure"
         yielded = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
     finally:
-        memory_engine.memory.yield_above = saved
+        memory_engine.memory.yield_above, memory_engine.memory.override = saved, DEFAULT_OVERRIDE
     assert always.meta["memory"] == "applied" and "adapter_confidence" not in always.meta
     assert yielded.meta["memory"] == "yielded" and yielded.text == without
     assert applied.meta["memory"] == "applied" and applied.meta["adapter_confidence"] < saved  # type: ignore[operator]
@@ -351,3 +356,89 @@ def test_the_switch_reaches_workspaces_components_pipelines_and_the_cli(
         argv = ["internalize", str(doc), "-o", str(out), "--model", model, "--checkpoint", ckpt, "--device", "cpu"]
         assert main(argv + flag) == 0
         assert (Adapter.load(out).memory_rows > 0) is has_rows
+
+
+def test_a_sure_adapter_gives_way_to_the_memory_where_the_override_rule_says(
+        memory_engine: D2LEngine, memory_adapter: Adapter, tmp_path: Path) -> None:
+    """Where the adapter alone is sure, greedy generate() makes both answers and sends the memory's
+    only where the rule prefers it (meta "overrode" and the three log-probabilities); the rule
+    survives the file, "None" switches it off, and a bad one is a CheckpointError."""
+    memory = memory_engine.memory
+    assert memory is not None
+    question = "What is the third fact?"
+    saved = memory.yield_above, memory.override
+    chunks: list[str] = []
+    try:
+        memory.yield_above = None
+        with_rows = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
+        memory.yield_above, memory.override = 1e-6, None
+        alone = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
+        assert with_rows.text != alone.text  # the random rows change the answer (else this test proves nothing)
+        memory.override = OverrideRule(own=-1e9, rejects=0.0, form=-1e9)  # always the memory's
+        taken = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0,
+                                       streaming_callback=chunks.append)
+        memory.override = OverrideRule(own=0.0, rejects=-1e9, form=0.0)  # never
+        kept = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
+        sampled = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0, do_sample=True)
+    finally:
+        memory.yield_above, memory.override = saved
+    assert taken.text == with_rows.text and taken.meta["memory"] == "overrode" and "".join(chunks).strip() == taken.text
+    check = taken.meta["memory_check"]
+    assert set(check) == {"own", "memory_on_adapter", "adapter_on_memory"} and all(v <= 0 for v in check.values())
+    assert taken.num_tokens == with_rows.num_tokens and taken.time_to_first_token > 0
+    assert kept.text == alone.text and kept.meta["memory"] == "yielded" and "memory_check" in kept.meta
+    assert sampled.meta["memory"] == "yielded" and "memory_check" not in sampled.meta  # no comparison when sampling
+
+    rule = OverrideRule(-0.2, -1.5, -3.0)
+    assert rule.prefers_memory(-0.1, -2.0, -1.0) and not rule.prefers_memory(-0.1, -1.0, -1.0)
+    stored = _random_memory()
+    for given in (rule, None):
+        stored.override = given
+        stored.save(tmp_path)
+        assert ReadingMemory.load(tmp_path).override == given  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="three log-probabilities"):
+        OverrideRule.from_text("-0.1,0.5,-1")
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tmp_path / MEMORY_FILE))
+    save_file(tensors, str(tmp_path / MEMORY_FILE), metadata={"format": "pt", "layer": "3", "scale_x": "0.5",
+                                                              "override": "-0.1,oops"})
+    with pytest.raises(CheckpointError, match="damaged reading memory"):
+        ReadingMemory.load(tmp_path)
+    save_file(tensors, str(tmp_path / MEMORY_FILE), metadata={"format": "pt", "layer": "3", "scale_x": "0.5"})
+    assert ReadingMemory.load(tmp_path).override == DEFAULT_OVERRIDE  # type: ignore[union-attr]  # older files
+
+
+def test_the_two_readers_benchmark_records_both_answers_and_replays_the_rules(
+        tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path], capsys) -> None:
+    """benchmarks/two_readers.py (the data behind the yield and override defaults): per question
+    both readers' answers and the rule's inputs; ``table`` replays the rules with the core's defaults."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "two_readers.py"
+    spec = importlib.util.spec_from_file_location("two_readers", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text("".join(json.dumps({"id": f"q{i}", "document": "The gate opens at nine. The key is blue.",
+                                         "question": q, "answers": ["nine"], "doc_id": "d"}) + "\n"
+                             for i, q in enumerate(["When does the gate open?", "What colour is the key?"])))
+    records = tmp_path / "out.rec"
+    assert bench.main(["answer", str(cases), "-o", str(records), "--model", str(tiny_llama_dir), "--checkpoint",
+                       str(memory_checkpoints[1]), "--max-new-tokens", "4", "--no-progress"]) == 0
+    recs = [json.loads(line) for line in records.read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["q0", "q1"]
+    for r in recs:
+        assert not r["gated"] and 0 < r["adapter_first"] <= 1 and r["own"] <= 0 and r["memory_on_adapter"] <= 0
+        assert not r["same"] or r["adapter"]["text"] == r["memory"]["text"]
+    sure = {**recs[0], "adapter_first": 1.0, "same": False, "own": -0.01, "memory_on_adapter": -3.0,
+            "adapter_on_memory": -0.5}
+    assert bench.choose(sure, "yield", 0.95, DEFAULT_OVERRIDE) == "adapter"
+    assert bench.choose(sure, "override", 0.95, DEFAULT_OVERRIDE) == "memory"
+    assert bench.choose({**sure, "memory_on_adapter": -0.2}, "override", 0.95, DEFAULT_OVERRIDE) == "adapter"
+    assert bench.choose({**sure, "adapter_first": 0.5}, "yield", 0.95, DEFAULT_OVERRIDE) == "memory"
+    assert bench.main(["table", str(records), "--json", str(tmp_path / "t.json")]) == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["override"] == DEFAULT_OVERRIDE.to_text() and report["rows"][0]["questions"] == 2
+    assert "yield + override" in capsys.readouterr().out
