@@ -9,8 +9,13 @@ For documents of ``--sizes`` tokens cut from the NLTK ``state_union`` filler (as
 read from ``$D2L_EVALDATA``, never copied), one engine with the checkpoint's reading memory and one
 with ``reading_memory=False``: seconds to internalize (median and minimum of ``--repeats`` runs
 after a warm-up), the seconds of the memory's own pass (``timings["memory"]``), the adapter's
-stored bytes and its memory rows. Prints a table and writes ``--out`` (JSON). Timings depend on
-the machine and on other processes: run it alone.
+stored bytes and its memory rows. Then the seconds to answer (``generate()``, greedy, median of
+``--repeats``) a question the adapter alone is sure of (a trained-phrasing needle in the
+``--answer-tokens`` document) and one it is not, with the hypernetwork alone, with the memory and
+its yield test only (``override=None``), and with the yield test and the override (the default:
+where the adapter is sure, both readers answer and the rule chooses; ``meta["memory"]`` is in the
+table). Prints the tables and writes ``--out`` (JSON). Timings depend on the machine and on other
+processes: run it alone.
 """
 
 from __future__ import annotations
@@ -44,12 +49,46 @@ def measure(engine: Any, text: str, repeats: int) -> dict[str, Any]:
             "memory_rows": adapter.memory_rows, "chunks": adapter.num_chunks}
 
 
+NEEDLE = "The special magic number is 48213."
+QUESTIONS = {"sure": "What is the special magic number?",  # asked with the relevance gate off
+             "unsure": "What did the speaker say about the budget of the government?"}
+
+
+def answer_times(alone: Any, engine: Any, filler_ids: list[int], tokens: int, repeats: int) -> list[dict[str, Any]]:
+    """Seconds per greedy answer for each question of :data:`QUESTIONS` and each answering policy."""
+    text, _ = document(engine, filler_ids, tokens)
+    middle = len(text) // 2
+    text = f"{text[:middle]} {NEEDLE} {text[middle:]}"
+    adapters = {"alone": alone.internalize(text, progress=False), "memory": engine.internalize(text, progress=False)}
+    saved = engine.memory.override
+    rows = []
+    try:
+        for kind, question in QUESTIONS.items():
+            for policy, who, override in (("hypernetwork alone", alone, None), ("memory, yield test", engine, None),
+                                          ("memory, yield test + override", engine, saved)):
+                engine.memory.override = override
+                adapter = adapters["alone" if who is alone else "memory"]
+                who.generate(question, adapter, max_new_tokens=16, gate=False)  # warm-up
+                seconds, result = [], None
+                for _ in range(repeats):
+                    result = who.generate(question, adapter, max_new_tokens=16, gate=False)
+                    seconds.append(result.seconds)
+                assert result is not None
+                rows.append({"question": kind, "policy": policy, "answer_s": round(statistics.median(seconds), 3),
+                             "memory": result.meta.get("memory", "-"), "answer": result.text[:40]})
+                print(rows[-1], file=sys.stderr, flush=True)
+    finally:
+        engine.memory.override = saved
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="default", help="a checkpoint folder with memory.safetensors")
     parser.add_argument("--sizes", default="256,1000,4000", help="document sizes in tokens, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunking", default="auto")
+    parser.add_argument("--answer-tokens", type=int, default=500, help="tokens of the answering benchmark's document")
     parser.add_argument("--evaldata", default=None)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory_cost.json"))
     args = parser.parse_args(argv)
@@ -72,8 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, [("tokens", "tokens"), ("adapter", "engine"), ("chunks", "chunks"),
                        ("internalize s (median)", "median_s"), ("min s", "min_s"),
                        ("memory pass s", "memory_pass_s"), ("memory rows", "memory_rows"), ("MiB", "MiB")])
+    answers = answer_times(without, with_memory, filler_ids, args.answer_tokens, args.repeats)
+    print_table(answers, [("question", "question"), ("policy", "policy"), ("answer s (median)", "answer_s"),
+                          ("meta memory", "memory"), ("answer", "answer")])
     path = write_json(args.out, {**run_info("bench_memory.py", argv), "checkpoint": with_memory.checkpoint_id,
-                                 "threads": __import__("torch").get_num_threads(), "rows": rows})
+                                 "threads": __import__("torch").get_num_threads(), "rows": rows,
+                                 "answering": answers})
     print(f"\nwrote {path}")
     return 0
 

@@ -39,8 +39,8 @@ MEMORY_FILE = "memory.safetensors"
 
 DEFAULT_MAX_TOKENS = 4096
 """The memory reads documents up to this many tokens; a longer document's adapter is the
-hypernetwork's alone. Rows cost 4.2 KB and a pass ~2 ms per token on the 2-core CPU (a 43k-token
-document: ~180 MB, ~90 s), and every measurement of its reading was on short documents (generated
+hypernetwork's alone. Rows cost 4.2 KB and a pass ~2-3 ms per token on the 2-core CPU (a 43k-token
+document: ~180 MB, ~1.5-2 min), and every measurement of its reading was on short documents (generated
 documents, notes, SQuAD paragraphs, needles of up to 500 tokens; docs/training.md)."""
 
 DEFAULT_YIELD_ABOVE = 0.95
