@@ -36,11 +36,11 @@ import torch
 from .adapter import ADAPTER_KINDS, Adapter, compose
 from .encoder import ContextEncoder, decoder_of, run_until
 from .errors import AdapterError, CheckpointError, InputError, ModelNotFoundError
-from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint
+from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint, read_checkpoint_id
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
 from .lora import Factors, document_factors, encode_chunks, get_hooks
 from .memory import DEFAULT_OVERRIDE, DEFAULT_YIELD_ABOVE, ReadingMemory, memory_digest
-from .models import DEFAULT_DTYPE, DEFAULT_MODEL, LoadedModel, cache_dir, get_model
+from .models import DEFAULT_DTYPE, DEFAULT_MODEL, LoadedModel, cache_dir, get_model, model_label
 from .prompts import ChatFormat, chunk_text_ids
 from .textio import CHUNKINGS, DEFAULT_CHUNKING, content_hash, validate_text
 
@@ -97,6 +97,34 @@ def default_checkpoint(model_label: str, kind: str = "document") -> Path | None:
     (instructions: ``<model>-instructions``)."""
     folder = CHECKPOINTS_DIR / (model_label if kind == "document" else f"{model_label}-{kind}")
     return folder if (folder / "config.json").is_file() else None
+
+
+def _with_memory(checkpoint_id: str, digest: str | None) -> str:
+    """The id of a hypernetwork checkpoint combined with its reading memory's digest."""
+    return hashlib.sha256(f"{checkpoint_id}:{digest}".encode()).hexdigest()[:12]
+
+
+def checkpoint_folder(model: str, checkpoint: str | None = "default") -> Path | None:
+    """The folder of the document checkpoint ``checkpoint`` names for ``model`` (``"default"``:
+    the shipped one, ``None`` where there is none or it is untrained)."""
+    return default_checkpoint(model_label(model)) if checkpoint == "default" else (
+        Path(checkpoint) if checkpoint is not None else None)
+
+
+def checkpoint_id_of(model: str, checkpoint: str | None = "default", reading_memory: bool = True) -> str | None:
+    """The checkpoint id that an engine with these settings gives its document adapters, read from
+    the checkpoint's files without loading a model (a workspace tells adapters of an older
+    checkpoint by it, e.g. after the package's shipped one was upgraded). ``None``: an untrained
+    hypernetwork (its id depends on the engine's seed).
+
+    :raises CheckpointError: the checkpoint's files are missing or damaged.
+    """
+    path = checkpoint_folder(model, checkpoint)
+    if path is None:
+        return None
+    cid = read_checkpoint_id(path)
+    digest = memory_digest(path) if reading_memory else None
+    return _with_memory(cid, digest) if digest is not None else cid
 
 
 @dataclass
@@ -215,8 +243,7 @@ class D2LEngine:
                     0 <= self.memory.layer < self.hypernet.config.num_layers):
                 raise CheckpointError(f"the reading memory of {ckpt_path} targets {self.memory.key}, which the "
                                       f"checkpoint's adapters do not have")
-            self.checkpoint_id = hashlib.sha256(
-                f"{self.checkpoint_id}:{memory_digest(ckpt_path)}".encode()).hexdigest()[:12]
+            self.checkpoint_id = _with_memory(self.checkpoint_id, memory_digest(ckpt_path))
         self.checkpoint_path: str | None = str(ckpt_path) if ckpt_path is not None else None
         self.trained = ckpt_path is not None
         self.config: HypernetConfig = self.hypernet.config

@@ -373,6 +373,21 @@ def save_checkpoint(hypernet: Hypernetwork, folder: str | Path, info: dict[str, 
     return ckpt_id
 
 
+def read_checkpoint_id(folder: str | Path) -> str:
+    """The id of the checkpoint in ``folder`` from its files alone (as :func:`load_checkpoint`
+    gives it: the config's ``checkpoint_id``, else the weights' SHA-256).
+
+    :raises CheckpointError: missing or damaged files.
+    """
+    folder = Path(folder)
+    cfg_path, w_path = folder / CHECKPOINT_CONFIG, folder / CHECKPOINT_WEIGHTS
+    try:
+        payload = json.loads(cfg_path.read_text())
+        return str(payload.get("checkpoint_id") or file_sha256(w_path)[:12])
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{folder} is not a readable hypernetwork checkpoint: {exc}") from exc
+
+
 def load_checkpoint(folder: str | Path, expected_base_model: str | None = None,
                     map_location: str = "cpu") -> tuple[Hypernetwork, dict[str, Any]]:
     """Load a checkpoint folder; the weights come back as float32.

@@ -43,6 +43,11 @@ class WorkspaceComponents:
         """The names of the components built so far (empty: no model has been loaded)."""
         return tuple(self._built)
 
+    def loaded_checkpoint_id(self) -> str | None:
+        """The checkpoint id of the converter's engine, if it has loaded one (``None``: not loaded)."""
+        engine = getattr(self._built.get("converter"), "_engine", None)
+        return getattr(engine, "checkpoint_id", None)
+
     def engine_params(self) -> dict[str, Any]:
         """The D2L engine's parameters from the settings (for the converter and Ray workers)."""
         s = self.settings

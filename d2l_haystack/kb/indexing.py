@@ -19,6 +19,7 @@ Usage example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -32,7 +33,7 @@ from haystack import Document
 from d2l_haystack.components._utils import source_filter
 from d2l_haystack.components.internalization_router import parse_route
 from d2l_haystack.components.source_file_converter import read_source
-from d2l_haystack.core.errors import InputError
+from d2l_haystack.core.errors import CheckpointError, InputError
 from d2l_haystack.core.textio import content_hash
 from d2l_haystack.kb.component_set import WorkspaceComponents
 from d2l_haystack.kb.records import changed_record, commit_record, routing_history
@@ -100,14 +101,43 @@ def _history(ws: IndexedWorkspace, doc_id: str, rec: dict[str, Any]) -> dict[str
     return routing_history(doc_id, rec, ws.adapters.info(doc_id))
 
 
+@functools.lru_cache(maxsize=16)
+def _checkpoint_id(model: str, checkpoint: str | None, reading_memory: bool, stamp: tuple[int, ...]) -> str | None:
+    from d2l_haystack.core.engine import checkpoint_id_of
+
+    return checkpoint_id_of(model, checkpoint, reading_memory)
+
+
+def current_checkpoint_id(settings: dict[str, Any]) -> str | None:
+    """The checkpoint id that adapters made under ``settings`` carry now, from the checkpoint's files
+    (cached while they are unchanged); ``None`` when it cannot be told (untrained, or files the
+    engine will report itself)."""
+    from d2l_haystack.core.engine import checkpoint_folder
+
+    model, checkpoint, memory = settings["model"], settings["checkpoint"], bool(settings.get("reading_memory", True))
+    folder = checkpoint_folder(model, checkpoint)
+    if folder is None:
+        return None
+    try:
+        stamp = tuple(p.stat().st_mtime_ns for p in sorted(folder.glob("*.safetensors")) + [folder / "config.json"])
+        return _checkpoint_id(model, checkpoint, memory, stamp)
+    except (OSError, CheckpointError):
+        return None
+
+
 def materialized(ws: IndexedWorkspace, doc_id: str, rec: dict[str, Any]) -> bool:
     if rec.get("model") != ws.settings["model"] or rec.get("checkpoint") != ws.settings["checkpoint"]:
         return False
-    if rec.get("route") == "d2l":  # present, of this content and of the adapter settings, and not damaged
+    if rec.get("route") == "d2l":  # present, of this content, settings and checkpoint, and not damaged
         entry = ws.adapters.info(doc_id)
-        made = entry.get("meta") or {} if entry else {}
+        if not entry or entry["content_hash"] != rec.get("hash"):
+            return False
+        made = entry.get("meta") or {}
         same = all(made.get(k, ws.settings[k]) == ws.settings[k] for k in ("chunking", "reading_memory"))
-        return bool(entry and same and entry["content_hash"] == rec.get("hash") and ws.adapters.check(doc_id) is None)
+        # an upgraded checkpoint (a new package's shipped one) remakes the adapters; a running engine's
+        # own id counts first, so files replaced under it do not remake them on every sweep
+        now = ws.components.loaded_checkpoint_id() or current_checkpoint_id(ws.settings)
+        return same and now in (None, entry["checkpoint_id"]) and ws.adapters.check(doc_id) is None
     if rec.get("route") == "rag":
         return ws.document_store.count_documents_by_filter(source_filter(doc_id)) > 0
     return False

@@ -442,3 +442,40 @@ def test_the_two_readers_benchmark_records_both_answers_and_replays_the_rules(
     report = json.loads((tmp_path / "t.json").read_text())
     assert report["override"] == DEFAULT_OVERRIDE.to_text() and report["rows"][0]["questions"] == 2
     assert "yield + override" in capsys.readouterr().out
+
+
+def test_a_workspace_remakes_adapters_of_an_older_checkpoint(
+        tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path]) -> None:
+    """The checkpoint a workspace names is upgraded in place (here: a reading memory added, as the
+    shipped one was): a new process re-internalizes the documents on the next index, a running
+    engine does not remake them on every sweep, and checkpoint_id_of reads the id from the files."""
+    import shutil
+
+    from d2l_haystack.core import engine as engine_module
+    from d2l_haystack.core.engine import checkpoint_id_of
+    from d2l_haystack.kb.workspace import Workspace
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(memory_checkpoints[0], ckpt)
+    model, text = str(tiny_llama_dir), "The boat house opens at nine. The key is kept by the warden."
+    ws = Workspace(tmp_path / "ws", device="cpu", model=model, checkpoint=str(ckpt), chunk_tokens=64)
+    ws.index_text(text, "note:boats", route="d2l")
+    old = ws.adapters.info("note:boats")["checkpoint_id"]  # type: ignore[index]
+    assert old == checkpoint_id_of(model, str(ckpt)) == ws.components.loaded_checkpoint_id()
+    shutil.copy(memory_checkpoints[1] / MEMORY_FILE, ckpt / MEMORY_FILE)  # the upgrade
+    assert checkpoint_id_of(model, str(ckpt)) not in (old, None)
+    assert checkpoint_id_of(model, str(ckpt), reading_memory=False) == old
+    assert ws.index_text(text, "note:boats").action == "unchanged"  # the running engine is the old one
+    ws.close()
+    engine_module._ENGINES.clear()  # a new process
+    try:
+        again = Workspace(tmp_path / "ws", device="cpu")
+        assert again.index_text(text, "note:boats").action != "unchanged"
+        entry = again.adapters.info("note:boats")
+        assert entry is not None and entry["checkpoint_id"] == checkpoint_id_of(model, str(ckpt))
+        assert again.adapters.get("note:boats").memory_rows > 0  # type: ignore[union-attr]
+        assert again.index_text(text, "note:boats").action == "unchanged"
+        again.close()
+    finally:
+        engine_module._ENGINES.clear()
+    assert checkpoint_id_of(model, None) is None
