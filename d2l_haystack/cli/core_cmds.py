@@ -211,6 +211,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "max_chunks": desc["max_chunks"],
         "key_model": desc["key_model"],
         "min_relevance": desc["min_relevance"],
+        "reading_memory": desc["reading_memory"] or "none (the hypernetwork alone)",
+        **({"memory_yield_above": desc["memory_yield_above"], "memory_override": desc["memory_override"],
+            "memory_max_tokens": desc["memory_max_tokens"]} if desc["reading_memory"] else {}),
         "cache_folder": str(cache_dir()),
     }
     if args.json:

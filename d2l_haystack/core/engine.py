@@ -751,6 +751,9 @@ class D2LEngine:
                 "key_model": self.key_model, "min_relevance": self.min_relevance,
                 "relevance_margin": self.relevance_margin, "autocast": "bf16" if self.autocast else "off",
                 "reading_memory": self.memory.key if self.memory is not None else None,
+                **({"memory_yield_above": self.memory.yield_above, "memory_max_tokens": self.memory.max_tokens,
+                    "memory_override": self.memory.override.to_text() if self.memory.override else None}
+                   if self.memory is not None else {}),
                 "instructions_checkpoint": self.instructions_checkpoint}
 
 

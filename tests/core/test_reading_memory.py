@@ -63,7 +63,10 @@ def test_an_engine_with_a_memory_adds_one_row_per_document_token(
     plain = D2LEngine(str(tiny_llama_dir), checkpoint=str(memory_checkpoints[0]), device="cpu", chunk_tokens=64)
     assert plain.memory is None and memory_engine.memory is not None
     assert memory_engine.checkpoint_id != plain.checkpoint_id  # adapters of the two are not interchangeable
-    assert memory_engine.describe()["reading_memory"] == "down_proj@3"
+    described = memory_engine.describe()
+    assert described["reading_memory"] == "down_proj@3" and described["memory_override"] == DEFAULT_OVERRIDE.to_text()
+    assert (described["memory_yield_above"], described["memory_max_tokens"]) == (0.95, 4096)
+    assert "memory_override" not in plain.describe()
     a = memory_adapter
     assert a.memory is not None and a.memory_chunks is not None and a.memory_key == "down_proj@3"
     assert a.memory_rows == a.num_tokens and a.memory[0].shape == (a.num_tokens, 128)
@@ -307,7 +310,7 @@ def test_documents_longer_than_max_tokens_get_no_rows(memory_engine: D2LEngine, 
 
 
 def test_the_switch_reaches_workspaces_components_pipelines_and_the_cli(
-        tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path], monkeypatch) -> None:
+        tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path], monkeypatch, capsys) -> None:
     """``reading_memory`` is a workspace setting (saved, re-read, checked), a parameter of the
     converter and the generator (to_dict round trip, part of the shared-engine key), a YAML
     placeholder and the CLI's --no-reading-memory; switched off, adapters carry no rows."""
@@ -356,6 +359,10 @@ def test_the_switch_reaches_workspaces_components_pipelines_and_the_cli(
         argv = ["internalize", str(doc), "-o", str(out), "--model", model, "--checkpoint", ckpt, "--device", "cpu"]
         assert main(argv + flag) == 0
         assert (Adapter.load(out).memory_rows > 0) is has_rows
+        capsys.readouterr()
+        assert main(["info", "--model", model, "--checkpoint", ckpt, "--device", "cpu", "--json", *flag]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert (info["reading_memory"] == "down_proj@3") is has_rows and ("memory_override" in info) is has_rows
 
 
 def test_a_sure_adapter_gives_way_to_the_memory_where_the_override_rule_says(
