@@ -39,7 +39,7 @@ from .errors import AdapterError, CheckpointError, InputError, ModelNotFoundErro
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint, read_checkpoint_id
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
 from .lora import Factors, document_factors, encode_chunks, get_hooks
-from .memory import DEFAULT_OVERRIDE, DEFAULT_YIELD_ABOVE, ReadingMemory, memory_digest
+from .memory import DEFAULT_OVERRIDE, DEFAULT_YIELD_ABOVE, OverrideRule, ReadingMemory, memory_digest
 from .models import DEFAULT_DTYPE, DEFAULT_MODEL, LoadedModel, cache_dir, get_model, model_label
 from .prompts import ChatFormat, chunk_text_ids
 from .textio import CHUNKINGS, DEFAULT_CHUNKING, content_hash, validate_text
@@ -610,8 +610,11 @@ class D2LEngine:
         meta.update(memory="yielded" if sure >= threshold else "applied", adapter_confidence=round(sure, 4))
         if sure < threshold:
             return factors, None
-        rule = self.memory.override if self.memory is not None else DEFAULT_OVERRIDE
-        return plain, factors if greedy and rule is not None else None
+        return plain, factors if greedy and self._override() is not None else None
+
+    def _override(self) -> OverrideRule | None:
+        """The rule by which the memory's answer replaces a sure adapter's (``None``: it never does)."""
+        return self.memory.override if self.memory is not None else DEFAULT_OVERRIDE
 
     @torch.no_grad()
     def _two_readers(self, prompt_ids: list[int], plain: Factors | None, with_rows: Factors,
@@ -627,7 +630,8 @@ class D2LEngine:
         own = self._mean_logprob(with_rows, prompt_ids, memory)
         memory_on_adapter = self._mean_logprob(with_rows, prompt_ids, adapter)
         adapter_on_memory = self._mean_logprob(plain, prompt_ids, memory)
-        rule = (self.memory.override if self.memory is not None else None) or DEFAULT_OVERRIDE
+        rule = self._override()
+        assert rule is not None  # _memory_or_not asks for two readers only with a rule
         take = rule.prefers_memory(own, memory_on_adapter, adapter_on_memory)
         meta.update(memory="overrode" if take else "yielded",
                     memory_check={"own": round(own, 4), "memory_on_adapter": round(memory_on_adapter, 4),

@@ -373,6 +373,12 @@ def save_checkpoint(hypernet: Hypernetwork, folder: str | Path, info: dict[str, 
     return ckpt_id
 
 
+def _checkpoint_id(payload: dict[str, Any], weights: Path) -> str:
+    """A checkpoint's id: its config's ``checkpoint_id``, else the first 12 hex digits of the
+    weights' SHA-256 (checkpoints saved before the config carried it)."""
+    return str(payload["checkpoint_id"]) if "checkpoint_id" in payload else file_sha256(weights)[:12]
+
+
 def read_checkpoint_id(folder: str | Path) -> str:
     """The id of the checkpoint in ``folder`` from its files alone (as :func:`load_checkpoint`
     gives it: the config's ``checkpoint_id``, else the weights' SHA-256).
@@ -382,9 +388,8 @@ def read_checkpoint_id(folder: str | Path) -> str:
     folder = Path(folder)
     cfg_path, w_path = folder / CHECKPOINT_CONFIG, folder / CHECKPOINT_WEIGHTS
     try:
-        payload = json.loads(cfg_path.read_text())
-        return str(payload.get("checkpoint_id") or file_sha256(w_path)[:12])
-    except (OSError, ValueError, AttributeError) as exc:
+        return _checkpoint_id(json.loads(cfg_path.read_text()), w_path)
+    except (OSError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{folder} is not a readable hypernetwork checkpoint: {exc}") from exc
 
 
@@ -421,5 +426,5 @@ def load_checkpoint(folder: str | Path, expected_base_model: str | None = None,
         hypernet.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {w_path} does not match its config: {str(exc).splitlines()[0]}") from exc
-    payload.setdefault("checkpoint_id", file_sha256(w_path)[:12])
+    payload["checkpoint_id"] = _checkpoint_id(payload, w_path)
     return hypernet.to(map_location), payload

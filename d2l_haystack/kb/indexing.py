@@ -113,13 +113,14 @@ def current_checkpoint_id(settings: dict[str, Any]) -> str | None:
     (cached while they are unchanged); ``None`` when it cannot be told (untrained, or files the
     engine will report itself)."""
     from d2l_haystack.core.engine import checkpoint_folder
+    from d2l_haystack.core.hypernet import CHECKPOINT_CONFIG
 
     model, checkpoint, memory = settings["model"], settings["checkpoint"], bool(settings.get("reading_memory", True))
     folder = checkpoint_folder(model, checkpoint)
     if folder is None:
         return None
     try:
-        stamp = tuple(p.stat().st_mtime_ns for p in sorted(folder.glob("*.safetensors")) + [folder / "config.json"])
+        stamp = tuple(p.stat().st_mtime_ns for p in sorted(folder.glob("*.safetensors")) + [folder / CHECKPOINT_CONFIG])
         return _checkpoint_id(model, checkpoint, memory, stamp)
     except (OSError, CheckpointError):
         return None
