@@ -99,6 +99,7 @@ def test_memory_rows_persist_and_follow_their_chunks(tmp_path: Path, memory_adap
     loaded = Adapter.load(memory_adapter.save(tmp_path / "a"))
     assert loaded.memory is not None and memory_adapter.memory is not None and loaded.memory_chunks is not None
     torch.testing.assert_close(loaded.memory[0], memory_adapter.memory[0], atol=2e-3, rtol=2e-3)
+    assert torch.equal(loaded.memory[1], memory_adapter.memory[1].half().float())  # B: exact (fp16)
     assert torch.equal(loaded.memory_chunks, memory_adapter.memory_chunks)
     assert loaded.memory_key == memory_adapter.memory_key and "memory" not in loaded.factors
     assert loaded.nbytes > memory_adapter.total_rank  # rows are counted
@@ -119,6 +120,41 @@ def test_memory_rows_persist_and_follow_their_chunks(tmp_path: Path, memory_adap
     save_file(tensors, str(tmp_path / "broken.safetensors"), metadata=meta)
     with pytest.raises(AdapterError, match="incomplete reading-memory rows"):
         Adapter.load(tmp_path / "broken.safetensors")
+
+
+def test_memory_rows_are_stored_once_per_distinct_token_and_old_files_still_load(
+        tmp_path: Path, memory_adapter: Adapter) -> None:
+    """``B`` rows depend only on the token, so a file keeps one per distinct token and an index;
+    files written before (``memory.B`` whole, format 1) load the same rows; a bad index is refused."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from d2l_haystack.core.adapter import MEMORY_FORMAT_VERSION
+
+    assert memory_adapter.memory is not None
+    target = memory_adapter.save(tmp_path / "a")
+    with safe_open(str(target), framework="pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(target))
+    distinct = len(torch.unique(memory_adapter.memory[1], dim=0))
+    assert meta["d2l_format"] == MEMORY_FORMAT_VERSION and "memory.B" not in tensors
+    assert tensors["memory.B_unique"].shape[0] == distinct < memory_adapter.memory_rows  # a document repeats tokens
+    assert memory_adapter.nbytes == sum(t.numel() * t.element_size() for t in tensors.values())
+    new = Adapter.load(target)
+    old = {k: v for k, v in tensors.items() if not k.startswith("memory.B_")}
+    old["memory.B"] = memory_adapter.memory[1].half()
+    del meta["data_sha256"]
+    save_file(old, str(tmp_path / "old.safetensors"), metadata={**meta, "d2l_format": "1"})
+    before = Adapter.load(tmp_path / "old.safetensors")
+    assert new.memory is not None and before.memory is not None
+    assert all(torch.equal(x, y) for x, y in zip(new.memory, before.memory))
+    tensors["memory.B_index"][0] = distinct  # past the distinct rows
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(AdapterError, match="incomplete reading-memory rows"):
+        Adapter.load(tmp_path / "bad.safetensors")
+    save_file(tensors, str(tmp_path / "future.safetensors"), metadata={**meta, "d2l_format": "9"})
+    with pytest.raises(AdapterError, match="format '9'; reads 1, 2"):
+        Adapter.load(tmp_path / "future.safetensors")
 
 
 def test_peft_export_of_memory_rows_gives_the_same_logits(tmp_path: Path, memory_engine: D2LEngine,
