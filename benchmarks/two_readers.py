@@ -2,10 +2,11 @@
 
 The data behind ``core.memory.DEFAULT_YIELD_ABOVE`` and ``DEFAULT_OVERRIDE`` (docs/training.md,
 "Two readers"). For every question of a case file: both greedy answers, whether each contains the
-gold answer, the adapter's first-token probability, and the three mean token log-probabilities
-the override rule reads (the memory's of its own answer and of the adapter's, the adapter's of the
-memory's). ``table`` then replays the choosing rules on the records: the adapter alone, the
-memory always, the yield test, the yield test with the override.
+gold answer, the adapter's first-token probability, and, where the answers differ, the three mean
+token log-probabilities the override rule reads (the memory's of its own answer and of the
+adapter's, the adapter's of the memory's; ``D2LEngine.both_readers``). ``table`` then replays
+the choosing rules on the records: the adapter alone, the memory always, the yield test, the
+yield test with the override.
 
 Usage (training-part or study-only data only: the rules are chosen here, so held-out sets never
 come near this script)::
@@ -114,11 +115,11 @@ def make_needles(args: argparse.Namespace) -> int:
 
 
 def answer(args: argparse.Namespace) -> int:
-    import torch
+    from dataclasses import asdict
+
     from tqdm import tqdm
 
     from d2l_haystack.core import D2LEngine
-    from d2l_haystack.core.engine import _CallbackStreamer
     from d2l_haystack.evaluation.cases import load_cases
     from d2l_haystack.evaluation.metrics import contains
 
@@ -132,26 +133,13 @@ def answer(args: argparse.Namespace) -> int:
         for c in tqdm(load_cases(args.cases), desc="questions", disable=args.no_progress):
             if c.doc_id not in adapters:
                 adapters[c.doc_id] = engine.internalize(c.document, progress=False)
-            ids = engine.prompt_ids(c.question)
-            selected, weights, _ = engine.select_chunks(ids, adapters[c.doc_id], query=c.question)
-            rec: dict[str, Any] = {"id": c.id, "answers": c.answers, "gated": not selected}
-            if selected:
-                rows = engine._compose(selected, weights)
-                assert rows is not None
-                plain = {m: f for m, f in rows.items() if "@" not in m}
-                with torch.no_grad(), engine.hooks.apply(plain):
-                    first = engine.model(input_ids=torch.tensor([ids])).logits[0, -1].float().softmax(-1)
-                said = {}
-                for who, factors in (("adapter", plain), ("memory", rows)):
-                    said[who] = engine._run_generate(ids, factors, _CallbackStreamer(engine.tokenizer, None, 0.0),
-                                                     args.max_new_tokens)
-                    text = engine.tokenizer.decode(said[who], skip_special_tokens=True).strip()
-                    rec[who] = {"text": text, "contains": contains(text, c.answers)}
-                rec.update(adapter_first=float(first.max()),
-                           own=engine._mean_logprob(rows, ids, said["memory"]),
-                           memory_on_adapter=engine._mean_logprob(rows, ids, said["adapter"]),
-                           adapter_on_memory=engine._mean_logprob(plain, ids, said["memory"]),
-                           same=said["adapter"] == said["memory"])
+            both = engine.both_readers(c.question, adapters[c.doc_id], max_new_tokens=args.max_new_tokens)
+            rec: dict[str, Any] = {"id": c.id, "answers": c.answers, "gated": both is None}
+            if both is not None:
+                checks = {k: v for k, v in asdict(both).items() if k not in ("adapter", "memory", "meta")}
+                rec.update({who: {"text": text, "contains": contains(text, c.answers)}
+                            for who, text in (("adapter", both.adapter), ("memory", both.memory))},
+                           adapter_first=checks.pop("adapter_confidence"), **checks, same=both.same)
             fh.write(json.dumps(rec) + "\n")
     print(f"wrote {out}")
     return 0

@@ -153,6 +153,39 @@ class GenerationResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ReaderAnswers:
+    """Both readers' greedy answers to one question (:meth:`D2LEngine.both_readers`).
+
+    ``adapter`` is the answer of the selected adapters alone, ``memory`` the answer with their
+    reading-memory rows. ``adapter_confidence`` is the probability the adapters alone give the
+    answer's first token (the yield test compares it with ``yield_above``). The three mean token
+    log-probabilities are what :class:`~d2l_haystack.core.memory.OverrideRule` judges: ``own``
+    (the memory's answer under the memory), ``memory_on_adapter`` (the adapter's answer under the
+    memory) and ``adapter_on_memory`` (the memory's answer under the adapters alone); ``None``
+    where the answers are the same and nothing was scored. ``meta`` is the chunk selection's
+    (:meth:`D2LEngine.select_chunks`).
+    """
+
+    adapter: str
+    memory: str
+    adapter_confidence: float
+    own: float | None
+    memory_on_adapter: float | None
+    adapter_on_memory: float | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def same(self) -> bool:
+        """Whether both readers gave the same answer."""
+        return self.adapter == self.memory
+
+
+def _without_rows(factors: Factors) -> Factors:
+    """``factors`` without the reading-memory rows (their ``"module@layer"`` keys): the adapters alone."""
+    return {m: f for m, f in factors.items() if "@" not in m}
+
+
 class _CallbackStreamer:
     """A ``transformers`` streamer calling ``callback(text_delta)`` and timing the first token."""
 
@@ -603,40 +636,91 @@ class D2LEngine:
             meta["memory"] = "applied"
             return factors, None
         assert factors is not None
-        plain = {m: f for m, f in factors.items() if "@" not in m}  # without the rows' "module@layer" keys
-        with self.hooks.apply(plain):
-            logits = self.model(input_ids=torch.tensor([prompt_ids], device=self.device)).logits[0, -1]
-        sure = float(logits.float().softmax(-1).max())
+        plain = _without_rows(factors)
+        sure = self._first_token_confidence(prompt_ids, plain)
         meta.update(memory="yielded" if sure >= threshold else "applied", adapter_confidence=round(sure, 4))
         if sure < threshold:
             return factors, None
         return plain, factors if greedy and self._override() is not None else None
+
+    @torch.no_grad()
+    def _first_token_confidence(self, prompt_ids: list[int], factors: Factors | None) -> float:
+        """The probability ``factors`` give the answer's most likely first token (the yield test)."""
+        with self.hooks.apply(factors):
+            logits = self.model(input_ids=torch.tensor([prompt_ids], device=self.device)).logits[0, -1]
+        return float(logits.float().softmax(-1).max())
 
     def _override(self) -> OverrideRule | None:
         """The rule by which the memory's answer replaces a sure adapter's (``None``: it never does)."""
         return self.memory.override if self.memory is not None else DEFAULT_OVERRIDE
 
     @torch.no_grad()
-    def _two_readers(self, prompt_ids: list[int], plain: Factors | None, with_rows: Factors,
-                     max_new_tokens: int, meta: dict[str, Any]) -> list[int]:
-        """Greedy answers of the adapters alone and with the memory rows; the memory's is taken
-        where its :class:`~d2l_haystack.core.memory.OverrideRule` says so (``meta["memory"]``
-        ``"overrode"``, with the three log-probabilities in ``meta["memory_check"]``)."""
+    def _read_both(self, prompt_ids: list[int], plain: Factors | None, with_rows: Factors, max_new_tokens: int
+                   ) -> tuple[list[int], list[int], tuple[float, float, float] | None]:
+        """Greedy answers (token ids) of the adapters alone and with the memory rows, and, where they
+        differ, the three log-probabilities the :class:`~d2l_haystack.core.memory.OverrideRule`
+        judges: ``(own, memory_on_adapter, adapter_on_memory)``."""
         adapter = self._run_generate(prompt_ids, plain, _CallbackStreamer(self.tokenizer, None, 0.0), max_new_tokens)
         memory = self._run_generate(prompt_ids, with_rows, _CallbackStreamer(self.tokenizer, None, 0.0),
                                     max_new_tokens)
         if adapter == memory:
+            return adapter, memory, None
+        return adapter, memory, (self._mean_logprob(with_rows, prompt_ids, memory),
+                                 self._mean_logprob(with_rows, prompt_ids, adapter),
+                                 self._mean_logprob(plain, prompt_ids, memory))
+
+    def _two_readers(self, prompt_ids: list[int], plain: Factors | None, with_rows: Factors,
+                     max_new_tokens: int, meta: dict[str, Any]) -> list[int]:
+        """The adapters' answer, or the memory's where its
+        :class:`~d2l_haystack.core.memory.OverrideRule` says so (``meta["memory"]`` ``"overrode"``,
+        with the three log-probabilities in ``meta["memory_check"]``)."""
+        adapter, memory, check = self._read_both(prompt_ids, plain, with_rows, max_new_tokens)
+        if check is None:
             return adapter
-        own = self._mean_logprob(with_rows, prompt_ids, memory)
-        memory_on_adapter = self._mean_logprob(with_rows, prompt_ids, adapter)
-        adapter_on_memory = self._mean_logprob(plain, prompt_ids, memory)
         rule = self._override()
         assert rule is not None  # _memory_or_not asks for two readers only with a rule
-        take = rule.prefers_memory(own, memory_on_adapter, adapter_on_memory)
+        take = rule.prefers_memory(*check)
         meta.update(memory="overrode" if take else "yielded",
-                    memory_check={"own": round(own, 4), "memory_on_adapter": round(memory_on_adapter, 4),
-                                  "adapter_on_memory": round(adapter_on_memory, 4)})
+                    memory_check=dict(zip(("own", "memory_on_adapter", "adapter_on_memory"),
+                                          (round(v, 4) for v in check), strict=True)))
         return memory if take else adapter
+
+    @torch.no_grad()
+    def both_readers(self, question: str, adapters: Adapter | list[Adapter], *, max_new_tokens: int = 64,
+                     weights: list[float] | None = None, max_chunks: int | None = None,
+                     gate: bool = True) -> ReaderAnswers | None:
+        """Both readers' greedy answers to ``question``, whatever the yield test would say: what
+        :meth:`generate` chooses between, for studying the choice (``benchmarks/two_readers.py``).
+
+        Usage example::
+
+            engine = D2LEngine()
+            adapter = engine.internalize("The Kelar M5 weighs 567 grams.")
+            both = engine.both_readers("How heavy is the Kelar M5?", adapter, max_new_tokens=16)
+            if both is not None:
+                print(both.adapter, "|", both.memory, "| sure:", both.adapter_confidence)
+
+        :returns: ``None`` where the relevance gate applies no chunk.
+        :raises InputError: the selected adapters carry no reading-memory rows (a checkpoint without
+            a memory, ``reading_memory=False`` or a document over the memory's ``max_tokens``).
+        """
+        _check_generation(max_new_tokens, 1.0, 1.0)
+        ids = self.prompt_ids(question)
+        selected, weights, meta = self.select_chunks(ids, adapters, weights, max_chunks, query=question, gate=gate)
+        if not selected:
+            return None
+        if not any(a.memory_rows for a in selected):
+            raise InputError("the selected adapters carry no reading-memory rows: there is only one reader")
+        with_rows = self._compose(selected, weights)
+        assert with_rows is not None
+        plain = _without_rows(with_rows)
+        sure = self._first_token_confidence(ids, plain)
+        adapter, memory, check = self._read_both(ids, plain, with_rows, max_new_tokens)
+        own, memory_on_adapter, adapter_on_memory = check if check is not None else (None, None, None)
+        return ReaderAnswers(adapter=self.tokenizer.decode(adapter, skip_special_tokens=True).strip(),
+                             memory=self.tokenizer.decode(memory, skip_special_tokens=True).strip(),
+                             adapter_confidence=sure, own=own,
+                             memory_on_adapter=memory_on_adapter, adapter_on_memory=adapter_on_memory, meta=meta)
 
     @torch.no_grad()
     def _mean_logprob(self, factors: Factors | None, prompt_ids: list[int], answer: list[int]) -> float:

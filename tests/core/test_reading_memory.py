@@ -452,6 +452,26 @@ def test_a_sure_adapter_gives_way_to_the_memory_where_the_override_rule_says(
     assert ReadingMemory.load(tmp_path).override == DEFAULT_OVERRIDE  # type: ignore[union-attr]  # older files
 
 
+def test_both_readers_gives_the_two_answers_generate_chooses_between(
+        memory_engine: D2LEngine, memory_adapter: Adapter, nonzero_engine: D2LEngine) -> None:
+    """The public two readers: both greedy answers and the rule's inputs, whatever the yield test
+    says; generate()'s answer is one of the two; no rows (or nothing relevant) is said plainly."""
+    from d2l_haystack.core.errors import InputError
+
+    question = "What is the access code?"
+    both = memory_engine.both_readers(question, memory_adapter, max_new_tokens=6, gate=False)
+    assert both is not None and 0 < both.adapter_confidence <= 1 and "chunks_applied" in both.meta
+    alone = memory_engine.generate(question, memory_adapter, max_new_tokens=6, gate=False)
+    assert alone.text in (both.adapter, both.memory)
+    if both.same:
+        assert both.own is None and both.adapter_on_memory is None
+    else:
+        assert both.own is not None and both.own <= 0 and both.memory_on_adapter is not None
+    plain = nonzero_engine.internalize("The access code is 4417.", progress=False)  # no memory: one reader
+    with pytest.raises(InputError, match="no reading-memory rows"):
+        nonzero_engine.both_readers(question, plain, max_new_tokens=4, gate=False)
+
+
 def test_the_two_readers_benchmark_records_both_answers_and_replays_the_rules(
         tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path], capsys) -> None:
     """benchmarks/two_readers.py (the data behind the yield and override defaults): per question
@@ -473,8 +493,11 @@ def test_the_two_readers_benchmark_records_both_answers_and_replays_the_rules(
     recs = [json.loads(line) for line in records.read_text().splitlines()]
     assert [r["id"] for r in recs] == ["q0", "q1"]
     for r in recs:
-        assert not r["gated"] and 0 < r["adapter_first"] <= 1 and r["own"] <= 0 and r["memory_on_adapter"] <= 0
-        assert not r["same"] or r["adapter"]["text"] == r["memory"]["text"]
+        assert not r["gated"] and 0 < r["adapter_first"] <= 1
+        if r["same"]:  # nothing to choose: nothing scored
+            assert r["adapter"]["text"] == r["memory"]["text"] and r["own"] is None
+        else:
+            assert r["own"] <= 0 and r["memory_on_adapter"] <= 0 and r["adapter_on_memory"] <= 0
     sure = {**recs[0], "adapter_first": 1.0, "same": False, "own": -0.01, "memory_on_adapter": -3.0,
             "adapter_on_memory": -0.5}
     assert bench.choose(sure, "yield", 0.95, DEFAULT_OVERRIDE) == "adapter"
