@@ -52,7 +52,7 @@ def test_the_same_workspace_as_sequential_indexing(ray_cluster, workspace_factor
     sequential.index_paths([docs_dir])
     report = index_with_ray(parallel, [docs_dir], workers=2, progress=False)
     assert report.workers == 2 and report.internalized_on_workers == 4 and not report.failures
-    assert parallel.components.get("converter")._engine is None  # the driver only committed: no model loaded
+    assert parallel.components.get("converter").loaded_engine is None  # the driver only committed: no model loaded
     assert _view(parallel, docs_dir) == _view(sequential, docs_dir)
     # equal up to float rounding: a worker's matrix products may use another thread count than the
     # driver's (other summation orders), so the stored fp16 values can differ in their last bit

@@ -143,7 +143,13 @@ class DocToLoRAConverter:
 
     @property
     def engine(self) -> Any:
+        """The :class:`~d2l_haystack.core.D2LEngine` (loaded by this access, if not yet)."""
         self.warm_up()
+        return self._engine
+
+    @property
+    def loaded_engine(self) -> Any:
+        """The engine if :meth:`warm_up` has loaded it, else ``None`` (never loads a model)."""
         return self._engine
 
     def to_dict(self) -> dict[str, Any]:

@@ -45,8 +45,9 @@ class WorkspaceComponents:
 
     def loaded_checkpoint_id(self) -> str | None:
         """The checkpoint id of the converter's engine, if it has loaded one (``None``: not loaded)."""
-        engine = getattr(self._built.get("converter"), "_engine", None)
-        return getattr(engine, "checkpoint_id", None)
+        converter = self._built.get("converter")
+        engine = converter.loaded_engine if converter is not None else None
+        return None if engine is None else str(engine.checkpoint_id)
 
     def engine_params(self) -> dict[str, Any]:
         """The D2L engine's parameters from the settings (for the converter and Ray workers)."""
