@@ -144,7 +144,8 @@ def _memory_collect(args: argparse.Namespace) -> int:
     from d2l_haystack.training.memory import collect
 
     torch.set_num_threads(args.threads)
-    engine = D2LEngine(checkpoint=args.checkpoint, chunking=args.chunking, autocast="off", keys=None, device="cpu")
+    engine = D2LEngine(checkpoint=args.checkpoint, chunking=args.chunking, autocast="off", keys=None, device="cpu",
+                       reading_memory=False)  # the states are the network's alone, whatever memory it has
     out = collect(engine, args.docs, args.seed, args.out, layer=args.layer, squad_share=args.squad_share,
                   needle_share=args.needle_share,
                   log=lambda s: print(s, file=sys.stderr, flush=True))

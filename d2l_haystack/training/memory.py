@@ -82,7 +82,9 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
                 kind = doc.meta["kind"]
             chunks = engine.chunk_ids(doc.text)
             passes = [(s.half(), ids) for s, ids, _ in engine.memory_states(chunks, layer, module)]
-            factors = compose([engine.internalize(doc.text, progress=False)], None)
+            # the network's adapter alone: rows of a memory the checkpoint already has would be in "h"
+            factors = {m: f for m, f in compose([engine.internalize(doc.text, progress=False)], None).items()
+                       if "@" not in m}
             questions: list[dict[str, Any]] = []
             for qa in doc.qas:
                 prompt, answer = fmt.question_ids(qa.question), fmt.answer_ids(qa.answer)

@@ -210,6 +210,16 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
     cache = collect(engine, docs=8, seed=3, out=tmp_path / "c.pt", layer=3, squad_share=0.0, needle_share=0.5)
     kinds = [it["kind"] for it in torch.load(cache, weights_only=False)["items"]]
     assert "needle" in kinds and len(set(kinds)) > 2
+    # a checkpoint that already has a memory caches the same states: the network's adapter alone
+    again = D2LEngine(str(tiny_llama_dir), checkpoint=str(memory_checkpoints[1]), device="cpu", chunk_tokens=64,
+                      keys=None, chunking="auto")
+    assert again.memory is not None
+    first, second = (torch.load(collect(e, docs=2, seed=3, out=tmp_path / f"{i}.pt", layer=3, squad_share=0.0,
+                                        needle_share=0.5), weights_only=False)["items"]
+                     for i, e in enumerate((engine, again)))
+    for a, b in zip(first, second, strict=True):
+        for qa, qb in zip(a["qs"], b["qs"], strict=True):
+            assert torch.equal(qa["h"], qb["h"]) and torch.equal(qa["x"], qb["x"])
     hold = next(k for k in kinds if k != "needle")
     memory, report = fit([cache], engine.model, hold_kinds=(hold,), rank=4, steps=4, batch=4, eval_every=2,
                          val_every=2)
