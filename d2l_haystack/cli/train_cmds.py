@@ -160,7 +160,7 @@ def _memory_fit(args: argparse.Namespace) -> int:
 
     from d2l_haystack.core.engine import default_checkpoint
     from d2l_haystack.core.errors import CheckpointError
-    from d2l_haystack.core.hypernet import load_checkpoint
+    from d2l_haystack.core.hypernet import load_checkpoint, read_checkpoint_id
     from d2l_haystack.core.memory import MEMORY_FILE, ReadingMemory
     from d2l_haystack.core.models import DEFAULT_MODEL, get_model
     from d2l_haystack.training.memory import DEFAULT_HOLD_KINDS, fit, print_report, write_checkpoint
@@ -172,6 +172,7 @@ def _memory_fit(args: argparse.Namespace) -> int:
         return 2
     try:
         _, payload = load_checkpoint(base)
+        network = read_checkpoint_id(base)  # the hypernetwork's own id, which collect records
     except CheckpointError as exc:
         print(f"d2l memory fit: error: {exc}", file=sys.stderr)
         return 2
@@ -189,7 +190,7 @@ def _memory_fit(args: argparse.Namespace) -> int:
         memory, report = fit(args.caches, loaded.model, hold, rank=args.rank,
                              steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
                              bind_weight=args.bind_weight, batch=args.batch, eval_every=args.eval_every, init=init,
-                             log=lambda s: print(s, file=sys.stderr, flush=True))
+                             log=lambda s: print(s, file=sys.stderr, flush=True), checkpoint_id=network)
     except ValueError as exc:
         print(f"d2l memory fit: error: {exc}", file=sys.stderr)
         return 2

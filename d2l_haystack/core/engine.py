@@ -265,6 +265,8 @@ class D2LEngine:
         label = self.loaded.name
         ckpt_path = default_checkpoint(label) if checkpoint == "default" else checkpoint
         self.hypernet, self.checkpoint_id, self.checkpoint_info = self._load_hypernet(ckpt_path, seed, hypernet_widths)
+        #: The hypernetwork's own checkpoint id (``checkpoint_id`` also covers the reading memory).
+        self.network_id: str = self.checkpoint_id
         #: The checkpoint's reading memory (:mod:`~d2l_haystack.core.memory`), or ``None``.
         self.memory: ReadingMemory | None = None
         #: Whether the engine was asked for the checkpoint's reading memory (part of its cache key).

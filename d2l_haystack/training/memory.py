@@ -111,7 +111,7 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
             handle.remove()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"layer": layer, "module": module, "checkpoint": engine.checkpoint_id, "chunking": engine.chunking,
+    torch.save({"layer": layer, "module": module, "checkpoint": engine.network_id, "chunking": engine.chunking,
                 "items": items}, out)
     return out
 
@@ -285,17 +285,24 @@ class _Fitter:
 def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT_HOLD_KINDS, rank: int = 128,
         steps: int = 1500, lr: float = 3e-3, weight_decay: float = 0.0, bind_weight: float = 1.0,
         batch: int = 32, eval_every: int = 250, seed: int = 0, val_every: int = 10,
-        init: ReadingMemory | None = None, log: Callable[[str], None] | None = None
-        ) -> tuple[ReadingMemory, dict[str, Any]]:
+        init: ReadingMemory | None = None, log: Callable[[str], None] | None = None,
+        checkpoint_id: str | None = None) -> tuple[ReadingMemory, dict[str, Any]]:
     """Fit a reading memory on ``caches`` (:func:`collect`) for the causal LM ``lm``; returns the
     memory at the step that read best (teacher-forced, all answer tokens right) on the held kinds
     and the validation documents together, and a report (sizes, the curve, with/without-memory
     metrics per validation kind, a paired bootstrap on the held kinds). ``init``: a memory to go
-    on from (a fit continued in another session; its rank, layer and scale are kept)."""
+    on from (a fit continued in another session; its rank, layer and scale are kept).
+    ``checkpoint_id``: the hypernetwork the memory is for; caches collected with another are refused
+    (their adapters' states are not this network's)."""
     loaded = [torch.load(c, weights_only=False) for c in caches]
     layers = {(d["layer"], d.get("module", "down_proj")) for d in loaded}
     if len(layers) != 1:
         raise ValueError(f"caches of different layers cannot be fitted together: {sorted(layers)}")
+    networks = {str(d.get("checkpoint")) for d in loaded}
+    if len(networks) != 1 or (checkpoint_id is not None and networks != {checkpoint_id}):
+        raise ValueError(f"the caches were collected with checkpoint(s) {', '.join(sorted(networks))}"
+                         + (f", the memory is for {checkpoint_id}" if checkpoint_id else "")
+                         + ": collect them again with that checkpoint")
     layer, module = layers.pop()
     items = [it for d in loaded for it in d["items"]]
     held = [q for it in items if it["kind"] in hold_kinds for q in _questions(it)]

@@ -217,6 +217,7 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
     first, second = (torch.load(collect(e, docs=2, seed=3, out=tmp_path / f"{i}.pt", layer=3, squad_share=0.0,
                                         needle_share=0.5), weights_only=False)["items"]
                      for i, e in enumerate((engine, again)))
+    assert torch.load(tmp_path / "1.pt", weights_only=False)["checkpoint"] == engine.checkpoint_id == again.network_id
     for a, b in zip(first, second, strict=True):
         for qa, qb in zip(a["qs"], b["qs"], strict=True):
             assert torch.equal(qa["h"], qb["h"]) and torch.equal(qa["x"], qb["x"])
@@ -236,6 +237,8 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
         write_checkpoint(memory, out, out)
     with pytest.raises(ValueError, match="held kinds"):
         fit([cache], engine.model, hold_kinds=("no-such-kind",), steps=1)
+    with pytest.raises(ValueError, match="collected with checkpoint"):  # another network's states
+        fit([cache], engine.model, hold_kinds=(hold,), steps=1, checkpoint_id="0123456789ab")
     # a fit continued from the memory starts where the first one chose to stop
     memory.yield_above, memory.max_tokens, memory.override = 0.5, 99, OverrideRule(-0.5, -0.5, -0.5)
     continued, again = fit([cache], engine.model, hold_kinds=(hold,), steps=2, batch=4, eval_every=2, val_every=2,
