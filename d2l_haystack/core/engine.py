@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -469,7 +469,6 @@ class D2LEngine:
             lap("memory")
         return adapter
 
-    @torch.no_grad()
     def memory_states(self, chunks: list[list[int]], layer: int | None = None, module: str | None = None
                       ) -> list[tuple[torch.Tensor, list[int], list[int]]]:
         """What the reading memory reads: per pass, the memory layer's inputs ``(n, d_in)`` at the
@@ -482,6 +481,12 @@ class D2LEngine:
         :param layer: the layer to read (default: the memory's); ``module`` likewise.
         :raises AdapterError: no layer given and the checkpoint has no reading memory.
         """
+        return list(self._iter_memory_states(chunks, layer, module))
+
+    @torch.no_grad()
+    def _iter_memory_states(self, chunks: list[list[int]], layer: int | None = None, module: str | None = None
+                            ) -> Iterator[tuple[torch.Tensor, list[int], list[int]]]:
+        """:meth:`memory_states` one pass at a time (a long document's states are never all held)."""
         if layer is None or module is None:
             if self.memory is None:
                 raise AdapterError(f"checkpoint {self.checkpoint_id} has no reading memory: name the layer to read")
@@ -495,22 +500,20 @@ class D2LEngine:
                 size = 0
             groups[-1].append(c)
             size += len(ids)
-        out = []
         for group in groups:
             ids = [t for c in group for t in chunks[c]]
             wrapped = self.format.wrap_chunk(ids)
             with self.precision(), self.hooks.capture() as rec:  # the layers above the memory's are not needed
                 run_until(self.model, layer, input_ids=torch.tensor([wrapped], device=self.device))
             states = rec[module][layer][pre - 1:pre - 1 + len(ids)].float()
-            out.append((states, ids, [c for c in group for _ in chunks[c]]))
-        return out
+            yield states, ids, [c for c in group for _ in chunks[c]]
 
     def _memory_rows(self, chunks: list[list[int]]) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The reading memory of a document's chunks: ``(A, B)`` rows on CPU and each row's chunk."""
         assert self.memory is not None
         emb = self.model.get_output_embeddings().weight
         a_parts, b_parts, owners = [], [], []
-        for states, ids, chunk_of in self.memory_states(chunks):
+        for states, ids, chunk_of in self._iter_memory_states(chunks):
             a, b = self.memory.rows(states, torch.tensor(ids), emb)
             a_parts.append(a.cpu())
             b_parts.append(b.cpu())
