@@ -102,6 +102,13 @@ class Adapter:
     memory: tuple[torch.Tensor, torch.Tensor] | None = None
     memory_chunks: torch.Tensor | None = None
     memory_key: str = ""
+    #: The sentence (segment) of the document each memory row belongs to ``(n,)`` and each
+    #: segment's chunk-key embedding ``(segments, dim)``, by which the engine keeps the rows of the
+    #: sentences most like a question when the chosen chunks hold more than the memory's
+    #: ``max_rows`` (:data:`~d2l_haystack.core.memory.DEFAULT_MAX_ROWS`); ``None`` in adapters
+    #: made without chunk keys or before segments were kept.
+    memory_segments: torch.Tensor | None = None
+    memory_segment_keys: torch.Tensor | None = None
 
     @property
     def memory_rows(self) -> int:
@@ -139,6 +146,8 @@ class Adapter:
         if self.memory is not None:
             memory = sum(t.numel() * t.element_size() for t in pack_memory_rows(*self.memory).values())
             memory += self.memory_rows * 4  # memory.chunks
+            if self.memory_segments is not None and self.memory_segment_keys is not None:
+                memory += self.memory_segments.numel() * 4 + self.memory_segment_keys.numel() * 2
         return sum((a.numel() + b.numel()) * 2 for a, b in self.factors.values()) + keys + memory
 
     def document_factors(self) -> Factors:
@@ -210,13 +219,22 @@ class Adapter:
         if keys is not None and key_chunks is not None:
             mapped = renumber[key_chunks.long()]
             keys, key_chunks = keys[mapped >= 0], mapped[mapped >= 0]
-        memory, memory_chunks = self.memory, self.memory_chunks
-        if memory is not None and memory_chunks is not None:
-            mapped = renumber[memory_chunks.long()]
-            memory, memory_chunks = (memory[0][mapped >= 0], memory[1][mapped >= 0]), mapped[mapped >= 0]
-        return replace(self, factors=factors, num_chunks=len(chosen), keys=keys, key_chunks=key_chunks,
-                       memory=memory, memory_chunks=memory_chunks,
+        picked = self
+        if self.memory is not None and self.memory_chunks is not None:
+            mapped = renumber[self.memory_chunks.long()]
+            picked = self.memory_subset(mapped >= 0)
+            picked.memory_chunks = mapped[mapped >= 0]
+        return replace(picked, factors=factors, num_chunks=len(chosen), keys=keys, key_chunks=key_chunks,
                        meta={**self.meta, "selected_chunks": chosen, "source_chunks": self.num_chunks})
+
+    def memory_subset(self, keep: torch.Tensor) -> Adapter:
+        """A new adapter with only the memory rows where the boolean ``keep`` ``(n,)`` is true
+        (their chunks and segments with them; the segment keys stay whole)."""
+        if self.memory is None or self.memory_chunks is None:
+            return replace(self)
+        segments = self.memory_segments[keep] if self.memory_segments is not None else None
+        return replace(self, memory=(self.memory[0][keep], self.memory[1][keep]),
+                       memory_chunks=self.memory_chunks[keep], memory_segments=segments)
 
     def chunk_groups(self, max_rank: int) -> list[list[int]]:
         """Consecutive chunks in groups whose adapters (the group's chunks plus the bias block)
@@ -282,6 +300,9 @@ class Adapter:
         if self.memory is not None and self.memory_chunks is not None:
             tensors.update(pack_memory_rows(*self.memory))
             tensors["memory.chunks"] = self.memory_chunks.detach().to("cpu", torch.int32).contiguous()
+            if self.memory_segments is not None and self.memory_segment_keys is not None:
+                tensors["memory.segments"] = self.memory_segments.detach().to("cpu", torch.int32).contiguous()
+                tensors["memory.segment_keys"] = self.memory_segment_keys.detach().to("cpu", torch.float16).contiguous()
         return write_safetensors(target, tensors, {**self._metadata(), "data_sha256": tensor_digest(tensors)})
 
     @classmethod
@@ -324,6 +345,8 @@ class Adapter:
             raise AdapterError(f"damaged adapter file {target}: incomplete chunk keys")
         memory: tuple[torch.Tensor, torch.Tensor] | None = None
         memory_chunks: torch.Tensor | None = None
+        segments: torch.Tensor | None = None
+        segment_keys: torch.Tensor | None = None
         if any(k.startswith("memory.") for k in tensors):
             m_c = tensors.get("memory.chunks")
             memory = unpack_memory_rows(tensors)
@@ -331,6 +354,13 @@ class Adapter:
                     len(memory[0]) == len(memory[1]) == len(m_c)):
                 raise AdapterError(f"damaged adapter file {target}: incomplete reading-memory rows")
             memory_chunks = m_c.long()
+            m_s, m_k = tensors.get("memory.segments"), tensors.get("memory.segment_keys")
+            if (m_s is None) != (m_k is None) or (m_s is not None and m_k is not None and (
+                    len(m_s) != len(m_c) or m_k.dim() != 2 or (len(m_s) and not (
+                        0 <= int(m_s.min()) and int(m_s.max()) < len(m_k))))):
+                raise AdapterError(f"damaged adapter file {target}: inconsistent reading-memory segments")
+            segments = None if m_s is None else m_s.long()
+            segment_keys = None if m_k is None else m_k.float()
         try:
             adapter = cls(factors=factors, scale=float(meta["scale"]), rank=int(meta["rank"]),
                        bias_rank=int(meta["bias_rank"]), num_chunks=int(meta["num_chunks"]),
@@ -343,7 +373,8 @@ class Adapter:
                        key_model=meta.get("key_model", "") if key_vectors is not None else "",
                        key_scheme=meta.get("key_scheme", "") if key_vectors is not None else "",
                        memory=memory, memory_chunks=memory_chunks,
-                       memory_key=meta.get("memory_key", "") if memory is not None else "")
+                       memory_key=meta.get("memory_key", "") if memory is not None else "",
+                       memory_segments=segments, memory_segment_keys=segment_keys)
         except (KeyError, ValueError) as exc:
             raise AdapterError(f"damaged adapter metadata in {target}: {exc}") from exc
         for owners, what in ((adapter.key_chunks, "chunk keys"), (adapter.memory_chunks, "memory rows")):

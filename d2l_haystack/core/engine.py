@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 import warnings
@@ -39,11 +40,22 @@ from .errors import AdapterError, CheckpointError, InputError, ModelNotFoundErro
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint, read_checkpoint_id
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
 from .lora import Factors, document_factors, encode_chunks, get_hooks
-from .memory import DEFAULT_OVERRIDE, DEFAULT_YIELD_ABOVE, OverrideRule, ReadingMemory, memory_digest
+from .memory import (
+    DEFAULT_MAX_ROWS,
+    DEFAULT_OVERRIDE,
+    DEFAULT_YIELD_ABOVE,
+    OverrideRule,
+    ReadingMemory,
+    memory_digest,
+)
 from .models import DEFAULT_DTYPE, DEFAULT_MODEL, LoadedModel, cache_dir, get_model, model_label
 from .prompts import ChatFormat, chunk_text_ids
 from .textio import CHUNKINGS, DEFAULT_CHUNKING, content_hash, validate_text
 
+SEGMENT_TOKENS = 48
+"""The longest memory segment (:meth:`D2LEngine._memory_segments`): text without sentence ends is
+cut every this many tokens."""
+_SEGMENT_END = re.compile(r"[.!?][\"')\]]*\s*$|\n")
 logger = logging.getLogger(__name__)
 # under bf16 autocast an RMSNorm sees bf16 input with float32 weight and takes the unfused path:
 # correct, and said once per process by torch; not something a user can act on
@@ -467,7 +479,73 @@ class D2LEngine:
             adapter.memory, adapter.memory_chunks = self._memory_rows(chunks)
             adapter.memory_key = self.memory.key
             lap("memory")
+            if self.key_encoder is not None:
+                adapter.memory_segments, adapter.memory_segment_keys = self._memory_segments(chunks)
+                lap("keys")
         return adapter
+
+    def _memory_segments(self, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each memory row's segment ``(n,)`` (a sentence: a segment ends after a token ending in
+        ``.``, ``!``, ``?`` or a line break, at a chunk's end, or after :data:`SEGMENT_TOKENS`
+        tokens) and each segment's chunk-key embedding ``(segments, dim)``."""
+        assert self.key_encoder is not None
+        owner: list[int] = []
+        texts: list[list[int]] = []
+        for ids in chunks:
+            start = True
+            for t in ids:
+                if start:
+                    texts.append([])
+                texts[-1].append(t)
+                owner.append(len(texts) - 1)
+                start = len(texts[-1]) >= SEGMENT_TOKENS or bool(_SEGMENT_END.search(self.tokenizer.decode([t])))
+        with self.precision():
+            vectors = self.key_encoder.model.encode([self.tokenizer.decode(t) for t in texts], batch_size=64,
+                                                    normalize_embeddings=True, convert_to_tensor=True,
+                                                    show_progress_bar=False)
+        return torch.tensor(owner, dtype=torch.long), vectors.float().cpu()
+
+    def _row_budget(self, selected: list[Adapter], query: str | None, meta: dict[str, Any]) -> list[Adapter]:
+        """The selected adapters with at most the memory's ``max_rows`` memory rows in all: where they
+        hold more, the rows of the segments most like ``query`` (chunk-key similarity), best first,
+        while the budget lasts; adapters without segment keys then keep none (``meta``:
+        ``memory_rows`` applied of ``memory_rows_total``)."""
+        total = sum(a.memory_rows for a in selected)
+        budget = self.memory.max_rows if self.memory is not None else DEFAULT_MAX_ROWS
+        if total <= budget:
+            if total:
+                meta.update(memory_rows=total, memory_rows_total=total)
+            return selected
+        encoder = self.key_encoder
+        q = encoder.query(query) if encoder is not None and query else None
+        ranked: list[tuple[float, int, int, int]] = []  # (similarity, adapter, segment, rows)
+        for i, a in enumerate(selected):
+            segs, keys = a.memory_segments, a.memory_segment_keys
+            if not a.memory_rows or segs is None or keys is None or q is None or keys.shape[-1] != q.shape[-1]:
+                continue
+            present, counts = segs.unique(return_counts=True)
+            sims = keys[present].float() @ q
+            ranked += [(float(sim), i, int(seg), int(n)) for sim, seg, n in zip(sims, present, counts, strict=True)]
+        keep: dict[int, list[int]] = {}
+        used = 0
+        for _, i, seg, n in sorted(ranked, key=lambda r: -r[0]):
+            if used + n > budget:
+                if used:
+                    break
+                continue  # one segment over the budget alone: try the next
+            keep.setdefault(i, []).append(seg)
+            used += n
+        out = []
+        for i, a in enumerate(selected):
+            if not a.memory_rows:
+                out.append(a)
+                continue
+            segs = a.memory_segments
+            mask = (torch.isin(segs, torch.tensor(keep.get(i, []), dtype=torch.long)) if segs is not None
+                    else torch.zeros(a.memory_rows, dtype=torch.bool))
+            out.append(a.memory_subset(mask))
+        meta.update(memory_rows=used, memory_rows_total=total)
+        return out
 
     def memory_states(self, chunks: list[list[int]], layer: int | None = None, module: str | None = None
                       ) -> list[tuple[torch.Tensor, list[int], list[int]]]:
@@ -777,9 +855,9 @@ class D2LEngine:
             return [a for a, _ in standing] + chosen_docs, (out_weights if weights is not None else None), doc_meta
         limit = _checked_max_chunks(self.max_chunks if max_chunks is None else max_chunks)
         total = sum(a.num_chunks for a in items)
-        everything = (items, weights, {"chunks_applied": total, "chunks_total": total, "selection": "all"})
+        every: dict[str, Any] = {"chunks_applied": total, "chunks_total": total, "selection": "all"}
         if limit == 0 or not items:
-            return everything
+            return self._row_budget(items, query, every), weights, every
         w = list(weights) if weights is not None else [1.0] * len(items)
         meta: dict[str, Any] = {"chunks_total": total}
         encoder = self.key_encoder
@@ -797,7 +875,7 @@ class D2LEngine:
             eligible = (scores >= floor).nonzero().flatten()
             top = eligible[scores[eligible].argsort(descending=True)][:limit].tolist()
         elif total <= limit:
-            return everything
+            return self._row_budget(items, query, every), weights, every
         else:
             with self.hooks.capture() as inputs:  # the decoder only: no vocabulary projection needed
                 decoder_of(self.model)(input_ids=torch.tensor([prompt_ids], device=self.device))
@@ -814,7 +892,7 @@ class D2LEngine:
                 selected.append(a if len(mine) == a.num_chunks else a.select_chunks(mine))
                 kept_weights.append(wi)
         meta["chunks_applied"] = len(chosen)
-        return selected, (kept_weights if weights is not None else None), meta
+        return self._row_budget(selected, query, meta), (kept_weights if weights is not None else None), meta
 
     @torch.no_grad()
     def logits(self, input_ids: list[int] | torch.Tensor,
@@ -845,6 +923,7 @@ class D2LEngine:
                 "relevance_margin": self.relevance_margin, "autocast": "bf16" if self.autocast else "off",
                 "reading_memory": self.memory.key if self.memory is not None else None,
                 **({"memory_yield_above": self.memory.yield_above, "memory_max_tokens": self.memory.max_tokens,
+                    "memory_max_rows": self.memory.max_rows,
                     "memory_override": self.memory.override.to_text() if self.memory.override else None}
                    if self.memory is not None else {}),
                 "instructions_checkpoint": self.instructions_checkpoint}

@@ -17,7 +17,8 @@ logits and no pass through it; on a layer below, the fit runs the layers above (
 then meets the adapter's inside the model, not as added logits).
 
 Files: ``memory.safetensors`` in a hypernetwork checkpoint folder (tensors ``q``, ``p``, ``a``,
-``log_gain``, ``w``; the layer, module, ``s``, ``yield_above`` and ``max_tokens`` in its header).
+``log_gain``, ``w``; the layer, module, ``s``, ``yield_above``, ``override``, ``max_tokens`` and
+``max_rows`` in its header).
 The engine loads it with the checkpoint and adds the rows to every adapter it internalizes from a
 document of at most ``max_tokens`` tokens (:attr:`Adapter.memory`).
 """
@@ -42,6 +43,15 @@ DEFAULT_MAX_TOKENS = 4096
 hypernetwork's alone. Rows cost 4.2 KB and a pass ~2-3 ms per token on the 2-core CPU (a 43k-token
 document: ~180 MB, ~1.5-2 min), and every measurement of its reading was on short documents (generated
 documents, notes, SQuAD paragraphs, needles of up to 500 tokens; docs/training.md)."""
+
+DEFAULT_MAX_ROWS = 128
+"""At most this many rows apply to one question: where the chosen chunks hold more (a chunk of 512
+tokens holds 512), the rows of the document's sentences most like the question (the chunk-key
+model's similarity, :attr:`Adapter.memory_segment_keys`), best first, up to this many. The memory
+sums one row per token, and it was fitted on documents of 70 rows (median; 90 % under ~120,
+``d2l memory collect``): a whole 512-token chunk of rows drowned the answer in noise ("antioxid
+ourroughts"), the answer's sentence and its neighbours up to this budget read it (docs/training.md,
+"Long documents")."""
 
 DEFAULT_YIELD_ABOVE = 0.95
 """The memory yields to the hypernetwork's adapter when the adapter alone gives the answer's
@@ -109,13 +119,15 @@ class ReadingMemory(nn.Module):
         answer's first token at least this probability (``None``: the rows always apply).
         A PEFT export cannot carry this switch: there the rows always apply.
     :param max_tokens: documents longer than this get no rows (:data:`DEFAULT_MAX_TOKENS`).
+    :param max_rows: at most this many rows apply to one question (:data:`DEFAULT_MAX_ROWS`).
     :param override: when the memory's answer still replaces a sure adapter's (greedy answers;
         :class:`OverrideRule`; ``None``: a sure adapter always answers alone).
     """
 
     def __init__(self, d_in: int, d_out: int, rank: int, layer: int, module: str = "down_proj",
                  scale_x: float = 1.0, yield_above: float | None = DEFAULT_YIELD_ABOVE,
-                 max_tokens: int = DEFAULT_MAX_TOKENS, override: OverrideRule | None = DEFAULT_OVERRIDE) -> None:
+                 max_tokens: int = DEFAULT_MAX_TOKENS, override: OverrideRule | None = DEFAULT_OVERRIDE,
+                 max_rows: int = DEFAULT_MAX_ROWS) -> None:
         super().__init__()
         self.q = nn.Parameter(torch.randn(rank, d_in) * 0.01)
         self.p = nn.Parameter(torch.randn(rank, d_in) * 0.01)
@@ -126,6 +138,7 @@ class ReadingMemory(nn.Module):
         self.yield_above = None if yield_above is None else float(yield_above)
         self.max_tokens = int(max_tokens)
         self.override = override
+        self.max_rows = int(max_rows)
 
     @property
     def key(self) -> str:
@@ -173,6 +186,7 @@ class ReadingMemory(nn.Module):
                                                    "scale_x": repr(self.scale_x),
                                                    "yield_above": repr(self.yield_above),
                                                    "max_tokens": str(self.max_tokens),
+                                                   "max_rows": str(self.max_rows),
                                                    "override": self.override.to_text() if self.override else "None"})
 
     @classmethod
@@ -196,12 +210,16 @@ class ReadingMemory(nn.Module):
                          meta.get("module", "down_proj"), float(meta["scale_x"]),
                          None if given == "None" else float(given),
                          int(meta.get("max_tokens", DEFAULT_MAX_TOKENS)),
-                         None if rule == "None" else OverrideRule.from_text(rule))
+                         None if rule == "None" else OverrideRule.from_text(rule),
+                         int(meta.get("max_rows", DEFAULT_MAX_ROWS)))
             memory.load_state_dict(tensors)
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"damaged reading memory {target}: {exc}") from exc
         if not math.isfinite(memory.scale_x) or memory.scale_x <= 0:
             raise CheckpointError(f"damaged reading memory {target}: scale {memory.scale_x}")
+        if memory.max_rows < 1 or memory.max_tokens < 1:
+            raise CheckpointError(f"damaged reading memory {target}: max_rows {memory.max_rows}, "
+                                  f"max_tokens {memory.max_tokens}")
         if memory.yield_above is not None and not 0.0 < memory.yield_above <= 1.0:
             raise CheckpointError(f"damaged reading memory {target}: yield_above {memory.yield_above} "
                                   "is not a probability in (0, 1]")

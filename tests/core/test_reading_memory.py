@@ -12,7 +12,14 @@ import torch
 from d2l_haystack.core import Adapter, D2LEngine
 from d2l_haystack.core.errors import AdapterError, CheckpointError
 from d2l_haystack.core.hypernet import save_checkpoint
-from d2l_haystack.core.memory import DEFAULT_OVERRIDE, MEMORY_FILE, OverrideRule, ReadingMemory
+from d2l_haystack.core.memory import (
+    DEFAULT_MAX_ROWS,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_OVERRIDE,
+    MEMORY_FILE,
+    OverrideRule,
+    ReadingMemory,
+)
 
 
 def _random_memory(layer: int = 3, seed: int = 0) -> ReadingMemory:
@@ -65,7 +72,8 @@ def test_an_engine_with_a_memory_adds_one_row_per_document_token(
     assert memory_engine.checkpoint_id != plain.checkpoint_id  # adapters of the two are not interchangeable
     described = memory_engine.describe()
     assert described["reading_memory"] == "down_proj@3" and described["memory_override"] == DEFAULT_OVERRIDE.to_text()
-    assert (described["memory_yield_above"], described["memory_max_tokens"]) == (0.95, 4096)
+    assert (described["memory_yield_above"], described["memory_max_tokens"], described["memory_max_rows"]) == (
+        0.95, DEFAULT_MAX_TOKENS, DEFAULT_MAX_ROWS)
     assert "memory_override" not in plain.describe()
     a = memory_adapter
     assert a.memory is not None and a.memory_chunks is not None and a.memory_key == "down_proj@3"
@@ -155,6 +163,49 @@ def test_memory_rows_are_stored_once_per_distinct_token_and_old_files_still_load
     save_file(tensors, str(tmp_path / "future.safetensors"), metadata={**meta, "d2l_format": "9"})
     with pytest.raises(AdapterError, match="format '9'; reads 1, 2"):
         Adapter.load(tmp_path / "future.safetensors")
+
+
+def test_memory_rows_keep_their_sentence_and_a_question_applies_at_most_max_rows(
+        tmp_path: Path, memory_engine: D2LEngine, memory_adapter: Adapter, long_text) -> None:
+    """Each row knows its sentence (segment) and each sentence its key embedding; where the chosen
+    chunks hold more rows than the memory's max_rows, the rows of the sentences most like the
+    question apply, up to the budget; rows that cannot be ranked (no segment keys) do not apply."""
+    from dataclasses import replace
+
+    from d2l_haystack.core.engine import SEGMENT_TOKENS
+
+    a = memory_adapter
+    assert a.memory_segments is not None and a.memory_segment_keys is not None and a.memory_chunks is not None
+    segs = a.memory_segments
+    assert len(segs) == a.memory_rows and bool((segs[1:] >= segs[:-1]).all())
+    assert int(segs.bincount().max()) <= SEGMENT_TOKENS and len(a.memory_segment_keys) == int(segs.max()) + 1
+    for seg in segs.unique():  # a sentence never spans two chunks
+        assert len(a.memory_chunks[segs == seg].unique()) == 1
+    torch.testing.assert_close(a.memory_segment_keys.norm(dim=-1), torch.ones(len(a.memory_segment_keys)))
+    loaded = Adapter.load(a.save(tmp_path / "a"))
+    assert loaded.memory_segments is not None and torch.equal(loaded.memory_segments, segs)
+    assert loaded.memory_segment_keys is not None and loaded.memory_segment_keys.shape == a.memory_segment_keys.shape
+    # the budget: the question is one sentence of the document, word for word
+    assert memory_engine.memory is not None
+    tokens = [t for c in memory_engine.chunk_ids(long_text(120)) for t in c]
+    texts = {int(k): memory_engine.tokenizer.decode([t for t, s in zip(tokens, segs.tolist(), strict=True) if s == k])
+             for k in segs.unique()}
+    target, sentence = next((k, t) for k, t in texts.items() if "Entry number 3 " in t)  # a sentence said once
+    saved = memory_engine.memory.max_rows
+    try:
+        memory_engine.memory.max_rows = int((segs == target).sum()) + 2
+        prompt = memory_engine.prompt_ids(sentence)
+        chosen, _, meta = memory_engine.select_chunks(prompt, a, max_chunks=0, query=sentence)
+        kept = chosen[0]
+        assert meta["memory_rows"] == kept.memory_rows <= memory_engine.memory.max_rows
+        assert meta["memory_rows_total"] == a.memory_rows and kept.memory_segments is not None
+        assert target in kept.memory_segments.tolist()
+        unranked = replace(a, memory_segment_keys=None, memory_segments=None)
+        chosen, _, meta = memory_engine.select_chunks(prompt, unranked, max_chunks=0, query=sentence)
+        assert chosen[0].memory_rows == 0 == meta["memory_rows"]
+        assert memory_engine.generate(sentence, unranked, max_chunks=0, max_new_tokens=2).meta.get("memory") is None
+    finally:
+        memory_engine.memory.max_rows = saved
 
 
 def test_peft_export_of_memory_rows_gives_the_same_logits(tmp_path: Path, memory_engine: D2LEngine,
@@ -327,10 +378,15 @@ def test_the_memory_yields_when_the_adapter_alone_is_sure(memory_engine: D2LEngi
     assert "memory" not in memory_engine.generate(question, plain, max_new_tokens=2, max_chunks=0).meta
 
     memory = _random_memory()
-    memory.yield_above, memory.max_tokens = 0.5, 77
+    memory.yield_above, memory.max_tokens, memory.max_rows = 0.5, 77, 33
     memory.save(tmp_path)
     loaded = ReadingMemory.load(tmp_path)
-    assert loaded is not None and (loaded.yield_above, loaded.max_tokens) == (0.5, 77)
+    assert loaded is not None and (loaded.yield_above, loaded.max_tokens, loaded.max_rows) == (0.5, 77, 33)
+    memory.max_rows = 0
+    memory.save(tmp_path)
+    with pytest.raises(CheckpointError, match="max_rows 0"):
+        ReadingMemory.load(tmp_path)
+    memory.max_rows = 33
     memory.yield_above = None
     memory.save(tmp_path)
     assert ReadingMemory.load(tmp_path).yield_above is None  # type: ignore[union-attr]
