@@ -63,9 +63,9 @@ class InternalizationRouter:
     3. **Volatility**: ``volatile_changes`` content changes within ``volatile_window_seconds`` -> RAG.
     4. **Cost model**: internalizing costs about
        ``internalize_overhead_seconds + internalize_seconds_per_1k_tokens * tokens / 1000`` once
-       (the default 4.5 s per 1,000 tokens is the shipped checkpoint with its reading memory on the
-       2-core CPU: 1,000 tokens 4.5 s, 4,000 tokens 18.7 s, ``benchmarks/bench_memory.py``; without
-       the memory about 1.2 s);
+       (the default 3.5 s per 1,000 tokens is the shipped checkpoint with its reading memory on the
+       2-core CPU: 1,000 tokens 3.6 s, 4,000 tokens 13.8 s, ``benchmarks/bench_memory.py``; without
+       the memory about 1.0 s);
        each query answered from the adapter instead of retrieved chunks saves about
        ``rag_seconds_per_1k_tokens * min(tokens, rag_context_tokens) / 1000`` (the chunks no
        longer sit in the prompt). The expected number of queries before the next change is
@@ -98,7 +98,7 @@ class InternalizationRouter:
                  max_tokens: int = 4096, volatile_changes: int = 3, volatile_window_seconds: float = DAY,
                  min_changes_for_history: int = 2, prior_change_interval_days: float = 30.0,
                  prior_queries_per_day: float = 2.0, prior_days: float = 1.0,
-                 internalize_overhead_seconds: float = 0.2, internalize_seconds_per_1k_tokens: float = 4.5,
+                 internalize_overhead_seconds: float = 0.2, internalize_seconds_per_1k_tokens: float = 3.5,
                  rag_seconds_per_1k_tokens: float = 2.0, rag_context_tokens: int = 600,
                  cost_margin: float = 1.0, min_expected_queries: float = 1.0) -> None:
         self.workspace = workspace

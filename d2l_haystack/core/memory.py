@@ -40,9 +40,9 @@ MEMORY_FILE = "memory.safetensors"
 
 DEFAULT_MAX_TOKENS = 4096
 """The memory reads documents up to this many tokens; a longer document's adapter is the
-hypernetwork's alone. Rows cost 3.4-3.6 KB and a pass ~3 ms per token on the 2-core CPU, and on
-41k-token held-out needles rows read worse than none, even with :data:`DEFAULT_MAX_ROWS` (0.300
-against 0.400; docs/training.md, "Long documents")."""
+hypernetwork's alone. Rows cost 3.5-3.7 KB (with their sentence keys) and a pass ~3 ms per token
+on the 2-core CPU, and on 41k-token held-out needles rows read worse than none, even with
+:data:`DEFAULT_MAX_ROWS` (0.300 against 0.400; docs/training.md, "Long documents")."""
 
 DEFAULT_MAX_ROWS = 128
 """At most this many rows apply to one question: where the chosen chunks hold more (a chunk of 512
