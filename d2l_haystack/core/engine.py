@@ -500,16 +500,15 @@ class D2LEngine:
                 owner.append(len(texts) - 1)
                 start = len(texts[-1]) >= SEGMENT_TOKENS or bool(_SEGMENT_END.search(self.tokenizer.decode([t])))
         with self.precision():
-            vectors = self.key_encoder.model.encode([self.tokenizer.decode(t) for t in texts], batch_size=64,
-                                                    normalize_embeddings=True, convert_to_tensor=True,
-                                                    show_progress_bar=False)
-        return torch.tensor(owner, dtype=torch.long), vectors.float().cpu()
+            vectors = self.key_encoder.embed([self.tokenizer.decode(t) for t in texts])
+        return torch.tensor(owner, dtype=torch.long), vectors
 
-    def _row_budget(self, selected: list[Adapter], query: str | None, meta: dict[str, Any]) -> list[Adapter]:
+    def _row_budget(self, selected: list[Adapter], query: str | None, meta: dict[str, Any],
+                    q: torch.Tensor | None = None) -> list[Adapter]:
         """The selected adapters with at most the memory's ``max_rows`` memory rows in all: where they
-        hold more, the rows of the segments most like ``query`` (chunk-key similarity), best first,
-        while the budget lasts; adapters without segment keys then keep none (``meta``:
-        ``memory_rows`` applied of ``memory_rows_total``)."""
+        hold more, the rows of the segments most like ``query`` (chunk-key similarity; ``q`` its
+        embedding when the caller has it), best first, while the budget lasts; adapters without
+        segment keys then keep none (``meta``: ``memory_rows`` applied of ``memory_rows_total``)."""
         total = sum(a.memory_rows for a in selected)
         budget = self.memory.max_rows if self.memory is not None else DEFAULT_MAX_ROWS
         if total <= budget:
@@ -517,7 +516,8 @@ class D2LEngine:
                 meta.update(memory_rows=total, memory_rows_total=total)
             return selected
         encoder = self.key_encoder
-        q = encoder.query(query) if encoder is not None and query else None
+        if q is None and encoder is not None and query:
+            q = encoder.query(query)
         ranked: list[tuple[float, int, int, int]] = []  # (similarity, adapter, segment, rows)
         for i, a in enumerate(selected):
             segs, keys = a.memory_segments, a.memory_segment_keys
@@ -861,6 +861,7 @@ class D2LEngine:
         w = list(weights) if weights is not None else [1.0] * len(items)
         meta: dict[str, Any] = {"chunks_total": total}
         encoder = self.key_encoder
+        q: torch.Tensor | None = None
         if query and encoder is not None and all(a.has_keys and a.key_model == self.key_model
                                                        and a.key_scheme == KEY_SCHEME for a in items):
             q = encoder.query(query)
@@ -892,7 +893,7 @@ class D2LEngine:
                 selected.append(a if len(mine) == a.num_chunks else a.select_chunks(mine))
                 kept_weights.append(wi)
         meta["chunks_applied"] = len(chosen)
-        return self._row_budget(selected, query, meta), (kept_weights if weights is not None else None), meta
+        return self._row_budget(selected, query, meta, q), (kept_weights if weights is not None else None), meta
 
     @torch.no_grad()
     def logits(self, input_ids: list[int] | torch.Tensor,

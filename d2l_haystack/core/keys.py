@@ -122,19 +122,20 @@ class KeyEncoder:
             for w in self.key_texts(chunk):
                 texts.append(w)
                 owners.append(i)
-        size = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        dim = int(size() or 0)
+        return self.embed(texts, batch_size), torch.tensor(owners, dtype=torch.long)
+
+    def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """The normalised embeddings of ``texts``, ``(len(texts), dim)`` float32 on the CPU."""
         if not texts:
-            return torch.zeros(0, dim), torch.zeros(0, dtype=torch.long)
+            size = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+            return torch.zeros(0, int(size() or 0))
         vectors = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                                     convert_to_tensor=True, show_progress_bar=False)
-        return vectors.float().cpu(), torch.tensor(owners, dtype=torch.long)
+        return vectors.float().cpu()
 
     def query(self, text: str) -> torch.Tensor:
         """The normalised embedding of a question, ``(dim,)``."""
-        vector = self.model.encode([text], normalize_embeddings=True, convert_to_tensor=True,
-                                   show_progress_bar=False)
-        return vector[0].float().cpu()
+        return self.embed([text])[0]
 
 
 _ENCODERS: dict[tuple[str, str], KeyEncoder] = {}
