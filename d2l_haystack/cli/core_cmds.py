@@ -164,6 +164,8 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
     from d2l_haystack.core.errors import InputError
 
     adapter = Adapter.load(args.adapter_dir)
+    if not args.memory:
+        adapter = adapter.without_memory()
     out = Path(args.out_dir)
     if out.is_file():
         raise InputError(f"{out}: is a file, expected a folder")
@@ -282,12 +284,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-rank", type=int, default=512, metavar="R",
                    help="with --serving: the server's --max-lora-rank (default 512)")
     p.add_argument("--name", default=None, help="with --serving: the LoRA name (default: the adapter folder's name)")
+    _add_memory_export_option(p)
     p.set_defaults(handler=cmd_export_peft)
 
     p = subparsers.add_parser("info", help="show the model, checkpoint and cache in use")
     _add_engine_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_info)
+
+
+def _add_memory_export_option(p: argparse.ArgumentParser) -> None:
+    """``--memory/--no-memory`` of the export commands."""
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="export the reading-memory rows (default: on). A LoRA file applies them to every "
+                        "question: the engine's per-question choice (yield to a sure adapter, at most max_rows) "
+                        "does not travel; --no-memory exports the hypernetwork's update alone (docs/vllm.md)")
 
 
 def _memory_note(adapter: Any) -> str:

@@ -41,7 +41,7 @@ def _cmd_copy(args: argparse.Namespace) -> int:
 
 def _cmd_export_lora(args: argparse.Namespace) -> int:
     _quiet()
-    from d2l_haystack.cli.core_cmds import _peft_base_name
+    from d2l_haystack.cli.core_cmds import _memory_note, _peft_base_name
     from d2l_haystack.core.serving import export_for_serving, lora_modules, lora_name
     from d2l_haystack.kb.workspace import Workspace
 
@@ -51,11 +51,13 @@ def _cmd_export_lora(args: argparse.Namespace) -> int:
     for entry in ws.adapters.list():
         adapter = ws.adapters.get(entry["id"])
         name = lora_name(entry["id"])
+        if not args.memory:
+            adapter = adapter.without_memory()
         manifest = export_for_serving(adapter, out / name, name=name, max_rank=args.max_rank,
                                       base_model=args.base_model or _peft_base_name(adapter.base_model))
         max_rank = max(max_rank, manifest["max_rank"])
         modules += lora_modules(manifest, out / name)
-        print(f"{entry['id']}: {', '.join(g['name'] for g in manifest['groups'])}", flush=True)
+        print(f"{entry['id']}: {', '.join(g['name'] for g in manifest['groups'])}{_memory_note(adapter)}", flush=True)
     ws.close()
     base = args.base_model or ws.settings["model"]
     print(f"d2l workspace export-lora: {len(modules)} LoRA folder(s) in {out}; serve with:\n  vllm serve {base} "
@@ -83,6 +85,8 @@ def _cmd_pg_stop(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from d2l_haystack.cli.core_cmds import _add_memory_export_option
+
     p = subparsers.add_parser("workspace", help="copy a workspace (into a PostgreSQL database, or a new folder)")
     sub = p.add_subparsers(dest="workspace_command", metavar="ACTION", required=True)
     c = sub.add_parser("copy", help="copy a workspace without re-internalizing (adapters, records, chunks)",
@@ -107,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--workspace", "-w", default=None, metavar="DIR")
     e.add_argument("--max-rank", type=int, default=512, metavar="R", help="the server's --max-lora-rank (default 512)")
     e.add_argument("--base-model", default=None, help="the base model name the server loads (default: the workspace's)")
+    _add_memory_export_option(e)
     e.set_defaults(handler=_cmd_export_lora)
 
     p = subparsers.add_parser("postgres", help="a local PostgreSQL + pgvector (the pgserver wheel) to try a shared "

@@ -236,6 +236,12 @@ class Adapter:
         return replace(self, memory=(self.memory[0][keep], self.memory[1][keep]),
                        memory_chunks=self.memory_chunks[keep], memory_segments=segments)
 
+    def without_memory(self) -> Adapter:
+        """A new adapter without reading-memory rows: the hypernetwork's update alone (what the
+        engine applies when the memory yields; an export that must not apply the rows always)."""
+        return replace(self, memory=None, memory_chunks=None, memory_key="", memory_segments=None,
+                       memory_segment_keys=None)
+
     def chunk_groups(self, max_rank: int) -> list[list[int]]:
         """Consecutive chunks in groups whose adapters (the group's chunks plus the bias block)
         have at most ``max_rank`` components: how a document longer than a server's largest LoRA
@@ -392,7 +398,10 @@ class Adapter:
 
         Reading-memory rows go to their one layer: without ``rank``, that layer's rank is larger
         (``rank_pattern``/``alpha_pattern``); with ``rank`` (one rank for every layer, as servers
-        need), every layer is padded to it.
+        need), every layer is padded to it. A static LoRA cannot carry what the engine decides per
+        question: the exported rows apply to every question, never yielding to a sure adapter and
+        never cut to the memory's ``max_rows`` (export :meth:`without_memory` for the hypernetwork's
+        update alone; docs/vllm.md).
 
         :param rank: pad the rank with zero components up to this value (servers such as vLLM
             accept only some ranks: :func:`serving_rank`); ``lora_alpha`` is the padded rank, so

@@ -53,16 +53,21 @@ def lora_name(text: str) -> str:
 
 
 def export_for_serving(adapter: Adapter, folder: str | Path, *, name: str, base_model: str | None = None,
-                       max_rank: int = max(VLLM_RANKS), ranks: tuple[int, ...] = VLLM_RANKS) -> dict[str, Any]:
+                       max_rank: int = max(VLLM_RANKS), ranks: tuple[int, ...] = VLLM_RANKS,
+                       memory: bool = True) -> dict[str, Any]:
     """Write ``adapter`` as servable PEFT folders under ``folder`` (see the module docstring).
 
     :param name: the LoRA name (groups are ``<name>-g000``, ``<name>-g001``, ...).
     :param max_rank: the server's ``--max-lora-rank``.
+    :param memory: export the reading-memory rows (applied to every question by the server, see
+        :meth:`Adapter.to_peft`); ``False``: the hypernetwork's update alone, at a lower rank.
     :returns: the manifest written to ``folder/d2l_serving.json``.
     :raises AdapterError: ``max_rank`` is not a servable rank, or holds not even one chunk.
     """
     if max_rank not in ranks:
         raise AdapterError(f"max rank {max_rank} is not one of the servable ranks {list(ranks)}")
+    if not memory:
+        adapter = adapter.without_memory()
     name = lora_name(name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,6 +87,7 @@ def export_for_serving(adapter: Adapter, folder: str | Path, *, name: str, base_
                         "rank": rank, "own_rank": part.serving_rank_needed})
     manifest: dict[str, Any] = {"format": "d2l-serving/1", "base_model": base, "source": adapter.content_hash,
                                 "num_chunks": adapter.num_chunks, "max_rank": max(e["rank"] for e in entries),
+                                "memory_rows": adapter.memory_rows,
                                 "key_model": adapter.key_model, "groups": entries}
     if len(groups) > 1 and adapter.keys is not None and adapter.key_chunks is not None:
         from safetensors.torch import save_file

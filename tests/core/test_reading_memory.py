@@ -230,6 +230,35 @@ def test_peft_export_of_memory_rows_gives_the_same_logits(tmp_path: Path, memory
         saved.to_peft(tmp_path / "small", rank=saved.total_rank)
 
 
+def test_an_export_without_memory_carries_the_hypernetworks_update_alone(
+        tmp_path: Path, memory_engine: D2LEngine, memory_adapter: Adapter, tiny_llama_dir: Path) -> None:
+    """``--no-memory``: the LoRA a server would apply to every question is the adapter without its
+    rows (what the engine answers with when the memory yields), at the layout's own rank; the
+    stored adapter keeps its rows."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from d2l_haystack.cli import main
+
+    stored = memory_adapter.save(tmp_path / "a")
+    saved = Adapter.load(stored)
+    assert saved.memory_rows and saved.without_memory().memory_rows == 0
+    assert main(["export-peft", str(stored), str(tmp_path / "plain"), "--no-memory",
+                 "--base-model", str(tiny_llama_dir)]) == 0
+    config = json.loads((tmp_path / "plain" / "adapter_config.json").read_text())
+    assert (config["r"], config["rank_pattern"]) == (saved.total_rank, {})
+    ids = memory_engine.format.question_ids("How many barrels were noted?")
+    fresh = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        peft_model = PeftModel.from_pretrained(fresh, str(tmp_path / "plain")).eval()
+        theirs = peft_model(input_ids=torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(theirs, memory_engine.logits(ids, saved.without_memory()), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(theirs, memory_engine.logits(ids, saved), atol=1e-4)
+    assert main(["export-peft", str(stored), str(tmp_path / "vllm"), "--serving", "vllm", "--no-memory"]) == 0
+    manifest = json.loads((tmp_path / "vllm" / "d2l_serving.json").read_text())
+    assert manifest["memory_rows"] == 0 and Adapter.load(stored).memory_rows == saved.memory_rows
+
+
 def test_chunk_groups_count_the_memory_rows(memory_adapter: Adapter) -> None:
     assert memory_adapter.memory_chunks is not None
     rows = torch.bincount(memory_adapter.memory_chunks, minlength=memory_adapter.num_chunks)
