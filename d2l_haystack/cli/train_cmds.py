@@ -57,6 +57,8 @@ def register(sub: Any) -> None:
     f.add_argument("--rank", type=int, default=128)
     f.add_argument("--steps", type=int, default=1500)
     f.add_argument("--lr", type=float, default=3e-3)
+    f.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="the learning rate: constant, or cosine down to a tenth of --lr (default: constant)")
     f.add_argument("--weight-decay", type=float, default=0.0)
     f.add_argument("--bind-weight", type=float, default=1.0)
     f.add_argument("--batch", type=int, default=32, help="questions per step (default 32)")
@@ -190,7 +192,8 @@ def _memory_fit(args: argparse.Namespace) -> int:
         memory, report = fit(args.caches, loaded.model, hold, rank=args.rank,
                              steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
                              bind_weight=args.bind_weight, batch=args.batch, eval_every=args.eval_every, init=init,
-                             log=lambda s: print(s, file=sys.stderr, flush=True), checkpoint_id=network)
+                             log=lambda s: print(s, file=sys.stderr, flush=True), checkpoint_id=network,
+                             schedule=args.schedule)
     except ValueError as exc:
         print(f"d2l memory fit: error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import copy
+import math
 import shutil
 import sys
 import time
@@ -40,6 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core.memory import ReadingMemory
+
+SCHEDULES = ("constant", "cosine")
+"""The learning-rate schedules of :func:`fit`."""
 
 DEFAULT_HOLD_KINDS = ("faq", "profile", "lease")
 """Training-part kinds kept out of the memory's fit and used to choose its step."""
@@ -286,14 +290,17 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
         steps: int = 1500, lr: float = 3e-3, weight_decay: float = 0.0, bind_weight: float = 1.0,
         batch: int = 32, eval_every: int = 250, seed: int = 0, val_every: int = 10,
         init: ReadingMemory | None = None, log: Callable[[str], None] | None = None,
-        checkpoint_id: str | None = None) -> tuple[ReadingMemory, dict[str, Any]]:
+        checkpoint_id: str | None = None, schedule: str = "constant") -> tuple[ReadingMemory, dict[str, Any]]:
     """Fit a reading memory on ``caches`` (:func:`collect`) for the causal LM ``lm``; returns the
     memory at the step that read best (teacher-forced, all answer tokens right) on the held kinds
     and the validation documents together, and a report (sizes, the curve, with/without-memory
     metrics per validation kind, a paired bootstrap on the held kinds). ``init``: a memory to go
     on from (a fit continued in another session; its rank, layer and scale are kept).
     ``checkpoint_id``: the hypernetwork the memory is for; caches collected with another are refused
-    (their adapters' states are not this network's)."""
+    (their adapters' states are not this network's). ``schedule``: the learning rate, ``"constant"``
+    or ``"cosine"`` (from ``lr`` down to a tenth of it at the last step)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
     loaded = [torch.load(c, weights_only=False) for c in caches]
     layers = {(d["layer"], d.get("module", "down_proj")) for d in loaded}
     if len(layers) != 1:
@@ -335,6 +342,9 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     decay = [memory.q, memory.p]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": [memory.a, memory.log_gain, memory.w], "weight_decay": 0.0}], lr=lr)
+    if schedule == "cosine":
+        sched: Any = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t: 0.1 + 0.45 * (1.0 + math.cos(math.pi * min(t, steps) / max(steps, 1))))
     rng = np.random.default_rng(seed)
     curve: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, Any]] = (-1.0, 0, {})
@@ -342,7 +352,7 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     for step in range(steps + 1):
         if step % eval_every == 0 or step == steps:
             row: dict[str, Any] = {"step": step, "held": fitter.metrics(held), "chosen_on": fitter.metrics(choose),
-                                   "seconds": round(time.time() - start)}
+                                   "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - start)}
             curve.append(row)
             if log is not None:
                 log(str(row))
@@ -354,6 +364,8 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if schedule == "cosine":
+            sched.step()
     memory.load_state_dict(best[2])
     without: list[int] = []
     with_memory: list[int] = []
@@ -364,7 +376,7 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     report = {
         "caches": [str(c) for c in caches], "layer": layer, "module": module, "hold_kinds": sorted(hold_kinds),
         "rank": memory.q.shape[0], "init": init is not None,
-        "steps": steps, "best_step": best[1], "lr": lr, "weight_decay": weight_decay,
+        "steps": steps, "best_step": best[1], "lr": lr, "schedule": schedule, "weight_decay": weight_decay,
         "bind_weight": bind_weight,
         "questions": {"train": len(train), "held": len(held), "validation": sum(len(v) for v in val.values())},
         "held_without_memory": held_without, "held_with_memory": held_with,

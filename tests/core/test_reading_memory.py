@@ -328,6 +328,14 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
     assert again["init"] and again["curve"][0]["chosen_on"] == chosen["chosen_on"]
     with pytest.raises(ValueError, match="down_proj@1"):
         fit([cache], engine.model, hold_kinds=(hold,), steps=1, init=_random_memory(layer=1))
+    # a cosine schedule goes from lr down to a tenth of it at the last step
+    for name, last in (("constant", 1e-3), ("cosine", 1e-4)):
+        _, run = fit([cache], engine.model, hold_kinds=(hold,), steps=4, batch=4, eval_every=2, val_every=2,
+                     lr=1e-3, schedule=name)
+        assert run["schedule"] == name and [row["lr"] for row in run["curve"]] == pytest.approx(
+            [1e-3, (1e-3 + last) / 2, last])
+    with pytest.raises(ValueError, match="schedule 'linear'"):
+        fit([cache], engine.model, hold_kinds=(hold,), steps=1, schedule="linear")
 
 
 def test_memory_fit_names_a_missing_checkpoint_in_one_line(tmp_path: Path, capsys) -> None:
