@@ -51,13 +51,12 @@ def _cmd_export_lora(args: argparse.Namespace) -> int:
     for entry in ws.adapters.list():
         adapter = ws.adapters.get(entry["id"])
         name = lora_name(entry["id"])
-        if not args.memory:
-            adapter = adapter.without_memory()
-        manifest = export_for_serving(adapter, out / name, name=name, max_rank=args.max_rank,
+        manifest = export_for_serving(adapter, out / name, name=name, max_rank=args.max_rank, memory=args.memory,
                                       base_model=args.base_model or _peft_base_name(adapter.base_model))
         max_rank = max(max_rank, manifest["max_rank"])
         modules += lora_modules(manifest, out / name)
-        print(f"{entry['id']}: {', '.join(g['name'] for g in manifest['groups'])}{_memory_note(adapter)}", flush=True)
+        print(f"{entry['id']}: {', '.join(g['name'] for g in manifest['groups'])}"
+              f"{_memory_note(adapter) if manifest['memory_rows'] else ''}", flush=True)
     ws.close()
     base = args.base_model or ws.settings["model"]
     print(f"d2l workspace export-lora: {len(modules)} LoRA folder(s) in {out}; serve with:\n  vllm serve {base} "

@@ -45,6 +45,14 @@ from ..core.memory import ReadingMemory
 SCHEDULES = ("constant", "cosine")
 """The learning-rate schedules of :func:`fit`."""
 
+
+def _lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
+    """The factor on the learning rate at step ``t``: 1 (``constant``), or a cosine from 1 down to
+    0.1 at ``steps`` (``cosine``)."""
+    if schedule == "constant":
+        return lambda t: 1.0
+    return lambda t: 0.1 + 0.45 * (1.0 + math.cos(math.pi * min(t, steps) / max(steps, 1)))
+
 DEFAULT_HOLD_KINDS = ("faq", "profile", "lease")
 """Training-part kinds kept out of the memory's fit and used to choose its step."""
 
@@ -342,9 +350,7 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     decay = [memory.q, memory.p]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": [memory.a, memory.log_gain, memory.w], "weight_decay": 0.0}], lr=lr)
-    if schedule == "cosine":
-        sched: Any = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda t: 0.1 + 0.45 * (1.0 + math.cos(math.pi * min(t, steps) / max(steps, 1))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(schedule, steps))
     rng = np.random.default_rng(seed)
     curve: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, Any]] = (-1.0, 0, {})
@@ -364,8 +370,7 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if schedule == "cosine":
-            sched.step()
+        sched.step()
     memory.load_state_dict(best[2])
     without: list[int] = []
     with_memory: list[int] = []

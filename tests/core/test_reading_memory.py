@@ -259,6 +259,33 @@ def test_an_export_without_memory_carries_the_hypernetworks_update_alone(
     assert manifest["memory_rows"] == 0 and Adapter.load(stored).memory_rows == saved.memory_rows
 
 
+def test_a_workspace_export_without_memory_drops_the_rows_and_keeps_the_stored_ones(
+        tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path], long_text, capsys) -> None:
+    """``d2l workspace export-lora --no-memory``: every export carries no rows and says none; the
+    workspace's adapters keep theirs; the default exports them and says how many."""
+    from d2l_haystack.cli import main
+    from d2l_haystack.kb.workspace import Workspace
+
+    doc = tmp_path / "notes.md"
+    doc.write_text(long_text(120), encoding="utf-8")
+    ws = Workspace(tmp_path / "ws", device="cpu", model=str(tiny_llama_dir), checkpoint=str(memory_checkpoints[1]),
+                   chunk_tokens=64, max_new_tokens=4)
+    ws.index_file(doc)
+    (entry,) = ws.adapters.list()
+    rows = ws.adapters.get(entry["id"]).memory_rows
+    ws.close()
+    assert rows > 0
+    for flag, out, expected in ((["--no-memory"], "plain", 0), ([], "full", rows)):
+        capsys.readouterr()
+        assert main(["workspace", "export-lora", str(tmp_path / out), "-w", str(tmp_path / "ws"), *flag]) == 0
+        (manifest_path,) = (tmp_path / out).glob("*/d2l_serving.json")
+        assert json.loads(manifest_path.read_text())["memory_rows"] == expected
+        assert ("reading-memory rows" in capsys.readouterr().out) == bool(expected)
+    reopened = Workspace.open(tmp_path / "ws")
+    assert reopened.adapters.get(entry["id"]).memory_rows == rows
+    reopened.close()
+
+
 def test_chunk_groups_count_the_memory_rows(memory_adapter: Adapter) -> None:
     assert memory_adapter.memory_chunks is not None
     rows = torch.bincount(memory_adapter.memory_chunks, minlength=memory_adapter.num_chunks)
