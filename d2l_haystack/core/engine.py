@@ -673,7 +673,7 @@ class D2LEngine:
         factors, with_rows = self._memory_or_not(ids, selected, weights, meta, greedy=not do_sample)
         streamer = _CallbackStreamer(self.tokenizer, streaming_callback, start)
         if with_rows is not None:  # the adapters alone are sure: both readers answer, one answer is sent
-            chosen = self._two_readers(ids, factors, with_rows, max_new_tokens, meta)
+            chosen = self._two_readers(ids, with_rows, max_new_tokens, meta)
             streamer.put(torch.tensor(ids))
             streamer.put(torch.tensor(chosen))
             streamer.end()
@@ -738,26 +738,42 @@ class D2LEngine:
         return self.memory.override if self.memory is not None else DEFAULT_OVERRIDE
 
     @torch.no_grad()
-    def _read_both(self, prompt_ids: list[int], plain: Factors | None, with_rows: Factors, max_new_tokens: int
+    def _read_both(self, prompt_ids: list[int], with_rows: Factors, max_new_tokens: int
                    ) -> tuple[list[int], list[int], tuple[float, float, float] | None]:
         """Greedy answers (token ids) of the adapters alone and with the memory rows, and, where they
         differ, the three log-probabilities the :class:`~d2l_haystack.core.memory.OverrideRule`
-        judges: ``(own, memory_on_adapter, adapter_on_memory)``."""
-        adapter = self._run_generate(prompt_ids, plain, _CallbackStreamer(self.tokenizer, None, 0.0), max_new_tokens)
-        memory = self._run_generate(prompt_ids, with_rows, _CallbackStreamer(self.tokenizer, None, 0.0),
-                                    max_new_tokens)
+        judges: ``(own, memory_on_adapter, adapter_on_memory)``.
+
+        The two readers are one batch of two sequences (the rows switched off for the first), and
+        the two cross-scores one more batch: two passes over the model instead of five."""
+        n, rows_off_on = len(prompt_ids), torch.tensor([0.0, 1.0], device=self.device)
+        input_ids = torch.tensor([prompt_ids, prompt_ids], device=self.device)
+        with self.hooks.apply(with_rows, row_mask=rows_off_on):
+            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                      max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                      top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id,
+                                      eos_token_id=self.format.stop_ids, output_logits=True,
+                                      return_dict_in_generate=True)
+        adapter, memory = (self._until_stop(out.sequences[i, n:].tolist()) for i in (0, 1))
         if adapter == memory:
             return adapter, memory, None
-        return adapter, memory, (self._mean_logprob(with_rows, prompt_ids, memory),
-                                 self._mean_logprob(with_rows, prompt_ids, adapter),
-                                 self._mean_logprob(plain, prompt_ids, memory))
+        own = torch.stack([out.logits[t][1].float().log_softmax(-1)[token] for t, token in enumerate(memory)])
+        memory_on_adapter, adapter_on_memory = self._mean_logprobs(with_rows, prompt_ids, [adapter, memory],
+                                                                   rows_off_on.flip(0))
+        return adapter, memory, (float(own.mean()), memory_on_adapter, adapter_on_memory)
 
-    def _two_readers(self, prompt_ids: list[int], plain: Factors | None, with_rows: Factors,
-                     max_new_tokens: int, meta: dict[str, Any]) -> list[int]:
+    def _until_stop(self, tokens: list[int]) -> list[int]:
+        """New tokens up to and including the first stop token (what follows is the batch's padding)."""
+        stops = set(self.format.stop_ids)
+        end = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
+        return tokens[:end]
+
+    def _two_readers(self, prompt_ids: list[int], with_rows: Factors, max_new_tokens: int,
+                     meta: dict[str, Any]) -> list[int]:
         """The adapters' answer, or the memory's where its
         :class:`~d2l_haystack.core.memory.OverrideRule` says so (``meta["memory"]`` ``"overrode"``,
         with the three log-probabilities in ``meta["memory_check"]``)."""
-        adapter, memory, check = self._read_both(prompt_ids, plain, with_rows, max_new_tokens)
+        adapter, memory, check = self._read_both(prompt_ids, with_rows, max_new_tokens)
         if check is None:
             return adapter
         rule = self._override()
@@ -798,7 +814,7 @@ class D2LEngine:
         assert with_rows is not None
         plain = _without_rows(with_rows)
         sure = self._first_token_confidence(ids, plain)
-        adapter, memory, check = self._read_both(ids, plain, with_rows, max_new_tokens)
+        adapter, memory, check = self._read_both(ids, with_rows, max_new_tokens)
         own, memory_on_adapter, adapter_on_memory = check if check is not None else (None, None, None)
         return ReaderAnswers(adapter=self.tokenizer.decode(adapter, skip_special_tokens=True).strip(),
                              memory=self.tokenizer.decode(memory, skip_special_tokens=True).strip(),
@@ -806,13 +822,18 @@ class D2LEngine:
                              memory_on_adapter=memory_on_adapter, adapter_on_memory=adapter_on_memory, meta=meta)
 
     @torch.no_grad()
-    def _mean_logprob(self, factors: Factors | None, prompt_ids: list[int], answer: list[int]) -> float:
-        """The mean log-probability of the tokens ``answer`` after ``prompt_ids`` under ``factors``."""
-        x = torch.tensor([prompt_ids + answer], device=self.device)
-        with self.hooks.apply(factors):
-            logits = self.model(input_ids=x).logits[0, len(prompt_ids) - 1:-1].float()
-        picked = logits.log_softmax(-1).gather(1, torch.tensor(answer, device=self.device)[:, None])
-        return float(picked.mean())
+    def _mean_logprobs(self, with_rows: Factors, prompt_ids: list[int], answers: list[list[int]],
+                       row_mask: torch.Tensor) -> list[float]:
+        """The mean log-probability of each of ``answers`` after ``prompt_ids``, in one batch: under
+        ``with_rows``, the memory rows on where ``row_mask`` is 1 and off where it is 0."""
+        n, width = len(prompt_ids), len(prompt_ids) + max(len(a) for a in answers)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.format.stop_ids[0]
+        x = torch.tensor([prompt_ids + a + [pad] * (width - n - len(a)) for a in answers], device=self.device)
+        mask = torch.tensor([[1] * (n + len(a)) + [0] * (width - n - len(a)) for a in answers], device=self.device)
+        with self.hooks.apply(with_rows, row_mask=row_mask):
+            logits = self.model(input_ids=x, attention_mask=mask).logits.float()
+        return [float(logits[i, n - 1:n - 1 + len(a)].log_softmax(-1)
+                      .gather(1, torch.tensor(a, device=self.device)[:, None]).mean()) for i, a in enumerate(answers)]
 
     @torch.no_grad()
     def select_chunks(self, prompt_ids: list[int], adapters: Adapter | list[Adapter],

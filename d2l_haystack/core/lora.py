@@ -136,21 +136,30 @@ class LoraHooks:
                     x3 = x.reshape(shape[0], -1, shape[-1])
                     delta = torch.bmm(torch.bmm(x3, a_l.transpose(1, 2)), b_l).reshape(*shape[:-1], -1)
             if rows is not None:
-                delta = delta + (x @ rows[0].to(x.dtype).T) @ rows[1].to(x.dtype)
+                from_rows = (x @ rows[0].to(x.dtype).T) @ rows[1].to(x.dtype)
+                mask = self._local.row_mask
+                if mask is not None:  # per sequence of the batch: rows on (1) or off (0)
+                    from_rows = from_rows * mask.to(x.dtype).view(-1, *([1] * (from_rows.dim() - 1)))
+                delta = delta + from_rows
             return output + (scale * delta).to(output.dtype)
 
         return hook
 
     @contextmanager
-    def apply(self, factors: Factors | None, scale: float = 1.0) -> Iterator[None]:
-        """Activate ``factors`` for forward passes made by this thread inside the block."""
-        previous = (getattr(self._local, "state", None), getattr(self._local, "scale", 1.0))
-        self._local.state = factors
-        self._local.scale = scale
+    def apply(self, factors: Factors | None, scale: float = 1.0, row_mask: torch.Tensor | None = None
+              ) -> Iterator[None]:
+        """Activate ``factors`` for forward passes made by this thread inside the block.
+
+        ``row_mask`` (one 0/1 value per sequence of the batch) switches the reading-memory rows
+        (the ``"module@layer"`` factors) off for the sequences marked 0: two readers in one batch.
+        """
+        previous = (getattr(self._local, "state", None), getattr(self._local, "scale", 1.0),
+                    getattr(self._local, "row_mask", None))
+        self._local.state, self._local.scale, self._local.row_mask = factors, scale, row_mask
         try:
             yield
         finally:
-            self._local.state, self._local.scale = previous
+            self._local.state, self._local.scale, self._local.row_mask = previous
 
     @contextmanager
     def capture(self) -> Iterator[dict[str, dict[int, torch.Tensor]]]:

@@ -605,6 +605,39 @@ def test_both_readers_gives_the_two_answers_generate_chooses_between(
         nonzero_engine.both_readers(question, plain, max_new_tokens=4, gate=False)
 
 
+def test_the_two_readers_in_one_batch_answer_and_score_as_two_separate_runs(
+        memory_engine: D2LEngine, memory_adapter: Adapter) -> None:
+    """The batched readers (the rows masked off for one sequence) give the answers and the three
+    log-probabilities that separate greedy runs and separate scoring passes give."""
+    from d2l_haystack.core.engine import _CallbackStreamer, _without_rows
+
+    engine = memory_engine
+    with_rows = engine._compose([memory_adapter], None)
+    assert with_rows is not None
+    plain = _without_rows(with_rows)
+
+    def answer(factors) -> list[int]:
+        return engine._run_generate(ids, factors, _CallbackStreamer(engine.tokenizer, None, 0.0), 8)
+
+    def mean_logprob(factors, tokens: list[int]) -> float:
+        with torch.no_grad(), engine.hooks.apply(factors):
+            logits = engine.model(input_ids=torch.tensor([ids + tokens])).logits[0, len(ids) - 1:-1].float()
+        return float(logits.log_softmax(-1).gather(1, torch.tensor(tokens)[:, None]).mean())
+
+    compared = 0
+    for question in ("What is the third fact?", "What is the access code?", "Who wrote the report?"):
+        ids = engine.prompt_ids(question)
+        adapter, memory, check = engine._read_both(ids, with_rows, 8)
+        assert (adapter, memory) == (answer(plain), answer(with_rows))
+        if check is None:
+            assert adapter == memory
+            continue
+        compared += 1
+        expected = (mean_logprob(with_rows, memory), mean_logprob(with_rows, adapter), mean_logprob(plain, memory))
+        assert check == pytest.approx(expected, abs=1e-4)
+    assert compared  # the random rows change at least one answer (else the scores went untested)
+
+
 def test_the_two_readers_benchmark_records_both_answers_and_replays_the_rules(
         tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path], capsys) -> None:
     """benchmarks/two_readers.py (the data behind the yield and override defaults): per question
