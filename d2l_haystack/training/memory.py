@@ -45,14 +45,6 @@ from ..core.memory import ReadingMemory
 SCHEDULES = ("constant", "cosine")
 """The learning-rate schedules of :func:`fit`."""
 
-
-def _lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
-    """The factor on the learning rate at step ``t``: 1 (``constant``), or a cosine from 1 down to
-    0.1 at ``steps`` (``cosine``)."""
-    if schedule == "constant":
-        return lambda t: 1.0
-    return lambda t: 0.1 + 0.45 * (1.0 + math.cos(math.pi * min(t, steps) / max(steps, 1)))
-
 DEFAULT_HOLD_KINDS = ("faq", "profile", "lease")
 """Training-part kinds kept out of the memory's fit and used to choose its step."""
 
@@ -292,6 +284,14 @@ class _Fitter:
         n = max(len(data), 1)
         return {"first": first / n, "all": every / n, "cont": cont / max(n_cont, 1),
                 "bind0": bound / max(n_bound, 1) if use else float("nan")}
+
+
+def _lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
+    """The factor on the learning rate at step ``t``: 1 (``constant``), or a cosine from 1 down to
+    0.1 at ``steps`` (``cosine``)."""
+    if schedule == "constant":
+        return lambda t: 1.0
+    return lambda t: 0.1 + 0.45 * (1.0 + math.cos(math.pi * min(t, steps) / max(steps, 1)))
 
 
 def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT_HOLD_KINDS, rank: int = 128,
