@@ -690,16 +690,23 @@ class D2LEngine:
                       top_p: float = 1.0) -> list[int]:
         """Generate after ``ids`` with ``factors`` into ``streamer``; the new tokens (a stop token included)."""
         input_ids = torch.tensor([ids], device=self.device)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                                  "pad_token_id": self.tokenizer.pad_token_id, "streamer": streamer,
-                                  "eos_token_id": self.format.stop_ids}
-        if do_sample:
-            kwargs.update(temperature=temperature, top_p=top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.no_grad(), self.hooks.apply(factors):
-            self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+            self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
+                                **self._generation_settings(max_new_tokens, do_sample, temperature, top_p))
         return streamer.tokens
+
+    def _generation_settings(self, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
+                             top_p: float = 1.0) -> dict[str, Any]:
+        """``generate()``'s keyword arguments: the length, the stop and pad tokens, and sampling or
+        greedy (the model config's sampling defaults switched off)."""
+        settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                                    "pad_token_id": self.tokenizer.pad_token_id,
+                                    "eos_token_id": self.format.stop_ids}
+        if do_sample:
+            settings.update(temperature=temperature, top_p=top_p)
+        else:
+            settings.update(temperature=None, top_p=None, top_k=None)
+        return settings
 
     @torch.no_grad()
     def _memory_or_not(self, prompt_ids: list[int], selected: list[Adapter], weights: list[float] | None,
@@ -750,23 +757,15 @@ class D2LEngine:
         input_ids = torch.tensor([prompt_ids, prompt_ids], device=self.device)
         with self.hooks.apply(with_rows, row_mask=rows_off_on):
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                      max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                      top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id,
-                                      eos_token_id=self.format.stop_ids, output_logits=True,
-                                      return_dict_in_generate=True)
-        adapter, memory = (self._until_stop(out.sequences[i, n:].tolist()) for i in (0, 1))
+                                      output_logits=True, return_dict_in_generate=True,
+                                      **self._generation_settings(max_new_tokens))
+        adapter, memory = (self.format.until_stop(out.sequences[i, n:].tolist()) for i in (0, 1))
         if adapter == memory:
             return adapter, memory, None
         own = torch.stack([out.logits[t][1].float().log_softmax(-1)[token] for t, token in enumerate(memory)])
         memory_on_adapter, adapter_on_memory = self._mean_logprobs(with_rows, prompt_ids, [adapter, memory],
                                                                    rows_off_on.flip(0))
         return adapter, memory, (float(own.mean()), memory_on_adapter, adapter_on_memory)
-
-    def _until_stop(self, tokens: list[int]) -> list[int]:
-        """New tokens up to and including the first stop token (what follows is the batch's padding)."""
-        stops = set(self.format.stop_ids)
-        end = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
-        return tokens[:end]
 
     def _two_readers(self, prompt_ids: list[int], with_rows: Factors, max_new_tokens: int,
                      meta: dict[str, Any]) -> list[int]:
@@ -827,7 +826,7 @@ class D2LEngine:
         """The mean log-probability of each of ``answers`` after ``prompt_ids``, in one batch: under
         ``with_rows``, the memory rows on where ``row_mask`` is 1 and off where it is 0."""
         n, width = len(prompt_ids), len(prompt_ids) + max(len(a) for a in answers)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.format.stop_ids[0]
+        pad = self.format.pad_id
         x = torch.tensor([prompt_ids + a + [pad] * (width - n - len(a)) for a in answers], device=self.device)
         mask = torch.tensor([[1] * (n + len(a)) + [0] * (width - n - len(a)) for a in answers], device=self.device)
         with self.hooks.apply(with_rows, row_mask=row_mask):

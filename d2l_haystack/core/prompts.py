@@ -52,6 +52,19 @@ class ChatFormat:
             stops.add(self.doc_prefix_ids[0])
         self.stop_ids: list[int] = sorted(i for i in stops if i is not None)
 
+    @property
+    def pad_id(self) -> int:
+        """The id that pads a batch: the tokenizer's pad token, else the first stop token."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.stop_ids[0]
+
+    def until_stop(self, tokens: list[int]) -> list[int]:
+        """Generated ``tokens`` up to and including the first stop token (what follows it in a
+        batch is padding); all of them when none stops."""
+        stops = set(self.stop_ids)
+        end = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
+        return tokens[:end]
+
     def document_ids(self, text: str) -> list[int]:
         """Token ids of a document's text (no template)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -141,8 +141,7 @@ class TeacherCache:
 
     def _left_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(ids, mask, pad id)`` of left-padded sequences on the model's device."""
-        pad = self.fmt.tokenizer.pad_token_id
-        pad = pad if pad is not None else self.fmt.stop_ids[0]
+        pad = self.fmt.pad_id
         ids, mask = left_pad_batch(seqs, pad, next(self.model.parameters()).device)
         return ids, mask, pad
 
@@ -172,11 +171,9 @@ class TeacherCache:
         stops = set(self.fmt.stop_ids)
         entries = []
         for j in range(len(prompts)):
-            answer = out.sequences[j, width:].tolist()
-            end = next((i for i, t in enumerate(answer) if t in stops), None)
-            n = len(answer) if end is None else end + 1
-            answer, logits = answer[:n], logits_all[j, :n]
-            if end is not None and self.fmt.end_of_turn_id is not None:
+            answer = self.fmt.until_stop(out.sequences[j, width:].tolist())
+            logits = logits_all[j, :len(answer)]
+            if answer and answer[-1] in stops and self.fmt.end_of_turn_id is not None:
                 answer[-1] = self.fmt.end_of_turn_id  # one end token for every answer
             logp = torch.log_softmax(logits, dim=-1)
             top_lp, top_ids = logp.topk(min(self.top_k, logp.shape[-1]), dim=-1)

@@ -32,6 +32,14 @@ def test_soft_cross_entropy_with_one_hot_targets_is_cross_entropy():
     assert torch.allclose(soft_cross_entropy(logits, ids, soft), expected)
 
 
+def test_generated_tokens_end_at_the_first_stop_and_a_batch_pads_with_a_real_id(tiny):
+    _, fmt = tiny
+    stop, other = fmt.stop_ids[0], max(fmt.stop_ids) + 1
+    assert fmt.until_stop([other, other, stop, other, stop]) == [other, other, stop]
+    assert fmt.until_stop([other, other]) == [other, other] and fmt.until_stop([]) == []
+    assert fmt.pad_id == (fmt.tokenizer.pad_token_id if fmt.tokenizer.pad_token_id is not None else stop)
+
+
 def test_teacher_reads_the_document_and_stores_its_top_k(tiny):
     model, fmt = tiny
     cache = TeacherCache(model, fmt, top_k=4, max_new_tokens=6)
