@@ -69,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         points.append((int(docs), Path(folder)))
     rows: list[dict[str, Any]] = []
     series: dict[str, dict[str, Any]] = {}
-    for name, title, metric, (bar_kind, bar), icl_file in SETS:
+    for name, title, metric, (bar_kind, share_or_score), icl_file in SETS:
         first: dict[str, float] | None = None
         icl = _icl(icl_file, metric)
-        line: dict[str, Any] = {"title": title, "metric": metric, "icl": icl,
-                                "bar": bar * icl if bar_kind == "icl" and icl is not None else
-                                (None if bar_kind == "icl" else bar), "points": []}
+        bar: float | None = share_or_score
+        if bar_kind == "icl":  # a share of the prompt's score: unknown without the prompt's report
+            bar = share_or_score * icl if icl is not None else None
+        line: dict[str, Any] = {"title": title, "metric": metric, "icl": icl, "bar": bar, "points": []}
         for docs, folder in points:
             report = folder / f"{name}.json"
             if not report.is_file():
