@@ -49,12 +49,15 @@ def register(sub: Any) -> None:
                                    "per document with one of its cloze-translated questions (default 100); "
                                    "squad-gold-sentences: one gold question per validation paragraph, asked "
                                    "with only the sentence holding its answer (default 100); "
+                                   "squad-swapped: validation paragraphs whose answers are swapped for "
+                                   "other spans of the same shape, answerable only by reading (default 100 "
+                                   "paragraphs, 2 questions each); "
                                    "interference: general questions asked with an unrelated document; "
                                    "realistic: generated everyday documents of held-out kinds and templates "
                                    "(training never sees them; default 100 documents, 2 questions each; "
                                    "--part train for the training distribution).")
     c.add_argument("kind", choices=["squad-paragraphs", "squad-articles", "squad-sentences", "squad-gold-sentences",
-                                      "interference", "realistic"])
+                                      "squad-swapped", "interference", "realistic"])
     c.add_argument("--part", choices=["heldout", "train"], default="heldout",
                    help="realistic: which part of the generator (default heldout)")
     c.add_argument("--max-docs", type=int)
@@ -159,6 +162,7 @@ def _cases(args: argparse.Namespace) -> int:
         realistic_cases,
         sentence_cloze_cases,
         squad_cases,
+        swapped_cases,
         write_cases,
     )
 
@@ -171,6 +175,9 @@ def _cases(args: argparse.Namespace) -> int:
         cases = sentence_cloze_cases(max_docs=args.max_docs or 100, seed=args.seed)
     elif args.kind == "squad-gold-sentences":
         cases = gold_sentence_cases(max_docs=args.max_docs or 100, seed=args.seed)
+    elif args.kind == "squad-swapped":
+        cases = swapped_cases(max_docs=args.max_docs or 100, questions_per_doc=args.questions_per_doc or 2,
+                              seed=args.seed)
     elif args.kind == "realistic":
         cases = realistic_cases(n_docs=args.max_docs or 100, seed=args.seed, part=args.part,
                                 questions_per_doc=args.questions_per_doc or 2)

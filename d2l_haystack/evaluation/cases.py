@@ -242,6 +242,41 @@ def gold_sentence_cases(max_docs: int = 100, seed: int = 0) -> list[dict[str, An
     return cases
 
 
+def swapped_cases(max_docs: int = 100, questions_per_doc: int = 2, seed: int = 0) -> list[dict[str, Any]]:
+    """SQuAD validation paragraphs whose answers are swapped (:func:`~d2l_haystack.training.swap.swap_qas`):
+    every occurrence of a question's answer in the paragraph replaced by another span of the same
+    shape (other digits, another year, another validation answer with the same capitalisation), and
+    the new span is the answer. Such an answer can only be read from the document, never remembered
+    or known: the reading test of docs/training.md. The original answer is kept in ``meta`` (a reply
+    holding it answered from what the model knows, not from the text).
+
+    Paragraphs are visited in a seeded order; each gives up to ``questions_per_doc`` swapped
+    questions (paragraphs where none can be swapped are skipped).
+    """
+    from ..training.swap import AnswerPool, swap_qas
+
+    rng = np.random.default_rng([seed, 19])
+    paras = D.squad_paragraphs("validation")
+    pool = AnswerPool(paras)
+    cases: list[dict[str, Any]] = []
+    docs = 0
+    for i in rng.permutation(len(paras)):
+        text, qas = paras[int(i)]
+        new_text, swapped = swap_qas(rng, text, qas, pool, questions_per_doc)
+        if not swapped:
+            continue
+        original = {q: min(answers, key=len).strip() for q, answers in qas}
+        doc_id = f"swap-para-{int(i)}"
+        for j, qa in enumerate(swapped):
+            cases.append({"id": f"{doc_id}-{j}", "document": new_text, "question": qa.question,
+                          "answers": [qa.answer], "doc_id": doc_id,
+                          "meta": {"unit": "paragraph", "swapped_from": original[qa.question]}})
+        docs += 1
+        if docs >= max_docs:
+            break
+    return cases
+
+
 def general_questions() -> list[dict[str, Any]]:
     path = D.DATA_DIR / "general_qa.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -86,3 +86,28 @@ def test_gold_sentence_cases_are_held_out_sentences_holding_their_answer(tmp_pat
     assert len({c["doc_id"] for c in cases}) == 25
     assert main(["cases", "squad-gold-sentences", "--max-docs", "4", "-o", str(tmp_path / "g.jsonl")]) == 0
     assert len((tmp_path / "g.jsonl").read_text().splitlines()) == 4
+
+
+def test_swapped_cases_hold_only_the_new_answer_and_are_reproducible(monkeypatch, tmp_path):
+    import re
+
+    from d2l_haystack.cli import main
+    from d2l_haystack.evaluation import cases as C
+
+    other = ("The museum opened in 1871 under Mary Shelley. Its roof was rebuilt after the fire of 1904, "
+             "when James Watt led the repairs.",
+             [("Who led the repairs?", ["James Watt"]), ("When did the museum open?", ["1871"])])
+    third = ("Grace Hopper wrote the first compiler in 1952.", [("Who wrote the first compiler?", ["Grace Hopper"])])
+    monkeypatch.setattr(C.D, "squad_paragraphs", lambda part: [(PARAGRAPH, QAS), other, third])
+    cases = C.swapped_cases(max_docs=3, questions_per_doc=2, seed=3)
+    assert cases == C.swapped_cases(max_docs=3, questions_per_doc=2, seed=3)
+    assert cases and len({c["doc_id"] for c in cases}) <= 3
+    originals = {q: a for _, qas in (other, third, (PARAGRAPH, QAS)) for q, a in qas}
+    for c in cases:
+        new, old = c["answers"][0], c["meta"]["swapped_from"]
+        assert new != old and old in originals[c["question"]]
+        assert re.search(rf"(?<!\w){re.escape(new)}(?!\w)", c["document"])
+        assert not re.search(rf"(?<!\w){re.escape(old)}(?!\w)", c["document"])  # only readable, never known
+        assert c["document"] not in (PARAGRAPH, other[0], third[0])
+    assert main(["cases", "squad-swapped", "--max-docs", "2", "--seed", "3", "-o", str(tmp_path / "s.jsonl")]) == 0
+    assert 1 <= len((tmp_path / "s.jsonl").read_text().splitlines()) <= 4
