@@ -410,7 +410,7 @@ class Trainer:
     def base_answers(self, questions: list[str], max_new_tokens: int = 32, batch: int = 64) -> list[str]:
         """Greedy answers of the base model WITHOUT adapter (left-padded batches)."""
         out: list[str] = []
-        pad = self.tok.pad_token_id
+        pad = self.fmt.pad_id
         for i in range(0, len(questions), batch):
             prompts = [self.fmt.question_ids(q) for q in questions[i:i + batch]]
             ids, mask = left_pad_batch(prompts, pad, self.device)
