@@ -73,9 +73,20 @@ def run_eval(engine: D2LEngine, cases: list[Case], methods: list[str], max_new_t
             results[name]["truncated"] = method.truncated
         if gated:  # questions that got no adapter because no chunk was relevant to them
             results[name]["gated"] = sum(gated)
+        replaced = replaced_answer_rate([r for r in rows if r["method"] == name])
+        if replaced is not None:
+            results[name]["replaced_answer"] = replaced
     bar.close()
     return {"results": results, "cases": rows,
             "engine": engine.describe(portable=True), "max_new_tokens": max_new_tokens}
+
+
+def replaced_answer_rate(rows: list[dict[str, Any]]) -> float | None:
+    """Share of the replies that hold the answer a case's document no longer has: on swapped-answer
+    cases (``meta["swapped_from"]``, ``d2l cases squad-swapped``) a reply with the original answer
+    came from what the model knows, not from the text. ``None`` when no row is such a case."""
+    hits = [contains(r["reply"], [r["meta"]["swapped_from"]]) for r in rows if r.get("meta", {}).get("swapped_from")]
+    return float(np.mean(hits)) if hits else None
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -85,5 +96,6 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"{name:<8} {r['n']:>5} {r['exact_match']:>6.3f} {r['f1']:>6.3f} {r['contains']:>8.3f} "
                      f"{r['seconds_per_query']:>8.3f} {r['internalize_seconds']:>9.3f}"
                      + (f"  ({r['truncated']} truncated)" if r.get("truncated") else "")
-                     + (f"  ({r['gated']} without adapter: not relevant)" if r.get("gated") else ""))
+                     + (f"  ({r['gated']} without adapter: not relevant)" if r.get("gated") else "")
+                     + (f"  (replaced answer {r['replaced_answer']:.3f})" if "replaced_answer" in r else ""))
     return "\n".join(lines)

@@ -38,6 +38,18 @@ class TestMetrics:
                "internalize_seconds": 0.2}
         table = format_table({"base": row, "icl": {**row, "truncated": 1}})
         assert "base" in table and "icl" in table and "(1 truncated)" in table
+        assert "replaced answer" not in table
+        assert "(replaced answer 0.250)" in format_table({"d2l": {**row, "replaced_answer": 0.25}})
+
+    def test_replaced_answer_rate_counts_replies_with_the_answer_the_document_lost(self):
+        from d2l_haystack.evaluation.runner import replaced_answer_rate
+
+        rows = [{"reply": "It opened in 1932.", "meta": {"swapped_from": "1932"}},
+                {"reply": "It opened in 1871.", "meta": {"swapped_from": "1932"}},
+                {"reply": "John Bradfield", "meta": {"swapped_from": "Bradfield"}},
+                {"reply": "1932", "meta": {}}]  # not a swapped case: not counted
+        assert replaced_answer_rate(rows) == pytest.approx(2 / 3)
+        assert replaced_answer_rate([{"reply": "1932", "meta": {}}]) is None
 
 
 class TestCaseFiles:
@@ -119,6 +131,18 @@ def test_d2l_applies_at_most_max_chunks_and_d2l_all_every_chunk(nonzero_engine, 
     selected, every = applied
     assert every["chunks_total"] == selected["chunks_total"] > 8
     assert selected["chunks_applied"] == 8 and every["chunks_applied"] == every["chunks_total"]
+    assert "replaced_answer" not in report["results"]["d2l"]
+
+
+def test_run_eval_reports_the_replaced_answer_on_swapped_cases(tiny_engine):
+    from d2l_haystack.evaluation.cases import Case
+    from d2l_haystack.evaluation.runner import run_eval
+
+    cases = [Case(id=f"s{i}", document="The bridge opened in 1871.", question="When did the bridge open?",
+                  answers=["1871"], meta={"swapped_from": "1932"}) for i in range(2)]
+    report = run_eval(tiny_engine, cases, ["base"], max_new_tokens=2, progress=False)
+    replies = [r["reply"] for r in report["cases"]]
+    assert report["results"]["base"]["replaced_answer"] == sum(contains(x, ["1932"]) for x in replies) / 2
 
 
 @pytest.mark.requires_squad
