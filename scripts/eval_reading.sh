@@ -6,7 +6,9 @@
 # (hand-written notes, benchmarks/cases/short_docs.jsonl), needle_heldout_chunk / needle_heldout_long
 # (needles phrased as training never phrased them, 256-500 and 41k tokens), needle_chunk (the trained
 # phrasings), squad_large (390 SQuAD validation questions outside the model card's report files),
-# interference (general questions with another document's adapter). METHODS (default d2l) are run on
+# interference (general questions with another document's adapter), squad_swapped (100 SQuAD validation
+# paragraphs with their answers swapped for same-shape spans: readable, never known; the reports add
+# replaced_answer, the share of replies with the answer the text lost). METHODS (default d2l) are run on
 # every set; base, icl and rag do not depend on the checkpoint: BASELINES=1 adds them where they apply.
 # Threads: OMP_NUM_THREADS (e.g. 1 beside a training run). CHUNKING=sentences|auto: the engine's chunking
 # (default tokens). Compare two runs: d2l compare A.json B.json.
@@ -27,6 +29,7 @@ L="$ROOT/benchmarks/results/eval_keys_cpu_run2l_full"
 [ -f "$C/squad_large.jsonl" ] || $D2L cases squad-paragraphs --questions-per-doc 1 --seed 11 \
     --exclude "$L/squad.json" --exclude "$L/squad_sel.json" -o "$C/squad_large.jsonl"
 [ -f "$C/interference.jsonl" ] || $D2L cases interference -o "$C/interference.jsonl"
+[ -f "$C/squad_swapped.jsonl" ] || $D2L cases squad-swapped --max-docs 100 -o "$C/squad_swapped.jsonl"
 cp "$ROOT/benchmarks/cases/short_docs.jsonl" "$C/short_docs.jsonl"
 run() {  # set, methods, max new tokens
     echo "== $1 ($2)"
@@ -40,6 +43,7 @@ run needle_heldout_chunk "$(with base)" 16
 run needle_chunk "$METHODS" 16
 run interference "$METHODS"
 run squad_large "$METHODS"
+run squad_swapped "$(with base,icl)"
 run needle_heldout_long "$METHODS" 16
 echo "== demo"
 $D2L demo --checkpoint "$CKPT" --chunking "$CHUNKING" > "$OUT/demo.txt" 2>&1 || { tail -5 "$OUT/demo.txt"; exit 1; }
