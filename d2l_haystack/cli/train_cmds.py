@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import CHUNKING_CHOICES, add_device_option
+from .options import CHUNKING_CHOICES, ROW_USE_CHOICES, add_device_option
 
 
 def register(sub: Any) -> None:
@@ -70,6 +70,10 @@ def register(sub: Any) -> None:
                    help="where the adapter alone is sure, the memory's answer is still taken when its mean token "
                         "log-probabilities own,rejects,form pass this rule (core.memory.OverrideRule; written "
                         "--override=-0.15,-1,-2); 'none': never (default: core.memory.DEFAULT_OVERRIDE)")
+    f.add_argument("--row-use", choices=ROW_USE_CHOICES,
+                   help="how the rows fire while an answer is generated: all (as fitted), once (a row that gave "
+                        "a token is spent), next (spent, and the document's next position goes on) (default: "
+                        "core.memory.DEFAULT_ROW_USE, or --init's)")
     f.add_argument("--eval-every", type=int, default=250, help="steps between choosing evaluations (default 250)")
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--json", help="write the report here")
@@ -201,6 +205,8 @@ def _memory_fit(args: argparse.Namespace) -> int:
         memory.yield_above = None if args.yield_above == "none" else float(args.yield_above)
     if args.override is not None:
         memory.override = None if args.override == "none" else args.override
+    if args.row_use is not None:
+        memory.row_use = args.row_use
     print_report(report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from .encoder import ContextEncoder, decoder_of, run_until
 from .errors import AdapterError, CheckpointError, InputError, ModelNotFoundError
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint, read_checkpoint_id
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
-from .lora import Factors, document_factors, encode_chunks, get_hooks
+from .lora import Factors, RowUse, document_factors, encode_chunks, get_hooks
 from .memory import (
     DEFAULT_MAX_ROWS,
     DEFAULT_OVERRIDE,
@@ -690,10 +690,18 @@ class D2LEngine:
                       top_p: float = 1.0) -> list[int]:
         """Generate after ``ids`` with ``factors`` into ``streamer``; the new tokens (a stop token included)."""
         input_ids = torch.tensor([ids], device=self.device)
-        with torch.no_grad(), self.hooks.apply(factors):
+        with torch.no_grad(), self.hooks.apply(factors, row_use=self._row_use(factors)):
             self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
                                 **self._generation_settings(max_new_tokens, do_sample, temperature, top_p))
         return streamer.tokens
+
+    def _row_use(self, factors: Factors | None) -> RowUse | None:
+        """A fresh :class:`~d2l_haystack.core.lora.RowUse` for one generation where ``factors`` carry
+        reading-memory rows and the memory's :attr:`ReadingMemory.row_use` is not ``all``."""
+        if factors is None or self.memory is None or self.memory.row_use == "all" \
+                or len(_without_rows(factors)) == len(factors):
+            return None
+        return RowUse(self.model.get_output_embeddings().weight, carry=self.memory.row_use == "next")
 
     def _generation_settings(self, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
                              top_p: float = 1.0) -> dict[str, Any]:
@@ -755,7 +763,7 @@ class D2LEngine:
         the two cross-scores one more batch: two passes over the model instead of five."""
         n, rows_off_on = len(prompt_ids), torch.tensor([0.0, 1.0], device=self.device)
         input_ids = torch.tensor([prompt_ids, prompt_ids], device=self.device)
-        with self.hooks.apply(with_rows, row_mask=rows_off_on):
+        with self.hooks.apply(with_rows, row_mask=rows_off_on, row_use=self._row_use(with_rows)):
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                       output_logits=True, return_dict_in_generate=True,
                                       **self._generation_settings(max_new_tokens))
@@ -944,7 +952,7 @@ class D2LEngine:
                 "relevance_margin": self.relevance_margin, "autocast": "bf16" if self.autocast else "off",
                 "reading_memory": self.memory.key if self.memory is not None else None,
                 **({"memory_yield_above": self.memory.yield_above, "memory_max_tokens": self.memory.max_tokens,
-                    "memory_max_rows": self.memory.max_rows,
+                    "memory_max_rows": self.memory.max_rows, "memory_row_use": self.memory.row_use,
                     "memory_override": self.memory.override.to_text() if self.memory.override else None}
                    if self.memory is not None else {}),
                 "instructions_checkpoint": self.instructions_checkpoint}

@@ -97,6 +97,60 @@ def encode_chunks(encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             for m in parts[0]}
 
 
+class RowUse:
+    """Each reading-memory row gives its token once per generated answer.
+
+    A row ``i`` adds the direction of the token that followed position ``i`` of the document
+    (:mod:`~d2l_haystack.core.memory`). Nothing in the sum stops the row that gave a token from
+    firing again at the next step, and answers looped on it ("War War War", "Spanish Spanish
+    Spanish"). With a ``RowUse`` in :meth:`LoraHooks.apply`, after each generated token the row that
+    pushed hardest towards it (its firing at the step that chose the token times its value's dot
+    product with the token's output embedding) is switched off for the rest of the answer, like
+    a pointer moving on: a token that the document has at several positions can still come back.
+
+    With ``carry``, the row after the spent one (the document's following position) then fires at
+    least as strongly as the spent row did: the copy goes on as the document goes on, so a number
+    read from the document is followed by the document's unit, not the one a trained format prefers.
+
+    A pass over more than one token (a prompt) starts a new answer; each following pass of one
+    token per sequence (a generation step with the key-value cache) spends one row per sequence.
+
+    :param output_embeddings: the model's output embedding matrix ``(vocab, d_out)``.
+    :param carry: pass the spent row's firing on to the next row.
+    """
+
+    def __init__(self, output_embeddings: torch.Tensor, carry: bool = False) -> None:
+        self.output_embeddings, self.carry = output_embeddings, carry
+        self.spent: torch.Tensor | None = None  # (sequences, rows): 1 usable, 0 spent
+        self.last: torch.Tensor | None = None   # (sequences, rows): firing at the last position
+
+    def __call__(self, fired: torch.Tensor, values: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """The rows' firing ``(sequences, positions, rows)`` with the spent rows zeroed."""
+        if fired.dim() == 2:
+            return self(fired.unsqueeze(0), values, tokens).squeeze(0)
+        batch, positions, n = fired.shape
+        if positions > 1 or self.spent is None or self.last is None or tokens is None \
+                or self.spent.shape != (batch, n):
+            self.spent = torch.ones(batch, n, dtype=fired.dtype, device=fired.device)
+        else:
+            token = tokens.reshape(batch, -1)[:, -1].to(self.output_embeddings.device)
+            toward = self.output_embeddings[token].to(values.device, values.dtype) @ values.T  # (batch, rows)
+            push = self.last * toward.to(self.last.dtype)
+            best = push.argmax(-1)
+            gave = push.gather(1, best[:, None]).squeeze(1) > 0
+            seqs = torch.arange(batch, device=fired.device)[gave]
+            self.spent[seqs, best[gave]] = 0
+            if self.carry:
+                onward = best[gave] + 1
+                inside = onward < n
+                carried = torch.zeros_like(self.spent)
+                carried[seqs[inside], onward[inside]] = self.last[seqs[inside], best[gave][inside]].to(carried.dtype)
+                fired = torch.maximum(fired, carried[:, None, :].to(fired.dtype))
+        fired = fired * self.spent[:, None, :].to(fired.dtype)
+        self.last = fired[:, -1, :].detach().float()
+        return fired
+
+
 class LoraHooks:
     """Hooks on a model's target modules that add the thread's active LoRA, if any."""
 
@@ -109,6 +163,14 @@ class LoraHooks:
             raise ValueError(f"no target modules {targets} found in {type(model).__name__}")
         for (layer, target), (_, module) in sorted(found.items()):
             self._handles.append(module.register_forward_hook(self._make_hook(layer, target)))
+        get_embeddings = getattr(model, "get_input_embeddings", None)
+        embeddings = get_embeddings() if callable(get_embeddings) else None
+        if isinstance(embeddings, nn.Module):  # the tokens a pass reads, for RowUse
+            self._handles.append(embeddings.register_forward_hook(self._remember_tokens))
+
+    def _remember_tokens(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if getattr(self._local, "row_use", None) is not None and inputs:
+            self._local.tokens = inputs[0]
 
     def _make_hook(self, layer: int, target: str) -> Any:
         row_key = f"{target}@{layer}"  # rows of this one layer only (the reading memory)
@@ -136,7 +198,11 @@ class LoraHooks:
                     x3 = x.reshape(shape[0], -1, shape[-1])
                     delta = torch.bmm(torch.bmm(x3, a_l.transpose(1, 2)), b_l).reshape(*shape[:-1], -1)
             if rows is not None:
-                from_rows = (x @ rows[0].to(x.dtype).T) @ rows[1].to(x.dtype)
+                fired = x @ rows[0].to(x.dtype).T
+                use = self._local.row_use
+                if use is not None:
+                    fired = use(fired, rows[1], getattr(self._local, "tokens", None))
+                from_rows = fired @ rows[1].to(x.dtype)
                 mask = self._local.row_mask
                 if mask is not None:  # per sequence of the batch: rows on (1) or off (0)
                     from_rows = from_rows * mask.to(x.dtype).view(-1, *([1] * (from_rows.dim() - 1)))
@@ -146,20 +212,23 @@ class LoraHooks:
         return hook
 
     @contextmanager
-    def apply(self, factors: Factors | None, scale: float = 1.0, row_mask: torch.Tensor | None = None
-              ) -> Iterator[None]:
+    def apply(self, factors: Factors | None, scale: float = 1.0, row_mask: torch.Tensor | None = None,
+              row_use: RowUse | None = None) -> Iterator[None]:
         """Activate ``factors`` for forward passes made by this thread inside the block.
 
         ``row_mask`` (one 0/1 value per sequence of the batch) switches the reading-memory rows
         (the ``"module@layer"`` factors) off for the sequences marked 0: two readers in one batch.
+        ``row_use`` (a fresh :class:`RowUse` per generation) spends each row once it has given a token.
         """
         previous = (getattr(self._local, "state", None), getattr(self._local, "scale", 1.0),
-                    getattr(self._local, "row_mask", None))
-        self._local.state, self._local.scale, self._local.row_mask = factors, scale, row_mask
+                    getattr(self._local, "row_mask", None), getattr(self._local, "row_use", None))
+        self._local.state, self._local.scale, self._local.row_mask, self._local.row_use = (
+            factors, scale, row_mask, row_use)
         try:
             yield
         finally:
-            self._local.state, self._local.scale, self._local.row_mask = previous
+            self._local.state, self._local.scale, self._local.row_mask, self._local.row_use = previous
+            self._local.tokens = None
 
     @contextmanager
     def capture(self) -> Iterator[dict[str, dict[int, torch.Tensor]]]:

@@ -17,8 +17,8 @@ logits and no pass through it; on a layer below, the fit runs the layers above (
 then meets the adapter's inside the model, not as added logits).
 
 Files: ``memory.safetensors`` in a hypernetwork checkpoint folder (tensors ``q``, ``p``, ``a``,
-``log_gain``, ``w``; the layer, module, ``s``, ``yield_above``, ``override``, ``max_tokens`` and
-``max_rows`` in its header).
+``log_gain``, ``w``; the layer, module, ``s``, ``yield_above``, ``override``, ``max_tokens``,
+``max_rows`` and ``row_use`` in its header).
 The engine loads it with the checkpoint and adds the rows to every adapter it internalizes from a
 document of at most ``max_tokens`` tokens (:attr:`Adapter.memory`).
 """
@@ -60,6 +60,19 @@ the trained phrasings, where the adapter alone is right 37 times in 40 and the m
 the adapter's first-token probability was >= 0.993 for all 40; on generated training-part
 documents, where the memory reads better, it was below 0.95 for 73 % of the questions
 (docs/training.md, "The memory yields")."""
+
+
+ROW_USES = ("all", "once", "next")
+"""How the rows fire while an answer is generated (:class:`~d2l_haystack.core.lora.RowUse`): ``all``
+as fitted, every row at every step; ``once``: the row that gave a token is spent for the rest of
+the answer (rows fitted without it fired again at the next step, and some answers looped on one
+token, "War War War"); ``next``: spent, and the row of the document's following position fires
+at least as strongly at the next step, so a copied value goes on as the document goes on (a
+number and then its unit, as the document wrote it)."""
+
+DEFAULT_ROW_USE = "all"
+"""The :data:`ROW_USES` mode of a memory file that does not name one; measured in docs/training.md
+("Each row once")."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,8 @@ class ReadingMemory(nn.Module):
         A PEFT export cannot carry this switch: there the rows always apply.
     :param max_tokens: documents longer than this get no rows (:data:`DEFAULT_MAX_TOKENS`).
     :param max_rows: at most this many rows apply to one question (:data:`DEFAULT_MAX_ROWS`).
+    :param row_use: how the rows fire while an answer is generated (:data:`ROW_USES`,
+        :data:`DEFAULT_ROW_USE`; a PEFT export cannot carry it: there every row fires).
     :param override: when the memory's answer still replaces a sure adapter's (greedy answers;
         :class:`OverrideRule`; ``None``: a sure adapter always answers alone).
     """
@@ -127,7 +142,7 @@ class ReadingMemory(nn.Module):
     def __init__(self, d_in: int, d_out: int, rank: int, layer: int, module: str = "down_proj",
                  scale_x: float = 1.0, yield_above: float | None = DEFAULT_YIELD_ABOVE,
                  max_tokens: int = DEFAULT_MAX_TOKENS, override: OverrideRule | None = DEFAULT_OVERRIDE,
-                 max_rows: int = DEFAULT_MAX_ROWS) -> None:
+                 max_rows: int = DEFAULT_MAX_ROWS, row_use: str = DEFAULT_ROW_USE) -> None:
         super().__init__()
         self.q = nn.Parameter(torch.randn(rank, d_in) * 0.01)
         self.p = nn.Parameter(torch.randn(rank, d_in) * 0.01)
@@ -139,6 +154,9 @@ class ReadingMemory(nn.Module):
         self.max_tokens = int(max_tokens)
         self.override = override
         self.max_rows = int(max_rows)
+        if row_use not in ROW_USES:
+            raise ValueError(f"row_use {row_use!r} is not one of {', '.join(ROW_USES)}")
+        self.row_use = row_use
 
     @property
     def key(self) -> str:
@@ -187,6 +205,7 @@ class ReadingMemory(nn.Module):
                                                    "yield_above": repr(self.yield_above),
                                                    "max_tokens": str(self.max_tokens),
                                                    "max_rows": str(self.max_rows),
+                                                   "row_use": self.row_use,
                                                    "override": self.override.to_text() if self.override else "None"})
 
     @classmethod
@@ -211,7 +230,8 @@ class ReadingMemory(nn.Module):
                          None if given == "None" else float(given),
                          int(meta.get("max_tokens", DEFAULT_MAX_TOKENS)),
                          None if rule == "None" else OverrideRule.from_text(rule),
-                         int(meta.get("max_rows", DEFAULT_MAX_ROWS)))
+                         int(meta.get("max_rows", DEFAULT_MAX_ROWS)),
+                         meta.get("row_use", DEFAULT_ROW_USE))
             memory.load_state_dict(tensors)
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"damaged reading memory {target}: {exc}") from exc

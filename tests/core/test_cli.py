@@ -234,3 +234,7 @@ def test_cli_chunking_choices_are_the_engines():
 
     assert CHUNKING_CHOICES == CHUNKINGS
     assert CHUNKING_CHOICES[0] == DEFAULT_CHUNKING  # the CLI's default is the engine's
+    from d2l_haystack.cli.options import ROW_USE_CHOICES
+    from d2l_haystack.core.memory import ROW_USES
+
+    assert ROW_USE_CHOICES == ROW_USES

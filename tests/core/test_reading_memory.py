@@ -348,9 +348,11 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
         fit([cache], engine.model, hold_kinds=(hold,), steps=1, checkpoint_id="0123456789ab")
     # a fit continued from the memory starts where the first one chose to stop
     memory.yield_above, memory.max_tokens, memory.override = 0.5, 99, OverrideRule(-0.5, -0.5, -0.5)
+    memory.row_use = "next"
     continued, again = fit([cache], engine.model, hold_kinds=(hold,), steps=2, batch=4, eval_every=2, val_every=2,
                            init=memory)
-    assert (continued.yield_above, continued.max_tokens, continued.override) == (0.5, 99, memory.override)
+    assert (continued.yield_above, continued.max_tokens, continued.override, continued.row_use) == (
+        0.5, 99, memory.override, "next")
     chosen = next(row for row in report["curve"] if row["step"] == report["best_step"])
     assert again["init"] and again["curve"][0]["chosen_on"] == chosen["chosen_on"]
     with pytest.raises(ValueError, match="down_proj@1"):
@@ -377,6 +379,9 @@ def test_memory_fit_names_a_missing_checkpoint_in_one_line(tmp_path: Path, capsy
     with pytest.raises(SystemExit):
         main(["memory", "fit", str(tmp_path / "c.pt"), "--override=-0.1,1,-2"])
     assert "not three log-probabilities" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["memory", "fit", str(tmp_path / "c.pt"), "--row-use", "twice"])
+    assert "invalid choice: 'twice'" in capsys.readouterr().err
 
 
 def test_a_memory_below_the_last_layer_is_fitted_through_the_layers_above(
@@ -711,3 +716,97 @@ def test_a_workspace_remakes_adapters_of_an_older_checkpoint(
     finally:
         engine_module._ENGINES.clear()
     assert checkpoint_id_of(model, None) is None
+
+
+def test_row_use_spends_the_row_that_gave_each_token_and_no_other() -> None:
+    from d2l_haystack.core.lora import RowUse
+
+    emb = torch.eye(5, 4)  # token t's output embedding: unit vector t (token 4: zero, nothing pushes it)
+    values = torch.stack([emb[2], emb[2], emb[3]])  # rows 0 and 1 give token 2, row 2 gives token 3
+    use = RowUse(emb)
+    prompt = torch.tensor([[[0.1, 0.2, 0.3], [0.9, 0.5, 0.8]]])  # (sequence, positions, rows)
+    torch.testing.assert_close(use(prompt, values, torch.tensor([[7, 8]])), prompt)  # a prompt spends nothing
+    step = torch.tensor([[[0.7, 0.6, 0.4]]])
+    # token 2 was chosen after the prompt's last position: row 0 (0.9) pushed it hardest, row 2 not at all
+    torch.testing.assert_close(use(step, values, torch.tensor([[2]])), torch.tensor([[[0.0, 0.6, 0.4]]]))
+    # token 2 again: row 0 is spent, so row 1 gave it; the same token at another position comes back once
+    torch.testing.assert_close(use(step, values, torch.tensor([[2]])), torch.tensor([[[0.0, 0.0, 0.4]]]))
+    torch.testing.assert_close(use(step, values, torch.tensor([[4]])), torch.tensor([[[0.0, 0.0, 0.4]]]))
+    # token 3 after row 2 fired 0.4 (the step before): row 2 is spent too
+    torch.testing.assert_close(use(step, values, torch.tensor([[3]])), torch.tensor([[[0.0, 0.0, 0.0]]]))
+    torch.testing.assert_close(use(prompt[0], values, torch.tensor([[7, 8]])), prompt[0])  # a new answer: all back
+    # a row that fired negatively did not give the token: nothing is spent
+    use(-prompt, values, torch.tensor([[7, 8]]))
+    torch.testing.assert_close(use(step, values, torch.tensor([[3]])), step)
+
+
+def test_row_use_once_answers_as_full_passes_with_the_spent_rows_removed(
+        tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path], memory_engine: D2LEngine,
+        long_text) -> None:
+    """A memory with ``row_use="once"`` generates (key-value cache, one step at a time) what full passes
+    give when, after each token, the row that pushed hardest towards it is removed."""
+    import shutil
+
+    from d2l_haystack.core.engine import _CallbackStreamer
+
+    folder = tmp_path / "once"
+    shutil.copytree(memory_checkpoints[1], folder)
+    memory = ReadingMemory.load(folder)
+    assert memory is not None and memory.row_use == "all"  # the default of files that name none
+    memory.row_use = "once"
+    memory.save(folder)
+    engine = D2LEngine(str(tiny_llama_dir), checkpoint=str(folder), device="cpu", chunk_tokens=64)
+    assert engine.memory is not None and engine.describe()["memory_row_use"] == "once"
+    adapter = engine.internalize(long_text(120))
+    factors = engine._compose([adapter], None)
+    assert factors is not None
+    a, b = factors[adapter.memory_key]
+    emb = engine.model.get_output_embeddings().weight.detach()
+    changed = 0
+    for question in ("What is the third fact?", "What is the access code?", "Who wrote the report?"):
+        ids = engine.prompt_ids(question)
+        got = engine._run_generate(ids, factors, _CallbackStreamer(engine.tokenizer, None, 0.0), 8)
+        again = memory_engine._run_generate(ids, factors, _CallbackStreamer(engine.tokenizer, None, 0.0), 8)
+        changed += got != again  # the engine with every row at every step
+        spent: list[int] = []
+        expected: list[int] = []
+        for _ in range(8):
+            a_now = a.clone()
+            a_now[spent] = 0
+            with torch.no_grad(), engine.hooks.apply({**factors, adapter.memory_key: (a_now, b)}), \
+                    engine.hooks.capture() as record:
+                logits = engine.model(input_ids=torch.tensor([ids + expected])).logits[0, -1]
+            token = int(logits.argmax())
+            expected.append(token)
+            if token in engine.format.stop_ids:
+                break
+            push = (record["down_proj"][3][-1] @ a_now.T) * (emb[token] @ b.T)
+            if float(push.max()) > 0:
+                spent.append(int(push.argmax()))
+        assert got == expected
+    assert changed  # spending rows changed at least one answer (else the test shows nothing)
+    use = engine._row_use(factors)
+    assert use is not None and not use.carry and memory_engine._row_use(factors) is None
+    engine.memory.row_use = "next"
+    use = engine._row_use(factors)
+    assert use is not None and use.carry
+    assert engine._row_use({m: f for m, f in factors.items() if "@" not in m}) is None  # no rows: nothing to spend
+
+
+def test_row_use_next_carries_the_spent_rows_firing_to_the_following_position() -> None:
+    from d2l_haystack.core.lora import RowUse
+
+    emb = torch.eye(5, 4)
+    values = torch.stack([emb[1], emb[2], emb[3]])  # the document's positions 0, 1, 2 give tokens 1, 2, 3
+    use = RowUse(emb, carry=True)
+    use(torch.tensor([[[0.0, 0.0, 0.0], [0.8, 0.1, 0.3]]]), values, torch.tensor([[7, 8]]))
+    # token 1 came from row 0 (0.8): row 0 is spent and row 1 fires with at least 0.8
+    torch.testing.assert_close(use(torch.tensor([[[0.5, 0.1, 0.3]]]), values, torch.tensor([[1]])),
+                               torch.tensor([[[0.0, 0.8, 0.3]]]))
+    # token 2 from row 1 (0.8): row 2 goes on with 0.8 although it fires 0.3 on its own; the last row carries nothing
+    torch.testing.assert_close(use(torch.tensor([[[0.5, 0.9, 0.3]]]), values, torch.tensor([[2]])),
+                               torch.tensor([[[0.0, 0.0, 0.8]]]))
+    torch.testing.assert_close(use(torch.tensor([[[0.5, 0.9, 0.3]]]), values, torch.tensor([[3]])),
+                               torch.tensor([[[0.0, 0.0, 0.0]]]))
+    with pytest.raises(ValueError, match="row_use 'twice' is not one of all, once, next"):
+        ReadingMemory(8, 4, rank=2, layer=0, row_use="twice")
