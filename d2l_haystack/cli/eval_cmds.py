@@ -97,8 +97,9 @@ def register(sub: Any) -> None:
                        description="One report: METHOD against --against (e.g. d2l against icl): the ratio of "
                                    "their means and the paired difference, with 95 %% bootstrap intervals. Two "
                                    "reports of the same case file: METHOD in the first minus METHOD in the "
-                                   "second (a candidate checkpoint against the shipped one).")
-    m.add_argument("reports", nargs="+", help="one or two d2l eval reports (.json)")
+                                   "second (a candidate checkpoint against the shipped one). Two folders: "
+                                   "that for every report name in both, and all their cases pooled.")
+    m.add_argument("reports", nargs="+", help="one or two d2l eval reports (.json), or two folders of them")
     m.add_argument("--method", default="d2l")
     m.add_argument("--against", default="icl", help="with one report: the method to compare with")
     m.add_argument("--metric", default="f1", choices=["f1", "exact_match", "contains"])
@@ -236,12 +237,18 @@ def _eval_instructions(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from d2l_haystack.core.errors import InputError
-    from d2l_haystack.evaluation.compare import paired_difference, ratio, scores
+    from d2l_haystack.evaluation.compare import compare_folders, paired_difference, ratio, scores
 
     if len(args.reports) > 2:
-        raise SystemExit("d2l compare: give one or two reports")
+        raise SystemExit("d2l compare: give one or two reports, or two folders of reports")
     try:
-        if len(args.reports) == 1:
+        if len(args.reports) == 2 and all(Path(r).is_dir() for r in args.reports):
+            print(f"{args.metric} of {args.method}: {args.reports[0]} - {args.reports[1]} (paired, 95 %)")
+            rows = compare_folders(args.reports[0], args.reports[1], method=args.method, metric=args.metric,
+                                   rounds=args.rounds)
+            for name, x, y, d in rows:
+                print(f"  {name:<28} {x:.3f} - {y:.3f} = {d}")
+        elif len(args.reports) == 1:
             a = scores(args.reports[0], args.method, args.metric)
             b = scores(args.reports[0], args.against, args.metric)
             r, d = ratio(a, b, args.rounds), paired_difference(a, b, args.rounds)

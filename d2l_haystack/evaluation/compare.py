@@ -89,3 +89,49 @@ def scores(report: dict[str, Any] | str | Path, method: str, metric: str = "f1")
         methods = sorted({str(r.get("method")) for r in rows})
         raise InputError(f"the report has no method {method!r}; it has: {', '.join(methods)}")
     return out
+
+
+def folder_scores(folder: str | Path, method: str, metric: str = "f1") -> dict[str, dict[str, float]]:
+    """``{report name: {case id: score}}`` of every ``d2l eval`` report (``*.json``) in ``folder``
+    that has ``method`` (other JSON files are left out).
+
+    :raises InputError: ``folder`` is not a folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{folder}: not a folder of d2l eval reports")
+    out: dict[str, dict[str, float]] = {}
+    for path in sorted(root.glob("*.json")):
+        try:
+            out[path.stem] = scores(path, method, metric)
+        except InputError:
+            continue
+    return out
+
+
+def compare_folders(first: str | Path, second: str | Path, method: str = "d2l", metric: str = "f1",
+                    rounds: int = 10000) -> list[tuple[str, float, float, Interval]]:
+    """``method`` in every report of ``first`` minus the same report of ``second`` (a candidate's
+    evaluation folder against the shipped one's), and all their shared cases pooled (last row,
+    named ``pooled``): ``[(name, mean first, mean second, paired difference)]``.
+
+    :raises InputError: no report name in both folders.
+    """
+    a, b = folder_scores(first, method, metric), folder_scores(second, method, metric)
+    names = [n for n in a if n in b and set(a[n]) & set(b[n])]
+    if not names:
+        raise InputError(f"{first} and {second} share no report of {method!r} on the same cases")
+    rows: list[tuple[str, float, float, Interval]] = []
+    pooled_a: dict[str, float] = {}
+    pooled_b: dict[str, float] = {}
+    for name in names:
+        shared = sorted(set(a[name]) & set(b[name]))
+        x = {i: a[name][i] for i in shared}
+        y = {i: b[name][i] for i in shared}
+        rows.append((name, float(np.mean(list(x.values()))), float(np.mean(list(y.values()))),
+                     paired_difference(x, y, rounds)))
+        pooled_a.update({f"{name}/{i}": v for i, v in x.items()})
+        pooled_b.update({f"{name}/{i}": v for i, v in y.items()})
+    rows.append(("pooled", float(np.mean(list(pooled_a.values()))), float(np.mean(list(pooled_b.values()))),
+                 paired_difference(pooled_a, pooled_b, rounds)))
+    return rows

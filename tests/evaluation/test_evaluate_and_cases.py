@@ -232,3 +232,35 @@ def test_paired_bootstrap_of_reports(tmp_path):
     assert main(["compare", str(report), "--method", "d2l", "--against", "icl"]) == 0
     with pytest.raises(SystemExit, match="no method 'rag'"):
         main(["compare", str(report), "--method", "rag"])
+
+
+def test_compare_folders_pairs_each_report_and_pools_their_cases(tmp_path, capsys):
+    import json
+
+    from d2l_haystack.cli import main
+    from d2l_haystack.evaluation.compare import compare_folders
+
+    def report(folder, name, values):
+        folder.mkdir(exist_ok=True)
+        rows = [{"id": f"q{i}", "method": "d2l", "f1": v, "exact_match": v, "contains": v}
+                for i, v in enumerate(values)]
+        (folder / f"{name}.json").write_text(json.dumps({"results": {}, "cases": rows}))
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    report(new, "notes", [1.0] * 10)           # +1 on each of 10 cases
+    report(old, "notes", [0.0] * 10)
+    report(new, "squad", [0.0] * 30)           # -0.5 on 30 cases (the same ids q0..q29 as notes: kept apart)
+    report(old, "squad", [0.5] * 30)
+    report(new, "only_new", [1.0])             # in one folder only: left out
+    (new / "fit.json").write_text(json.dumps({"steps": 3}))  # not a report: left out
+    rows = compare_folders(new, old, metric="contains")
+    assert [r[0] for r in rows] == ["notes", "squad", "pooled"]
+    assert rows[0][3].value == 1.0 and rows[1][3].value == -0.5
+    pooled = rows[2][3]
+    assert pooled.n == 40 and pooled.value == pytest.approx((10 * 1.0 - 30 * 0.5) / 40)
+    assert main(["compare", str(new), str(old), "--metric", "contains"]) == 0
+    assert "pooled" in capsys.readouterr().out
+    with pytest.raises(InputError, match="share no report"):
+        compare_folders(new, tmp_path / "old", method="icl")
+    with pytest.raises(InputError, match="not a folder"):
+        compare_folders(new / "notes.json", old)
