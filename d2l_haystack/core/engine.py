@@ -697,7 +697,9 @@ class D2LEngine:
 
     def _row_use(self, factors: Factors | None) -> RowUse | None:
         """A fresh :class:`~d2l_haystack.core.lora.RowUse` for one generation where ``factors`` carry
-        reading-memory rows and the memory's :attr:`ReadingMemory.row_use` is not ``all``."""
+        reading-memory rows and the memory's :attr:`ReadingMemory.row_use` is not ``all``. Only
+        generation spends rows: the yield test and the two readers' cross-scores are single passes
+        over a whole prompt and answer, which every row reads."""
         if factors is None or self.memory is None or self.memory.row_use == "all" \
                 or len(_without_rows(factors)) == len(factors):
             return None
