@@ -108,9 +108,11 @@ class RowUse:
     product with the token's output embedding) is switched off for the rest of the answer, like
     a pointer moving on: a token that the document has at several positions can still come back.
 
-    With ``carry``, the row after the spent one (the document's following position) then fires at
-    least as strongly as the spent row did: the copy goes on as the document goes on, so a number
-    read from the document is followed by the document's unit, not the one a trained format prefers.
+    With ``carry``, the row after the spent one (the document's following position), where it
+    fires at all on its own, then fires at least as strongly as the spent row did: the copy goes on
+    as the document goes on, so a number read from the document is followed by the document's unit,
+    not the one a trained format prefers. (Lifting it even where it does not fire carried the copy
+    on from the wrong position where a token repeats: docs/training.md, "Each row once".)
 
     A pass over more than one token (a prompt) starts a new answer; each following pass of one
     token per sequence (a generation step with the key-value cache) spends one row per sequence.
@@ -145,7 +147,8 @@ class RowUse:
                 inside = onward < n
                 carried = torch.zeros_like(self.spent)
                 carried[seqs[inside], onward[inside]] = self.last[seqs[inside], best[gave][inside]].to(carried.dtype)
-                fired = torch.maximum(fired, carried[:, None, :].to(fired.dtype))
+                lifted = torch.maximum(fired, carried[:, None, :].to(fired.dtype))
+                fired = torch.where(fired > 0, lifted, fired)  # only a row that matches on its own goes on
         fired = fired * self.spent[:, None, :].to(fired.dtype)
         self.last = fired[:, -1, :].detach().float()
         return fired

@@ -66,9 +66,9 @@ ROW_USES = ("all", "once", "next")
 """How the rows fire while an answer is generated (:class:`~d2l_haystack.core.lora.RowUse`): ``all``
 as fitted, every row at every step; ``once``: the row that gave a token is spent for the rest of
 the answer (rows fitted without it fired again at the next step, and some answers looped on one
-token, "War War War"); ``next``: spent, and the row of the document's following position fires
-at least as strongly at the next step, so a copied value goes on as the document goes on (a
-number and then its unit, as the document wrote it)."""
+token, "War War War"); ``next``: spent, and the row of the document's following position, where
+it fires on its own, fires at least as strongly at the next step, so a copied value goes on as the
+document goes on (a number and then its unit, as the document wrote it)."""
 
 DEFAULT_ROW_USE = "all"
 """The :data:`ROW_USES` mode of a memory file that does not name one; measured in docs/training.md

@@ -808,5 +808,10 @@ def test_row_use_next_carries_the_spent_rows_firing_to_the_following_position() 
                                torch.tensor([[[0.0, 0.0, 0.8]]]))
     torch.testing.assert_close(use(torch.tensor([[[0.5, 0.9, 0.3]]]), values, torch.tensor([[3]])),
                                torch.tensor([[[0.0, 0.0, 0.0]]]))
+    # a next row that does not fire on its own is not lifted: the giver may sit at another position
+    use = RowUse(emb, carry=True)
+    use(torch.tensor([[[0.8, 0.1, 0.3]]]), values, torch.tensor([[7]]))
+    torch.testing.assert_close(use(torch.tensor([[[0.5, -0.2, 0.3]]]), values, torch.tensor([[1]])),
+                               torch.tensor([[[0.0, -0.2, 0.3]]]))
     with pytest.raises(ValueError, match="row_use 'twice' is not one of all, once, next"):
         ReadingMemory(8, 4, rank=2, layer=0, row_use="twice")
