@@ -710,7 +710,7 @@ class D2LEngine:
         """``generate()``'s keyword arguments: the length, the stop and pad tokens, and sampling or
         greedy (the model config's sampling defaults switched off)."""
         settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                                    "pad_token_id": self.tokenizer.pad_token_id,
+                                    "pad_token_id": self.format.pad_id,
                                     "eos_token_id": self.format.stop_ids}
         if do_sample:
             settings.update(temperature=temperature, top_p=top_p)

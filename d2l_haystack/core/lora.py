@@ -140,13 +140,12 @@ class RowUse:
             push = self.last * toward.to(self.last.dtype)
             best = push.argmax(-1)
             gave = push.gather(1, best[:, None]).squeeze(1) > 0
-            seqs = torch.arange(batch, device=fired.device)[gave]
-            self.spent[seqs, best[gave]] = 0
+            seqs, givers = torch.arange(batch, device=fired.device)[gave], best[gave]
+            self.spent[seqs, givers] = 0
             if self.carry:
-                onward = best[gave] + 1
-                inside = onward < n
+                inside = givers + 1 < n
                 carried = torch.zeros_like(self.spent)
-                carried[seqs[inside], onward[inside]] = self.last[seqs[inside], best[gave][inside]].to(carried.dtype)
+                carried[seqs[inside], givers[inside] + 1] = self.last[seqs[inside], givers[inside]].to(carried.dtype)
                 lifted = torch.maximum(fired, carried[:, None, :].to(fired.dtype))
                 fired = torch.where(fired > 0, lifted, fired)  # only a row that matches on its own goes on
         fired = fired * self.spent[:, None, :].to(fired.dtype)
