@@ -674,9 +674,17 @@ class D2LEngine:
         streamer = _CallbackStreamer(self.tokenizer, streaming_callback, start)
         if with_rows is not None:  # the adapters alone are sure: both readers answer, one answer is sent
             chosen = self._two_readers(ids, with_rows, max_new_tokens, meta)
+            if meta.get("memory") == "yielded" and self._follows():
+                chosen = self._run_generate(ids, with_rows, _CallbackStreamer(self.tokenizer, None, start),
+                                            max_new_tokens, follow=True)
+                meta["memory"] = "followed"
             streamer.put(torch.tensor(ids))
             streamer.put(torch.tensor(chosen))
             streamer.end()
+        elif meta.get("memory") == "yielded" and self._follows():
+            self._run_generate(ids, self._compose(selected, weights), streamer, max_new_tokens, do_sample,
+                               temperature, top_p, follow=True)
+            meta["memory"] = "followed"
         else:
             self._run_generate(ids, factors, streamer, max_new_tokens, do_sample, temperature, top_p)
         seconds = time.perf_counter() - start
@@ -687,10 +695,13 @@ class D2LEngine:
 
     def _run_generate(self, ids: list[int], factors: Factors | None, streamer: _CallbackStreamer,
                       max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
-                      top_p: float = 1.0) -> list[int]:
-        """Generate after ``ids`` with ``factors`` into ``streamer``; the new tokens (a stop token included)."""
+                      top_p: float = 1.0, follow: bool = False) -> list[int]:
+        """Generate after ``ids`` with ``factors`` into ``streamer``; the new tokens (a stop token
+        included). ``follow``: only the document's next position after a copied token fires
+        (:class:`~d2l_haystack.core.lora.RowUse`), where the memory yielded."""
         input_ids = torch.tensor([ids], device=self.device)
-        with torch.no_grad(), self.hooks.apply(factors, row_use=self._row_use(factors)):
+        use = RowUse(self.model.get_output_embeddings().weight, follow=True) if follow else self._row_use(factors)
+        with torch.no_grad(), self.hooks.apply(factors, row_use=use):
             self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
                                 **self._generation_settings(max_new_tokens, do_sample, temperature, top_p))
         return streamer.tokens
@@ -704,6 +715,10 @@ class D2LEngine:
                 or len(_without_rows(factors)) == len(factors):
             return None
         return RowUse(self.model.get_output_embeddings().weight, carry=self.memory.row_use == "next")
+
+    def _follows(self) -> bool:
+        """Whether a yielded answer still follows the document (:attr:`ReadingMemory.follow_on_yield`)."""
+        return self.memory is not None and self.memory.follow_on_yield
 
     def _generation_settings(self, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
                              top_p: float = 1.0) -> dict[str, Any]:

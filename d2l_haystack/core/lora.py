@@ -117,12 +117,18 @@ class RowUse:
     A pass over more than one token (a prompt) starts a new answer; each following pass of one
     token per sequence (a generation step with the key-value cache) spends one row per sequence.
 
+    With ``follow`` (an answer the adapters alone were sure of: the memory yielded), no row fires
+    but the carried one: the answer is the adapters', and where its last token is one the document
+    has (a row pushed towards it), the document's next position pushes the next token, so a value
+    the adapters began goes on as the document wrote it ("8 minutes", not a trained "8 weeks").
+
     :param output_embeddings: the model's output embedding matrix ``(vocab, d_out)``.
     :param carry: pass the spent row's firing on to the next row.
+    :param follow: only the carried rows fire (implies ``carry``).
     """
 
-    def __init__(self, output_embeddings: torch.Tensor, carry: bool = False) -> None:
-        self.output_embeddings, self.carry = output_embeddings, carry
+    def __init__(self, output_embeddings: torch.Tensor, carry: bool = False, follow: bool = False) -> None:
+        self.output_embeddings, self.carry, self.follow = output_embeddings, carry or follow, follow
         self.spent: torch.Tensor | None = None  # (sequences, rows): 1 usable, 0 spent
         self.last: torch.Tensor | None = None   # (sequences, rows): firing at the last position
 
@@ -131,6 +137,7 @@ class RowUse:
         if fired.dim() == 2:
             return self(fired.unsqueeze(0), values, tokens).squeeze(0)
         batch, positions, n = fired.shape
+        only = torch.zeros_like(fired)  # follow: the carried rows' firing
         if positions > 1 or self.spent is None or self.last is None or tokens is None \
                 or self.spent.shape != (batch, n):
             self.spent = torch.ones(batch, n, dtype=fired.dtype, device=fired.device)
@@ -147,10 +154,12 @@ class RowUse:
                 carried = torch.zeros_like(self.spent)
                 carried[seqs[inside], givers[inside] + 1] = self.last[seqs[inside], givers[inside]].to(carried.dtype)
                 lifted = torch.maximum(fired, carried[:, None, :].to(fired.dtype))
+                goes_on = (fired > 0) & (carried[:, None, :] > 0).to(fired.device)
+                only = torch.where(goes_on, lifted, only)
                 fired = torch.where(fired > 0, lifted, fired)  # only a row that matches on its own goes on
         fired = fired * self.spent[:, None, :].to(fired.dtype)
         self.last = fired[:, -1, :].detach().float()
-        return fired
+        return only * self.spent[:, None, :].to(fired.dtype) if self.follow else fired
 
 
 class LoraHooks:

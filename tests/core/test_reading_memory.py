@@ -16,7 +16,9 @@ from d2l_haystack.core.memory import (
     DEFAULT_MAX_ROWS,
     DEFAULT_MAX_TOKENS,
     DEFAULT_OVERRIDE,
+    DEFAULT_ROW_USE,
     MEMORY_FILE,
+    UNNAMED_ROW_USE,
     OverrideRule,
     ReadingMemory,
 )
@@ -465,6 +467,54 @@ def test_the_memory_yields_when_the_adapter_alone_is_sure(memory_engine: D2LEngi
         ReadingMemory.load(tmp_path)
 
 
+def test_a_yielded_answer_follows_the_document_where_the_memory_says_so(
+        memory_engine: D2LEngine, memory_adapter: Adapter, tmp_path: Path, monkeypatch) -> None:
+    """With ``follow_on_yield`` a yielded answer is generated with the rows in
+    :class:`~d2l_haystack.core.lora.RowUse` ``follow`` (silent for the first token, then only the
+    document's next position; its arithmetic is tested above), through the plain path and the two
+    readers alike; the switch survives the file and a file without it is off."""
+    from dataclasses import replace
+
+    from d2l_haystack.core import engine as engine_module
+    from d2l_haystack.core.lora import RowUse
+
+    made: list[RowUse] = []
+
+    class Recorded(RowUse):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(engine_module, "RowUse", Recorded)
+    memory = memory_engine.memory
+    assert memory is not None
+    plain = replace(memory_adapter, memory=None, memory_chunks=None, memory_key="")
+    monkeypatch.setattr(memory, "yield_above", 1e-6)  # any first token is "sure"
+    for question in ("What is the third fact?", "What is the access code?"):
+        alone = memory_engine.generate(question, plain, max_new_tokens=6, max_chunks=0)
+        monkeypatch.setattr(memory, "follow_on_yield", False)
+        monkeypatch.setattr(memory, "override", None)
+        made.clear()
+        yielded = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
+        assert yielded.meta["memory"] == "yielded" and yielded.text == alone.text
+        assert not any(use.follow for use in made)
+        monkeypatch.setattr(memory, "follow_on_yield", True)
+        follows = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
+        assert follows.meta["memory"] == "followed" and made[-1].follow and made[-1].spent is not None
+        first = memory_engine.tokenizer(alone.text, add_special_tokens=False)["input_ids"][:1]
+        assert memory_engine.tokenizer(follows.text, add_special_tokens=False)["input_ids"][:1] == first
+        monkeypatch.setattr(memory, "override", DEFAULT_OVERRIDE)  # the two readers' path
+        both = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
+        assert both.meta["memory"] in ("followed", "overrode")
+        if both.meta["memory"] == "followed":
+            assert both.text == follows.text
+    stored = _random_memory()
+    assert not stored.follow_on_yield
+    stored.follow_on_yield = True
+    stored.save(tmp_path)
+    assert ReadingMemory.load(tmp_path).follow_on_yield  # type: ignore[union-attr]
+
+
 def test_documents_longer_than_max_tokens_get_no_rows(memory_engine: D2LEngine, long_text) -> None:
     """The memory reads documents up to its max_tokens; a longer one's adapter is the network's alone."""
     assert memory_engine.memory is not None
@@ -587,7 +637,11 @@ def test_a_sure_adapter_gives_way_to_the_memory_where_the_override_rule_says(
     with pytest.raises(CheckpointError, match="damaged reading memory"):
         ReadingMemory.load(tmp_path)
     save_file(tensors, str(tmp_path / MEMORY_FILE), metadata={"format": "pt", "layer": "3", "scale_x": "0.5"})
-    assert ReadingMemory.load(tmp_path).override == DEFAULT_OVERRIDE  # type: ignore[union-attr]  # older files
+    older = ReadingMemory.load(tmp_path)
+    assert older is not None and older.override == DEFAULT_OVERRIDE
+    assert older.row_use == UNNAMED_ROW_USE == "all"  # measured that way, before the header existed
+    assert not older.follow_on_yield
+    assert _random_memory().row_use == DEFAULT_ROW_USE == "next"  # a new memory's
 
 
 def test_both_readers_gives_the_two_answers_generate_chooses_between(
@@ -610,13 +664,18 @@ def test_both_readers_gives_the_two_answers_generate_chooses_between(
         nonzero_engine.both_readers(question, plain, max_new_tokens=4, gate=False)
 
 
+@pytest.mark.parametrize("row_use", ["all", "next"])
 def test_the_two_readers_in_one_batch_answer_and_score_as_two_separate_runs(
-        memory_engine: D2LEngine, memory_adapter: Adapter) -> None:
+        memory_engine: D2LEngine, memory_adapter: Adapter, row_use: str, monkeypatch) -> None:
     """The batched readers (the rows masked off for one sequence) give the answers and the three
-    log-probabilities that separate greedy runs and separate scoring passes give."""
+    log-probabilities that separate greedy runs and separate scoring passes give. With a
+    ``row_use`` that spends rows, the memory's own score is that of its generation (rows spent as
+    it went), so only the answers and the two cross-scores (single passes) are compared."""
     from d2l_haystack.core.engine import _CallbackStreamer, _without_rows
 
     engine = memory_engine
+    assert engine.memory is not None
+    monkeypatch.setattr(engine.memory, "row_use", row_use)
     with_rows = engine._compose([memory_adapter], None)
     assert with_rows is not None
     plain = _without_rows(with_rows)
@@ -639,7 +698,8 @@ def test_the_two_readers_in_one_batch_answer_and_score_as_two_separate_runs(
             continue
         compared += 1
         expected = (mean_logprob(with_rows, memory), mean_logprob(with_rows, adapter), mean_logprob(plain, memory))
-        assert check == pytest.approx(expected, abs=1e-4)
+        first = 0 if row_use == "all" else 1
+        assert check[first:] == pytest.approx(expected[first:], abs=1e-4)
     assert compared  # the random rows change at least one answer (else the scores went untested)
 
 
@@ -752,7 +812,7 @@ def test_row_use_once_answers_as_full_passes_with_the_spent_rows_removed(
     folder = tmp_path / "once"
     shutil.copytree(memory_checkpoints[1], folder)
     memory = ReadingMemory.load(folder)
-    assert memory is not None and memory.row_use == "all"  # the default of files that name none
+    assert memory is not None and memory.row_use == DEFAULT_ROW_USE  # a new memory's
     memory.row_use = "once"
     memory.save(folder)
     engine = D2LEngine(str(tiny_llama_dir), checkpoint=str(folder), device="cpu", chunk_tokens=64)
@@ -786,7 +846,9 @@ def test_row_use_once_answers_as_full_passes_with_the_spent_rows_removed(
         assert got == expected
     assert changed  # spending rows changed at least one answer (else the test shows nothing)
     use = engine._row_use(factors)
-    assert use is not None and not use.carry and memory_engine._row_use(factors) is None
+    assert use is not None and not use.carry
+    engine.memory.row_use = "all"
+    assert engine._row_use(factors) is None  # every row fires: nothing to spend
     engine.memory.row_use = "next"
     use = engine._row_use(factors)
     assert use is not None and use.carry
@@ -815,3 +877,31 @@ def test_row_use_next_carries_the_spent_rows_firing_to_the_following_position() 
                                torch.tensor([[[0.0, -0.2, 0.3]]]))
     with pytest.raises(ValueError, match="row_use 'twice' is not one of all, once, next"):
         ReadingMemory(8, 4, rank=2, layer=0, row_use="twice")
+
+
+def test_row_use_follow_fires_only_the_document_position_after_a_copied_token() -> None:
+    """Where the memory yields, the adapters answer alone, but after a token that a row gives (the
+    document has it), that row's next position fires: nothing else does."""
+    from d2l_haystack.core.lora import RowUse
+
+    emb = torch.eye(5, 4)
+    values = torch.stack([emb[1], emb[2], emb[3]])  # the document's positions 0, 1, 2 give tokens 1, 2, 3
+    use = RowUse(emb, follow=True)
+    assert use.carry
+    prompt = torch.tensor([[[0.2, 0.1, 0.3], [0.8, 0.1, 0.3]]])
+    torch.testing.assert_close(use(prompt, values, torch.tensor([[7, 8]])), torch.zeros(1, 2, 3))  # silent
+    # token 1 (the adapters' choice) is row 0's value, which fired 0.8: row 1 goes on with 0.8, alone
+    torch.testing.assert_close(use(torch.tensor([[[0.5, 0.1, 0.3]]]), values, torch.tensor([[1]])),
+                               torch.tensor([[[0.0, 0.8, 0.0]]]))
+    # token 2 from row 1: row 2 goes on; then token 3 from row 2, and the last row carries nothing
+    torch.testing.assert_close(use(torch.tensor([[[0.5, 0.9, 0.3]]]), values, torch.tensor([[2]])),
+                               torch.tensor([[[0.0, 0.0, 0.8]]]))
+    torch.testing.assert_close(use(torch.tensor([[[0.5, 0.9, 0.3]]]), values, torch.tensor([[3]])),
+                               torch.zeros(1, 1, 3))
+    # a token no row gave (4) carries nothing; nor does a next row that does not fire on its own
+    use(prompt, values, torch.tensor([[7, 8]]))
+    torch.testing.assert_close(use(torch.tensor([[[0.5, 0.4, 0.3]]]), values, torch.tensor([[4]])),
+                               torch.zeros(1, 1, 3))
+    use(prompt, values, torch.tensor([[7, 8]]))
+    torch.testing.assert_close(use(torch.tensor([[[0.5, -0.2, 0.3]]]), values, torch.tensor([[1]])),
+                               torch.zeros(1, 1, 3))
