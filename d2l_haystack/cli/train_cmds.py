@@ -74,6 +74,9 @@ def register(sub: Any) -> None:
                    help="how the rows fire while an answer is generated: all (as fitted), once (a row that gave "
                         "a token is spent), next (spent, and the document's next position goes on) (default: "
                         "core.memory.DEFAULT_ROW_USE, or --init's)")
+    f.add_argument("--follow-on-yield", choices=("on", "off"),
+                   help="where the memory yields, let the answer go on as the document goes on after a token "
+                        "the document has (default: off, or --init's)")
     f.add_argument("--eval-every", type=int, default=250, help="steps between choosing evaluations (default 250)")
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--json", help="write the report here")
@@ -207,6 +210,8 @@ def _memory_fit(args: argparse.Namespace) -> int:
         memory.override = None if args.override == "none" else args.override
     if args.row_use is not None:
         memory.row_use = args.row_use
+    if args.follow_on_yield is not None:
+        memory.follow_on_yield = args.follow_on_yield == "on"
     print_report(report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -970,6 +970,7 @@ class D2LEngine:
                 "reading_memory": self.memory.key if self.memory is not None else None,
                 **({"memory_yield_above": self.memory.yield_above, "memory_max_tokens": self.memory.max_tokens,
                     "memory_max_rows": self.memory.max_rows, "memory_row_use": self.memory.row_use,
+                    "memory_follow_on_yield": self.memory.follow_on_yield,
                     "memory_override": self.memory.override.to_text() if self.memory.override else None}
                    if self.memory is not None else {}),
                 "instructions_checkpoint": self.instructions_checkpoint}

@@ -74,8 +74,9 @@ def test_an_engine_with_a_memory_adds_one_row_per_document_token(
     assert memory_engine.checkpoint_id != plain.checkpoint_id  # adapters of the two are not interchangeable
     described = memory_engine.describe()
     assert described["reading_memory"] == "down_proj@3" and described["memory_override"] == DEFAULT_OVERRIDE.to_text()
-    assert (described["memory_yield_above"], described["memory_max_tokens"], described["memory_max_rows"]) == (
-        0.95, DEFAULT_MAX_TOKENS, DEFAULT_MAX_ROWS)
+    assert (described["memory_yield_above"], described["memory_max_tokens"], described["memory_max_rows"],
+            described["memory_row_use"], described["memory_follow_on_yield"]) == (
+        0.95, DEFAULT_MAX_TOKENS, DEFAULT_MAX_ROWS, DEFAULT_ROW_USE, False)
     assert "memory_override" not in plain.describe()
     a = memory_adapter
     assert a.memory is not None and a.memory_chunks is not None and a.memory_key == "down_proj@3"
@@ -309,7 +310,8 @@ def test_a_memory_for_a_layer_the_adapters_lack_is_refused(tmp_path: Path, nonze
 
 
 def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
-        tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path]) -> None:
+        tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path],
+        monkeypatch) -> None:
     """End to end on the tiny model: cache states of generated training-part documents, fit a
     memory (held kinds choose the step), write a checkpoint, internalize with it."""
     from d2l_haystack.training.memory import collect, fit, write_checkpoint
@@ -338,6 +340,16 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
     assert hold not in report["validation"]
     assert [row["step"] for row in report["curve"]] == [0, 2, 4] and report["best_step"] in (0, 2, 4)
     assert memory.layer == 3 and memory.scale_x > 0
+    # the command line: the decode-time switches go into the written header
+    from d2l_haystack.cli import main
+    from d2l_haystack.core import models
+
+    monkeypatch.setattr(models, "get_model", lambda name, device="cpu": engine.loaded)  # the tiny model by name
+    assert main(["memory", "fit", str(cache), "--checkpoint", str(memory_checkpoints[0]), "--hold-kinds", hold,
+                 "--rank", "4", "--steps", "2", "--batch", "4", "--eval-every", "2", "--threads", "1",
+                 "--row-use", "once", "--follow-on-yield", "on", "--out", str(tmp_path / "cli")]) == 0
+    written = ReadingMemory.load(tmp_path / "cli")
+    assert written is not None and (written.row_use, written.follow_on_yield) == ("once", True)
     out = write_checkpoint(memory, memory_checkpoints[0], tmp_path / "ckpt", report)
     assert (out / MEMORY_FILE).is_file() and (out / "memory_fit.json").is_file()
     reader = D2LEngine(str(tiny_llama_dir), checkpoint=str(out), device="cpu", chunk_tokens=64, keys=None)
@@ -384,6 +396,9 @@ def test_memory_fit_names_a_missing_checkpoint_in_one_line(tmp_path: Path, capsy
     with pytest.raises(SystemExit):
         main(["memory", "fit", str(tmp_path / "c.pt"), "--row-use", "twice"])
     assert "invalid choice: 'twice'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["memory", "fit", str(tmp_path / "c.pt"), "--follow-on-yield", "yes"])
+    assert "invalid choice: 'yes'" in capsys.readouterr().err
 
 
 def test_a_memory_below_the_last_layer_is_fitted_through_the_layers_above(
