@@ -653,9 +653,11 @@ class D2LEngine:
         ``chunks_applied``, ``chunks_total``, ``selection`` and, with chunk keys, ``relevance``
         and ``gated``; for adapters with reading-memory rows, ``memory`` and ``adapter_confidence``:
         ``"applied"``, or where the adapters alone were sure of the first token
-        (:attr:`ReadingMemory.yield_above`) ``"yielded"`` or, greedy, ``"overrode"`` when the
-        memory's own answer was taken (:class:`~d2l_haystack.core.memory.OverrideRule`; both answers
-        are made first, so a streaming callback then gets the answer in one piece). ``query`` is the
+        (:attr:`ReadingMemory.yield_above`) ``"yielded"`` (``"followed"`` with the memory's
+        ``follow_on_yield``: the document's next position still pushes after a copied token) or,
+        greedy, ``"overrode"`` when the memory's own answer was taken
+        (:class:`~d2l_haystack.core.memory.OverrideRule`; both answers are made first, so a
+        streaming callback then gets the answer in one piece). ``query`` is the
         text compared with the chunk keys (default: the question, or the last user message).
         """
         _check_generation(max_new_tokens, temperature, top_p)

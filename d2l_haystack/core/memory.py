@@ -75,6 +75,12 @@ DEFAULT_ROW_USE = "next"
 ``all`` on the held-out sets, contains +0.022 [+0.006, +0.038] pooled and F1 unchanged
 (docs/training.md, "Each row once")."""
 
+DEFAULT_FOLLOW_ON_YIELD = True
+"""Whether a new memory (and the shipped one) lets a yielded answer go on as the document goes on
+(:attr:`ReadingMemory.follow_on_yield`): against off on the held-out sets, held-out needle phrasings
+0.425 -> 0.575, contains +0.023 [+0.011, +0.035] pooled, F1 unchanged (docs/training.md, "A yielded
+answer follows the document"). A file without the header has it off, as it was measured."""
+
 UNNAMED_ROW_USE = "all"
 """The :data:`ROW_USES` mode of a memory file that names none (written before the header existed):
 the behaviour it was measured with."""
@@ -144,14 +150,14 @@ class ReadingMemory(nn.Module):
         :class:`OverrideRule`; ``None``: a sure adapter always answers alone).
     :param follow_on_yield: where the memory yields, the adapters' answer still goes on as the
         document goes on after a token the document has (:class:`~d2l_haystack.core.lora.RowUse`
-        ``follow``: only the next position's row fires).
+        ``follow``: only the next position's row fires; :data:`DEFAULT_FOLLOW_ON_YIELD`).
     """
 
     def __init__(self, d_in: int, d_out: int, rank: int, layer: int, module: str = "down_proj",
                  scale_x: float = 1.0, yield_above: float | None = DEFAULT_YIELD_ABOVE,
                  max_tokens: int = DEFAULT_MAX_TOKENS, override: OverrideRule | None = DEFAULT_OVERRIDE,
                  max_rows: int = DEFAULT_MAX_ROWS, row_use: str = DEFAULT_ROW_USE,
-                 follow_on_yield: bool = False) -> None:
+                 follow_on_yield: bool = DEFAULT_FOLLOW_ON_YIELD) -> None:
         super().__init__()
         self.q = nn.Parameter(torch.randn(rank, d_in) * 0.01)
         self.p = nn.Parameter(torch.randn(rank, d_in) * 0.01)

@@ -227,7 +227,8 @@ def test_internalize_on_the_real_model(real_engine: D2LEngine, sample_text: str)
     assert real_engine.memory is not None and adapter.memory_key == "down_proj@29"
     assert adapter.memory_rows == len(real_engine.chunk_ids(sample_text)[0])
     answer = real_engine.generate("Who built the Marlow lighthouse?", adapter, max_new_tokens=8)
-    assert answer.meta["memory"] in ("applied", "yielded") and 0 <= answer.meta["adapter_confidence"] <= 1
+    assert answer.meta["memory"] in ("applied", "yielded", "followed", "overrode")
+    assert 0 <= answer.meta["adapter_confidence"] <= 1
     ids = real_engine.format.question_ids("Who built the Marlow lighthouse?")
     base = real_engine.logits(ids)
     adapted = real_engine.logits(ids, adapter)

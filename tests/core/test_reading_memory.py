@@ -13,6 +13,7 @@ from d2l_haystack.core import Adapter, D2LEngine
 from d2l_haystack.core.errors import AdapterError, CheckpointError
 from d2l_haystack.core.hypernet import save_checkpoint
 from d2l_haystack.core.memory import (
+    DEFAULT_FOLLOW_ON_YIELD,
     DEFAULT_MAX_ROWS,
     DEFAULT_MAX_TOKENS,
     DEFAULT_OVERRIDE,
@@ -76,7 +77,7 @@ def test_an_engine_with_a_memory_adds_one_row_per_document_token(
     assert described["reading_memory"] == "down_proj@3" and described["memory_override"] == DEFAULT_OVERRIDE.to_text()
     assert (described["memory_yield_above"], described["memory_max_tokens"], described["memory_max_rows"],
             described["memory_row_use"], described["memory_follow_on_yield"]) == (
-        0.95, DEFAULT_MAX_TOKENS, DEFAULT_MAX_ROWS, DEFAULT_ROW_USE, False)
+        0.95, DEFAULT_MAX_TOKENS, DEFAULT_MAX_ROWS, DEFAULT_ROW_USE, DEFAULT_FOLLOW_ON_YIELD)
     assert "memory_override" not in plain.describe()
     a = memory_adapter
     assert a.memory is not None and a.memory_chunks is not None and a.memory_key == "down_proj@3"
@@ -451,12 +452,14 @@ def test_the_memory_yields_when_the_adapter_alone_is_sure(memory_engine: D2LEngi
     applied = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0, gate=False)
     saved = memory_engine.memory.yield_above
     try:
+        memory_engine.memory.follow_on_yield = False  # a yielded answer is the adapter's alone (follow: below)
         memory_engine.memory.yield_above = None
         always = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
         memory_engine.memory.yield_above, memory_engine.memory.override = 1e-6, None  # any first token is "sure"
         yielded = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
     finally:
         memory_engine.memory.yield_above, memory_engine.memory.override = saved, DEFAULT_OVERRIDE
+        memory_engine.memory.follow_on_yield = DEFAULT_FOLLOW_ON_YIELD
     assert always.meta["memory"] == "applied" and "adapter_confidence" not in always.meta
     assert yielded.meta["memory"] == "yielded" and yielded.text == without
     assert applied.meta["memory"] == "applied" and applied.meta["adapter_confidence"] < saved  # type: ignore[operator]
@@ -524,10 +527,11 @@ def test_a_yielded_answer_follows_the_document_where_the_memory_says_so(
         if both.meta["memory"] == "followed":
             assert both.text == follows.text
     stored = _random_memory()
-    assert not stored.follow_on_yield
-    stored.follow_on_yield = True
-    stored.save(tmp_path)
-    assert ReadingMemory.load(tmp_path).follow_on_yield  # type: ignore[union-attr]
+    assert stored.follow_on_yield == DEFAULT_FOLLOW_ON_YIELD  # a new memory's
+    for switch in (False, True):
+        stored.follow_on_yield = switch
+        stored.save(tmp_path)
+        assert ReadingMemory.load(tmp_path).follow_on_yield == switch  # type: ignore[union-attr]
 
 
 def test_documents_longer_than_max_tokens_get_no_rows(memory_engine: D2LEngine, long_text) -> None:
@@ -612,9 +616,10 @@ def test_a_sure_adapter_gives_way_to_the_memory_where_the_override_rule_says(
     memory = memory_engine.memory
     assert memory is not None
     question = "What is the third fact?"
-    saved = memory.yield_above, memory.override
+    saved = memory.yield_above, memory.override, memory.follow_on_yield
     chunks: list[str] = []
     try:
+        memory.follow_on_yield = False  # a yielded answer is the adapter's alone
         memory.yield_above = None
         with_rows = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
         memory.yield_above, memory.override = 1e-6, None
@@ -627,7 +632,7 @@ def test_a_sure_adapter_gives_way_to_the_memory_where_the_override_rule_says(
         kept = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0)
         sampled = memory_engine.generate(question, memory_adapter, max_new_tokens=6, max_chunks=0, do_sample=True)
     finally:
-        memory.yield_above, memory.override = saved
+        memory.yield_above, memory.override, memory.follow_on_yield = saved
     assert taken.text == with_rows.text and taken.meta["memory"] == "overrode" and "".join(chunks).strip() == taken.text
     check = taken.meta["memory_check"]
     assert set(check) == {"own", "memory_on_adapter", "adapter_on_memory"} and all(v <= 0 for v in check.values())
@@ -655,7 +660,7 @@ def test_a_sure_adapter_gives_way_to_the_memory_where_the_override_rule_says(
     older = ReadingMemory.load(tmp_path)
     assert older is not None and older.override == DEFAULT_OVERRIDE
     assert older.row_use == UNNAMED_ROW_USE == "all"  # measured that way, before the header existed
-    assert not older.follow_on_yield
+    assert not older.follow_on_yield  # off, as it was measured
     assert _random_memory().row_use == DEFAULT_ROW_USE == "next"  # a new memory's
 
 
