@@ -12,10 +12,12 @@ after a warm-up), the seconds of the memory's own pass (``timings["memory"]``), 
 stored bytes and its memory rows. Then the seconds to answer (``generate()``, greedy, median of
 ``--repeats``) a question the adapter alone is sure of (a trained-phrasing needle in the
 ``--answer-tokens`` document) and one it is not, with the hypernetwork alone, with the memory and
-its yield test only (``override=None``), and with the yield test and the override (the default:
-where the adapter is sure, both readers answer and the rule chooses; ``meta["memory"]`` is in the
-table). Prints the tables and writes ``--out`` (JSON). Timings depend on the machine and on other
-processes: run it alone.
+its yield test only (``override=None``, ``follow_on_yield`` off), the yield test with the follow
+(a yielded answer goes on as the document goes on), the yield test and the override (the default
+before the follow), and the yield test, the override and the follow (the default: where the
+adapter is sure, both readers answer, the rule chooses, and a yielded answer is made once more with
+the follow); ``meta["memory"]`` is in the table. Prints the tables and writes ``--out`` (JSON).
+Timings depend on the machine and on other processes: run it alone.
 """
 
 from __future__ import annotations
@@ -60,13 +62,16 @@ def answer_times(alone: Any, engine: Any, filler_ids: list[int], tokens: int, re
     middle = len(text) // 2
     text = f"{text[:middle]} {NEEDLE} {text[middle:]}"
     adapters = {"alone": alone.internalize(text, progress=False), "memory": engine.internalize(text, progress=False)}
-    saved = engine.memory.override
+    saved = engine.memory.override, engine.memory.follow_on_yield
     rows = []
     try:
         for kind, question in QUESTIONS.items():
-            for policy, who, override in (("hypernetwork alone", alone, None), ("memory, yield test", engine, None),
-                                          ("memory, yield test + override", engine, saved)):
-                engine.memory.override = override
+            for policy, who, override, follow in (
+                    ("hypernetwork alone", alone, None, False), ("memory, yield test", engine, None, False),
+                    ("memory, yield test + follow", engine, None, True),
+                    ("memory, yield test + override", engine, saved[0], False),
+                    ("memory, yield test + override + follow", engine, saved[0], True)):
+                engine.memory.override, engine.memory.follow_on_yield = override, follow
                 adapter = adapters["alone" if who is alone else "memory"]
                 who.generate(question, adapter, max_new_tokens=16, gate=False)  # warm-up
                 seconds, result = [], None
@@ -78,7 +83,7 @@ def answer_times(alone: Any, engine: Any, filler_ids: list[int], tokens: int, re
                              "memory": result.meta.get("memory", "-"), "answer": result.text[:40]})
                 print(rows[-1], file=sys.stderr, flush=True)
     finally:
-        engine.memory.override = saved
+        engine.memory.override, engine.memory.follow_on_yield = saved
     return rows
 
 
