@@ -676,10 +676,6 @@ class D2LEngine:
         streamer = _CallbackStreamer(self.tokenizer, streaming_callback, start)
         if with_rows is not None:  # the adapters alone are sure: both readers answer, one answer is sent
             chosen = self._two_readers(ids, with_rows, max_new_tokens, meta)
-            if meta.get("memory") == "yielded" and self._follows():
-                chosen = self._run_generate(ids, with_rows, _CallbackStreamer(self.tokenizer, None, start),
-                                            max_new_tokens, follow=True)
-                meta["memory"] = "followed"
             streamer.put(torch.tensor(ids))
             streamer.put(torch.tensor(chosen))
             streamer.end()
@@ -772,43 +768,62 @@ class D2LEngine:
         return self.memory.override if self.memory is not None else DEFAULT_OVERRIDE
 
     @torch.no_grad()
-    def _read_both(self, prompt_ids: list[int], with_rows: Factors, max_new_tokens: int
-                   ) -> tuple[list[int], list[int], tuple[float, float, float] | None]:
-        """Greedy answers (token ids) of the adapters alone and with the memory rows, and, where they
-        differ, the three log-probabilities the :class:`~d2l_haystack.core.memory.OverrideRule`
-        judges: ``(own, memory_on_adapter, adapter_on_memory)``.
+    def _read_both(self, prompt_ids: list[int], with_rows: Factors, max_new_tokens: int, follow: bool = False
+                   ) -> tuple[list[int], list[int], tuple[float, float, float] | None, list[int] | None]:
+        """Greedy answers (token ids) of the adapters alone and with the memory rows, where they
+        differ the three log-probabilities the :class:`~d2l_haystack.core.memory.OverrideRule`
+        judges: ``(own, memory_on_adapter, adapter_on_memory)``, and with ``follow`` the adapters'
+        answer followed (:class:`~d2l_haystack.core.lora.RowUse` ``follow``; ``None`` where the
+        memory's ``row_use`` is not ``next``: the caller makes it).
 
-        The two readers are one batch of two sequences (the rows switched off for the first), and
-        the two cross-scores one more batch: two passes over the model instead of five."""
-        n, rows_off_on = len(prompt_ids), torch.tensor([0.0, 1.0], device=self.device)
-        input_ids = torch.tensor([prompt_ids, prompt_ids], device=self.device)
-        with self.hooks.apply(with_rows, row_mask=rows_off_on, row_use=self._row_use(with_rows)):
+        The readers are one batch (the rows switched off for the first sequence; the followed
+        answer a third), and the two cross-scores one more batch: two passes over the model
+        instead of five or six."""
+        n = len(prompt_ids)
+        use = self._row_use(with_rows)
+        batched = follow and use is not None and use.carry  # the followed answer shares next's carry
+        mask = [0.0, 1.0, 1.0] if batched else [0.0, 1.0]
+        if batched:
+            use = RowUse(self.model.get_output_embeddings().weight, carry=True,
+                         follow=torch.tensor([False, False, True]))
+        input_ids = torch.tensor([prompt_ids] * len(mask), device=self.device)
+        with self.hooks.apply(with_rows, row_mask=torch.tensor(mask, device=self.device), row_use=use):
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                       output_logits=True, return_dict_in_generate=True,
                                       **self._generation_settings(max_new_tokens))
-        adapter, memory = (self.format.until_stop(out.sequences[i, n:].tolist()) for i in (0, 1))
+        adapter, memory, *rest = (self.format.until_stop(out.sequences[i, n:].tolist()) for i in range(len(mask)))
+        followed = rest[0] if rest else None
         if adapter == memory:
-            return adapter, memory, None
+            return adapter, memory, None, followed
         own = torch.stack([out.logits[t][1].float().log_softmax(-1)[token] for t, token in enumerate(memory)])
         memory_on_adapter, adapter_on_memory = self._mean_logprobs(with_rows, prompt_ids, [adapter, memory],
-                                                                   rows_off_on.flip(0))
-        return adapter, memory, (float(own.mean()), memory_on_adapter, adapter_on_memory)
+                                                                   torch.tensor([1.0, 0.0], device=self.device))
+        return adapter, memory, (float(own.mean()), memory_on_adapter, adapter_on_memory), followed
 
     def _two_readers(self, prompt_ids: list[int], with_rows: Factors, max_new_tokens: int,
                      meta: dict[str, Any]) -> list[int]:
         """The adapters' answer, or the memory's where its
         :class:`~d2l_haystack.core.memory.OverrideRule` says so (``meta["memory"]`` ``"overrode"``,
-        with the three log-probabilities in ``meta["memory_check"]``)."""
-        adapter, memory, check = self._read_both(prompt_ids, with_rows, max_new_tokens)
-        if check is None:
+        with the three log-probabilities in ``meta["memory_check"]``); where the adapters' answer
+        stands and the memory has ``follow_on_yield``, that answer followed (``"followed"``)."""
+        follow = self._follows()
+        adapter, memory, check, followed = self._read_both(prompt_ids, with_rows, max_new_tokens, follow)
+        if check is not None:
+            rule = self._override()
+            assert rule is not None  # _memory_or_not asks for two readers only with a rule
+            take = rule.prefers_memory(*check)
+            meta.update(memory="overrode" if take else "yielded",
+                        memory_check=dict(zip(("own", "memory_on_adapter", "adapter_on_memory"),
+                                              (round(v, 4) for v in check), strict=True)))
+            if take:
+                return memory
+        if not follow:
             return adapter
-        rule = self._override()
-        assert rule is not None  # _memory_or_not asks for two readers only with a rule
-        take = rule.prefers_memory(*check)
-        meta.update(memory="overrode" if take else "yielded",
-                    memory_check=dict(zip(("own", "memory_on_adapter", "adapter_on_memory"),
-                                          (round(v, 4) for v in check), strict=True)))
-        return memory if take else adapter
+        meta["memory"] = "followed"
+        if followed is None:
+            followed = self._run_generate(prompt_ids, with_rows, _CallbackStreamer(self.tokenizer, None, 0.0),
+                                          max_new_tokens, follow=True)
+        return followed
 
     @torch.no_grad()
     def both_readers(self, question: str, adapters: Adapter | list[Adapter], *, max_new_tokens: int = 64,
@@ -840,7 +855,7 @@ class D2LEngine:
         assert with_rows is not None
         plain = _without_rows(with_rows)
         sure = self._first_token_confidence(ids, plain)
-        adapter, memory, check = self._read_both(ids, with_rows, max_new_tokens)
+        adapter, memory, check, _ = self._read_both(ids, with_rows, max_new_tokens)
         own, memory_on_adapter, adapter_on_memory = check if check is not None else (None, None, None)
         return ReaderAnswers(adapter=self.tokenizer.decode(adapter, skip_special_tokens=True).strip(),
                              memory=self.tokenizer.decode(memory, skip_special_tokens=True).strip(),

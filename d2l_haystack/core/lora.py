@@ -124,11 +124,14 @@ class RowUse:
 
     :param output_embeddings: the model's output embedding matrix ``(vocab, d_out)``.
     :param carry: pass the spent row's firing on to the next row.
-    :param follow: only the carried rows fire (implies ``carry``).
+    :param follow: only the carried rows fire (implies ``carry``); a bool per sequence of the batch
+        (a tensor) follows in those sequences only and carries in the others.
     """
 
-    def __init__(self, output_embeddings: torch.Tensor, carry: bool = False, follow: bool = False) -> None:
-        self.output_embeddings, self.carry, self.follow = output_embeddings, carry or follow, follow
+    def __init__(self, output_embeddings: torch.Tensor, carry: bool = False,
+                 follow: bool | torch.Tensor = False) -> None:
+        self.output_embeddings, self.follow = output_embeddings, follow
+        self.carry = carry or bool(follow.any()) if isinstance(follow, torch.Tensor) else carry or follow
         self.spent: torch.Tensor | None = None  # (sequences, rows): 1 usable, 0 spent
         self.last: torch.Tensor | None = None   # (sequences, rows): firing at the last position
 
@@ -159,6 +162,9 @@ class RowUse:
                 fired = torch.where(fired > 0, lifted, fired)  # only a row that matches on its own goes on
         fired = fired * self.spent[:, None, :].to(fired.dtype)
         self.last = fired[:, -1, :].detach().float()
+        if isinstance(self.follow, torch.Tensor):
+            chosen = self.follow.to(fired.device).view(-1, 1, 1)
+            return torch.where(chosen, only * self.spent[:, None, :].to(fired.dtype), fired)
         return only * self.spent[:, None, :].to(fired.dtype) if self.follow else fired
 
 

@@ -690,7 +690,9 @@ def test_the_two_readers_in_one_batch_answer_and_score_as_two_separate_runs(
     """The batched readers (the rows masked off for one sequence) give the answers and the three
     log-probabilities that separate greedy runs and separate scoring passes give. With a
     ``row_use`` that spends rows, the memory's own score is that of its generation (rows spent as
-    it went), so only the answers and the two cross-scores (single passes) are compared."""
+    it went), so only the answers and the two cross-scores (single passes) are compared. With
+    ``next``, the followed answer (``follow_on_yield``) is a third sequence of the batch and equals
+    a separate followed run."""
     from d2l_haystack.core.engine import _CallbackStreamer, _without_rows
 
     engine = memory_engine
@@ -711,8 +713,13 @@ def test_the_two_readers_in_one_batch_answer_and_score_as_two_separate_runs(
     compared = 0
     for question in ("What is the third fact?", "What is the access code?", "Who wrote the report?"):
         ids = engine.prompt_ids(question)
-        adapter, memory, check = engine._read_both(ids, with_rows, 8)
+        adapter, memory, check, followed = engine._read_both(ids, with_rows, 8, follow=True)
         assert (adapter, memory) == (answer(plain), answer(with_rows))
+        if row_use == "next":  # the followed answer rides in the same batch, as a separate run makes it
+            assert followed == engine._run_generate(ids, with_rows, _CallbackStreamer(engine.tokenizer, None, 0.0),
+                                                    8, follow=True)
+        else:
+            assert followed is None  # made by the caller
         if check is None:
             assert adapter == memory
             continue
@@ -925,3 +932,12 @@ def test_row_use_follow_fires_only_the_document_position_after_a_copied_token() 
     use(prompt, values, torch.tensor([[7, 8]]))
     torch.testing.assert_close(use(torch.tensor([[[0.5, -0.2, 0.3]]]), values, torch.tensor([[1]])),
                                torch.zeros(1, 1, 3))
+    # per sequence of a batch: the first carries (row_use next), the second follows
+    mixed = RowUse(emb, follow=torch.tensor([False, True]))
+    assert mixed.carry
+    both = torch.cat([prompt, prompt])
+    torch.testing.assert_close(mixed(both, values, torch.tensor([[7, 8], [7, 8]])),
+                               torch.cat([prompt, torch.zeros(1, 2, 3)]))
+    step = torch.tensor([[[0.5, 0.1, 0.3]], [[0.5, 0.1, 0.3]]])
+    torch.testing.assert_close(mixed(step, values, torch.tensor([[1], [1]])),
+                               torch.tensor([[[0.0, 0.8, 0.3]], [[0.0, 0.8, 0.0]]]))
