@@ -625,10 +625,6 @@ class D2LEngine:
         if not items:
             return None
         factors = compose(items, weights)
-        memory = self.memory
-        if memory is not None and memory.centre_values and memory.key in factors:
-            a, b = factors[memory.key]
-            factors[memory.key] = (a, b - b.mean(0, keepdim=True))
         return {m: (a.to(self.device), b.to(self.device)) for m, (a, b) in factors.items()}
 
     def prompt_ids(self, question: str | list[dict[str, str]], context: str | None = None) -> list[int]:

@@ -151,16 +151,13 @@ class ReadingMemory(nn.Module):
     :param follow_on_yield: where the memory yields, the adapters' answer still goes on as the
         document goes on after a token the document has (:class:`~d2l_haystack.core.lora.RowUse`
         ``follow``: only the next position's row fires; :data:`DEFAULT_FOLLOW_ON_YIELD`).
-    :param centre_values: the value rows applied to one question are centred (their mean removed)
-        before they fire: many weakly firing rows then add up to nothing instead of to the mean
-        of their tokens' output embeddings (off: as fitted).
     """
 
     def __init__(self, d_in: int, d_out: int, rank: int, layer: int, module: str = "down_proj",
                  scale_x: float = 1.0, yield_above: float | None = DEFAULT_YIELD_ABOVE,
                  max_tokens: int = DEFAULT_MAX_TOKENS, override: OverrideRule | None = DEFAULT_OVERRIDE,
                  max_rows: int = DEFAULT_MAX_ROWS, row_use: str = DEFAULT_ROW_USE,
-                 follow_on_yield: bool = DEFAULT_FOLLOW_ON_YIELD, centre_values: bool = False) -> None:
+                 follow_on_yield: bool = DEFAULT_FOLLOW_ON_YIELD) -> None:
         super().__init__()
         self.q = nn.Parameter(torch.randn(rank, d_in) * 0.01)
         self.p = nn.Parameter(torch.randn(rank, d_in) * 0.01)
@@ -176,7 +173,6 @@ class ReadingMemory(nn.Module):
             raise ValueError(f"row_use {row_use!r} is not one of {', '.join(ROW_USES)}")
         self.row_use = row_use
         self.follow_on_yield = bool(follow_on_yield)
-        self.centre_values = bool(centre_values)
 
     @property
     def key(self) -> str:
@@ -227,7 +223,6 @@ class ReadingMemory(nn.Module):
                                                    "max_rows": str(self.max_rows),
                                                    "row_use": self.row_use,
                                                    "follow_on_yield": str(self.follow_on_yield).lower(),
-                                                   "centre_values": str(self.centre_values).lower(),
                                                    "override": self.override.to_text() if self.override else "None"})
 
     @classmethod
@@ -254,8 +249,7 @@ class ReadingMemory(nn.Module):
                          None if rule == "None" else OverrideRule.from_text(rule),
                          int(meta.get("max_rows", DEFAULT_MAX_ROWS)),
                          meta.get("row_use", UNNAMED_ROW_USE),
-                         meta.get("follow_on_yield", "false") == "true",
-                         meta.get("centre_values", "false") == "true")
+                         meta.get("follow_on_yield", "false") == "true")
             memory.load_state_dict(tensors)
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"damaged reading memory {target}: {exc}") from exc

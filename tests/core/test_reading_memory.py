@@ -534,30 +534,6 @@ def test_a_yielded_answer_follows_the_document_where_the_memory_says_so(
         assert ReadingMemory.load(tmp_path).follow_on_yield == switch  # type: ignore[union-attr]
 
 
-def test_centred_values_remove_the_mean_of_the_rows_applied(
-        memory_engine: D2LEngine, memory_adapter: Adapter, tmp_path: Path, monkeypatch) -> None:
-    """With ``centre_values`` the composed value rows of the memory have mean zero (the rows that
-    apply to the question, after the budget) and the match rows are unchanged; off, as fitted; the
-    switch survives the file and a file without it is off."""
-    memory = memory_engine.memory
-    assert memory is not None and not memory.centre_values
-    as_fitted = memory_engine._compose([memory_adapter], None)
-    monkeypatch.setattr(memory, "centre_values", True)
-    centred = memory_engine._compose([memory_adapter], None)
-    assert as_fitted is not None and centred is not None
-    (a, b), (a_c, b_c) = as_fitted[memory.key], centred[memory.key]
-    assert torch.equal(a, a_c) and not torch.allclose(b, b_c)
-    torch.testing.assert_close(b_c, b - b.mean(0, keepdim=True))
-    torch.testing.assert_close(b_c.mean(0), torch.zeros(b.shape[1]), atol=1e-6, rtol=0)
-    for m in as_fitted:
-        if m != memory.key:
-            assert torch.equal(as_fitted[m][1], centred[m][1])
-    stored = _random_memory()
-    stored.centre_values = True
-    stored.save(tmp_path)
-    assert ReadingMemory.load(tmp_path).centre_values  # type: ignore[union-attr]
-
-
 def test_documents_longer_than_max_tokens_get_no_rows(memory_engine: D2LEngine, long_text) -> None:
     """The memory reads documents up to its max_tokens; a longer one's adapter is the network's alone."""
     assert memory_engine.memory is not None
@@ -684,7 +660,7 @@ def test_a_sure_adapter_gives_way_to_the_memory_where_the_override_rule_says(
     older = ReadingMemory.load(tmp_path)
     assert older is not None and older.override == DEFAULT_OVERRIDE
     assert older.row_use == UNNAMED_ROW_USE == "all"  # measured that way, before the header existed
-    assert not older.follow_on_yield and not older.centre_values  # off, as they were measured
+    assert not older.follow_on_yield  # off, as it was measured
     assert _random_memory().row_use == DEFAULT_ROW_USE == "next"  # a new memory's
 
 
