@@ -76,7 +76,7 @@ def register(sub: Any) -> None:
                         "core.memory.DEFAULT_ROW_USE, or --init's)")
     f.add_argument("--follow-on-yield", choices=("on", "off"),
                    help="where the memory yields, let the answer go on as the document goes on after a token "
-                        "the document has (default: off, or --init's)")
+                        "the document has (default: core.memory.DEFAULT_FOLLOW_ON_YIELD, or --init's)")
     f.add_argument("--eval-every", type=int, default=250, help="steps between choosing evaluations (default 250)")
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--json", help="write the report here")

@@ -131,7 +131,7 @@ class RowUse:
     def __init__(self, output_embeddings: torch.Tensor, carry: bool = False,
                  follow: bool | torch.Tensor = False) -> None:
         self.output_embeddings, self.follow = output_embeddings, follow
-        self.carry = carry or bool(follow.any()) if isinstance(follow, torch.Tensor) else carry or follow
+        self.carry = carry or (bool(follow.any()) if isinstance(follow, torch.Tensor) else follow)
         self.spent: torch.Tensor | None = None  # (sequences, rows): 1 usable, 0 spent
         self.last: torch.Tensor | None = None   # (sequences, rows): firing at the last position
 

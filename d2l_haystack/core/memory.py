@@ -240,6 +240,9 @@ class ReadingMemory(nn.Module):
             with safe_open(str(target), framework="pt", device="cpu") as fh:
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k).float() for k in fh.keys()}
+            follow = meta.get("follow_on_yield", "false")
+            if follow not in ("true", "false"):
+                raise ValueError(f"follow_on_yield {follow!r} is not true or false")
             given = meta.get("yield_above", repr(DEFAULT_YIELD_ABOVE))
             rule = meta.get("override", DEFAULT_OVERRIDE.to_text())  # files from before the rule get it
             memory = cls(tensors["q"].shape[1], tensors["w"].shape[0], tensors["q"].shape[0], int(meta["layer"]),
@@ -249,7 +252,7 @@ class ReadingMemory(nn.Module):
                          None if rule == "None" else OverrideRule.from_text(rule),
                          int(meta.get("max_rows", DEFAULT_MAX_ROWS)),
                          meta.get("row_use", UNNAMED_ROW_USE),
-                         meta.get("follow_on_yield", "false") == "true")
+                         follow == "true")
             memory.load_state_dict(tensors)
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"damaged reading memory {target}: {exc}") from exc

@@ -363,11 +363,11 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
         fit([cache], engine.model, hold_kinds=(hold,), steps=1, checkpoint_id="0123456789ab")
     # a fit continued from the memory starts where the first one chose to stop
     memory.yield_above, memory.max_tokens, memory.override = 0.5, 99, OverrideRule(-0.5, -0.5, -0.5)
-    memory.row_use = "next"
+    memory.row_use, memory.follow_on_yield = "once", False
     continued, again = fit([cache], engine.model, hold_kinds=(hold,), steps=2, batch=4, eval_every=2, val_every=2,
                            init=memory)
-    assert (continued.yield_above, continued.max_tokens, continued.override, continued.row_use) == (
-        0.5, 99, memory.override, "next")
+    assert (continued.yield_above, continued.max_tokens, continued.override, continued.row_use,
+            continued.follow_on_yield) == (0.5, 99, memory.override, "once", False)
     chosen = next(row for row in report["curve"] if row["step"] == report["best_step"])
     assert again["init"] and again["curve"][0]["chosen_on"] == chosen["chosen_on"]
     with pytest.raises(ValueError, match="down_proj@1"):
@@ -532,6 +532,13 @@ def test_a_yielded_answer_follows_the_document_where_the_memory_says_so(
         stored.follow_on_yield = switch
         stored.save(tmp_path)
         assert ReadingMemory.load(tmp_path).follow_on_yield == switch  # type: ignore[union-attr]
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tmp_path / MEMORY_FILE))
+    save_file(tensors, str(tmp_path / MEMORY_FILE), metadata={"format": "pt", "layer": "3", "scale_x": "0.5",
+                                                              "follow_on_yield": "maybe"})
+    with pytest.raises(CheckpointError, match="follow_on_yield 'maybe' is not true or false"):
+        ReadingMemory.load(tmp_path)
 
 
 def test_documents_longer_than_max_tokens_get_no_rows(memory_engine: D2LEngine, long_text) -> None:
