@@ -202,7 +202,7 @@ def test_info(tiny: list[str], tiny_llama_dir: Path, capsys: pytest.CaptureFixtu
     assert info["model"] == "tiny-llama" and info["model_folder"] == str(tiny_llama_dir)
     assert info["trained"] is False and info["checkpoint"] == "untrained"
     assert info["hypernet_parameters"] > 0
-    assert info["key_model"] == "all-minilm-l6-v2" and info["min_relevance"] == 0.4 and info["max_chunks"] == 8
+    assert info["key_model"] == "all-minilm-l6-v2" and info["min_relevance"] == 0.35 and info["max_chunks"] == 8
     from d2l_haystack.core.models import cache_dir
 
     assert info["cache_folder"] == str(cache_dir())
