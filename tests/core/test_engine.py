@@ -227,7 +227,9 @@ def test_internalize_on_the_real_model(real_engine: D2LEngine, sample_text: str)
     assert real_engine.memory is not None and adapter.memory_key == "down_proj@29"
     assert adapter.memory_rows == len(real_engine.chunk_ids(sample_text)[0])
     answer = real_engine.generate("Who built the Marlow lighthouse?", adapter, max_new_tokens=8)
-    assert answer.meta["memory"] in ("applied", "yielded", "followed", "overrode")
+    # the shipped memory follows a yielded answer (follow_on_yield), so greedy answers never say "yielded"
+    assert answer.meta["memory"] in ("applied", "followed", "overrode")
+    assert real_engine.describe()["memory_follow_on_yield"] and real_engine.describe()["memory_row_use"] == "next"
     assert 0 <= answer.meta["adapter_confidence"] <= 1
     ids = real_engine.format.question_ids("Who built the Marlow lighthouse?")
     base = real_engine.logits(ids)
