@@ -681,12 +681,9 @@ class D2LEngine:
             streamer.put(torch.tensor(ids))
             streamer.put(torch.tensor(chosen))
             streamer.end()
-        elif meta.get("memory") == "yielded" and self._follows():
-            self._run_generate(ids, self._compose(selected, weights), streamer, max_new_tokens, do_sample,
-                               temperature, top_p, follow=True)
-            meta["memory"] = "followed"
         else:
-            self._run_generate(ids, factors, streamer, max_new_tokens, do_sample, temperature, top_p)
+            self._run_generate(ids, factors, streamer, max_new_tokens, do_sample, temperature, top_p,
+                               follow=meta.get("memory") == "followed")
         seconds = time.perf_counter() - start
         text = self.tokenizer.decode(streamer.tokens, skip_special_tokens=True).strip()
         return GenerationResult(text=text, num_tokens=len(streamer.tokens), seconds=seconds,
@@ -700,7 +697,7 @@ class D2LEngine:
         included). ``follow``: only the document's next position after a copied token fires
         (:class:`~d2l_haystack.core.lora.RowUse`), where the memory yielded."""
         input_ids = torch.tensor([ids], device=self.device)
-        use = RowUse(self.model.get_output_embeddings().weight, follow=True) if follow else self._row_use(factors)
+        use = self._new_row_use(follow=True) if follow else self._row_use(factors)
         with torch.no_grad(), self.hooks.apply(factors, row_use=use):
             self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
                                 **self._generation_settings(max_new_tokens, do_sample, temperature, top_p))
@@ -714,7 +711,11 @@ class D2LEngine:
         if factors is None or self.memory is None or self.memory.row_use == "all" \
                 or len(_without_rows(factors)) == len(factors):
             return None
-        return RowUse(self.model.get_output_embeddings().weight, carry=self.memory.row_use == "next")
+        return self._new_row_use(carry=self.memory.row_use == "next")
+
+    def _new_row_use(self, carry: bool = False, follow: bool | torch.Tensor = False) -> RowUse:
+        """A fresh :class:`~d2l_haystack.core.lora.RowUse` over this model's output embeddings."""
+        return RowUse(self.model.get_output_embeddings().weight, carry=carry, follow=follow)
 
     def _follows(self) -> bool:
         """Whether a yielded answer still follows the document (:attr:`ReadingMemory.follow_on_yield`)."""
@@ -742,7 +743,9 @@ class D2LEngine:
         The rows apply unless the adapters alone give the answer's first token a probability of at
         least the memory's ``yield_above``: then the adapters are sure (trained needles, where the
         rows would only add noise), and, greedy and with the memory's
-        :class:`~d2l_haystack.core.memory.OverrideRule`, :meth:`_two_readers` decides."""
+        :class:`~d2l_haystack.core.memory.OverrideRule`, :meth:`_two_readers` decides; without
+        the rule, with the memory's ``follow_on_yield``, the factors keep their rows for the follow
+        (``meta["memory"]`` ``"followed"``)."""
         factors = self._compose(selected, weights)  # None without adapters
         if not any(a.memory_rows for a in selected):
             return factors, None
@@ -756,7 +759,12 @@ class D2LEngine:
         meta.update(memory="yielded" if sure >= threshold else "applied", adapter_confidence=round(sure, 4))
         if sure < threshold:
             return factors, None
-        return plain, factors if greedy and self._override() is not None else None
+        if greedy and self._override() is not None:
+            return plain, factors
+        if self._follows():
+            meta["memory"] = "followed"
+            return factors, None
+        return plain, None
 
     @torch.no_grad()
     def _first_token_confidence(self, prompt_ids: list[int], factors: Factors | None) -> float:
@@ -786,8 +794,7 @@ class D2LEngine:
         batched = follow and use is not None and use.carry  # the followed answer shares next's carry
         mask = [0.0, 1.0, 1.0] if batched else [0.0, 1.0]
         if batched:
-            use = RowUse(self.model.get_output_embeddings().weight, carry=True,
-                         follow=torch.tensor([False, False, True]))
+            use = self._new_row_use(carry=True, follow=torch.tensor([False, False, True]))
         input_ids = torch.tensor([prompt_ids] * len(mask), device=self.device)
         with self.hooks.apply(with_rows, row_mask=torch.tensor(mask, device=self.device), row_use=use):
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),

@@ -160,12 +160,12 @@ class RowUse:
                 goes_on = (fired > 0) & (carried[:, None, :] > 0).to(fired.device)
                 only = torch.where(goes_on, lifted, only)
                 fired = torch.where(fired > 0, lifted, fired)  # only a row that matches on its own goes on
-        fired = fired * self.spent[:, None, :].to(fired.dtype)
+        usable = self.spent[:, None, :].to(fired.dtype)
+        fired = fired * usable
         self.last = fired[:, -1, :].detach().float()
         if isinstance(self.follow, torch.Tensor):
-            chosen = self.follow.to(fired.device).view(-1, 1, 1)
-            return torch.where(chosen, only * self.spent[:, None, :].to(fired.dtype), fired)
-        return only * self.spent[:, None, :].to(fired.dtype) if self.follow else fired
+            return torch.where(self.follow.to(fired.device).view(-1, 1, 1), only * usable, fired)
+        return only * usable if self.follow else fired
 
 
 class LoraHooks:
