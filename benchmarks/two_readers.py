@@ -103,7 +103,8 @@ def make_needles(args: argparse.Namespace) -> int:
         fh.write(" ".join(D.speech_sentences("train")))
     original, C._needle = C._needle, needle  # the filler and placement of niah_cases, these needles
     try:
-        made = C.niah_cases(get_model(args.model).tokenizer, [128, 256, 384, 500], [0, 0.25, 0.5, 0.75, 1],
+        lengths = [int(x) for x in args.lengths.split(",")]
+        made = C.niah_cases(get_model(args.model).tokenizer, lengths, [0, 0.25, 0.5, 0.75, 1],
                             per_cell=args.per_cell, filler="file", filler_file=fh.name, seed=args.seed)
     finally:
         C._needle = original
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     n = sub.add_parser("needles", help="needles in study-only phrasings, in training-part filler")
     n.add_argument("--seed", type=int, default=4242)
     n.add_argument("--per-cell", type=int, default=3)
+    n.add_argument("--lengths", default="128,256,384,500", help="document lengths in tokens")
     n.add_argument("--model", default="smollm2-135m-instruct")
     n.add_argument("-o", "--out", required=True)
     n.set_defaults(handler=make_needles)

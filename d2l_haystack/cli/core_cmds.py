@@ -215,7 +215,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         "min_relevance": desc["min_relevance"],
         "reading_memory": desc["reading_memory"] or "none (the hypernetwork alone)",
         **({"memory_yield_above": desc["memory_yield_above"], "memory_override": desc["memory_override"],
-            "memory_max_tokens": desc["memory_max_tokens"], "memory_max_rows": desc["memory_max_rows"]}
+            "memory_max_tokens": desc["memory_max_tokens"], "memory_max_rows": desc["memory_max_rows"],
+            "memory_row_use": desc["memory_row_use"], "memory_follow_on_yield": desc["memory_follow_on_yield"],
+            "memory_long_documents": desc["memory_long_documents"]}
            if desc["reading_memory"] else {}),
         "cache_folder": str(cache_dir()),
     }

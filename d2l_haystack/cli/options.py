@@ -11,6 +11,9 @@ CHUNKING_CHOICES = ("tokens", "sentences", "auto")
 ROW_USE_CHOICES = ("all", "once", "next")
 """The values of ``core.memory.ROW_USES`` (not imported, as above; a test holds them equal)."""
 
+LONG_DOCUMENTS_CHOICES = ("none", "follow", "read")
+"""The values of ``core.memory.LONG_DOCUMENTS`` (not imported, as above; a test holds them equal)."""
+
 UNTRAINED_CHOICES = ("none", "untrained")
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import CHUNKING_CHOICES, ROW_USE_CHOICES, add_device_option
+from .options import CHUNKING_CHOICES, LONG_DOCUMENTS_CHOICES, ROW_USE_CHOICES, add_device_option
 
 
 def register(sub: Any) -> None:
@@ -77,6 +77,10 @@ def register(sub: Any) -> None:
     f.add_argument("--follow-on-yield", choices=("on", "off"),
                    help="where the memory yields, let the answer go on as the document goes on after a token "
                         "the document has (default: core.memory.DEFAULT_FOLLOW_ON_YIELD, or --init's)")
+    f.add_argument("--long-documents", choices=LONG_DOCUMENTS_CHOICES,
+                   help="documents over the memory's max_tokens: none (no rows), follow (the chosen chunks' rows "
+                        "are made per question and only follow), read (they read as a short document's) "
+                        "(default: core.memory.DEFAULT_LONG_DOCUMENTS, or --init's)")
     f.add_argument("--eval-every", type=int, default=250, help="steps between choosing evaluations (default 250)")
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--json", help="write the report here")
@@ -212,6 +216,8 @@ def _memory_fit(args: argparse.Namespace) -> int:
         memory.row_use = args.row_use
     if args.follow_on_yield is not None:
         memory.follow_on_yield = args.follow_on_yield == "on"
+    if args.long_documents is not None:
+        memory.long_documents = args.long_documents
     print_report(report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

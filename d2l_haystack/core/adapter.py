@@ -109,6 +109,12 @@ class Adapter:
     #: made without chunk keys or before segments were kept.
     memory_segments: torch.Tensor | None = None
     memory_segment_keys: torch.Tensor | None = None
+    #: The document's token ids ``(n,)`` and each token's chunk ``(n,)``, kept instead of rows where
+    #: the document is longer than the memory's ``max_tokens`` and the memory reads long documents
+    #: (:attr:`~d2l_haystack.core.memory.ReadingMemory.long_documents`): the engine makes the rows of
+    #: the chunks a question chooses when it answers (``None`` otherwise).
+    token_ids: torch.Tensor | None = None
+    token_chunks: torch.Tensor | None = None
 
     @property
     def memory_rows(self) -> int:
@@ -148,6 +154,8 @@ class Adapter:
             memory += self.memory_rows * 4  # memory.chunks
             if self.memory_segments is not None and self.memory_segment_keys is not None:
                 memory += self.memory_segments.numel() * 4 + self.memory_segment_keys.numel() * 2
+        if self.token_ids is not None:
+            memory += self.token_ids.numel() * 8  # tokens.ids and tokens.chunks, int32
         return sum((a.numel() + b.numel()) * 2 for a, b in self.factors.values()) + keys + memory
 
     def document_factors(self) -> Factors:
@@ -224,6 +232,9 @@ class Adapter:
             mapped = renumber[self.memory_chunks.long()]
             picked = self.memory_subset(mapped >= 0)
             picked.memory_chunks = mapped[mapped >= 0]
+        if self.token_ids is not None and self.token_chunks is not None:
+            mapped = renumber[self.token_chunks.long()]
+            picked = replace(picked, token_ids=self.token_ids[mapped >= 0], token_chunks=mapped[mapped >= 0])
         return replace(picked, factors=factors, num_chunks=len(chosen), keys=keys, key_chunks=key_chunks,
                        meta={**self.meta, "selected_chunks": chosen, "source_chunks": self.num_chunks})
 
@@ -240,7 +251,7 @@ class Adapter:
         """A new adapter without reading-memory rows: the hypernetwork's update alone (what the
         engine applies when the memory yields; an export that must not apply the rows always)."""
         return replace(self, memory=None, memory_chunks=None, memory_key="", memory_segments=None,
-                       memory_segment_keys=None)
+                       memory_segment_keys=None, token_ids=None, token_chunks=None)
 
     def chunk_groups(self, max_rank: int) -> list[list[int]]:
         """Consecutive chunks in groups whose adapters (the group's chunks plus the bias block)
@@ -309,6 +320,9 @@ class Adapter:
             if self.memory_segments is not None and self.memory_segment_keys is not None:
                 tensors["memory.segments"] = self.memory_segments.detach().to("cpu", torch.int32).contiguous()
                 tensors["memory.segment_keys"] = self.memory_segment_keys.detach().to("cpu", torch.float16).contiguous()
+        if self.token_ids is not None and self.token_chunks is not None:
+            tensors["tokens.ids"] = self.token_ids.detach().to("cpu", torch.int32).contiguous()
+            tensors["tokens.chunks"] = self.token_chunks.detach().to("cpu", torch.int32).contiguous()
         return write_safetensors(target, tensors, {**self._metadata(), "data_sha256": tensor_digest(tensors)})
 
     @classmethod
@@ -367,6 +381,10 @@ class Adapter:
                 raise AdapterError(f"damaged adapter file {target}: inconsistent reading-memory segments")
             segments = None if m_s is None else m_s.long()
             segment_keys = None if m_k is None else m_k.float()
+        token_ids, token_chunks_t = tensors.get("tokens.ids"), tensors.get("tokens.chunks")
+        if (token_ids is None) != (token_chunks_t is None) or (
+                token_ids is not None and token_chunks_t is not None and len(token_ids) != len(token_chunks_t)):
+            raise AdapterError(f"damaged adapter file {target}: incomplete document tokens (tokens.ids, tokens.chunks)")
         try:
             adapter = cls(factors=factors, scale=float(meta["scale"]), rank=int(meta["rank"]),
                        bias_rank=int(meta["bias_rank"]), num_chunks=int(meta["num_chunks"]),
@@ -380,10 +398,13 @@ class Adapter:
                        key_scheme=meta.get("key_scheme", "") if key_vectors is not None else "",
                        memory=memory, memory_chunks=memory_chunks,
                        memory_key=meta.get("memory_key", "") if memory is not None else "",
-                       memory_segments=segments, memory_segment_keys=segment_keys)
+                       memory_segments=segments, memory_segment_keys=segment_keys,
+                       token_ids=None if token_ids is None else token_ids.long(),
+                       token_chunks=None if token_chunks_t is None else token_chunks_t.long())
         except (KeyError, ValueError) as exc:
             raise AdapterError(f"damaged adapter metadata in {target}: {exc}") from exc
-        for owners, what in ((adapter.key_chunks, "chunk keys"), (adapter.memory_chunks, "memory rows")):
+        for owners, what in ((adapter.key_chunks, "chunk keys"), (adapter.memory_chunks, "memory rows"),
+                             (adapter.token_chunks, "document tokens")):
             if owners is not None and len(owners) and not (
                     0 <= int(owners.min()) and int(owners.max()) < adapter.num_chunks):
                 raise AdapterError(f"damaged adapter file {target}: {what} name chunks the adapter does not have")

@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -478,13 +478,47 @@ class D2LEngine:
                           key_model=(self.key_model or "") if keys else "", key_scheme=KEY_SCHEME if keys else "")
         lap("assembly")
         if documents and self.memory is not None and sum(map(len, chunks)) <= self.memory.max_tokens:
-            adapter.memory, adapter.memory_chunks = self._memory_rows(chunks)
-            adapter.memory_key = self.memory.key
-            lap("memory")
-            if self.key_encoder is not None:
-                adapter.memory_segments, adapter.memory_segment_keys = self._memory_segments(chunks)
-                lap("keys")
+            adapter = self._with_rows(adapter, chunks, stages)
+        elif documents and self.memory is not None and self.memory.long_documents != "none":
+            adapter.token_ids = torch.tensor([t for c in chunks for t in c], dtype=torch.long)
+            adapter.token_chunks = torch.tensor([i for i, c in enumerate(chunks) for _ in c], dtype=torch.long)
         return adapter
+
+    def _with_rows(self, adapter: Adapter, chunks: list[list[int]], stages: dict[str, float] | None = None
+                   ) -> Adapter:
+        """``adapter`` with the reading-memory rows of ``chunks`` (its chunks, in order), and their
+        segments with chunk keys (``stages``: seconds added to ``memory`` and ``keys``)."""
+        assert self.memory is not None
+        stages = stages if stages is not None else {}
+        t0 = time.perf_counter()
+        rows, owners = self._memory_rows(chunks)
+        adapter = replace(adapter, memory=rows, memory_chunks=owners, memory_key=self.memory.key)
+        t1 = time.perf_counter()
+        stages["memory"] = stages.get("memory", 0.0) + t1 - t0
+        if self.key_encoder is not None:
+            adapter.memory_segments, adapter.memory_segment_keys = self._memory_segments(chunks)
+            stages["keys"] = stages.get("keys", 0.0) + time.perf_counter() - t1
+        return adapter
+
+    def _long_rows(self, selected: list[Adapter], meta: dict[str, Any]) -> list[Adapter]:
+        """The selected adapters, those of long documents (:attr:`Adapter.token_ids`) with the rows of
+        their chosen chunks, made now, where the memory reads long documents and the chunks hold at
+        most its ``max_tokens`` tokens (``meta["memory_rows_made"]``: how many)."""
+        memory = self.memory
+        if memory is None or memory.long_documents == "none":
+            return selected
+        out, made = [], 0
+        for a in selected:
+            ids, owners = a.token_ids, a.token_chunks
+            if ids is None or owners is None or a.memory is not None or not 0 < len(ids) <= memory.max_tokens:
+                out.append(a)
+                continue
+            chunks = [ids[owners == c].tolist() for c in range(a.num_chunks)]
+            out.append(self._with_rows(a, [c for c in chunks if c]) if all(chunks) else a)
+            made += out[-1].memory_rows
+        if made:
+            meta["memory_rows_made"] = made
+        return out
 
     def _memory_segments(self, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each memory row's segment ``(n,)`` (a sentence: a segment ends after a token ending in
@@ -670,10 +704,10 @@ class D2LEngine:
                              f"the model's {limit}-token window")
         meta: dict[str, Any] = {}
         selected: list[Adapter] = []
+        start = time.perf_counter()  # choosing chunks, a long document's rows and the yield test are part of it
         if adapters is not None:  # select_chunks validates the adapters
             selected, weights, meta = self.select_chunks(ids, adapters, weights, max_chunks,
                                                          query=query or _query_text(question), gate=gate)
-        start = time.perf_counter()  # the memory's yield test is part of the answer's time
         factors, with_rows = self._memory_or_not(ids, selected, weights, meta, greedy=not do_sample)
         streamer = _CallbackStreamer(self.tokenizer, streaming_callback, start)
         if with_rows is not None:  # the adapters alone are sure: both readers answer, one answer is sent
@@ -748,6 +782,10 @@ class D2LEngine:
         (``meta["memory"]`` ``"followed"``)."""
         factors = self._compose(selected, weights)  # None without adapters
         if not any(a.memory_rows for a in selected):
+            return factors, None
+        if self.memory is not None and self.memory.long_documents == "follow" and any(
+                a.memory_rows and a.token_ids is not None for a in selected):
+            meta["memory"] = "followed"  # a long document's rows, made for this question: they only follow
             return factors, None
         threshold = self.memory.yield_above if self.memory is not None else DEFAULT_YIELD_ABOVE
         if threshold is None:
@@ -928,7 +966,7 @@ class D2LEngine:
         total = sum(a.num_chunks for a in items)
         every: dict[str, Any] = {"chunks_applied": total, "chunks_total": total, "selection": "all"}
         if limit == 0 or not items:
-            return self._row_budget(items, query, every), weights, every
+            return self._row_budget(self._long_rows(items, every), query, every), weights, every
         w = list(weights) if weights is not None else [1.0] * len(items)
         meta: dict[str, Any] = {"chunks_total": total}
         encoder = self.key_encoder
@@ -947,7 +985,7 @@ class D2LEngine:
             eligible = (scores >= floor).nonzero().flatten()
             top = eligible[scores[eligible].argsort(descending=True)][:limit].tolist()
         elif total <= limit:
-            return self._row_budget(items, query, every), weights, every
+            return self._row_budget(self._long_rows(items, every), query, every), weights, every
         else:
             with self.hooks.capture() as inputs:  # the decoder only: no vocabulary projection needed
                 decoder_of(self.model)(input_ids=torch.tensor([prompt_ids], device=self.device))
@@ -964,7 +1002,8 @@ class D2LEngine:
                 selected.append(a if len(mine) == a.num_chunks else a.select_chunks(mine))
                 kept_weights.append(wi)
         meta["chunks_applied"] = len(chosen)
-        return self._row_budget(selected, query, meta, q), (kept_weights if weights is not None else None), meta
+        selected = self._row_budget(self._long_rows(selected, meta), query, meta, q)
+        return selected, (kept_weights if weights is not None else None), meta
 
     @torch.no_grad()
     def logits(self, input_ids: list[int] | torch.Tensor,
@@ -997,6 +1036,7 @@ class D2LEngine:
                 **({"memory_yield_above": self.memory.yield_above, "memory_max_tokens": self.memory.max_tokens,
                     "memory_max_rows": self.memory.max_rows, "memory_row_use": self.memory.row_use,
                     "memory_follow_on_yield": self.memory.follow_on_yield,
+                    "memory_long_documents": self.memory.long_documents,
                     "memory_override": self.memory.override.to_text() if self.memory.override else None}
                    if self.memory is not None else {}),
                 "instructions_checkpoint": self.instructions_checkpoint}

@@ -18,7 +18,7 @@ then meets the adapter's inside the model, not as added logits).
 
 Files: ``memory.safetensors`` in a hypernetwork checkpoint folder (tensors ``q``, ``p``, ``a``,
 ``log_gain``, ``w``; the layer, module, ``s``, ``yield_above``, ``override``, ``max_tokens``,
-``max_rows`` and ``row_use`` in its header).
+``max_rows``, ``row_use``, ``follow_on_yield`` and ``long_documents`` in its header).
 The engine loads it with the checkpoint and adds the rows to every adapter it internalizes from a
 document of at most ``max_tokens`` tokens (:attr:`Adapter.memory`).
 """
@@ -80,6 +80,21 @@ DEFAULT_FOLLOW_ON_YIELD = True
 (:attr:`ReadingMemory.follow_on_yield`): against off on the held-out sets, held-out needle phrasings
 0.425 -> 0.575, contains +0.023 [+0.011, +0.035] pooled, F1 unchanged (docs/training.md, "A yielded
 answer follows the document"). A file without the header has it off, as it was measured."""
+
+LONG_DOCUMENTS = ("none", "follow", "read")
+"""What the memory does for a document over its ``max_tokens`` (:attr:`ReadingMemory.long_documents`):
+``none``: no rows, the hypernetwork's adapter alone; ``follow``: the adapter keeps the document's
+token ids, and when a question is answered the chunks it chooses get their rows (the same rows a
+short document's chunks get, made then: one pass over at most ``max_tokens`` tokens), which only
+follow (:class:`~d2l_haystack.core.lora.RowUse` ``follow``: the answer is the adapters', and after
+a token the document has, its next position pushes); ``read``: those rows read as a short
+document's do (the yield test, the two readers)."""
+
+DEFAULT_LONG_DOCUMENTS = "none"
+"""The :data:`LONG_DOCUMENTS` mode of a new memory (``d2l memory fit``)."""
+
+UNNAMED_LONG_DOCUMENTS = "none"
+"""The :data:`LONG_DOCUMENTS` mode of a memory file that names none: as it was measured."""
 
 UNNAMED_ROW_USE = "all"
 """The :data:`ROW_USES` mode of a memory file that names none (written before the header existed):
@@ -151,13 +166,16 @@ class ReadingMemory(nn.Module):
     :param follow_on_yield: where the memory yields, the adapters' answer still goes on as the
         document goes on after a token the document has (:class:`~d2l_haystack.core.lora.RowUse`
         ``follow``: only the next position's row fires; :data:`DEFAULT_FOLLOW_ON_YIELD`).
+    :param long_documents: what the memory does for documents over ``max_tokens``
+        (:data:`LONG_DOCUMENTS`, :data:`DEFAULT_LONG_DOCUMENTS`).
     """
 
     def __init__(self, d_in: int, d_out: int, rank: int, layer: int, module: str = "down_proj",
                  scale_x: float = 1.0, yield_above: float | None = DEFAULT_YIELD_ABOVE,
                  max_tokens: int = DEFAULT_MAX_TOKENS, override: OverrideRule | None = DEFAULT_OVERRIDE,
                  max_rows: int = DEFAULT_MAX_ROWS, row_use: str = DEFAULT_ROW_USE,
-                 follow_on_yield: bool = DEFAULT_FOLLOW_ON_YIELD) -> None:
+                 follow_on_yield: bool = DEFAULT_FOLLOW_ON_YIELD,
+                 long_documents: str = DEFAULT_LONG_DOCUMENTS) -> None:
         super().__init__()
         self.q = nn.Parameter(torch.randn(rank, d_in) * 0.01)
         self.p = nn.Parameter(torch.randn(rank, d_in) * 0.01)
@@ -173,6 +191,9 @@ class ReadingMemory(nn.Module):
             raise ValueError(f"row_use {row_use!r} is not one of {', '.join(ROW_USES)}")
         self.row_use = row_use
         self.follow_on_yield = bool(follow_on_yield)
+        if long_documents not in LONG_DOCUMENTS:
+            raise ValueError(f"long_documents {long_documents!r} is not one of {', '.join(LONG_DOCUMENTS)}")
+        self.long_documents = long_documents
 
     @property
     def key(self) -> str:
@@ -223,6 +244,7 @@ class ReadingMemory(nn.Module):
                                                    "max_rows": str(self.max_rows),
                                                    "row_use": self.row_use,
                                                    "follow_on_yield": str(self.follow_on_yield).lower(),
+                                                   "long_documents": self.long_documents,
                                                    "override": self.override.to_text() if self.override else "None"})
 
     @classmethod
@@ -252,7 +274,8 @@ class ReadingMemory(nn.Module):
                          None if rule == "None" else OverrideRule.from_text(rule),
                          int(meta.get("max_rows", DEFAULT_MAX_ROWS)),
                          meta.get("row_use", UNNAMED_ROW_USE),
-                         follow == "true")
+                         follow == "true",
+                         meta.get("long_documents", UNNAMED_LONG_DOCUMENTS))
             memory.load_state_dict(tensors)
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"damaged reading memory {target}: {exc}") from exc

@@ -238,3 +238,7 @@ def test_cli_chunking_choices_are_the_engines():
     from d2l_haystack.core.memory import ROW_USES
 
     assert ROW_USE_CHOICES == ROW_USES
+    from d2l_haystack.cli.options import LONG_DOCUMENTS_CHOICES
+    from d2l_haystack.core.memory import LONG_DOCUMENTS
+
+    assert LONG_DOCUMENTS_CHOICES == LONG_DOCUMENTS

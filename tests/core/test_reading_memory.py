@@ -14,6 +14,7 @@ from d2l_haystack.core.errors import AdapterError, CheckpointError
 from d2l_haystack.core.hypernet import save_checkpoint
 from d2l_haystack.core.memory import (
     DEFAULT_FOLLOW_ON_YIELD,
+    DEFAULT_LONG_DOCUMENTS,
     DEFAULT_MAX_ROWS,
     DEFAULT_MAX_TOKENS,
     DEFAULT_OVERRIDE,
@@ -76,8 +77,8 @@ def test_an_engine_with_a_memory_adds_one_row_per_document_token(
     described = memory_engine.describe()
     assert described["reading_memory"] == "down_proj@3" and described["memory_override"] == DEFAULT_OVERRIDE.to_text()
     assert (described["memory_yield_above"], described["memory_max_tokens"], described["memory_max_rows"],
-            described["memory_row_use"], described["memory_follow_on_yield"]) == (
-        0.95, DEFAULT_MAX_TOKENS, DEFAULT_MAX_ROWS, DEFAULT_ROW_USE, DEFAULT_FOLLOW_ON_YIELD)
+            described["memory_row_use"], described["memory_follow_on_yield"], described["memory_long_documents"]) == (
+        0.95, DEFAULT_MAX_TOKENS, DEFAULT_MAX_ROWS, DEFAULT_ROW_USE, DEFAULT_FOLLOW_ON_YIELD, DEFAULT_LONG_DOCUMENTS)
     assert "memory_override" not in plain.describe()
     a = memory_adapter
     assert a.memory is not None and a.memory_chunks is not None and a.memory_key == "down_proj@3"
@@ -348,9 +349,11 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
     monkeypatch.setattr(models, "get_model", lambda name, device="cpu": engine.loaded)  # the tiny model by name
     assert main(["memory", "fit", str(cache), "--checkpoint", str(memory_checkpoints[0]), "--hold-kinds", hold,
                  "--rank", "4", "--steps", "2", "--batch", "4", "--eval-every", "2", "--threads", "1",
-                 "--row-use", "once", "--follow-on-yield", "on", "--out", str(tmp_path / "cli")]) == 0
+                 "--row-use", "once", "--follow-on-yield", "on", "--long-documents", "follow",
+                 "--out", str(tmp_path / "cli")]) == 0
     written = ReadingMemory.load(tmp_path / "cli")
-    assert written is not None and (written.row_use, written.follow_on_yield) == ("once", True)
+    assert written is not None
+    assert (written.row_use, written.follow_on_yield, written.long_documents) == ("once", True, "follow")
     out = write_checkpoint(memory, memory_checkpoints[0], tmp_path / "ckpt", report)
     assert (out / MEMORY_FILE).is_file() and (out / "memory_fit.json").is_file()
     reader = D2LEngine(str(tiny_llama_dir), checkpoint=str(out), device="cpu", chunk_tokens=64, keys=None)
@@ -363,11 +366,11 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
         fit([cache], engine.model, hold_kinds=(hold,), steps=1, checkpoint_id="0123456789ab")
     # a fit continued from the memory starts where the first one chose to stop
     memory.yield_above, memory.max_tokens, memory.override = 0.5, 99, OverrideRule(-0.5, -0.5, -0.5)
-    memory.row_use, memory.follow_on_yield = "once", False
+    memory.row_use, memory.follow_on_yield, memory.long_documents = "once", False, "read"
     continued, again = fit([cache], engine.model, hold_kinds=(hold,), steps=2, batch=4, eval_every=2, val_every=2,
                            init=memory)
     assert (continued.yield_above, continued.max_tokens, continued.override, continued.row_use,
-            continued.follow_on_yield) == (0.5, 99, memory.override, "once", False)
+            continued.follow_on_yield, continued.long_documents) == (0.5, 99, memory.override, "once", False, "read")
     chosen = next(row for row in report["curve"] if row["step"] == report["best_step"])
     assert again["init"] and again["curve"][0]["chosen_on"] == chosen["chosen_on"]
     with pytest.raises(ValueError, match="down_proj@1"):
@@ -557,6 +560,65 @@ def test_documents_longer_than_max_tokens_get_no_rows(memory_engine: D2LEngine, 
     assert plain.memory is None and plain.memory_rows == 0
     assert "memory" not in memory_engine.generate("What is the third fact?", plain, max_new_tokens=2).meta
 
+
+
+def test_a_long_documents_chosen_chunks_get_their_rows_when_a_question_is_answered(
+        memory_engine: D2LEngine, long_text, tmp_path: Path, monkeypatch, tiny_llama_dir: Path,
+        memory_checkpoints: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``long_documents`` ``follow`` or ``read``, a document over ``max_tokens`` keeps its token
+    ids instead of rows; a question's chosen chunks then get exactly the rows a short document's
+    chunks get (``follow``: they only follow); all chunks at once stay over the limit (no rows)."""
+    from dataclasses import replace
+
+    memory = memory_engine.memory
+    assert memory is not None and memory.long_documents == "none"  # a new memory's default
+    text = long_text(120)
+    chunks = memory_engine.chunk_ids(text)
+    assert len(chunks) > 2
+    full = memory_engine.internalize(text, progress=False)  # under the fixture's max_tokens: every row
+    monkeypatch.setattr(memory, "max_tokens", sum(map(len, chunks)) - 1)
+    assert memory_engine.internalize(text, progress=False).token_ids is None  # "none": no tokens kept
+    question = "What is the third fact?"
+    for mode in ("follow", "read"):
+        monkeypatch.setattr(memory, "long_documents", mode)
+        long = memory_engine.internalize(text, progress=False)
+        assert long.memory is None and long.token_ids is not None and long.token_chunks is not None
+        assert long.token_ids.tolist() == [t for c in chunks for t in c]
+        assert long.token_chunks.tolist() == [i for i, c in enumerate(chunks) for _ in c]
+        loaded = Adapter.load(long.save(tmp_path / mode))
+        assert loaded.token_ids is not None and torch.equal(loaded.token_ids, long.token_ids)
+        prompt = memory_engine.prompt_ids(question)
+        chosen, _, meta = memory_engine.select_chunks(prompt, loaded, max_chunks=1, query=question, gate=False)
+        picked = chosen[0].meta["selected_chunks"]
+        expected = full.select_chunks(picked)
+        assert meta["memory_rows_made"] == chosen[0].memory_rows == expected.memory_rows == len(chunks[picked[0]])
+        assert chosen[0].memory is not None and expected.memory is not None
+        torch.testing.assert_close(chosen[0].memory[0], expected.memory[0])
+        torch.testing.assert_close(chosen[0].memory[1], expected.memory[1])
+        _, _, every = memory_engine.select_chunks(prompt, loaded, max_chunks=0)
+        assert "memory_rows_made" not in every  # every chunk: over max_tokens
+        answer = memory_engine.generate(question, loaded, max_new_tokens=3, max_chunks=1, gate=False)
+        assert answer.meta["memory_rows_made"] == len(chunks[picked[0]])
+        if mode == "follow":
+            assert answer.meta["memory"] == "followed" and "adapter_confidence" not in answer.meta
+        else:
+            assert answer.meta["memory"] in ("applied", "yielded", "followed", "overrode")
+            assert "adapter_confidence" in answer.meta
+    damaged = replace(long, token_chunks=long.token_chunks[:-1])  # type: ignore[index]
+    with pytest.raises(AdapterError, match="incomplete document tokens"):
+        Adapter.load(damaged.save(tmp_path / "damaged"))
+    stored = _random_memory()
+    for mode in ("none", "follow", "read"):
+        stored.long_documents = mode
+        stored.save(tmp_path)
+        assert ReadingMemory.load(tmp_path).long_documents == mode  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="long_documents 'some' is not one of none, follow, read"):
+        ReadingMemory(128, 64, rank=4, layer=3, long_documents="some")
+    from d2l_haystack.cli import main
+
+    assert main(["info", "--model", str(tiny_llama_dir), "--checkpoint", str(memory_checkpoints[1]), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["memory_long_documents"], info["memory_row_use"]) == ("none", DEFAULT_ROW_USE)
 
 
 def test_the_switch_reaches_workspaces_components_pipelines_and_the_cli(
