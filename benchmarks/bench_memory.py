@@ -16,7 +16,10 @@ its yield test only (``override=None``, ``follow_on_yield`` off), the yield test
 (a yielded answer goes on as the document goes on), the yield test and the override (the default
 before the follow), and the yield test, the override and the follow (the default: where the
 adapter is sure, both readers answer, the rule chooses, and a yielded answer is made once more with
-the follow); ``meta["memory"]`` is in the table. Prints the tables and writes ``--out`` (JSON).
+the follow); ``meta["memory"]`` is in the table. With ``--long-tokens N``, a document of N tokens
+(over the memory's ``max_tokens``) with each ``long_documents`` mode: internalization seconds and
+bytes (the token ids it keeps), and the seconds to answer both questions (the chosen chunks' rows
+are made then). Prints the tables and writes ``--out`` (JSON).
 Timings depend on the machine and on other processes: run it alone.
 """
 
@@ -56,6 +59,17 @@ QUESTIONS = {"sure": "What is the special magic number?",  # asked with the rele
              "unsure": "What did the speaker say about the budget of the government?"}
 
 
+def timed_answer(engine: Any, question: str, adapter: Any, repeats: int) -> tuple[float, Any]:
+    """The median seconds of ``repeats`` greedy answers after a warm-up, and the last answer."""
+    engine.generate(question, adapter, max_new_tokens=16, gate=False)  # warm-up
+    seconds, result = [], None
+    for _ in range(repeats):
+        result = engine.generate(question, adapter, max_new_tokens=16, gate=False)
+        seconds.append(result.seconds)
+    assert result is not None
+    return round(statistics.median(seconds), 3), result
+
+
 def answer_times(alone: Any, engine: Any, filler_ids: list[int], tokens: int, repeats: int) -> list[dict[str, Any]]:
     """Seconds per greedy answer for each question of :data:`QUESTIONS` and each answering policy."""
     text, _ = document(engine, filler_ids, tokens)
@@ -72,18 +86,37 @@ def answer_times(alone: Any, engine: Any, filler_ids: list[int], tokens: int, re
                     ("memory, yield test + override", engine, saved[0], False),
                     ("memory, yield test + override + follow", engine, saved[0], True)):
                 engine.memory.override, engine.memory.follow_on_yield = override, follow
-                adapter = adapters["alone" if who is alone else "memory"]
-                who.generate(question, adapter, max_new_tokens=16, gate=False)  # warm-up
-                seconds, result = [], None
-                for _ in range(repeats):
-                    result = who.generate(question, adapter, max_new_tokens=16, gate=False)
-                    seconds.append(result.seconds)
-                assert result is not None
-                rows.append({"question": kind, "policy": policy, "answer_s": round(statistics.median(seconds), 3),
+                seconds, result = timed_answer(who, question, adapters["alone" if who is alone else "memory"], repeats)
+                rows.append({"question": kind, "policy": policy, "answer_s": seconds,
                              "memory": result.meta.get("memory", "-"), "answer": result.text[:40]})
                 print(rows[-1], file=sys.stderr, flush=True)
     finally:
         engine.memory.override, engine.memory.follow_on_yield = saved
+    return rows
+
+
+def long_document_times(engine: Any, filler_ids: list[int], tokens: int, repeats: int) -> list[dict[str, Any]]:
+    """Internalization and answering of one document over ``max_tokens`` per ``long_documents`` mode."""
+    text, size = document(engine, filler_ids, tokens)
+    middle = len(text) // 2
+    text = f"{text[:middle]} {NEEDLE} {text[middle:]}"
+    saved = engine.memory.long_documents
+    rows = []
+    try:
+        for mode in ("none", "follow", "read"):
+            engine.memory.long_documents = mode
+            start = time.perf_counter()
+            adapter = engine.internalize(text, progress=False)
+            made = time.perf_counter() - start
+            for kind, question in QUESTIONS.items():
+                seconds, result = timed_answer(engine, question, adapter, repeats)
+                rows.append({"tokens": size, "long_documents": mode, "internalize_s": round(made, 2),
+                             "MiB": round(adapter.nbytes / 2**20, 2), "question": kind, "answer_s": seconds,
+                             "rows_made": result.meta.get("memory_rows_made", 0),
+                             "memory": result.meta.get("memory", "-"), "answer": result.text[:40]})
+                print(rows[-1], file=sys.stderr, flush=True)
+    finally:
+        engine.memory.long_documents = saved
     return rows
 
 
@@ -94,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunking", default="auto")
     parser.add_argument("--answer-tokens", type=int, default=500, help="tokens of the answering benchmark's document")
+    parser.add_argument("--long-tokens", type=int, default=0,
+                        help="also time a document of this many tokens (over max_tokens) per long_documents mode")
     parser.add_argument("--evaldata", default=None)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory_cost.json"))
     args = parser.parse_args(argv)
@@ -119,9 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     answers = answer_times(without, with_memory, filler_ids, args.answer_tokens, args.repeats)
     print_table(answers, [("question", "question"), ("policy", "policy"), ("answer s (median)", "answer_s"),
                           ("meta memory", "memory"), ("answer", "answer")])
+    long_rows = long_document_times(with_memory, filler_ids, args.long_tokens, args.repeats) if args.long_tokens else []
+    if long_rows:
+        print_table(long_rows, [("tokens", "tokens"), ("long_documents", "long_documents"),
+                                ("internalize s", "internalize_s"), ("MiB", "MiB"), ("question", "question"),
+                                ("answer s (median)", "answer_s"), ("rows made", "rows_made"),
+                                ("meta memory", "memory"), ("answer", "answer")])
     path = write_json(args.out, {**run_info("bench_memory.py", argv), "checkpoint": with_memory.checkpoint_id,
                                  "threads": __import__("torch").get_num_threads(), "rows": rows,
-                                 "answering": answers})
+                                 "answering": answers, "long_documents": long_rows})
     print(f"\nwrote {path}")
     return 0
 

@@ -18,7 +18,6 @@ atomically. :meth:`Adapter.to_peft` writes a standard PEFT LoRA folder that ``pe
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from .errors import AdapterError
-from .fileio import write_safetensors
+from .fileio import tensor_digest, write_safetensors
 from .lora import Factors
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -521,15 +520,3 @@ def compose(adapters: list[Adapter], weights: list[float] | None = None) -> Fact
                 parts.setdefault(m, []).append((a, b * adapter.scale))
     return {m: (torch.cat([a for a, _ in p], dim=-2), torch.cat([b for _, b in p], dim=-2))
             for m, p in parts.items()}
-
-
-def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order): the checksum an
-    adapter file carries in its header (``data_sha256``), so damage to the tensor data is caught
-    on load, not served as a silently wrong adapter."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()

@@ -484,14 +484,17 @@ class D2LEngine:
             adapter.token_chunks = torch.tensor([i for i, c in enumerate(chunks) for _ in c], dtype=torch.long)
         return adapter
 
-    def _with_rows(self, adapter: Adapter, chunks: list[list[int]], stages: dict[str, float] | None = None
-                   ) -> Adapter:
-        """``adapter`` with the reading-memory rows of ``chunks`` (its chunks, in order), and their
-        segments with chunk keys (``stages``: seconds added to ``memory`` and ``keys``)."""
+    def _with_rows(self, adapter: Adapter, chunks: list[list[int]], stages: dict[str, float] | None = None,
+                   numbers: list[int] | None = None) -> Adapter:
+        """``adapter`` with the reading-memory rows of ``chunks`` (its chunks, in order; ``numbers``:
+        their chunk numbers in the adapter where they are only some of them), and their segments with
+        chunk keys (``stages``: seconds added to ``memory`` and ``keys``)."""
         assert self.memory is not None
         stages = stages if stages is not None else {}
         t0 = time.perf_counter()
         rows, owners = self._memory_rows(chunks)
+        if numbers is not None:
+            owners = torch.tensor(numbers, dtype=torch.long)[owners]
         adapter = replace(adapter, memory=rows, memory_chunks=owners, memory_key=self.memory.key)
         t1 = time.perf_counter()
         stages["memory"] = stages.get("memory", 0.0) + t1 - t0
@@ -500,10 +503,15 @@ class D2LEngine:
             stages["keys"] = stages.get("keys", 0.0) + time.perf_counter() - t1
         return adapter
 
-    def _long_rows(self, selected: list[Adapter], meta: dict[str, Any]) -> list[Adapter]:
+    def _long_rows(self, selected: list[Adapter], meta: dict[str, Any], query: str | None = None,
+                   q: torch.Tensor | None = None) -> list[Adapter]:
         """The selected adapters, those of long documents (:attr:`Adapter.token_ids`) with the rows of
         their chosen chunks, made now, where the memory reads long documents and the chunks hold at
-        most its ``max_tokens`` tokens (``meta["memory_rows_made"]``: how many)."""
+        most its ``max_tokens`` tokens (``meta["memory_rows_made"]``: how many).
+
+        A chunk's rows cost a pass of the model up to the memory's layer, so where the chunks hold
+        more than the memory's ``max_rows``, only the chunks with the sentences the row budget will
+        keep (:meth:`_row_budget`, ranked by ``query``; ``q`` its embedding) are passed."""
         memory = self.memory
         if memory is None or memory.long_documents == "none":
             return selected
@@ -514,11 +522,32 @@ class D2LEngine:
                 out.append(a)
                 continue
             chunks = [ids[owners == c].tolist() for c in range(a.num_chunks)]
-            out.append(self._with_rows(a, [c for c in chunks if c]) if all(chunks) else a)
+            if not all(chunks):
+                out.append(a)
+                continue
+            needed = self._budgeted_chunks(chunks, memory.max_rows, query, q)
+            out.append(self._with_rows(a, [chunks[c] for c in needed], numbers=needed) if needed else a)
             made += out[-1].memory_rows
         if made:
             meta["memory_rows_made"] = made
         return out
+
+    def _budgeted_chunks(self, chunks: list[list[int]], budget: int, query: str | None,
+                         q: torch.Tensor | None) -> list[int]:
+        """The chunks holding the sentences the row budget keeps for ``query`` (every chunk where
+        they hold at most ``budget`` tokens, or where nothing ranks the sentences)."""
+        encoder = self.key_encoder
+        if q is None and encoder is not None and query:
+            q = encoder.query(query)
+        if sum(map(len, chunks)) <= budget or q is None:
+            return list(range(len(chunks)))
+        segments, keys = self._memory_segments(chunks)
+        present, counts = segments.unique(return_counts=True)
+        sims = keys[present].float() @ q
+        keep, _ = _within_budget([(float(sim), 0, int(seg), int(n))
+                                  for sim, seg, n in zip(sims, present, counts, strict=True)], budget)
+        owner = torch.tensor([c for c, ids in enumerate(chunks) for _ in ids], dtype=torch.long)
+        return sorted(set(owner[torch.isin(segments, torch.tensor(keep.get(0, []), dtype=torch.long))].tolist()))
 
     def _memory_segments(self, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each memory row's segment ``(n,)`` (a sentence: a segment ends after a token ending in
@@ -562,15 +591,7 @@ class D2LEngine:
             present, counts = segs.unique(return_counts=True)
             sims = keys[present].float() @ q
             ranked += [(float(sim), i, int(seg), int(n)) for sim, seg, n in zip(sims, present, counts, strict=True)]
-        keep: dict[int, list[int]] = {}
-        used = 0
-        for _, i, seg, n in sorted(ranked, key=lambda r: -r[0]):
-            if used + n > budget:
-                if used:
-                    break
-                continue  # one segment over the budget alone: try the next
-            keep.setdefault(i, []).append(seg)
-            used += n
+        keep, used = _within_budget(ranked, budget)
         out = []
         for i, a in enumerate(selected):
             if not a.memory_rows:
@@ -966,7 +987,7 @@ class D2LEngine:
         total = sum(a.num_chunks for a in items)
         every: dict[str, Any] = {"chunks_applied": total, "chunks_total": total, "selection": "all"}
         if limit == 0 or not items:
-            return self._row_budget(self._long_rows(items, every), query, every), weights, every
+            return self._row_budget(self._long_rows(items, every, query), query, every), weights, every
         w = list(weights) if weights is not None else [1.0] * len(items)
         meta: dict[str, Any] = {"chunks_total": total}
         encoder = self.key_encoder
@@ -985,7 +1006,7 @@ class D2LEngine:
             eligible = (scores >= floor).nonzero().flatten()
             top = eligible[scores[eligible].argsort(descending=True)][:limit].tolist()
         elif total <= limit:
-            return self._row_budget(self._long_rows(items, every), query, every), weights, every
+            return self._row_budget(self._long_rows(items, every, query), query, every), weights, every
         else:
             with self.hooks.capture() as inputs:  # the decoder only: no vocabulary projection needed
                 decoder_of(self.model)(input_ids=torch.tensor([prompt_ids], device=self.device))
@@ -1002,7 +1023,7 @@ class D2LEngine:
                 selected.append(a if len(mine) == a.num_chunks else a.select_chunks(mine))
                 kept_weights.append(wi)
         meta["chunks_applied"] = len(chosen)
-        selected = self._row_budget(self._long_rows(selected, meta), query, meta, q)
+        selected = self._row_budget(self._long_rows(selected, meta, query, q), query, meta, q)
         return selected, (kept_weights if weights is not None else None), meta
 
     @torch.no_grad()
@@ -1040,6 +1061,22 @@ class D2LEngine:
                     "memory_override": self.memory.override.to_text() if self.memory.override else None}
                    if self.memory is not None else {}),
                 "instructions_checkpoint": self.instructions_checkpoint}
+
+
+def _within_budget(ranked: list[tuple[float, int, int, int]], budget: int) -> tuple[dict[int, list[int]], int]:
+    """The row budget's choice: from ``(similarity, adapter, segment, rows)``, the segments kept per
+    adapter, best first while the budget lasts (one segment over the budget alone is passed over),
+    and the rows they hold."""
+    keep: dict[int, list[int]] = {}
+    used = 0
+    for _, i, seg, n in sorted(ranked, key=lambda r: -r[0]):
+        if used + n > budget:
+            if used:
+                break
+            continue
+        keep.setdefault(i, []).append(seg)
+        used += n
+    return keep, used
 
 
 def _query_text(question: str | list[dict[str, str]]) -> str | None:

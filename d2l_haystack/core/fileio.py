@@ -13,10 +13,14 @@ temporary file the mode ``open()`` would (``0666`` less the process umask).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 def current_umask() -> int:
@@ -67,3 +71,17 @@ def write_safetensors(target: str | Path, tensors: dict[str, Any], metadata: dic
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order): the checksum an
+    adapter file carries in its header (``data_sha256``), so damage to the tensor data is caught
+    on load, not served as a silently wrong adapter."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

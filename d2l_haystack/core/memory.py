@@ -26,6 +26,7 @@ document of at most ``max_tokens`` tokens (:attr:`Adapter.memory`).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +35,16 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .fileio import write_safetensors
+from .fileio import tensor_digest, write_safetensors
 
 MEMORY_FILE = "memory.safetensors"
 
 DEFAULT_MAX_TOKENS = 4096
-"""The memory reads documents up to this many tokens; a longer document's adapter is the
-hypernetwork's alone. Rows cost 3.5-3.7 KB (with their sentence keys) and a pass ~3 ms per token
-on the 2-core CPU, and on 41k-token held-out needles rows read worse than none, even with
-:data:`DEFAULT_MAX_ROWS` (0.300 against 0.400; docs/training.md, "Long documents")."""
+"""The memory makes rows at internalization for documents up to this many tokens; a longer
+document's rows, if any, are those of a question's chosen chunks, made when it is answered
+(:data:`LONG_DOCUMENTS`). Rows cost 3.5-3.7 KB (with their sentence keys) and a pass ~3 ms per
+token on the 2-core CPU, and on 41k-token held-out needles all rows read worse than none, even
+with :data:`DEFAULT_MAX_ROWS` (0.300 against 0.400; docs/training.md, "Long documents")."""
 
 DEFAULT_MAX_ROWS = 128
 """At most this many rows apply to one question: where the chosen chunks hold more (a chunk of 512
@@ -90,8 +92,11 @@ follow (:class:`~d2l_haystack.core.lora.RowUse` ``follow``: the answer is the ad
 a token the document has, its next position pushes); ``read``: those rows read as a short
 document's do (the yield test, the two readers)."""
 
-DEFAULT_LONG_DOCUMENTS = "none"
-"""The :data:`LONG_DOCUMENTS` mode of a new memory (``d2l memory fit``)."""
+DEFAULT_LONG_DOCUMENTS = "follow"
+"""The :data:`LONG_DOCUMENTS` mode of a new memory (``d2l memory fit``) and of the shipped one:
+against ``none`` on held-out needle phrasings at 41k tokens, contains 0.400 -> 0.700 (the three
+misses that were the right number with a trained unit); ``read`` garbled answers at 41k on
+study-only needles (docs/training.md, "Long documents: the chosen chunks' rows")."""
 
 UNNAMED_LONG_DOCUMENTS = "none"
 """The :data:`LONG_DOCUMENTS` mode of a memory file that names none: as it was measured."""
@@ -291,8 +296,21 @@ class ReadingMemory(nn.Module):
 
 
 def memory_digest(folder: str | Path) -> str | None:
-    """SHA-256 of a checkpoint's memory file (first 12 hex digits), or ``None`` without one."""
+    """SHA-256 of a checkpoint's memory (first 12 hex digits), or ``None`` without one: of its
+    header, key by key, and its tensors (:func:`~d2l_haystack.core.fileio.tensor_digest`), so the
+    same memory saved twice has one digest (safetensors writes the header's keys in any order).
+    A file that cannot be read is digested by its bytes (loading it then names the damage)."""
+    from safetensors import SafetensorError, safe_open
+
     target = Path(folder) / MEMORY_FILE
     if not target.is_file():
         return None
-    return hashlib.sha256(target.read_bytes()).hexdigest()[:12]
+    try:
+        with safe_open(str(target), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, RuntimeError, ValueError):
+        return hashlib.sha256(target.read_bytes()).hexdigest()[:12]
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    h.update(tensor_digest(tensors).encode())
+    return h.hexdigest()[:12]

@@ -229,7 +229,9 @@ def test_internalize_on_the_real_model(real_engine: D2LEngine, sample_text: str)
     answer = real_engine.generate("Who built the Marlow lighthouse?", adapter, max_new_tokens=8)
     # the shipped memory follows a yielded answer (follow_on_yield), so greedy answers never say "yielded"
     assert answer.meta["memory"] in ("applied", "followed", "overrode")
-    assert real_engine.describe()["memory_follow_on_yield"] and real_engine.describe()["memory_row_use"] == "next"
+    described = real_engine.describe()
+    assert described["memory_follow_on_yield"] and described["memory_row_use"] == "next"
+    assert described["memory_long_documents"] == "follow"  # a document over 4,096 tokens keeps its token ids
     assert 0 <= answer.meta["adapter_confidence"] <= 1
     ids = real_engine.format.question_ids("Who built the Marlow lighthouse?")
     base = real_engine.logits(ids)

@@ -20,9 +20,11 @@ from d2l_haystack.core.memory import (
     DEFAULT_OVERRIDE,
     DEFAULT_ROW_USE,
     MEMORY_FILE,
+    UNNAMED_LONG_DOCUMENTS,
     UNNAMED_ROW_USE,
     OverrideRule,
     ReadingMemory,
+    memory_digest,
 )
 
 
@@ -62,8 +64,17 @@ def test_memory_round_trips_and_damage_is_named(tmp_path: Path) -> None:
     loaded = ReadingMemory.load(tmp_path)
     assert loaded is not None and (loaded.layer, loaded.module, loaded.key) == (3, "down_proj", "down_proj@3")
     torch.testing.assert_close(loaded.q, memory.q.half().float())
-    assert ReadingMemory.load(tmp_path / "elsewhere") is None
+    assert ReadingMemory.load(tmp_path / "elsewhere") is None and memory_digest(tmp_path / "elsewhere") is None
+    # the checkpoint id's part: the same memory saved again has the same digest (whatever order
+    # safetensors writes the header in), another header value another
+    digest = memory_digest(tmp_path)
+    for _ in range(3):
+        memory.save(tmp_path)
+        assert memory_digest(tmp_path) == digest
+    memory.max_rows += 1
+    assert memory_digest(memory.save(tmp_path).parent) != digest
     (tmp_path / MEMORY_FILE).write_bytes(b"not a safetensors file")
+    assert memory_digest(tmp_path) is not None
     with pytest.raises(CheckpointError, match="damaged reading memory"):
         ReadingMemory.load(tmp_path)
 
@@ -571,12 +582,13 @@ def test_a_long_documents_chosen_chunks_get_their_rows_when_a_question_is_answer
     from dataclasses import replace
 
     memory = memory_engine.memory
-    assert memory is not None and memory.long_documents == "none"  # a new memory's default
+    assert memory is not None and memory.long_documents == DEFAULT_LONG_DOCUMENTS == "follow"  # a new memory's
     text = long_text(120)
     chunks = memory_engine.chunk_ids(text)
     assert len(chunks) > 2
     full = memory_engine.internalize(text, progress=False)  # under the fixture's max_tokens: every row
     monkeypatch.setattr(memory, "max_tokens", sum(map(len, chunks)) - 1)
+    monkeypatch.setattr(memory, "long_documents", "none")
     assert memory_engine.internalize(text, progress=False).token_ids is None  # "none": no tokens kept
     question = "What is the third fact?"
     for mode in ("follow", "read"):
@@ -597,6 +609,18 @@ def test_a_long_documents_chosen_chunks_get_their_rows_when_a_question_is_answer
         torch.testing.assert_close(chosen[0].memory[1], expected.memory[1])
         _, _, every = memory_engine.select_chunks(prompt, loaded, max_chunks=0)
         assert "memory_rows_made" not in every  # every chunk: over max_tokens
+        # chunks holding more than max_rows: only those with the sentences the budget keeps are passed,
+        # and the rows that apply are the ones a short document's chunks would give
+        monkeypatch.setattr(memory, "max_rows", 20)
+        sentence = "Entry number 3 "
+        few, _, few_meta = memory_engine.select_chunks(prompt, loaded, max_chunks=2, query=sentence, gate=False)
+        whole, _, whole_meta = memory_engine.select_chunks(prompt, full, max_chunks=2, query=sentence, gate=False)
+        assert few[0].meta["selected_chunks"] == whole[0].meta["selected_chunks"]
+        assert few_meta["memory_rows_made"] < sum(len(chunks[c]) for c in few[0].meta["selected_chunks"])
+        assert few_meta["memory_rows"] == whole_meta["memory_rows"] == few[0].memory_rows > 0
+        assert few[0].memory is not None and whole[0].memory is not None
+        torch.testing.assert_close(few[0].memory[0], whole[0].memory[0])
+        monkeypatch.setattr(memory, "max_rows", DEFAULT_MAX_ROWS)
         answer = memory_engine.generate(question, loaded, max_new_tokens=3, max_chunks=1, gate=False)
         assert answer.meta["memory_rows_made"] == len(chunks[picked[0]])
         if mode == "follow":
@@ -612,13 +636,18 @@ def test_a_long_documents_chosen_chunks_get_their_rows_when_a_question_is_answer
         stored.long_documents = mode
         stored.save(tmp_path)
         assert ReadingMemory.load(tmp_path).long_documents == mode  # type: ignore[union-attr]
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(tmp_path / MEMORY_FILE)), str(tmp_path / MEMORY_FILE),
+              metadata={"format": "pt", "layer": "3", "scale_x": "0.5"})  # a file from before the header
+    assert ReadingMemory.load(tmp_path).long_documents == UNNAMED_LONG_DOCUMENTS == "none"  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="long_documents 'some' is not one of none, follow, read"):
         ReadingMemory(128, 64, rank=4, layer=3, long_documents="some")
     from d2l_haystack.cli import main
 
     assert main(["info", "--model", str(tiny_llama_dir), "--checkpoint", str(memory_checkpoints[1]), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert (info["memory_long_documents"], info["memory_row_use"]) == ("none", DEFAULT_ROW_USE)
+    assert (info["memory_long_documents"], info["memory_row_use"]) == (DEFAULT_LONG_DOCUMENTS, DEFAULT_ROW_USE)
 
 
 def test_the_switch_reaches_workspaces_components_pipelines_and_the_cli(
