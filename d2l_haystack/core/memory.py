@@ -86,8 +86,9 @@ answer follows the document"). A file without the header has it off, as it was m
 LONG_DOCUMENTS = ("none", "follow", "read")
 """What the memory does for a document over its ``max_tokens`` (:attr:`ReadingMemory.long_documents`):
 ``none``: no rows, the hypernetwork's adapter alone; ``follow``: the adapter keeps the document's
-token ids, and when a question is answered the chunks it chooses get their rows (the same rows a
-short document's chunks get, made then: one pass over at most ``max_tokens`` tokens), which only
+token ids, and when a question is answered the chunks it chooses get their rows, made then as at
+internalization (passes of up to ``chunk_tokens`` consecutive chosen chunks: a 512-token chunk's
+rows are the ones it would have had), which only
 follow (:class:`~d2l_haystack.core.lora.RowUse` ``follow``: the answer is the adapters', and after
 a token the document has, its next position pushes); ``read``: those rows read as a short
 document's do (the yield test, the two readers)."""
