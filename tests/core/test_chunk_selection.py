@@ -116,8 +116,12 @@ def test_the_needle_chunk_responds_most_on_the_real_model(real_engine: D2LEngine
     result = real_engine.generate(question, without_keys(adapter), max_new_tokens=8)
     assert {k: result.meta[k] for k in ("chunks_applied", "chunks_total", "selection")} == {
         "chunks_applied": DEFAULT_MAX_CHUNKS, "chunks_total": adapter.num_chunks, "selection": "response"}
-    # longer than the reading memory's max_tokens: the network's adapter alone
-    assert adapter.memory_rows == 0 and "memory" not in result.meta
+    # longer than the reading memory's max_tokens: no rows at internalization, the token ids instead;
+    # the chosen chunks' rows are made for the question, at most max_rows apply, and they only follow
+    assert real_engine.memory is not None and real_engine.memory.long_documents == "follow"
+    assert adapter.memory_rows == 0 and adapter.token_ids is not None and len(adapter.token_ids) == adapter.num_tokens
+    assert result.meta["memory"] == "followed" and 0 < result.meta["memory_rows"] <= real_engine.memory.max_rows
+    assert result.meta["memory_rows_made"] >= result.meta["memory_rows"]
 
 
 def test_adapters_of_another_model_are_rejected_before_any_selection(nonzero_engine: D2LEngine, many_chunks):
