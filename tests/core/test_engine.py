@@ -232,6 +232,9 @@ def test_internalize_on_the_real_model(real_engine: D2LEngine, sample_text: str)
     described = real_engine.describe()
     assert described["memory_follow_on_yield"] and described["memory_row_use"] == "next"
     assert described["memory_long_documents"] == "follow"  # a document over 4,096 tokens keeps its token ids
+    from d2l_haystack.core.memory import DEFAULT_MAX_ROWS
+
+    assert described["memory_max_rows"] == DEFAULT_MAX_ROWS == 64
     assert 0 <= answer.meta["adapter_confidence"] <= 1
     ids = real_engine.format.question_ids("Who built the Marlow lighthouse?")
     base = real_engine.logits(ids)
