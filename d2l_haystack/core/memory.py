@@ -164,7 +164,8 @@ class ReadingMemory(nn.Module):
     :param yield_above: the engine answers without the rows when the adapter alone gives the
         answer's first token at least this probability (``None``: the rows always apply).
         A PEFT export cannot carry this switch: there the rows always apply.
-    :param max_tokens: documents longer than this get no rows (:data:`DEFAULT_MAX_TOKENS`).
+    :param max_tokens: documents longer than this get no rows at internalization
+        (:data:`DEFAULT_MAX_TOKENS`; then :data:`LONG_DOCUMENTS`).
     :param max_rows: at most this many rows apply to one question (:data:`DEFAULT_MAX_ROWS`).
     :param row_use: how the rows fire while an answer is generated (:data:`ROW_USES`,
         :data:`DEFAULT_ROW_USE`; a PEFT export cannot carry it: there every row fires).
