@@ -485,10 +485,12 @@ class D2LEngine:
         return adapter
 
     def _with_rows(self, adapter: Adapter, chunks: list[list[int]], stages: dict[str, float] | None = None,
-                   numbers: list[int] | None = None) -> Adapter:
+                   numbers: list[int] | None = None,
+                   segments: tuple[torch.Tensor, torch.Tensor] | None = None) -> Adapter:
         """``adapter`` with the reading-memory rows of ``chunks`` (its chunks, in order; ``numbers``:
         their chunk numbers in the adapter where they are only some of them), and their segments with
-        chunk keys (``stages``: seconds added to ``memory`` and ``keys``)."""
+        chunk keys (``segments``: those of ``chunks`` where the caller has them; ``stages``: seconds
+        added to ``memory`` and ``keys``)."""
         assert self.memory is not None
         stages = stages if stages is not None else {}
         t0 = time.perf_counter()
@@ -498,8 +500,10 @@ class D2LEngine:
         adapter = replace(adapter, memory=rows, memory_chunks=owners, memory_key=self.memory.key)
         t1 = time.perf_counter()
         stages["memory"] = stages.get("memory", 0.0) + t1 - t0
-        if self.key_encoder is not None:
-            adapter.memory_segments, adapter.memory_segment_keys = self._memory_segments(chunks)
+        if segments is None and self.key_encoder is not None:
+            segments = self._memory_segments(chunks)
+        if segments is not None:
+            adapter.memory_segments, adapter.memory_segment_keys = segments
             stages["keys"] = stages.get("keys", 0.0) + time.perf_counter() - t1
         return adapter
 
@@ -525,29 +529,35 @@ class D2LEngine:
             if not all(chunks):
                 out.append(a)
                 continue
-            needed = self._budgeted_chunks(chunks, memory.max_rows, query, q)
-            out.append(self._with_rows(a, [chunks[c] for c in needed], numbers=needed) if needed else a)
+            needed, segments = self._budgeted_chunks(chunks, memory.max_rows, query, q)
+            out.append(self._with_rows(a, [chunks[c] for c in needed], numbers=needed, segments=segments)
+                       if needed else a)
             made += out[-1].memory_rows
         if made:
             meta["memory_rows_made"] = made
         return out
 
-    def _budgeted_chunks(self, chunks: list[list[int]], budget: int, query: str | None,
-                         q: torch.Tensor | None) -> list[int]:
+    def _budgeted_chunks(self, chunks: list[list[int]], budget: int, query: str | None, q: torch.Tensor | None
+                         ) -> tuple[list[int], tuple[torch.Tensor, torch.Tensor] | None]:
         """The chunks holding the sentences the row budget keeps for ``query`` (every chunk where
-        they hold at most ``budget`` tokens, or where nothing ranks the sentences)."""
+        they hold at most ``budget`` tokens, or where nothing ranks the sentences), and, where the
+        sentences were ranked, those chunks' segments and segment keys (:meth:`_memory_segments`
+        of the chunks alone: a segment never spans two chunks, so the ranking's are renumbered)."""
         encoder = self.key_encoder
         if q is None and encoder is not None and query:
             q = encoder.query(query)
         if sum(map(len, chunks)) <= budget or q is None:
-            return list(range(len(chunks)))
+            return list(range(len(chunks))), None
         segments, keys = self._memory_segments(chunks)
         present, counts = segments.unique(return_counts=True)
         sims = keys[present].float() @ q
         keep, _ = _within_budget([(float(sim), 0, int(seg), int(n))
                                   for sim, seg, n in zip(sims, present, counts, strict=True)], budget)
         owner = torch.tensor([c for c, ids in enumerate(chunks) for _ in ids], dtype=torch.long)
-        return sorted(set(owner[torch.isin(segments, torch.tensor(keep.get(0, []), dtype=torch.long))].tolist()))
+        needed = sorted(set(owner[torch.isin(segments, torch.tensor(keep.get(0, []), dtype=torch.long))].tolist()))
+        mine = segments[torch.isin(owner, torch.tensor(needed, dtype=torch.long))]
+        kept = mine.unique()
+        return needed, (torch.searchsorted(kept, mine), keys[kept])
 
     def _memory_segments(self, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each memory row's segment ``(n,)`` (a sentence: a segment ends after a token ending in

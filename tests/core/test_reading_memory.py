@@ -620,6 +620,11 @@ def test_a_long_documents_chosen_chunks_get_their_rows_when_a_question_is_answer
         assert few_meta["memory_rows"] == whole_meta["memory_rows"] == few[0].memory_rows > 0
         assert few[0].memory is not None and whole[0].memory is not None
         torch.testing.assert_close(few[0].memory[0], whole[0].memory[0])
+        for picked_rows in (few[0], whole[0]):  # each kept row's sentence key, as a short document's
+            assert picked_rows.memory_segments is not None and picked_rows.memory_segment_keys is not None
+        torch.testing.assert_close(few[0].memory_segment_keys[few[0].memory_segments],  # type: ignore[index]
+                                   whole[0].memory_segment_keys[whole[0].memory_segments],  # type: ignore[index]
+                                   atol=1e-5, rtol=1e-4)
         monkeypatch.setattr(memory, "max_rows", DEFAULT_MAX_ROWS)
         answer = memory_engine.generate(question, loaded, max_new_tokens=3, max_chunks=1, gate=False)
         assert answer.meta["memory_rows_made"] == len(chunks[picked[0]])
