@@ -50,6 +50,7 @@ from .memory import (
 )
 from .models import DEFAULT_DTYPE, DEFAULT_MODEL, LoadedModel, cache_dir, get_model, model_label
 from .prompts import ChatFormat, chunk_text_ids
+from .rowcache import MadeRows, chunk_key
 from .textio import CHUNKINGS, DEFAULT_CHUNKING, content_hash, validate_text
 
 SEGMENT_TOKENS = 48
@@ -315,6 +316,8 @@ class D2LEngine:
         self._seed = seed
         self.hooks = get_hooks(self.model, self.config.target_modules)
         self._gen_lock = threading.Lock()
+        #: Rows and sentence keys made for long documents' questions (:mod:`~d2l_haystack.core.rowcache`).
+        self.made_rows = MadeRows()
 
     # -- internalization ------------------------------------------------------------------
     @property
@@ -486,22 +489,28 @@ class D2LEngine:
 
     def _with_rows(self, adapter: Adapter, chunks: list[list[int]], stages: dict[str, float] | None = None,
                    numbers: list[int] | None = None,
-                   segments: tuple[torch.Tensor, torch.Tensor] | None = None) -> Adapter:
+                   segments: tuple[torch.Tensor, torch.Tensor] | None = None, cached: bool = False) -> Adapter:
         """``adapter`` with the reading-memory rows of ``chunks`` (its chunks, in order; ``numbers``:
         their chunk numbers in the adapter where they are only some of them), and their segments with
         chunk keys (``segments``: those of ``chunks`` where the caller has them; ``stages``: seconds
-        added to ``memory`` and ``keys``)."""
+        added to ``memory`` and ``keys``; ``cached``: rows and keys made for a question, kept in and
+        taken from :attr:`made_rows`)."""
         assert self.memory is not None
         stages = stages if stages is not None else {}
         t0 = time.perf_counter()
-        rows, owners = self._memory_rows(chunks)
+        if cached:
+            key = ("rows", tuple(chunk_key(c) for c in chunks))
+            made = self.made_rows.get(key)
+            rows, owners = made if made is not None else self.made_rows.put(key, self._memory_rows(chunks))
+        else:
+            rows, owners = self._memory_rows(chunks)
         if numbers is not None:
             owners = torch.tensor(numbers, dtype=torch.long)[owners]
         adapter = replace(adapter, memory=rows, memory_chunks=owners, memory_key=self.memory.key)
         t1 = time.perf_counter()
         stages["memory"] = stages.get("memory", 0.0) + t1 - t0
         if segments is None and self.key_encoder is not None:
-            segments = self._memory_segments(chunks)
+            segments = self._chunk_segments(chunks) if cached else self._memory_segments(chunks)
         if segments is not None:
             adapter.memory_segments, adapter.memory_segment_keys = segments
             stages["keys"] = stages.get("keys", 0.0) + time.perf_counter() - t1
@@ -530,8 +539,8 @@ class D2LEngine:
                 out.append(a)
                 continue
             needed, segments = self._budgeted_chunks(chunks, memory.max_rows, query, q)
-            out.append(self._with_rows(a, [chunks[c] for c in needed], numbers=needed, segments=segments)
-                       if needed else a)
+            out.append(self._with_rows(a, [chunks[c] for c in needed], numbers=needed, segments=segments,
+                                       cached=True) if needed else a)
             made += out[-1].memory_rows
         if made:
             meta["memory_rows_made"] = made
@@ -548,7 +557,7 @@ class D2LEngine:
             q = encoder.query(query)
         if sum(map(len, chunks)) <= budget or q is None:
             return list(range(len(chunks))), None
-        segments, keys = self._memory_segments(chunks)
+        segments, keys = self._chunk_segments(chunks)
         present, counts = segments.unique(return_counts=True)
         sims = keys[present].float() @ q
         keep, _ = _within_budget([(float(sim), 0, int(seg), int(n))
@@ -577,6 +586,19 @@ class D2LEngine:
         with self.precision():
             vectors = self.key_encoder.embed([self.tokenizer.decode(t) for t in texts])
         return torch.tensor(owner, dtype=torch.long), vectors
+
+    def _chunk_segments(self, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_memory_segments` of ``chunks``, each chunk's taken from :attr:`made_rows` where a
+        question before made them (a segment never spans two chunks, so a chunk's are its own)."""
+        owners, vectors, offset = [], [], 0
+        for ids in chunks:
+            key = ("keys", chunk_key(ids))
+            made = self.made_rows.get(key)
+            owner, keys = made if made is not None else self.made_rows.put(key, self._memory_segments([ids]))
+            owners.append(owner + offset)
+            vectors.append(keys)
+            offset += len(keys)
+        return torch.cat(owners), torch.cat(vectors)
 
     def _row_budget(self, selected: list[Adapter], query: str | None, meta: dict[str, Any],
                     q: torch.Tensor | None = None) -> list[Adapter]:

@@ -1044,3 +1044,34 @@ def test_row_use_follow_fires_only_the_document_position_after_a_copied_token() 
     step = torch.tensor([[[0.5, 0.1, 0.3]], [[0.5, 0.1, 0.3]]])
     torch.testing.assert_close(mixed(step, values, torch.tensor([[1], [1]])),
                                torch.tensor([[[0.0, 0.8, 0.3]], [[0.0, 0.8, 0.0]]]))
+
+
+def test_a_long_documents_rows_are_made_once_for_repeated_questions(memory_engine: D2LEngine, long_text,
+                                                                    monkeypatch) -> None:
+    """The rows and sentence keys made for one question's chunks are kept (:attr:`D2LEngine.made_rows`):
+    asked again, the answer is the same and no pass makes them again."""
+    memory = memory_engine.memory
+    assert memory is not None
+    text = long_text(120)
+    chunks = memory_engine.chunk_ids(text)
+    monkeypatch.setattr(memory, "max_tokens", sum(map(len, chunks)) - 1)
+    monkeypatch.setattr(memory, "long_documents", "follow")
+    monkeypatch.setattr(memory, "max_rows", 20)  # the chosen chunks hold more: their sentences are ranked
+    long = memory_engine.internalize(text, progress=False)
+    memory_engine.made_rows.clear()
+    question = "What is the third fact?"
+    first = memory_engine.generate(question, long, max_new_tokens=4, max_chunks=2, gate=False)
+    assert first.meta["memory_rows_made"] > 0 and memory_engine.made_rows.nbytes > 0
+    made = len(memory_engine.made_rows)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("rows made again")
+
+    monkeypatch.setattr(memory_engine, "_memory_rows", no_pass)
+    monkeypatch.setattr(memory_engine, "_memory_segments", no_pass)
+    again = memory_engine.generate(question, long, max_new_tokens=4, max_chunks=2, gate=False)
+    assert (again.text, again.meta) == (first.text, first.meta) and len(memory_engine.made_rows) == made
+    monkeypatch.setattr(memory_engine.made_rows, "max_bytes", 0)
+    memory_engine.made_rows.clear()  # nothing kept: the next question makes its rows again
+    with pytest.raises(AssertionError, match="rows made again"):
+        memory_engine.generate(question, long, max_new_tokens=4, max_chunks=2, gate=False)
