@@ -12,9 +12,12 @@ import pytest
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _script() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_scaling.py"
-    spec = importlib.util.spec_from_file_location("memory_scaling", path)
+def _script(name: str = "memory_scaling") -> ModuleType:
+    import sys
+
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))  # reading_progress imports memory_scaling
+    spec = importlib.util.spec_from_file_location(name, benchmarks / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -54,3 +57,30 @@ def test_the_scaling_report_names_a_bad_point(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         bench.main([f"900={tmp_path}"])  # a folder without reports
     assert "no held-out report" in capsys.readouterr().err
+
+
+def test_the_progress_report_carries_a_set_a_stage_did_not_rerun(tmp_path: Path, capsys) -> None:
+    """benchmarks/reading_progress.py: stages by label; a stage without a set's report takes the
+    stage before's (marked carried), and a set no stage before had stays absent."""
+    bench = _script("reading_progress")
+    _report(tmp_path / "a", "realistic_auto", [1, 0, 0, 0])
+    _report(tmp_path / "b", "realistic_auto", [1, 1, 0, 0])
+    _report(tmp_path / "b", "needle_heldout_long", [0, 1])
+    _report(tmp_path / "c", "squad_large", [1, 1])
+    out = tmp_path / "progress.json"
+    assert bench.main([f"net={tmp_path / 'a'}", f"M1 = x={tmp_path / 'b'}", f"M2={tmp_path / 'c'}",
+                       "--json", str(out), "--plot", str(tmp_path / "progress.png")]) == 0
+    sets = json.loads(out.read_text())["sets"]
+    realistic = sets["realistic_auto"]["points"]
+    assert [(p["label"], p["score"], p["carried"]) for p in realistic] == [
+        ("net", 0.25, False), ("M1 = x", 0.5, False), ("M2", 0.5, True)]
+    assert realistic[2]["vs_first"][0] == pytest.approx(0.25)
+    assert [(p["label"], p["carried"]) for p in sets["needle_heldout_long"]["points"]] == [("M1 = x", False),
+                                                                                          ("M2", True)]
+    assert [p["label"] for p in sets["squad_large"]["points"]] == ["M2"]
+    assert sets["needle_heldout_long"]["bar"] == pytest.approx(0.9)
+    assert "| held-out realistic documents | contains | M2 | 0.500 |" in capsys.readouterr().out
+    assert (tmp_path / "progress.png").read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(SystemExit):
+        bench.main([f"{tmp_path / 'a'}"])
+    assert "expected LABEL=FOLDER" in capsys.readouterr().err
