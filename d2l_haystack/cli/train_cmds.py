@@ -40,6 +40,9 @@ def register(sub: Any) -> None:
     c.add_argument("--docs", type=int, default=450, help="documents to read (default 450)")
     c.add_argument("--seed", type=int, default=21)
     c.add_argument("--layer", type=int, default=29, help="the layer whose down_proj gets the rows (default 29)")
+    c.add_argument("--match-layer", type=int,
+                   help="the layer whose down_proj inputs the match reads (below --layer, the last; default: "
+                        "--layer itself)")
     c.add_argument("--squad-share", type=float, default=0.4, help="share of SQuAD training runs (default 0.4)")
     c.add_argument("--needle-share", type=float, default=0.0,
                    help="share of fact needles in training-part filler (default 0)")
@@ -159,9 +162,13 @@ def _memory_collect(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     engine = D2LEngine(checkpoint=args.checkpoint, chunking=args.chunking, autocast="off", keys=None, device="cpu",
                        reading_memory=False)  # the states are the network's alone, whatever memory it has
-    out = collect(engine, args.docs, args.seed, args.out, layer=args.layer, squad_share=args.squad_share,
-                  needle_share=args.needle_share,
-                  log=lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        out = collect(engine, args.docs, args.seed, args.out, layer=args.layer, squad_share=args.squad_share,
+                      needle_share=args.needle_share, match_layer=args.match_layer,
+                      log=lambda s: print(s, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        print(f"d2l memory collect: error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 

@@ -27,7 +27,7 @@ import torch
 
 from .errors import AdapterError
 from .fileio import tensor_digest, write_safetensors
-from .lora import Factors
+from .lora import Factors, parse_row_key
 
 ADAPTER_FILE = "adapter.safetensors"
 FORMAT_VERSION = "1"
@@ -35,7 +35,11 @@ FORMAT_VERSION = "1"
 MEMORY_FORMAT_VERSION = "2"
 """The ``d2l_format`` of files with reading-memory rows as :func:`pack_memory_rows` stores them
 (older versions, which stored ``memory.B`` whole, refuse them by this number, in one line)."""
-READ_FORMATS = (FORMAT_VERSION, MEMORY_FORMAT_VERSION)
+MATCHED_MEMORY_FORMAT_VERSION = "3"
+"""The ``d2l_format`` of files whose reading-memory rows fire from another layer's input
+(:attr:`~d2l_haystack.core.memory.ReadingMemory.match_layer`): versions that would apply them as
+rows of their own layer refuse them by this number, in one line."""
+READ_FORMATS = (FORMAT_VERSION, MEMORY_FORMAT_VERSION, MATCHED_MEMORY_FORMAT_VERSION)
 
 
 ADAPTER_KINDS = ("document", "instructions")
@@ -284,9 +288,15 @@ class Adapter:
         return out
 
     # -- persistence ----------------------------------------------------------------------
+    def _format(self) -> str:
+        """The file's ``d2l_format``: the oldest that holds what this adapter carries."""
+        if self.memory is None:
+            return FORMAT_VERSION
+        return MEMORY_FORMAT_VERSION if parse_row_key(self.memory_key)[2] is None else MATCHED_MEMORY_FORMAT_VERSION
+
     def _metadata(self) -> dict[str, str]:
         return {
-            "format": "pt", "d2l_format": FORMAT_VERSION if self.memory is None else MEMORY_FORMAT_VERSION,
+            "format": "pt", "d2l_format": self._format(),
             "scale": repr(self.scale),
             "rank": str(self.rank), "bias_rank": str(self.bias_rank),
             "num_chunks": str(self.num_chunks), "base_model": self.base_model,
@@ -426,12 +436,16 @@ class Adapter:
         :param rank: pad the rank with zero components up to this value (servers such as vLLM
             accept only some ranks: :func:`serving_rank`); ``lora_alpha`` is the padded rank, so
             the scaling stays 1 and the update is exactly the same.
-        :raises AdapterError: no module paths, or ``rank`` below the adapter's own.
+        :raises AdapterError: no module paths, ``rank`` below the adapter's own, or rows that fire
+            from another layer's input (a LoRA's rows read their own module's input).
         """
         from safetensors.torch import save_file
 
         if not self.module_paths:
             raise AdapterError("adapter has no module paths; cannot export to PEFT")
+        if self.memory is not None and parse_row_key(self.memory_key)[2] is not None:
+            raise AdapterError(f"the reading-memory rows on {self.memory_key} fire from another layer's input, "
+                               "which a PEFT LoRA cannot hold: export adapter.without_memory()")
         own = self.total_rank
         widest = self.serving_rank_needed
         r = own if rank is None else int(rank)

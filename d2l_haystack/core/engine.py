@@ -645,7 +645,8 @@ class D2LEngine:
         document in one pass, whatever its chunking), so each position's state has its context.
         The trainer (:mod:`d2l_haystack.training.memory`) caches exactly these.
 
-        :param layer: the layer to read (default: the memory's); ``module`` likewise.
+        :param layer: the layer to read (default: the one the memory's match reads,
+            :attr:`ReadingMemory.reads`); ``module`` likewise.
         :raises AdapterError: no layer given and the checkpoint has no reading memory.
         """
         return list(self._iter_memory_states(chunks, layer, module))
@@ -657,7 +658,7 @@ class D2LEngine:
         if layer is None or module is None:
             if self.memory is None:
                 raise AdapterError(f"checkpoint {self.checkpoint_id} has no reading memory: name the layer to read")
-            layer, module = self.memory.layer if layer is None else layer, module or self.memory.module
+            layer, module = self.memory.reads if layer is None else layer, module or self.memory.module
         pre = len(self.format.doc_prefix_ids)
         groups: list[list[int]] = []
         size = 0

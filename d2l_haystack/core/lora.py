@@ -8,7 +8,8 @@ Convention (see :mod:`d2l_haystack.core.hypernet`): ``A: (R, d_in)``, ``B: (R, d
 ``y = W x + scale * (x A^T) B``. Factors are stacked over layers: ``A: (L, R, d_in)``, or
 ``(batch, L, R, d_in)`` to give every sample of a batch its own adapter (training). A key
 ``"<module>@<layer>"`` holds rows of that one layer only, ``A: (R, d_in)`` (the reading memory,
-:mod:`d2l_haystack.core.memory`).
+:mod:`d2l_haystack.core.memory`); ``"<module>@<layer><<match>"`` rows of that layer that fire from
+the same module's input at layer ``match`` (earlier in the same pass), which a PEFT LoRA cannot hold.
 """
 
 from __future__ import annotations
@@ -95,6 +96,25 @@ def encode_chunks(encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     inverse[torch.tensor([i for g in groups for i in g], device=device)] = torch.arange(len(wrapped), device=device)
     return {m: (torch.cat([p[m][0] for p in parts])[inverse], torch.cat([p[m][1] for p in parts])[inverse])
             for m in parts[0]}
+
+
+def row_key(target: str, layer: int, match_layer: int | None = None) -> str:
+    """The factors key of reading-memory rows on ``target`` of ``layer`` (``"down_proj@29"``);
+    rows that fire from another layer's input of the same module (``match_layer``) are
+    ``"down_proj@29<22"``."""
+    return f"{target}@{layer}" if match_layer is None or match_layer == layer else f"{target}@{layer}<{match_layer}"
+
+
+def parse_row_key(key: str) -> tuple[str, int, int | None]:
+    """``(target, layer, match_layer)`` of a :func:`row_key` (``match_layer`` ``None``: its own layer).
+
+    :raises ValueError: not a row key.
+    """
+    target, sep, rest = key.partition("@")
+    layer, lt, match = rest.partition("<")
+    if not sep or not target or not layer.isdigit() or (lt and not match.isdigit()):
+        raise ValueError(f"{key!r} is not a reading-memory rows key (module@layer or module@layer<layer)")
+    return target, int(layer), int(match) if match else None
 
 
 class RowUse:
@@ -190,8 +210,6 @@ class LoraHooks:
             self._local.tokens = inputs[0]
 
     def _make_hook(self, layer: int, target: str) -> Any:
-        row_key = f"{target}@{layer}"  # rows of this one layer only (the reading memory)
-
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
             record = getattr(self._local, "record", None)
             if record is not None:
@@ -199,7 +217,10 @@ class LoraHooks:
             state = getattr(self._local, "state", None)
             if state is None:
                 return None
-            rows = state.get(row_key)
+            if (target, layer) in self._local.match_at:  # rows of a layer above fire from this input
+                self._local.matched[(target, layer)] = inputs[0]
+            row_key = self._local.rows_at.get((target, layer))  # rows of this one layer (the reading memory)
+            rows = state.get(row_key) if row_key is not None else None
             if target not in state and rows is None:
                 return None
             x, scale = inputs[0], self._local.scale
@@ -215,7 +236,9 @@ class LoraHooks:
                     x3 = x.reshape(shape[0], -1, shape[-1])
                     delta = torch.bmm(torch.bmm(x3, a_l.transpose(1, 2)), b_l).reshape(*shape[:-1], -1)
             if rows is not None:
-                fired = x @ rows[0].to(x.dtype).T
+                _, _, match = parse_row_key(row_key)  # type: ignore[arg-type]
+                reads = x if match is None else self._local.matched[(target, match)]
+                fired = reads @ rows[0].to(reads.dtype).T
                 use = self._local.row_use
                 if use is not None:
                     fired = use(fired, rows[1], getattr(self._local, "tokens", None))
@@ -237,14 +260,26 @@ class LoraHooks:
         (the ``"module@layer"`` factors) off for the sequences marked 0: two readers in one batch.
         ``row_use`` (a fresh :class:`RowUse` per generation) spends each row once it has given a token.
         """
-        previous = (getattr(self._local, "state", None), getattr(self._local, "scale", 1.0),
-                    getattr(self._local, "row_mask", None), getattr(self._local, "row_use", None))
+        previous: tuple[Any, ...] = (getattr(self._local, "state", None), getattr(self._local, "scale", 1.0),
+                    getattr(self._local, "row_mask", None), getattr(self._local, "row_use", None),
+                    getattr(self._local, "rows_at", {}), getattr(self._local, "match_at", set()),
+                    getattr(self._local, "matched", {}))
+        rows_at: dict[tuple[str, int], str] = {}
+        match_at: set[tuple[str, int]] = set()
+        for key in factors or {}:
+            if "@" in key:
+                target, layer, match = parse_row_key(key)
+                rows_at[(target, layer)] = key
+                if match is not None:
+                    match_at.add((target, match))
         self._local.state, self._local.scale, self._local.row_mask, self._local.row_use = (
             factors, scale, row_mask, row_use)
+        self._local.rows_at, self._local.match_at, self._local.matched = rows_at, match_at, {}
         try:
             yield
         finally:
-            self._local.state, self._local.scale, self._local.row_mask, self._local.row_use = previous
+            (self._local.state, self._local.scale, self._local.row_mask, self._local.row_use,
+             self._local.rows_at, self._local.match_at, self._local.matched) = previous
             self._local.tokens = None
 
     @contextmanager

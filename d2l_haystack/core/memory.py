@@ -18,7 +18,8 @@ then meets the adapter's inside the model, not as added logits).
 
 Files: ``memory.safetensors`` in a hypernetwork checkpoint folder (tensors ``q``, ``p``, ``a``,
 ``log_gain``, ``w``; the layer, module, ``s``, ``yield_above``, ``override``, ``max_tokens``,
-``max_rows``, ``row_use``, ``follow_on_yield`` and ``long_documents`` in its header).
+``max_rows``, ``row_use``, ``follow_on_yield``, ``long_documents`` and, where the match reads another
+layer, ``match_layer`` in its header).
 The engine loads it with the checkpoint and adds the rows to every adapter it internalizes from a
 document of at most ``max_tokens`` tokens (:attr:`Adapter.memory`).
 """
@@ -36,6 +37,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .fileio import tensor_digest, write_safetensors
+from .lora import row_key
 
 MEMORY_FILE = "memory.safetensors"
 
@@ -176,6 +178,11 @@ class ReadingMemory(nn.Module):
         ``follow``: only the next position's row fires; :data:`DEFAULT_FOLLOW_ON_YIELD`).
     :param long_documents: what the memory does for documents over ``max_tokens``
         (:data:`LONG_DOCUMENTS`, :data:`DEFAULT_LONG_DOCUMENTS`).
+    :param match_layer: the layer whose ``module`` input the match reads, the document's keys ``k_i``
+        and the answering state ``x`` alike (``None``: ``layer``, the rows' own). The values still go
+        into ``layer``: the match can read a layer where positions are told apart better than at the
+        last one, and the values keep the last layer's exact path to the logits. Rows matched on
+        another layer are not a LoRA of one module: a PEFT export refuses them.
     """
 
     def __init__(self, d_in: int, d_out: int, rank: int, layer: int, module: str = "down_proj",
@@ -183,7 +190,7 @@ class ReadingMemory(nn.Module):
                  max_tokens: int = DEFAULT_MAX_TOKENS, override: OverrideRule | None = DEFAULT_OVERRIDE,
                  max_rows: int = DEFAULT_MAX_ROWS, row_use: str = DEFAULT_ROW_USE,
                  follow_on_yield: bool = DEFAULT_FOLLOW_ON_YIELD,
-                 long_documents: str = DEFAULT_LONG_DOCUMENTS) -> None:
+                 long_documents: str = DEFAULT_LONG_DOCUMENTS, match_layer: int | None = None) -> None:
         super().__init__()
         self.q = nn.Parameter(torch.randn(rank, d_in) * 0.01)
         self.p = nn.Parameter(torch.randn(rank, d_in) * 0.01)
@@ -202,11 +209,21 @@ class ReadingMemory(nn.Module):
         if long_documents not in LONG_DOCUMENTS:
             raise ValueError(f"long_documents {long_documents!r} is not one of {', '.join(LONG_DOCUMENTS)}")
         self.long_documents = long_documents
+        self.match_layer = None if match_layer is None or int(match_layer) == self.layer else int(match_layer)
+        if self.match_layer is not None and not 0 <= self.match_layer < self.layer:
+            raise ValueError(f"match_layer {self.match_layer} must be below the rows' layer {self.layer}")
 
     @property
     def key(self) -> str:
-        """The factors key the rows travel under (:class:`~d2l_haystack.core.lora.LoraHooks`)."""
-        return f"{self.module}@{self.layer}"
+        """The factors key the rows travel under (:class:`~d2l_haystack.core.lora.LoraHooks`,
+        :func:`~d2l_haystack.core.lora.row_key`): ``"down_proj@29"``, or ``"down_proj@29<22"``
+        matched on layer 22."""
+        return row_key(self.module, self.layer, self.match_layer)
+
+    @property
+    def reads(self) -> int:
+        """The layer whose ``module`` inputs make the match (:attr:`match_layer`, else :attr:`layer`)."""
+        return self.layer if self.match_layer is None else self.match_layer
 
     @staticmethod
     def normalise_keys(keys: torch.Tensor) -> torch.Tensor:
@@ -253,6 +270,8 @@ class ReadingMemory(nn.Module):
                                                    "row_use": self.row_use,
                                                    "follow_on_yield": str(self.follow_on_yield).lower(),
                                                    "long_documents": self.long_documents,
+                                                   **({} if self.match_layer is None
+                                                      else {"match_layer": str(self.match_layer)}),
                                                    "override": self.override.to_text() if self.override else "None"})
 
     @classmethod
@@ -283,7 +302,8 @@ class ReadingMemory(nn.Module):
                          int(meta.get("max_rows", DEFAULT_MAX_ROWS)),
                          meta.get("row_use", UNNAMED_ROW_USE),
                          follow == "true",
-                         meta.get("long_documents", UNNAMED_LONG_DOCUMENTS))
+                         meta.get("long_documents", UNNAMED_LONG_DOCUMENTS),
+                         int(meta["match_layer"]) if "match_layer" in meta else None)
             memory.load_state_dict(tensors)
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"damaged reading memory {target}: {exc}") from exc

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.lora import row_key
 from ..core.memory import ReadingMemory
 
 SCHEDULES = ("constant", "cosine")
@@ -50,13 +51,16 @@ DEFAULT_HOLD_KINDS = ("faq", "profile", "lease")
 
 
 def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29, module: str = "down_proj",
-            squad_share: float = 0.4, needle_share: float = 0.0, log: Callable[[str], None] | None = None) -> Path:
+            squad_share: float = 0.4, needle_share: float = 0.0, log: Callable[[str], None] | None = None,
+            match_layer: int | None = None) -> Path:
     """Cache what :func:`fit` needs for ``docs`` generated training-part documents (see the module
     docstring); ``engine`` is a :class:`~d2l_haystack.core.engine.D2LEngine` whose chunking the
     adapters use. A share ``squad_share`` of the documents are SQuAD training runs, ``needle_share``
     fact needles in training-part filler (32-384 tokens, the trained phrasings: the memory must
-    not break what the hypernetwork already reads), the rest realistic documents. Writes ``out``
-    (``torch.save``) and returns it."""
+    not break what the hypernetwork already reads), the rest realistic documents. ``match_layer``: the
+    match reads that layer's inputs (the documents' keys and the answers' states) while the rows
+    stay on ``layer``, the last (:attr:`~d2l_haystack.core.memory.ReadingMemory.match_layer`). Writes
+    ``out`` (``torch.save``) and returns it."""
     from ..core.adapter import compose
     from .data import FillerBank, needle_document, squad_paragraphs, squad_run_document
     from .realistic import realistic_document
@@ -67,6 +71,12 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
     captured: dict[str, torch.Tensor] = {}
     handles = [model.model.norm.register_forward_pre_hook(lambda m, a: captured.__setitem__("h", a[0][0].detach()))]
     upper = layer < len(model.model.layers) - 1  # rows below the last layer: the fit runs the layers above
+    reads = layer if match_layer is None else int(match_layer)
+    if reads != layer and upper:
+        raise ValueError(f"a match layer needs the rows on the last layer ({len(model.model.layers) - 1}), "
+                         f"not {layer}")
+    if not 0 <= reads <= layer:
+        raise ValueError(f"the match layer must be one of 0..{layer - 1} (below the rows' layer), got {reads}")
     if upper:
         handles.append(model.model.layers[layer].register_forward_hook(
             lambda m, a, out: captured.__setitem__("layer", (out[0] if isinstance(out, tuple) else out)[0].detach())))
@@ -85,7 +95,7 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
                 doc = realistic_document(rng, n_questions=3, part="train")
                 kind = doc.meta["kind"]
             chunks = engine.chunk_ids(doc.text)
-            passes = [(s.half(), ids) for s, ids, _ in engine.memory_states(chunks, layer, module)]
+            passes = [(s.half(), ids) for s, ids, _ in engine.memory_states(chunks, reads, module)]
             # the network's adapter alone: rows of a memory the checkpoint already has would be in "h"
             factors = {m: f for m, f in compose([engine.internalize(doc.text, progress=False)], None).items()
                        if "@" not in m}
@@ -97,7 +107,7 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
                 span = slice(len(prompt) - 1, len(prompt) - 1 + len(answer))
                 with torch.no_grad(), engine.hooks.capture() as rec, engine.hooks.apply(factors):
                     model(input_ids=torch.tensor([prompt + answer[:-1]]))
-                q = {"x": rec[module][layer][span].half(), "h": captured["h"][span].half(), "targets": answer,
+                q = {"x": rec[module][reads][span].half(), "h": captured["h"][span].half(), "targets": answer,
                      "alt0": alt}
                 if upper:  # the whole sequence: the rows fire at every position, the layers above attend to all
                     q.update(x_all=rec[module][layer].half(), h_layer=captured["layer"].half(), start=span.start,
@@ -116,7 +126,7 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"layer": layer, "module": module, "checkpoint": engine.network_id, "chunking": engine.chunking,
-                "items": items}, out)
+                **({} if reads == layer else {"match_layer": reads}), "items": items}, out)
     return out
 
 
@@ -310,15 +320,16 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
     loaded = [torch.load(c, weights_only=False) for c in caches]
-    layers = {(d["layer"], d.get("module", "down_proj")) for d in loaded}
+    layers = {(d["layer"], d.get("module", "down_proj"), d.get("match_layer")) for d in loaded}
     if len(layers) != 1:
-        raise ValueError(f"caches of different layers cannot be fitted together: {sorted(layers)}")
+        raise ValueError("caches of different layers cannot be fitted together: "
+                         + ", ".join(sorted(row_key(m, layer, match) for layer, m, match in layers)))
     networks = {str(d.get("checkpoint")) for d in loaded}
     if len(networks) != 1 or (checkpoint_id is not None and networks != {checkpoint_id}):
         raise ValueError(f"the caches were collected with checkpoint(s) {', '.join(sorted(networks))}"
                          + (f", the memory is for {checkpoint_id}" if checkpoint_id else "")
                          + ": collect them again with that checkpoint")
-    layer, module = layers.pop()
+    layer, module, match_layer = layers.pop()
     items = [it for d in loaded for it in d["items"]]
     held = [q for it in items if it["kind"] in hold_kinds for q in _questions(it)]
     rest = [it for it in items if it["kind"] not in hold_kinds]
@@ -335,13 +346,15 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     scale_x = float(torch.cat([q.x for q in train[:300]]).norm(dim=-1).mean())
     torch.manual_seed(seed)
     if init is None:
-        memory = ReadingMemory(train[0].x.shape[1], d_out, rank, layer, module, scale_x)
-    elif (init.layer, init.module) != (layer, module):
-        raise ValueError(f"the memory to go on from is on {init.key}, the caches on {module}@{layer}")
+        memory = ReadingMemory(train[0].x.shape[1], d_out, rank, layer, module, scale_x, match_layer=match_layer)
+    elif (init.layer, init.module, init.match_layer) != (layer, module, match_layer):
+        raise ValueError(f"the memory to go on from is on {init.key}, the caches on "
+                         f"{row_key(module, layer, match_layer)}")
     else:
         memory = ReadingMemory(init.q.shape[1], d_out, init.q.shape[0], layer, module, init.scale_x,
                                init.yield_above, init.max_tokens, init.override, init.max_rows,
-                               init.row_use, init.follow_on_yield, init.long_documents)  # used as the init is
+                               init.row_use, init.follow_on_yield, init.long_documents,
+                               init.match_layer)  # used as the init is
         memory.load_state_dict(init.state_dict())
         memory.requires_grad_(True)
     lm.requires_grad_(False)
@@ -380,7 +393,8 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     boot = np.random.default_rng(0).choice(len(diff), (2000, len(diff)))
     low, high = np.percentile(diff[boot].mean(1), [2.5, 97.5])
     report = {
-        "caches": [str(c) for c in caches], "layer": layer, "module": module, "hold_kinds": sorted(hold_kinds),
+        "caches": [str(c) for c in caches], "layer": layer, "module": module, "match_layer": match_layer,
+        "hold_kinds": sorted(hold_kinds),
         "rank": memory.q.shape[0], "init": init is not None,
         "steps": steps, "best_step": best[1], "lr": lr, "schedule": schedule, "weight_decay": weight_decay,
         "bind_weight": bind_weight,
@@ -414,8 +428,10 @@ def write_checkpoint(memory: ReadingMemory, base: str | Path, out: str | Path, r
     return out
 
 
-def print_report(report: dict[str, Any], file: Any = sys.stdout) -> None:
-    """The fit's table: teacher-forced accuracy with and without the memory."""
+def print_report(report: dict[str, Any], file: Any = None) -> None:
+    """The fit's table: teacher-forced accuracy with and without the memory (``file``: default the
+    standard output at the time of the call)."""
+    file = sys.stdout if file is None else file
     print(f"{'teacher-forced accuracy':28s} {'first':>6s} {'all':>6s} {'cont':>6s} {'bind0':>6s}", file=file)
     for name in ("held_without_memory", "held_with_memory", "train_without_memory", "train_with_memory"):
         r = report[name]
