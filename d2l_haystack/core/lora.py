@@ -219,8 +219,8 @@ class LoraHooks:
                 return None
             if (target, layer) in self._local.match_at:  # rows of a layer above fire from this input
                 self._local.matched[(target, layer)] = inputs[0]
-            row_key = self._local.rows_at.get((target, layer))  # rows of this one layer (the reading memory)
-            rows = state.get(row_key) if row_key is not None else None
+            key, match = self._local.rows_at.get((target, layer), (None, None))  # rows of this layer (the memory)
+            rows = state.get(key) if key is not None else None
             if target not in state and rows is None:
                 return None
             x, scale = inputs[0], self._local.scale
@@ -236,7 +236,6 @@ class LoraHooks:
                     x3 = x.reshape(shape[0], -1, shape[-1])
                     delta = torch.bmm(torch.bmm(x3, a_l.transpose(1, 2)), b_l).reshape(*shape[:-1], -1)
             if rows is not None:
-                _, _, match = parse_row_key(row_key)  # type: ignore[arg-type]
                 reads = x if match is None else self._local.matched[(target, match)]
                 fired = reads @ rows[0].to(reads.dtype).T
                 use = self._local.row_use
@@ -264,12 +263,12 @@ class LoraHooks:
                     getattr(self._local, "row_mask", None), getattr(self._local, "row_use", None),
                     getattr(self._local, "rows_at", {}), getattr(self._local, "match_at", set()),
                     getattr(self._local, "matched", {}))
-        rows_at: dict[tuple[str, int], str] = {}
+        rows_at: dict[tuple[str, int], tuple[str, int | None]] = {}  # (target, layer) -> (key, match layer)
         match_at: set[tuple[str, int]] = set()
         for key in factors or {}:
             if "@" in key:
                 target, layer, match = parse_row_key(key)
-                rows_at[(target, layer)] = key
+                rows_at[(target, layer)] = (key, match)
                 if match is not None:
                     match_at.add((target, match))
         self._local.state, self._local.scale, self._local.row_mask, self._local.row_use = (
