@@ -66,17 +66,17 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
     from .realistic import realistic_document
 
     model, fmt, tok = engine.model, engine.format, engine.tokenizer
+    reads = layer if match_layer is None else int(match_layer)
+    if reads != layer and layer < len(model.model.layers) - 1:
+        raise ValueError(f"a match layer needs the rows on the last layer ({len(model.model.layers) - 1}), "
+                         f"not {layer}")
+    if not 0 <= reads <= layer:
+        raise ValueError(f"the match layer must be one of 0..{layer - 1} (below the rows' layer), got {reads}")
     paras = squad_paragraphs("train") if squad_share > 0 else []
     filler = FillerBank(tok, "train") if needle_share > 0 else None
     captured: dict[str, torch.Tensor] = {}
     handles = [model.model.norm.register_forward_pre_hook(lambda m, a: captured.__setitem__("h", a[0][0].detach()))]
     upper = layer < len(model.model.layers) - 1  # rows below the last layer: the fit runs the layers above
-    reads = layer if match_layer is None else int(match_layer)
-    if reads != layer and upper:
-        raise ValueError(f"a match layer needs the rows on the last layer ({len(model.model.layers) - 1}), "
-                         f"not {layer}")
-    if not 0 <= reads <= layer:
-        raise ValueError(f"the match layer must be one of 0..{layer - 1} (below the rows' layer), got {reads}")
     if upper:
         handles.append(model.model.layers[layer].register_forward_hook(
             lambda m, a, out: captured.__setitem__("layer", (out[0] if isinstance(out, tuple) else out)[0].detach())))

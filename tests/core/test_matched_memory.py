@@ -152,6 +152,7 @@ def test_collect_and_fit_a_memory_matched_on_a_lower_layer(tmp_path: Path, tiny_
 
     monkeypatch.setattr(engine_module, "get_model", lambda name, device=None, dtype=None: engine.loaded)
     assert main(["memory", "collect", "--docs", "1", "--layer", "3", "--match-layer", "7", "--threads", "1",
+                 "--squad-share", "0",
                  "--checkpoint", str(written), "-o", str(tmp_path / "y.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "d2l memory collect: error: the match layer must be one of 0..2 (below the rows' layer), got 7"
