@@ -20,6 +20,7 @@ chunk unconditionally (the hypernetwork alone).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -499,9 +500,8 @@ class D2LEngine:
         stages = stages if stages is not None else {}
         t0 = time.perf_counter()
         if cached:
-            key = ("rows", tuple(chunk_key(c) for c in chunks))
-            made = self.made_rows.get(key)
-            rows, owners = made if made is not None else self.made_rows.put(key, self._memory_rows(chunks))
+            rows, owners = self.made_rows.get_or_make(("rows", tuple(chunk_key(c) for c in chunks)),
+                                                      lambda: self._memory_rows(chunks))
         else:
             rows, owners = self._memory_rows(chunks)
         if numbers is not None:
@@ -592,9 +592,8 @@ class D2LEngine:
         question before made them (a segment never spans two chunks, so a chunk's are its own)."""
         owners, vectors, offset = [], [], 0
         for ids in chunks:
-            key = ("keys", chunk_key(ids))
-            made = self.made_rows.get(key)
-            owner, keys = made if made is not None else self.made_rows.put(key, self._memory_segments([ids]))
+            owner, keys = self.made_rows.get_or_make(("keys", chunk_key(ids)),
+                                                     functools.partial(self._memory_segments, [ids]))
             owners.append(owner + offset)
             vectors.append(keys)
             offset += len(keys)

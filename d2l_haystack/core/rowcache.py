@@ -12,9 +12,7 @@ Usage example::
 
     cache = MadeRows(max_bytes=64 * 2**20)
     key = ("rows", chunk_key(chunk_ids))
-    rows = cache.get(key)
-    if rows is None:
-        rows = cache.put(key, make_rows())
+    rows = cache.get_or_make(key, make_rows)   # made once, then taken from the cache
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -92,6 +90,11 @@ class MadeRows:
             while self._bytes > self.max_bytes and self._items:
                 self._bytes -= self._items.popitem(last=False)[1][1]
         return value
+
+    def get_or_make(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The value under ``key``, or ``make()`` kept under it (:meth:`put`) and returned."""
+        made = self.get(key)
+        return made if made is not None else self.put(key, make())
 
     def clear(self) -> None:
         """Drop every entry."""

@@ -27,6 +27,10 @@ def test_made_rows_keeps_the_most_recently_used_within_its_bytes() -> None:
     assert cache.get("pair") is values[0] and cache.nbytes == 800
     cache.put("huge", torch.zeros(1000))  # alone over the limit: not kept, nothing else dropped for it
     assert cache.get("huge") is None and len(cache) == 2
+    made: list[int] = []
+    cache.clear()
+    assert cache.get_or_make("m", lambda: made.append(1) or values[1]) is values[1]
+    assert cache.get_or_make("m", lambda: made.append(1) or values[2]) is values[1] and made == [1]
     cache.clear()
     assert len(cache) == 0 and cache.nbytes == 0
     assert len(MadeRows(0).put("x", values[0])) == 100 and len(MadeRows(0)) == 0
