@@ -8,7 +8,7 @@ DEVICE_HELP = "cpu or cuda (default: cuda when available)"
 CHUNKING_CHOICES = ("tokens", "sentences", "auto")
 """The values of ``core.textio.CHUNKINGS`` (not imported: keeps ``d2l --help`` fast; a test holds them equal)."""
 
-ROW_USE_CHOICES = ("all", "once", "next")
+ROW_USE_CHOICES = ("all", "once", "next", "value")
 """The values of ``core.memory.ROW_USES`` (not imported, as above; a test holds them equal)."""
 
 LONG_DOCUMENTS_CHOICES = ("none", "follow", "read")

@@ -40,9 +40,10 @@ from .encoder import ContextEncoder, decoder_of, run_until
 from .errors import AdapterError, CheckpointError, InputError, ModelNotFoundError
 from .hypernet import HypernetConfig, Hypernetwork, config_for_model, load_checkpoint, read_checkpoint_id
 from .keys import DEFAULT_KEY_MODEL, KEY_SCHEME, KeyEncoder, get_key_encoder
-from .lora import Factors, RowUse, document_factors, encode_chunks, get_hooks
+from .lora import Factors, RowUse, ValueEnds, document_factors, encode_chunks, get_hooks
 from .memory import (
     DEFAULT_MAX_ROWS,
+    DEFAULT_MODULE,
     DEFAULT_OVERRIDE,
     DEFAULT_YIELD_ABOVE,
     OverrideRule,
@@ -319,6 +320,7 @@ class D2LEngine:
         self._gen_lock = threading.Lock()
         #: Rows and sentence keys made for long documents' questions (:mod:`~d2l_haystack.core.rowcache`).
         self.made_rows = MadeRows()
+        self._value_ends: ValueEnds | None = None  # the token classes of row_use "value", made when first used
 
     # -- internalization ------------------------------------------------------------------
     @property
@@ -645,7 +647,9 @@ class D2LEngine:
         The trainer (:mod:`d2l_haystack.training.memory`) caches exactly these.
 
         :param layer: the layer to read (default: the one the memory's match reads,
-            :attr:`ReadingMemory.reads`); ``module`` likewise.
+            :attr:`ReadingMemory.reads`).
+        :param module: the module whose input is read (default: the memory's, else
+            :data:`~d2l_haystack.core.memory.DEFAULT_MODULE`).
         :raises AdapterError: no layer given and the checkpoint has no reading memory.
         """
         return list(self._iter_memory_states(chunks, layer, module))
@@ -654,10 +658,12 @@ class D2LEngine:
     def _iter_memory_states(self, chunks: list[list[int]], layer: int | None = None, module: str | None = None
                             ) -> Iterator[tuple[torch.Tensor, list[int], list[int]]]:
         """:meth:`memory_states` one pass at a time (a long document's states are never all held)."""
-        if layer is None or module is None:
-            if self.memory is None:
-                raise AdapterError(f"checkpoint {self.checkpoint_id} has no reading memory: name the layer to read")
-            layer, module = self.memory.reads if layer is None else layer, module or self.memory.module
+        if layer is None and self.memory is None:
+            raise AdapterError(f"checkpoint {self.checkpoint_id} has no reading memory: name the layer to read")
+        if layer is None:
+            assert self.memory is not None
+            layer = self.memory.reads
+        module = module or (self.memory.module if self.memory is not None else DEFAULT_MODULE)
         pre = len(self.format.doc_prefix_ids)
         groups: list[list[int]] = []
         size = 0
@@ -798,11 +804,18 @@ class D2LEngine:
         if factors is None or self.memory is None or self.memory.row_use == "all" \
                 or len(_without_rows(factors)) == len(factors):
             return None
-        return self._new_row_use(carry=self.memory.row_use == "next")
+        return self._new_row_use(carry=self.memory.row_use in ("next", "value"))
 
     def _new_row_use(self, carry: bool = False, follow: bool | torch.Tensor = False) -> RowUse:
-        """A fresh :class:`~d2l_haystack.core.lora.RowUse` over this model's output embeddings."""
-        return RowUse(self.model.get_output_embeddings().weight, carry=carry, follow=follow)
+        """A fresh :class:`~d2l_haystack.core.lora.RowUse` over this model's output embeddings; its
+        carry stops where the value ends where the memory's ``row_use`` is ``value``."""
+        embeddings = self.model.get_output_embeddings().weight
+        ends = None
+        if self.memory is not None and self.memory.row_use == "value":
+            if self._value_ends is None:  # the tokenizer's classes, once per engine
+                self._value_ends = ValueEnds(self.tokenizer, embeddings)
+            ends = self._value_ends
+        return RowUse(embeddings, carry=carry, follow=follow, ends=ends)
 
     def _follows(self) -> bool:
         """Whether a yielded answer still follows the document (:attr:`ReadingMemory.follow_on_yield`)."""

@@ -117,6 +117,55 @@ def parse_row_key(key: str) -> tuple[str, int, int | None]:
     return target, int(layer), int(match) if match else None
 
 
+class ValueEnds:
+    """Where a value copied from a document ends, by the classes of a tokenizer's tokens.
+
+    :class:`RowUse`'s ``carry`` goes on copying the document after the value: "1988, Amara Nakamura
+    received a national award.", "548627 belongs to the replacement boiler." With ``ValueEnds``
+    the carry stops before the document's next token where it
+
+    - begins a word with a lower-case letter (a value of names, codes and numbers goes on in
+      capitals, digits and signs: "263 Elm Terrace", "C15", "$60.69"; a verb or a function word
+      ends it: "Gideon Yilmaz | will"),
+    - is only white space (a line break), or
+    - begins a word after a token of signs only (the end of a clause: "1988, | Amara", "Terrace. | The").
+
+    After the stop no row is lifted, the rows that fire on their own still fire (as with ``once``),
+    and the model ends the answer or goes on by itself. The document's next token at a row is the
+    token whose output embedding is closest in angle to the row's value (the value is that token's
+    unit embedding scaled per dimension, :mod:`d2l_haystack.core.memory`). The classes follow
+    scripts with letter case; in a script without it only the first and last rules apply.
+
+    :param tokenizer: the model's tokenizer (``decode`` of one token id).
+    :param output_embeddings: the model's output embedding matrix ``(vocab, d_out)``.
+    """
+
+    def __init__(self, tokenizer: Any, output_embeddings: torch.Tensor) -> None:
+        vocab = output_embeddings.shape[0]
+        known = min(vocab, len(tokenizer))
+        texts = list(tokenizer.batch_decode([[i] for i in range(known)])) + [""] * (vocab - known)
+        word_start = [t[:1].isspace() for t in texts]
+        blank = [t != "" and not t.strip() for t in texts]
+        lower = [s and t.strip()[:1].islower() for s, t in zip(word_start, texts, strict=True)]
+        signs = [bool(t.strip()) and not any(c.isalnum() for c in t) for t in texts]
+        device = output_embeddings.device
+        self.stops_before = torch.tensor([lw or b for lw, b in zip(lower, blank, strict=True)], device=device)
+        self.word_start = torch.tensor(word_start, device=device)
+        self.signs = torch.tensor(signs, device=device)
+        self.inverse_norms = 1.0 / output_embeddings.detach().float().norm(dim=-1).clamp_min(1e-6)
+
+    def next_tokens(self, values: torch.Tensor, output_embeddings: torch.Tensor) -> torch.Tensor:
+        """The document's token at each row of ``values`` ``(rows, d_out)``: the nearest output embedding in angle."""
+        scores = values.float() @ output_embeddings.detach().to(values.device).float().T
+        return (scores * self.inverse_norms.to(values.device)).argmax(-1)
+
+    def stops(self, given: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
+        """Whether the value ends between ``given`` (the token just generated) and ``following``
+        (the document's next token), elementwise over token ids."""
+        following, given = following.to(self.stops_before.device), given.to(self.stops_before.device)
+        return self.stops_before[following] | (self.signs[given] & self.word_start[following])
+
+
 class RowUse:
     """Each reading-memory row gives its token once per generated answer.
 
@@ -146,11 +195,12 @@ class RowUse:
     :param carry: pass the spent row's firing on to the next row.
     :param follow: only the carried rows fire (implies ``carry``); a bool per sequence of the batch
         (a tensor) follows in those sequences only and carries in the others.
+    :param ends: where given, the carry stops where the copied value ends (:class:`ValueEnds`).
     """
 
     def __init__(self, output_embeddings: torch.Tensor, carry: bool = False,
-                 follow: bool | torch.Tensor = False) -> None:
-        self.output_embeddings, self.follow = output_embeddings, follow
+                 follow: bool | torch.Tensor = False, ends: ValueEnds | None = None) -> None:
+        self.output_embeddings, self.follow, self.ends = output_embeddings, follow, ends
         self.carry = carry or (bool(follow.any()) if isinstance(follow, torch.Tensor) else follow)
         self.spent: torch.Tensor | None = None  # (sequences, rows): 1 usable, 0 spent
         self.last: torch.Tensor | None = None   # (sequences, rows): firing at the last position
@@ -174,6 +224,9 @@ class RowUse:
             self.spent[seqs, givers] = 0
             if self.carry:
                 inside = givers + 1 < n
+                if self.ends is not None and bool(inside.any()):
+                    following = self.ends.next_tokens(values[(givers + 1).clamp_max(n - 1)], self.output_embeddings)
+                    inside = inside & ~self.ends.stops(token[seqs], following).to(inside.device)
                 carried = torch.zeros_like(self.spent)
                 carried[seqs[inside], givers[inside] + 1] = self.last[seqs[inside], givers[inside]].to(carried.dtype)
                 lifted = torch.maximum(fired, carried[:, None, :].to(fired.dtype))

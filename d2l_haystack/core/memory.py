@@ -67,13 +67,34 @@ documents, where the memory reads better, it was below 0.95 for 73 % of the ques
 (docs/training.md, "The memory yields")."""
 
 
-ROW_USES = ("all", "once", "next")
+DEFAULT_MODULE = "down_proj"
+"""The module whose input a memory reads and whose output its rows change (the shipped memory's,
+and a memory file's that names none)."""
+
+
+def check_match_layer(layer: int, match_layer: int | None) -> int | None:
+    """``match_layer`` for rows on ``layer``: ``None`` where the match reads the rows' own layer.
+
+    :raises ValueError: a match layer that is not below the rows' layer.
+    """
+    if match_layer is None or int(match_layer) == layer:
+        return None
+    if not 0 <= int(match_layer) < layer:
+        raise ValueError(f"the match layer must be one of 0..{layer - 1} (below the rows' layer {layer}), "
+                         f"got {match_layer}")
+    return int(match_layer)
+
+
+ROW_USES = ("all", "once", "next", "value")
 """How the rows fire while an answer is generated (:class:`~d2l_haystack.core.lora.RowUse`): ``all``
 as fitted, every row at every step; ``once``: the row that gave a token is spent for the rest of
 the answer (rows fitted without it fired again at the next step, and some answers looped on one
 token, "War War War"); ``next``: spent, and the row of the document's following position, where
 it fires on its own, fires at least as strongly at the next step, so a copied value goes on as the
-document goes on (a number and then its unit, as the document wrote it)."""
+document goes on (a number and then its unit, as the document wrote it); ``value``: as ``next``, but
+the carry stops where the copied value ends (:class:`~d2l_haystack.core.lora.ValueEnds`: before a
+lower-case word, a line break, or a word after a clause's punctuation), so the answer is not the
+rest of the document's sentence."""
 
 DEFAULT_ROW_USE = "next"
 """The :data:`ROW_USES` mode of a new memory (``d2l memory fit``) and of the shipped one: against
@@ -185,7 +206,7 @@ class ReadingMemory(nn.Module):
         another layer are not a LoRA of one module: a PEFT export refuses them.
     """
 
-    def __init__(self, d_in: int, d_out: int, rank: int, layer: int, module: str = "down_proj",
+    def __init__(self, d_in: int, d_out: int, rank: int, layer: int, module: str = DEFAULT_MODULE,
                  scale_x: float = 1.0, yield_above: float | None = DEFAULT_YIELD_ABOVE,
                  max_tokens: int = DEFAULT_MAX_TOKENS, override: OverrideRule | None = DEFAULT_OVERRIDE,
                  max_rows: int = DEFAULT_MAX_ROWS, row_use: str = DEFAULT_ROW_USE,
@@ -209,9 +230,7 @@ class ReadingMemory(nn.Module):
         if long_documents not in LONG_DOCUMENTS:
             raise ValueError(f"long_documents {long_documents!r} is not one of {', '.join(LONG_DOCUMENTS)}")
         self.long_documents = long_documents
-        self.match_layer = None if match_layer is None or int(match_layer) == self.layer else int(match_layer)
-        if self.match_layer is not None and not 0 <= self.match_layer < self.layer:
-            raise ValueError(f"match_layer {self.match_layer} must be below the rows' layer {self.layer}")
+        self.match_layer = check_match_layer(self.layer, match_layer)
 
     @property
     def key(self) -> str:
@@ -295,7 +314,7 @@ class ReadingMemory(nn.Module):
             given = meta.get("yield_above", repr(DEFAULT_YIELD_ABOVE))
             rule = meta.get("override", DEFAULT_OVERRIDE.to_text())  # files from before the rule get it
             memory = cls(tensors["q"].shape[1], tensors["w"].shape[0], tensors["q"].shape[0], int(meta["layer"]),
-                         meta.get("module", "down_proj"), float(meta["scale_x"]),
+                         meta.get("module", DEFAULT_MODULE), float(meta["scale_x"]),
                          None if given == "None" else float(given),
                          int(meta.get("max_tokens", DEFAULT_MAX_TOKENS)),
                          None if rule == "None" else OverrideRule.from_text(rule),

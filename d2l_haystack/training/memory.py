@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.lora import row_key
-from ..core.memory import ReadingMemory
+from ..core.memory import DEFAULT_MODULE, ReadingMemory, check_match_layer
 
 SCHEDULES = ("constant", "cosine")
 """The learning-rate schedules of :func:`fit`."""
@@ -50,7 +50,7 @@ DEFAULT_HOLD_KINDS = ("faq", "profile", "lease")
 """Training-part kinds kept out of the memory's fit and used to choose its step."""
 
 
-def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29, module: str = "down_proj",
+def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29, module: str = DEFAULT_MODULE,
             squad_share: float = 0.4, needle_share: float = 0.0, log: Callable[[str], None] | None = None,
             match_layer: int | None = None) -> Path:
     """Cache what :func:`fit` needs for ``docs`` generated training-part documents (see the module
@@ -66,12 +66,11 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
     from .realistic import realistic_document
 
     model, fmt, tok = engine.model, engine.format, engine.tokenizer
-    reads = layer if match_layer is None else int(match_layer)
+    checked = check_match_layer(layer, match_layer)
+    reads = layer if checked is None else checked
     if reads != layer and layer < len(model.model.layers) - 1:
         raise ValueError(f"a match layer needs the rows on the last layer ({len(model.model.layers) - 1}), "
                          f"not {layer}")
-    if not 0 <= reads <= layer:
-        raise ValueError(f"the match layer must be one of 0..{layer - 1} (below the rows' layer), got {reads}")
     paras = squad_paragraphs("train") if squad_share > 0 else []
     filler = FillerBank(tok, "train") if needle_share > 0 else None
     captured: dict[str, torch.Tensor] = {}
@@ -320,7 +319,7 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
     loaded = [torch.load(c, weights_only=False) for c in caches]
-    layers = {(d["layer"], d.get("module", "down_proj"), d.get("match_layer")) for d in loaded}
+    layers = {(d["layer"], d.get("module", DEFAULT_MODULE), d.get("match_layer")) for d in loaded}
     if len(layers) != 1:
         raise ValueError("caches of different layers cannot be fitted together: "
                          + ", ".join(sorted(row_key(m, layer, match) for layer, m, match in layers)))

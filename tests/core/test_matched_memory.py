@@ -49,8 +49,21 @@ def test_a_matched_memory_round_trips_and_an_unmatched_one_keeps_its_header(tmp_
     assert loaded is not None and (loaded.key, loaded.reads, loaded.match_layer) == ("down_proj@3<1", 1, 1)
     assert memory_digest(tmp_path / "matched") != digest
     for bad in (3 + 1, -1):
-        with pytest.raises(ValueError, match="must be below the rows' layer"):
+        with pytest.raises(ValueError, match="below the rows' layer 3"):
             ReadingMemory(8, 4, rank=2, layer=3, match_layer=bad)
+
+
+def test_memory_states_of_an_engine_without_a_memory_need_only_the_layer(tiny_engine: D2LEngine) -> None:
+    """The trainer collects from an engine with no memory yet: a layer is enough (the module defaults)."""
+    from d2l_haystack.core.errors import AdapterError
+
+    assert tiny_engine.memory is None
+    chunks = tiny_engine.chunk_ids("The gate opens at nine. The boat leaves at ten.")
+    states, ids, _ = tiny_engine.memory_states(chunks, 1)[0]
+    torch.testing.assert_close(states, tiny_engine.memory_states(chunks, 1, "down_proj")[0][0])
+    assert states.shape == (len(ids), 128)
+    with pytest.raises(AdapterError, match="has no reading memory: name the layer to read"):
+        tiny_engine.memory_states(chunks)
 
 
 def test_matched_rows_fire_from_the_lower_layers_input(tiny_engine: D2LEngine) -> None:
@@ -155,4 +168,4 @@ def test_collect_and_fit_a_memory_matched_on_a_lower_layer(tmp_path: Path, tiny_
                  "--squad-share", "0",
                  "--checkpoint", str(written), "-o", str(tmp_path / "y.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "d2l memory collect: error: the match layer must be one of 0..2 (below the rows' layer), got 7"
+    assert err[-1] == "d2l memory collect: error: the match layer must be one of 0..2 (below the rows' layer 3), got 7"

@@ -981,7 +981,13 @@ def test_row_use_once_answers_as_full_passes_with_the_spent_rows_removed(
     assert engine._row_use(factors) is None  # every row fires: nothing to spend
     engine.memory.row_use = "next"
     use = engine._row_use(factors)
-    assert use is not None and use.carry
+    assert use is not None and use.carry and use.ends is None
+    engine.memory.row_use = "value"  # next's carry, stopped where the value ends
+    use = engine._row_use(factors)
+    assert use is not None and use.carry and use.ends is not None
+    assert engine._new_row_use(follow=True).ends is use.ends  # the follow stops too; the classes made once
+    ids = engine.prompt_ids("What is the access code?")
+    assert engine._run_generate(ids, factors, _CallbackStreamer(engine.tokenizer, None, 0.0), 8)
     assert engine._row_use({m: f for m, f in factors.items() if "@" not in m}) is None  # no rows: nothing to spend
 
 
@@ -1007,6 +1013,59 @@ def test_row_use_next_carries_the_spent_rows_firing_to_the_following_position() 
                                torch.tensor([[[0.0, -0.2, 0.3]]]))
     with pytest.raises(ValueError, match="row_use 'twice' is not one of all, once, next"):
         ReadingMemory(8, 4, rank=2, layer=0, row_use="twice")
+
+
+class _Pieces:
+    """A tokenizer of a few pieces (``batch_decode`` of single ids)."""
+
+    pieces = ["1", "9", ",", " Amara", " received", "\n", " Elm", ".", "6", " weeks"]
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def batch_decode(self, ids: list[list[int]]) -> list[str]:
+        return ["".join(self.pieces[i] for i in one) for one in ids]
+
+
+def test_value_ends_stop_before_lower_case_words_line_breaks_and_words_after_a_clause() -> None:
+    from d2l_haystack.core.lora import ValueEnds
+
+    emb = torch.eye(12, 16)  # two ids past the tokenizer's pieces (padded vocabularies): never a stop
+    ends = ValueEnds(_Pieces(), emb)
+    ids = {p: i for i, p in enumerate(_Pieces.pieces)}
+
+    def stops(given: str, following: str) -> bool:
+        return bool(ends.stops(torch.tensor([ids[given]]), torch.tensor([ids[following]]))[0])
+
+    assert not stops("1", "9") and not stops("9", ",") and not stops("9", " Elm") and not stops(".", "6")
+    assert stops("9", " received") and stops("9", " weeks")  # a lower-case word ends a value
+    assert stops(",", " Amara") and stops(".", " Elm")  # a word after a clause's signs
+    assert stops("9", "\n")  # a line break
+    assert not ends.stops(torch.tensor([10]), torch.tensor([11])).any()
+    values = torch.stack([emb[3] * 2.0, emb[8] * 0.5, emb[0]])
+    values[:, 0] += 0.1  # scaled and not quite a token's direction: the nearest in angle
+    assert ends.next_tokens(values, emb).tolist() == [3, 8, 0]
+
+
+def test_row_use_value_stops_the_carry_where_the_copied_value_ends() -> None:
+    """``ends``: the carry of ``next`` goes on inside "19," and stops before the word after the comma."""
+    from d2l_haystack.core.lora import RowUse, ValueEnds
+
+    emb = torch.eye(12, 16)
+    values = torch.stack([emb[1], emb[2], emb[3], emb[4]])  # the document "1" | "9" "," " Amara" " received"
+    use = RowUse(emb, carry=True, ends=ValueEnds(_Pieces(), emb))
+    use(torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.8, 0.1, 0.3, 0.2]]]), values, torch.tensor([[7, 0]]))
+    # "9" from row 0: row 1 (",") goes on with 0.8
+    torch.testing.assert_close(use(torch.tensor([[[0.5, 0.1, 0.3, 0.2]]]), values, torch.tensor([[1]])),
+                               torch.tensor([[[0.0, 0.8, 0.3, 0.2]]]))
+    # "," from row 1: row 2 would give " Amara", a word after a comma: not lifted (0.3 on its own)
+    torch.testing.assert_close(use(torch.tensor([[[0.5, 0.9, 0.3, 0.2]]]), values, torch.tensor([[2]])),
+                               torch.tensor([[[0.0, 0.0, 0.3, 0.2]]]))
+    plain = RowUse(emb, carry=True)  # without ends the comma carries on into " Amara"
+    plain(torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.8, 0.1, 0.3, 0.2]]]), values, torch.tensor([[7, 0]]))
+    plain(torch.tensor([[[0.5, 0.1, 0.3, 0.2]]]), values, torch.tensor([[1]]))
+    torch.testing.assert_close(plain(torch.tensor([[[0.5, 0.9, 0.3, 0.2]]]), values, torch.tensor([[2]])),
+                               torch.tensor([[[0.0, 0.0, 0.8, 0.2]]]))
 
 
 def test_row_use_follow_fires_only_the_document_position_after_a_copied_token() -> None:
