@@ -75,7 +75,8 @@ def register(sub: Any) -> None:
                         "--override=-0.15,-1,-2); 'none': never (default: core.memory.DEFAULT_OVERRIDE)")
     f.add_argument("--row-use", choices=ROW_USE_CHOICES,
                    help="how the rows fire while an answer is generated: all (as fitted), once (a row that gave "
-                        "a token is spent), next (spent, and the document's next position goes on) (default: "
+                        "a token is spent), next (spent, and the document's next position goes on), value (next, "
+                        "stopped where the copied value ends) (default: "
                         "core.memory.DEFAULT_ROW_USE, or --init's)")
     f.add_argument("--follow-on-yield", choices=("on", "off"),
                    help="where the memory yields, let the answer go on as the document goes on after a token "
