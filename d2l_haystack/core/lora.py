@@ -124,9 +124,10 @@ class ValueEnds:
     received a national award.", "548627 belongs to the replacement boiler." With ``ValueEnds``
     the carry stops before the document's next token where it
 
-    - begins a word with a lower-case letter (a value of names, codes and numbers goes on in
-      capitals, digits and signs: "263 Elm Terrace", "C15", "$60.69"; a verb or a function word
-      ends it: "Gideon Yilmaz | will"),
+    - begins a word with a lower-case letter, except one right after a digit (a value of names, codes
+      and numbers goes on in capitals, digits and signs, "263 Elm Terrace", "C15", "$60.69", and a
+      number with its unit, "68 kilograms", "12:30 am"; a verb or a function word ends it: "Gideon
+      Yilmaz | will", "548627 belongs | to"),
     - is only white space (a line break), or
     - begins a word after a token of signs only (the end of a clause: "1988, | Amara", "Terrace. | The").
 
@@ -149,7 +150,9 @@ class ValueEnds:
         lower = [s and t.strip()[:1].islower() for s, t in zip(word_start, texts, strict=True)]
         signs = [bool(t.strip()) and not any(c.isalnum() for c in t) for t in texts]
         device = output_embeddings.device
-        self.stops_before = torch.tensor([lw or b for lw, b in zip(lower, blank, strict=True)], device=device)
+        self.lower_word = torch.tensor(lower, device=device)
+        self.blank = torch.tensor(blank, device=device)
+        self.digit_end = torch.tensor([t.rstrip()[-1:].isdigit() for t in texts], device=device)
         self.word_start = torch.tensor(word_start, device=device)
         self.signs = torch.tensor(signs, device=device)
         self.inverse_norms = 1.0 / output_embeddings.detach().float().norm(dim=-1).clamp_min(1e-6)
@@ -162,8 +165,9 @@ class ValueEnds:
     def stops(self, given: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
         """Whether the value ends between ``given`` (the token just generated) and ``following``
         (the document's next token), elementwise over token ids."""
-        following, given = following.to(self.stops_before.device), given.to(self.stops_before.device)
-        return self.stops_before[following] | (self.signs[given] & self.word_start[following])
+        following, given = following.to(self.blank.device), given.to(self.blank.device)
+        return (self.lower_word[following] & ~self.digit_end[given]) | self.blank[following] \
+            | (self.signs[given] & self.word_start[following])
 
 
 class RowUse:

@@ -93,8 +93,8 @@ token, "War War War"); ``next``: spent, and the row of the document's following 
 it fires on its own, fires at least as strongly at the next step, so a copied value goes on as the
 document goes on (a number and then its unit, as the document wrote it); ``value``: as ``next``, but
 the carry stops where the copied value ends (:class:`~d2l_haystack.core.lora.ValueEnds`: before a
-lower-case word, a line break, or a word after a clause's punctuation), so the answer is not the
-rest of the document's sentence."""
+lower-case word that is not a number's unit, a line break, or a word after a clause's punctuation),
+so the answer is not the rest of the document's sentence."""
 
 DEFAULT_ROW_USE = "next"
 """The :data:`ROW_USES` mode of a new memory (``d2l memory fit``) and of the shipped one: against
