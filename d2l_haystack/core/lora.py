@@ -128,7 +128,7 @@ class ValueEnds:
       and numbers goes on in capitals, digits and signs, "263 Elm Terrace", "C15", "$60.69", and a
       number with its unit, "68 kilograms", "12:30 am"; a verb or a function word ends it: "Gideon
       Yilmaz | will", "548627 belongs | to"),
-    - is only white space (a line break), or
+    - is a line break (a lone space, which some tokenizers put before a number, is a word's start), or
     - begins a word after a token of signs only (the end of a clause: "1988, | Amara", "Terrace. | The").
 
     After the stop no row is lifted, the rows that fire on their own still fire (as with ``once``),
@@ -146,12 +146,12 @@ class ValueEnds:
         known = min(vocab, len(tokenizer))
         texts = list(tokenizer.batch_decode([[i] for i in range(known)])) + [""] * (vocab - known)
         word_start = [t[:1].isspace() for t in texts]
-        blank = [t != "" and not t.strip() for t in texts]
+        line_break = [not t.strip() and ("\n" in t or "\r" in t) for t in texts]  # a lone space is a word's start
         lower = [s and t.strip()[:1].islower() for s, t in zip(word_start, texts, strict=True)]
         signs = [bool(t.strip()) and not any(c.isalnum() for c in t) for t in texts]
         device = output_embeddings.device
         self.lower_word = torch.tensor(lower, device=device)
-        self.blank = torch.tensor(blank, device=device)
+        self.line_break = torch.tensor(line_break, device=device)
         self.digit_end = torch.tensor([t.rstrip()[-1:].isdigit() for t in texts], device=device)
         self.word_start = torch.tensor(word_start, device=device)
         self.signs = torch.tensor(signs, device=device)
@@ -165,8 +165,8 @@ class ValueEnds:
     def stops(self, given: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
         """Whether the value ends between ``given`` (the token just generated) and ``following``
         (the document's next token), elementwise over token ids."""
-        following, given = following.to(self.blank.device), given.to(self.blank.device)
-        return (self.lower_word[following] & ~self.digit_end[given]) | self.blank[following] \
+        following, given = following.to(self.line_break.device), given.to(self.line_break.device)
+        return (self.lower_word[following] & ~self.digit_end[given]) | self.line_break[following] \
             | (self.signs[given] & self.word_start[following])
 
 

@@ -1018,7 +1018,7 @@ def test_row_use_next_carries_the_spent_rows_firing_to_the_following_position() 
 class _Pieces:
     """A tokenizer of a few pieces (``batch_decode`` of single ids)."""
 
-    pieces = ["1", "9", ",", " Amara", " received", "\n", " Elm", ".", "6", " weeks", "ara"]
+    pieces = ["1", "9", ",", " Amara", " received", "\n", " Elm", ".", "6", " weeks", "ara", " "]
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -1030,7 +1030,7 @@ class _Pieces:
 def test_value_ends_stop_before_lower_case_words_line_breaks_and_words_after_a_clause() -> None:
     from d2l_haystack.core.lora import ValueEnds
 
-    emb = torch.eye(13, 16)  # two ids past the tokenizer's pieces (padded vocabularies): never a stop
+    emb = torch.eye(14, 16)  # two ids past the tokenizer's pieces (padded vocabularies): never a stop
     ends = ValueEnds(_Pieces(), emb)
     ids = {p: i for i, p in enumerate(_Pieces.pieces)}
 
@@ -1042,7 +1042,9 @@ def test_value_ends_stop_before_lower_case_words_line_breaks_and_words_after_a_c
     assert stops(" Amara", " received") and stops("ara", " weeks")  # a lower-case word ends a value
     assert stops(",", " Amara") and stops(".", " Elm")  # a word after a clause's signs
     assert stops("9", "\n")  # a line break
-    assert not ends.stops(torch.tensor([11]), torch.tensor([12])).any()
+    assert not stops("9", " ") and not stops(" ", "6")  # "059 790": a lone space before a number's digits
+    assert stops(",", " ")  # after a clause's signs
+    assert not ends.stops(torch.tensor([12]), torch.tensor([13])).any()
     values = torch.stack([emb[3] * 2.0, emb[8] * 0.5, emb[0]])
     values[:, 0] += 0.1  # scaled and not quite a token's direction: the nearest in angle
     assert ends.next_tokens(values, emb).tolist() == [3, 8, 0]
