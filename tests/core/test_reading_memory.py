@@ -787,14 +787,14 @@ def test_both_readers_gives_the_two_answers_generate_chooses_between(
         nonzero_engine.both_readers(question, plain, max_new_tokens=4, gate=False)
 
 
-@pytest.mark.parametrize("row_use", ["all", "next"])
+@pytest.mark.parametrize("row_use", ["all", "next", "value"])
 def test_the_two_readers_in_one_batch_answer_and_score_as_two_separate_runs(
         memory_engine: D2LEngine, memory_adapter: Adapter, row_use: str, monkeypatch) -> None:
     """The batched readers (the rows masked off for one sequence) give the answers and the three
     log-probabilities that separate greedy runs and separate scoring passes give. With a
     ``row_use`` that spends rows, the memory's own score is that of its generation (rows spent as
     it went), so only the answers and the two cross-scores (single passes) are compared. With
-    ``next``, the followed answer (``follow_on_yield``) is a third sequence of the batch and equals
+    ``next`` or ``value``, the followed answer (``follow_on_yield``) is a third sequence of the batch and equals
     a separate followed run."""
     from d2l_haystack.core.engine import _CallbackStreamer, _without_rows
 
@@ -818,7 +818,7 @@ def test_the_two_readers_in_one_batch_answer_and_score_as_two_separate_runs(
         ids = engine.prompt_ids(question)
         adapter, memory, check, followed = engine._read_both(ids, with_rows, 8, follow=True)
         assert (adapter, memory) == (answer(plain), answer(with_rows))
-        if row_use == "next":  # the followed answer rides in the same batch, as a separate run makes it
+        if row_use != "all":  # the followed answer rides in the same batch, as a separate run makes it
             assert followed == engine._run_generate(ids, with_rows, _CallbackStreamer(engine.tokenizer, None, 0.0),
                                                     8, follow=True)
         else:
