@@ -164,7 +164,10 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
     from d2l_haystack.core.errors import InputError
 
     adapter = Adapter.load(args.adapter_dir)
-    if not args.memory:
+    left_out = adapter.peft_memory_note() if args.memory else None
+    if left_out:
+        print(f"d2l export-peft: note: {left_out}", file=sys.stderr)
+    if not args.memory or left_out:
         adapter = adapter.without_memory()
     out = Path(args.out_dir)
     if out.is_file():
@@ -298,9 +301,11 @@ def register(subparsers: Any) -> None:
 def _add_memory_export_option(p: argparse.ArgumentParser) -> None:
     """``--memory/--no-memory`` of the export commands."""
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="export the reading-memory rows (default: on). A LoRA file applies them to every "
-                        "question: the engine's per-question choice (yield to a sure adapter, at most max_rows) "
-                        "does not travel; --no-memory exports the hypernetwork's update alone (docs/vllm.md)")
+                   help="export the reading-memory rows where a LoRA can hold them (default: on; rows matched on "
+                        "another layer, as the shipped memory's, are left out with a note). A LoRA file applies them "
+                        "to every question: the engine's per-question choice (yield to a sure adapter, at most "
+                        "max_rows) does not travel; --no-memory exports the hypernetwork's update alone "
+                        "(docs/vllm.md)")
 
 
 def _memory_note(adapter: Any) -> str:

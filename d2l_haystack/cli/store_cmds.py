@@ -56,7 +56,8 @@ def _cmd_export_lora(args: argparse.Namespace) -> int:
         max_rank = max(max_rank, manifest["max_rank"])
         modules += lora_modules(manifest, out / name)
         print(f"{entry['id']}: {', '.join(g['name'] for g in manifest['groups'])}"
-              f"{_memory_note(adapter) if manifest['memory_rows'] else ''}", flush=True)
+              f"{_memory_note(adapter) if manifest['memory_rows'] else ''}"
+              f"{' (' + manifest['memory_left_out'] + ')' if manifest.get('memory_left_out') else ''}", flush=True)
     ws.close()
     base = args.base_model or ws.settings["model"]
     print(f"d2l workspace export-lora: {len(modules)} LoRA folder(s) in {out}; serve with:\n  vllm serve {base} "

@@ -250,6 +250,15 @@ class Adapter:
         return replace(self, memory=(self.memory[0][keep], self.memory[1][keep]),
                        memory_chunks=self.memory_chunks[keep], memory_segments=segments)
 
+    def peft_memory_note(self) -> str | None:
+        """Why a PEFT export leaves this adapter's reading-memory rows out, or ``None`` where a LoRA
+        can hold them (no rows, or rows that fire from their own layer's input). Rows matched on
+        another layer (``"down_proj@29<22"``, the shipped memory's) need the engine's hooks."""
+        if self.memory is None or parse_row_key(self.memory_key)[2] is None:
+            return None
+        return (f"the {self.memory_rows} reading-memory rows on {self.memory_key} fire from another layer's input, "
+                "which a PEFT LoRA cannot hold: exported the hypernetwork's update alone")
+
     def without_memory(self) -> Adapter:
         """A new adapter without reading-memory rows: the hypernetwork's update alone (what the
         engine applies when the memory yields; an export that must not apply the rows always)."""

@@ -60,13 +60,16 @@ def export_for_serving(adapter: Adapter, folder: str | Path, *, name: str, base_
     :param name: the LoRA name (groups are ``<name>-g000``, ``<name>-g001``, ...).
     :param max_rank: the server's ``--max-lora-rank``.
     :param memory: export the reading-memory rows (applied to every question by the server, see
-        :meth:`Adapter.to_peft`); ``False``: the hypernetwork's update alone, at a lower rank.
+        :meth:`Adapter.to_peft`) where a LoRA can hold them (:meth:`Adapter.peft_memory_note`: rows
+        matched on another layer are left out, and the manifest's ``memory_left_out`` says why);
+        ``False``: the hypernetwork's update alone, at a lower rank.
     :returns: the manifest written to ``folder/d2l_serving.json``.
     :raises AdapterError: ``max_rank`` is not a servable rank, or holds not even one chunk.
     """
     if max_rank not in ranks:
         raise AdapterError(f"max rank {max_rank} is not one of the servable ranks {list(ranks)}")
-    if not memory:
+    left_out = adapter.peft_memory_note() if memory else None
+    if not memory or left_out:
         adapter = adapter.without_memory()
     name = lora_name(name)
     folder = Path(folder)
@@ -88,6 +91,7 @@ def export_for_serving(adapter: Adapter, folder: str | Path, *, name: str, base_
     manifest: dict[str, Any] = {"format": "d2l-serving/1", "base_model": base, "source": adapter.content_hash,
                                 "num_chunks": adapter.num_chunks, "max_rank": max(e["rank"] for e in entries),
                                 "memory_rows": adapter.memory_rows,
+                                **({"memory_left_out": left_out} if left_out else {}),
                                 "key_model": adapter.key_model, "groups": entries}
     if len(groups) > 1 and adapter.keys is not None and adapter.key_chunks is not None:
         from safetensors.torch import save_file

@@ -103,7 +103,7 @@ def matched_engine(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Pat
 
 
 def test_an_engine_with_a_matched_memory_builds_rows_from_the_match_layer(
-        matched_engine: D2LEngine, long_text, tmp_path: Path) -> None:
+        matched_engine: D2LEngine, long_text, tmp_path: Path, capsys) -> None:
     engine = matched_engine
     assert engine.memory is not None and engine.describe()["reading_memory"] == "down_proj@3<1"
     text = long_text(40)
@@ -128,6 +128,19 @@ def test_an_engine_with_a_matched_memory_builds_rows_from_the_match_layer(
     with pytest.raises(AdapterError, match="fire from another layer's input.*without_memory"):
         adapter.to_peft(tmp_path / "peft")
     assert (adapter.without_memory().to_peft(tmp_path / "peft") / "adapter_config.json").is_file()
+    # the exporters leave such rows out and say so: the serving manifest, and d2l export-peft on stderr
+    from d2l_haystack.cli import main
+    from d2l_haystack.core.serving import export_for_serving
+
+    note = adapter.peft_memory_note()
+    assert note is not None and "down_proj@3<1" in note and engine.internalize("x y z").peft_memory_note() is not None
+    assert adapter.without_memory().peft_memory_note() is None
+    manifest = export_for_serving(adapter, tmp_path / "served", name="doc")
+    assert manifest["memory_rows"] == 0 and manifest["memory_left_out"] == note
+    capsys.readouterr()
+    assert main(["export-peft", str(saved), str(tmp_path / "peft2")]) == 0
+    assert (tmp_path / "peft2" / "adapter_config.json").is_file()
+    assert f"d2l export-peft: note: {note}" in capsys.readouterr().err
 
 
 def test_collect_and_fit_a_memory_matched_on_a_lower_layer(tmp_path: Path, tiny_llama_dir: Path,
