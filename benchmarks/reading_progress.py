@@ -15,7 +15,7 @@ Usage::
     .venv/bin/python benchmarks/reading_progress.py "network=$R/N320" "M7 memory=$R/memory/candidate7" \\
         "M10 next=$R/memory/row_use_next_matched" "M11 follow=$R/memory/follow_on_yield" \\
         "M12 gate 0.35=$R/memory/gate035" "M13 long docs=$R/memory/long_follow" "M14 64 rows=$R/memory/rows64" \\
-        --json $R/progress.json --plot $R/progress.png
+        "M15 match 22=$R/memory/m15" --json $R/progress.json --plot $R/progress.png
 """
 
 from __future__ import annotations

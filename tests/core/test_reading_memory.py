@@ -764,7 +764,7 @@ def test_a_sure_adapter_gives_way_to_the_memory_where_the_override_rule_says(
     assert older is not None and older.override == DEFAULT_OVERRIDE
     assert older.row_use == UNNAMED_ROW_USE == "all"  # measured that way, before the header existed
     assert not older.follow_on_yield  # off, as it was measured
-    assert _random_memory().row_use == DEFAULT_ROW_USE == "next"  # a new memory's
+    assert _random_memory().row_use == DEFAULT_ROW_USE == "value"  # a new memory's
 
 
 def test_both_readers_gives_the_two_answers_generate_chooses_between(
@@ -932,7 +932,7 @@ def test_row_use_spends_the_row_that_gave_each_token_and_no_other() -> None:
 
 def test_row_use_once_answers_as_full_passes_with_the_spent_rows_removed(
         tmp_path: Path, tiny_llama_dir: Path, memory_checkpoints: tuple[Path, Path], memory_engine: D2LEngine,
-        long_text) -> None:
+        long_text, monkeypatch) -> None:
     """A memory with ``row_use="once"`` generates (key-value cache, one step at a time) what full passes
     give when, after each token, the row that pushed hardest towards it is removed."""
     import shutil
@@ -953,6 +953,8 @@ def test_row_use_once_answers_as_full_passes_with_the_spent_rows_removed(
     a, b = factors[adapter.memory_key]
     emb = engine.model.get_output_embeddings().weight.detach()
     changed = 0
+    assert memory_engine.memory is not None
+    monkeypatch.setattr(memory_engine.memory, "row_use", "all")  # the comparison: every row at every step
     for question in ("What is the third fact?", "What is the access code?", "Who wrote the report?"):
         ids = engine.prompt_ids(question)
         got = engine._run_generate(ids, factors, _CallbackStreamer(engine.tokenizer, None, 0.0), 8)
