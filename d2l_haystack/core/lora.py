@@ -134,8 +134,10 @@ class ValueEnds:
     After the stop no row is lifted, the rows that fire on their own still fire (as with ``once``),
     and the model ends the answer or goes on by itself. The document's next token at a row is the
     token whose output embedding is closest in angle to the row's value (the value is that token's
-    unit embedding scaled per dimension, :mod:`d2l_haystack.core.memory`). The classes follow
-    scripts with letter case; in a script without it only the first and last rules apply.
+    unit embedding scaled per dimension, :mod:`d2l_haystack.core.memory`). The first rule needs a
+    script with letter case; in one without it only the line-break and clause rules stop the carry.
+    Measured in docs/training.md, "A carry that stops where the value ends"; the engine uses it for a
+    memory whose ``row_use`` is ``value`` (the shipped one).
 
     :param tokenizer: the model's tokenizer (``decode`` of one token id).
     :param output_embeddings: the model's output embedding matrix ``(vocab, d_out)``.
