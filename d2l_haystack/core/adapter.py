@@ -19,6 +19,7 @@ atomically. :meth:`Adapter.to_peft` writes a standard PEFT LoRA folder that ``pe
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -440,21 +441,23 @@ class Adapter:
         need), every layer is padded to it. A static LoRA cannot carry what the engine decides per
         question: the exported rows apply to every question, never yielding to a sure adapter and
         never cut to the memory's ``max_rows`` (export :meth:`without_memory` for the hypernetwork's
-        update alone; docs/vllm.md).
+        update alone; docs/vllm.md). Rows that fire from another layer's input (the shipped memory's,
+        ``"down_proj@29<22"``) cannot be held by a LoRA: they are left out with a ``UserWarning``
+        (:meth:`peft_memory_note`), and the folder holds the hypernetwork's update alone.
 
         :param rank: pad the rank with zero components up to this value (servers such as vLLM
             accept only some ranks: :func:`serving_rank`); ``lora_alpha`` is the padded rank, so
             the scaling stays 1 and the update is exactly the same.
-        :raises AdapterError: no module paths, ``rank`` below the adapter's own, or rows that fire
-            from another layer's input (a LoRA's rows read their own module's input).
+        :raises AdapterError: no module paths, or ``rank`` below the adapter's own.
         """
         from safetensors.torch import save_file
 
         if not self.module_paths:
             raise AdapterError("adapter has no module paths; cannot export to PEFT")
-        if self.memory is not None and parse_row_key(self.memory_key)[2] is not None:
-            raise AdapterError(f"the reading-memory rows on {self.memory_key} fire from another layer's input, "
-                               "which a PEFT LoRA cannot hold: export adapter.without_memory()")
+        note = self.peft_memory_note()
+        if note is not None:
+            warnings.warn(note, UserWarning, stacklevel=2)
+            return self.without_memory().to_peft(folder, base_model_name_or_path, rank)
         own = self.total_rank
         widest = self.serving_rank_needed
         r = own if rank is None else int(rank)

@@ -55,7 +55,6 @@ def test_a_matched_memory_round_trips_and_an_unmatched_one_keeps_its_header(tmp_
 
 def test_memory_states_of_an_engine_without_a_memory_need_only_the_layer(tiny_engine: D2LEngine) -> None:
     """The trainer collects from an engine with no memory yet: a layer is enough (the module defaults)."""
-    from d2l_haystack.core.errors import AdapterError
 
     assert tiny_engine.memory is None
     chunks = tiny_engine.chunk_ids("The gate opens at nine. The boat leaves at ten.")
@@ -125,9 +124,13 @@ def test_an_engine_with_a_matched_memory_builds_rows_from_the_match_layer(
         assert fh.metadata()["d2l_format"] == "3"
     loaded = Adapter.load(saved)
     assert loaded.memory_key == "down_proj@3<1" and torch.equal(loaded.memory[0], adapter.memory[0].half().float())
-    with pytest.raises(AdapterError, match="fire from another layer's input.*without_memory"):
-        adapter.to_peft(tmp_path / "peft")
-    assert (adapter.without_memory().to_peft(tmp_path / "peft") / "adapter_config.json").is_file()
+    with pytest.warns(UserWarning, match="fire from another layer's input.*the hypernetwork's update alone"):
+        written = adapter.to_peft(tmp_path / "peft")
+    from safetensors.torch import load_file
+
+    exported = load_file(str(written / "adapter_model.safetensors"))
+    plain = adapter.without_memory().to_peft(tmp_path / "plain")
+    assert exported.keys() == load_file(str(plain / "adapter_model.safetensors")).keys()  # no rows travel
     # the exporters leave such rows out and say so: the serving manifest, and d2l export-peft on stderr
     from d2l_haystack.cli import main
     from d2l_haystack.core.serving import export_for_serving
