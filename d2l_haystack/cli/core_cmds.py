@@ -163,12 +163,9 @@ def cmd_export_peft(args: argparse.Namespace) -> int:
     from d2l_haystack.core import Adapter
     from d2l_haystack.core.errors import InputError
 
-    adapter = Adapter.load(args.adapter_dir)
-    left_out = adapter.peft_memory_note() if args.memory else None
+    adapter, left_out = Adapter.load(args.adapter_dir).for_peft(args.memory)
     if left_out:
         print(f"d2l export-peft: note: {left_out}", file=sys.stderr)
-    if not args.memory or left_out:
-        adapter = adapter.without_memory()
     out = Path(args.out_dir)
     if out.is_file():
         raise InputError(f"{out}: is a file, expected a folder")

@@ -260,6 +260,13 @@ class Adapter:
         return (f"the {self.memory_rows} reading-memory rows on {self.memory_key} fire from another layer's input, "
                 "which a PEFT LoRA cannot hold: exported the hypernetwork's update alone")
 
+    def for_peft(self, memory: bool = True) -> tuple[Adapter, str | None]:
+        """What a PEFT export writes: this adapter, or :meth:`without_memory` where ``memory`` is
+        off or the rows cannot be held by a LoRA; and :meth:`peft_memory_note` where rows were left
+        out against ``memory`` (``None`` otherwise)."""
+        note = self.peft_memory_note() if memory else None
+        return (self if memory and note is None else self.without_memory()), note
+
     def without_memory(self) -> Adapter:
         """A new adapter without reading-memory rows: the hypernetwork's update alone (what the
         engine applies when the memory yields; an export that must not apply the rows always)."""
@@ -454,10 +461,10 @@ class Adapter:
 
         if not self.module_paths:
             raise AdapterError("adapter has no module paths; cannot export to PEFT")
-        note = self.peft_memory_note()
+        exported, note = self.for_peft()
         if note is not None:
             warnings.warn(note, UserWarning, stacklevel=2)
-            return self.without_memory().to_peft(folder, base_model_name_or_path, rank)
+            return exported.to_peft(folder, base_model_name_or_path, rank)
         own = self.total_rank
         widest = self.serving_rank_needed
         r = own if rank is None else int(rank)

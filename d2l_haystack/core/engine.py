@@ -658,10 +658,9 @@ class D2LEngine:
     def _iter_memory_states(self, chunks: list[list[int]], layer: int | None = None, module: str | None = None
                             ) -> Iterator[tuple[torch.Tensor, list[int], list[int]]]:
         """:meth:`memory_states` one pass at a time (a long document's states are never all held)."""
-        if layer is None and self.memory is None:
-            raise AdapterError(f"checkpoint {self.checkpoint_id} has no reading memory: name the layer to read")
         if layer is None:
-            assert self.memory is not None
+            if self.memory is None:
+                raise AdapterError(f"checkpoint {self.checkpoint_id} has no reading memory: name the layer to read")
             layer = self.memory.reads
         module = module or (self.memory.module if self.memory is not None else DEFAULT_MODULE)
         pre = len(self.format.doc_prefix_ids)

@@ -68,9 +68,7 @@ def export_for_serving(adapter: Adapter, folder: str | Path, *, name: str, base_
     """
     if max_rank not in ranks:
         raise AdapterError(f"max rank {max_rank} is not one of the servable ranks {list(ranks)}")
-    left_out = adapter.peft_memory_note() if memory else None
-    if not memory or left_out:
-        adapter = adapter.without_memory()
+    adapter, left_out = adapter.for_peft(memory)
     name = lora_name(name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -138,6 +138,12 @@ def test_an_engine_with_a_matched_memory_builds_rows_from_the_match_layer(
     note = adapter.peft_memory_note()
     assert note is not None and "down_proj@3<1" in note and engine.internalize("x y z").peft_memory_note() is not None
     assert adapter.without_memory().peft_memory_note() is None
+    exported, said = adapter.for_peft()
+    assert exported.memory is None and said == note
+    exported, said = adapter.for_peft(memory=False)  # left out on request: nothing to say
+    assert exported.memory is None and said is None
+    plain = adapter.without_memory()
+    assert plain.for_peft() == (plain, None)
     manifest = export_for_serving(adapter, tmp_path / "served", name="doc")
     assert manifest["memory_rows"] == 0 and manifest["memory_left_out"] == note
     capsys.readouterr()
