@@ -78,6 +78,9 @@ def register(sub: Any) -> None:
                         "a token is spent), next (spent, and the document's next position goes on), value (next, "
                         "stopped where the copied value ends) (default: "
                         "core.memory.DEFAULT_ROW_USE, or --init's)")
+    f.add_argument("--firm-carry", type=_firm_factor,
+                   help="with --row-use value, inside one word or number each carried step fires this many times "
+                        "as strongly as the one before; 1: none (default: core.memory.DEFAULT_FIRM_CARRY, or --init's)")
     f.add_argument("--follow-on-yield", choices=("on", "off"),
                    help="where the memory yields, let the answer go on as the document goes on after a token "
                         "the document has (default: core.memory.DEFAULT_FOLLOW_ON_YIELD, or --init's)")
@@ -154,6 +157,17 @@ def _average(args: argparse.Namespace) -> int:
     return 0
 
 
+def _firm_factor(text: str) -> float:
+    """A firming factor from 1 to 10 (:attr:`~d2l_haystack.core.memory.ReadingMemory.firm_carry`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 1.0 <= value <= 10.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a factor from 1 to 10")
+    return value
+
+
 def _memory_collect(args: argparse.Namespace) -> int:
     import torch
 
@@ -222,6 +236,8 @@ def _memory_fit(args: argparse.Namespace) -> int:
         memory.override = None if args.override == "none" else args.override
     if args.row_use is not None:
         memory.row_use = args.row_use
+    if args.firm_carry is not None:
+        memory.firm_carry = args.firm_carry
     if args.follow_on_yield is not None:
         memory.follow_on_yield = args.follow_on_yield == "on"
     if args.long_documents is not None:

@@ -814,7 +814,8 @@ class D2LEngine:
             if self._value_ends is None:  # the tokenizer's classes, once per engine
                 self._value_ends = ValueEnds(self.tokenizer, embeddings)
             ends = self._value_ends
-        return RowUse(embeddings, carry=carry, follow=follow, ends=ends)
+        return RowUse(embeddings, carry=carry, follow=follow, ends=ends,
+                      firm=self.memory.firm_carry if self.memory is not None and ends is not None else 1.0)
 
     def _follows(self) -> bool:
         """Whether a yielded answer still follows the document (:attr:`ReadingMemory.follow_on_yield`)."""

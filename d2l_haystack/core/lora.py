@@ -157,6 +157,9 @@ class ValueEnds:
         self.digit_end = torch.tensor([t.rstrip()[-1:].isdigit() for t in texts], device=device)
         self.word_start = torch.tensor(word_start, device=device)
         self.signs = torch.tensor(signs, device=device)
+        self.alnum = torch.tensor([any(c.isalnum() for c in t) for t in texts], device=device)
+        self.lone_space = torch.tensor([t != "" and not t.strip() and not ("\n" in t or "\r" in t) for t in texts],
+                                       device=device)
         self.inverse_norms = 1.0 / output_embeddings.detach().float().norm(dim=-1).clamp_min(1e-6)
 
     def next_tokens(self, values: torch.Tensor, output_embeddings: torch.Tensor) -> torch.Tensor:
@@ -170,6 +173,14 @@ class ValueEnds:
         following, given = following.to(self.line_break.device), given.to(self.line_break.device)
         return (self.lower_word[following] & ~self.digit_end[given]) | self.line_break[following] \
             | (self.signs[given] & self.word_start[following])
+
+    def continues(self, given: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
+        """Whether ``following`` goes on with the word of ``given`` (it begins without a space and has
+        a letter or digit: "Lind|q|vist", "H|5|6|Q") or with the digits of a number (a space or signs
+        after a digit: "0652| |294", "23|-|19", "316|.|18"), elementwise over token ids."""
+        following, given = following.to(self.alnum.device), given.to(self.alnum.device)
+        return (~self.word_start[following] & self.alnum[following]) \
+            | (self.digit_end[given] & (self.lone_space[following] | self.signs[following]))
 
 
 class RowUse:
@@ -202,14 +213,19 @@ class RowUse:
     :param follow: only the carried rows fire (implies ``carry``); a bool per sequence of the batch
         (a tensor) follows in those sequences only and carries in the others.
     :param ends: where given, the carry stops where the copied value ends (:class:`ValueEnds`).
+    :param firm: with ``ends``, inside one word or number (:meth:`ValueEnds.continues`) each carried
+        step fires this many times as strongly as the step before it, so a long copy is not
+        outvoted by a trained format half-way ("065 294 5142" for "0652 294 514"); where a new word
+        begins the carry starts again from the spent row's own firing (1: no firming).
     """
 
     def __init__(self, output_embeddings: torch.Tensor, carry: bool = False,
-                 follow: bool | torch.Tensor = False, ends: ValueEnds | None = None) -> None:
-        self.output_embeddings, self.follow, self.ends = output_embeddings, follow, ends
+                 follow: bool | torch.Tensor = False, ends: ValueEnds | None = None, firm: float = 1.0) -> None:
+        self.output_embeddings, self.follow, self.ends, self.firm = output_embeddings, follow, ends, float(firm)
         self.carry = carry or (bool(follow.any()) if isinstance(follow, torch.Tensor) else follow)
         self.spent: torch.Tensor | None = None  # (sequences, rows): 1 usable, 0 spent
-        self.last: torch.Tensor | None = None   # (sequences, rows): firing at the last position
+        self.last: torch.Tensor | None = None   # (sequences, rows): firing at the last position, unfirmed
+        self.last_firm: torch.Tensor | None = None  # the same as applied (firmed)
 
     def __call__(self, fired: torch.Tensor, values: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
         """The rows' firing ``(sequences, positions, rows)`` with the spent rows zeroed."""
@@ -217,6 +233,7 @@ class RowUse:
             return self(fired.unsqueeze(0), values, tokens).squeeze(0)
         batch, positions, n = fired.shape
         only = torch.zeros_like(fired)  # follow: the carried rows' firing
+        plain = fired  # the firing without firming (what the next step's carry starts from)
         if positions > 1 or self.spent is None or self.last is None or tokens is None \
                 or self.spent.shape != (batch, n):
             self.spent = torch.ones(batch, n, dtype=fired.dtype, device=fired.device)
@@ -229,22 +246,39 @@ class RowUse:
             seqs, givers = torch.arange(batch, device=fired.device)[gave], best[gave]
             self.spent[seqs, givers] = 0
             if self.carry:
-                inside = givers + 1 < n
-                if self.ends is not None and bool(inside.any()):
-                    following = self.ends.next_tokens(values[(givers + 1).clamp_max(n - 1)], self.output_embeddings)
-                    inside = inside & ~self.ends.stops(token[seqs], following).to(inside.device)
-                carried = torch.zeros_like(self.spent)
-                carried[seqs[inside], givers[inside] + 1] = self.last[seqs[inside], givers[inside]].to(carried.dtype)
-                lifted = torch.maximum(fired, carried[:, None, :].to(fired.dtype))
-                goes_on = (fired > 0) & (carried[:, None, :] > 0).to(fired.device)
-                only = torch.where(goes_on, lifted, only)
-                fired = torch.where(fired > 0, lifted, fired)  # only a row that matches on its own goes on
+                fired, plain, only = self._carry(fired, values, token, seqs, givers, only)
         usable = self.spent[:, None, :].to(fired.dtype)
+        self.last = (plain * usable)[:, -1, :].detach().float()
         fired = fired * usable
-        self.last = fired[:, -1, :].detach().float()
+        self.last_firm = fired[:, -1, :].detach().float()
         if isinstance(self.follow, torch.Tensor):
             return torch.where(self.follow.to(fired.device).view(-1, 1, 1), only * usable, fired)
         return only * usable if self.follow else fired
+
+    def _carry(self, fired: torch.Tensor, values: torch.Tensor, token: torch.Tensor, seqs: torch.Tensor,
+               givers: torch.Tensor, only: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Lift the row after each spent one: ``(firing as applied, firing unfirmed, follow's firing)``."""
+        assert self.spent is not None and self.last is not None and self.last_firm is not None
+        n = fired.shape[-1]
+        inside = givers + 1 < n
+        following = None
+        if self.ends is not None and bool(inside.any()):
+            following = self.ends.next_tokens(values[(givers + 1).clamp_max(n - 1)], self.output_embeddings)
+            inside = inside & ~self.ends.stops(token[seqs], following).to(inside.device)
+        carried = torch.zeros_like(self.spent)
+        from_spent = self.last[seqs, givers].to(carried.dtype)
+        carried[seqs[inside], givers[inside] + 1] = from_spent[inside]
+        firmed = carried
+        if self.firm != 1.0 and following is not None and self.ends is not None:
+            same = self.ends.continues(token[seqs], following).to(carried.device)
+            held = self.last_firm[seqs, givers].to(carried.dtype) * self.firm
+            firmed = carried.clone()
+            firmed[seqs[inside], givers[inside] + 1] = torch.where(same, held, from_spent)[inside]
+        goes_on = (fired > 0) & (carried[:, None, :] > 0).to(fired.device)  # only a row that matches on its own
+        lifted = torch.maximum(fired, firmed[:, None, :].to(fired.dtype))
+        only = torch.where(goes_on, lifted, only)
+        plain = torch.where(fired > 0, torch.maximum(fired, carried[:, None, :].to(fired.dtype)), fired)
+        return torch.where(fired > 0, lifted, fired), plain, only
 
 
 class LoraHooks:

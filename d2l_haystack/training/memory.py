@@ -353,7 +353,7 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
         memory = ReadingMemory(init.q.shape[1], d_out, init.q.shape[0], layer, module, init.scale_x,
                                init.yield_above, init.max_tokens, init.override, init.max_rows,
                                init.row_use, init.follow_on_yield, init.long_documents,
-                               init.match_layer)  # used as the init is
+                               init.match_layer, init.firm_carry)  # used as the init is
         memory.load_state_dict(init.state_dict())
         memory.requires_grad_(True)
     lm.requires_grad_(False)

@@ -13,6 +13,7 @@ from d2l_haystack.core import Adapter, D2LEngine
 from d2l_haystack.core.errors import AdapterError, CheckpointError
 from d2l_haystack.core.hypernet import save_checkpoint
 from d2l_haystack.core.memory import (
+    DEFAULT_FIRM_CARRY,
     DEFAULT_FOLLOW_ON_YIELD,
     DEFAULT_LONG_DOCUMENTS,
     DEFAULT_MAX_ROWS,
@@ -20,6 +21,7 @@ from d2l_haystack.core.memory import (
     DEFAULT_OVERRIDE,
     DEFAULT_ROW_USE,
     MEMORY_FILE,
+    UNNAMED_FIRM_CARRY,
     UNNAMED_LONG_DOCUMENTS,
     UNNAMED_ROW_USE,
     OverrideRule,
@@ -1071,6 +1073,45 @@ def test_row_use_value_stops_the_carry_where_the_copied_value_ends() -> None:
     plain(torch.tensor([[[0.5, 0.1, 0.3, 0.2]]]), values, torch.tensor([[1]]))
     torch.testing.assert_close(plain(torch.tensor([[[0.5, 0.9, 0.3, 0.2]]]), values, torch.tensor([[2]])),
                                torch.tensor([[[0.0, 0.0, 0.8, 0.2]]]))
+
+
+def test_a_firm_carry_grows_inside_a_number_and_starts_again_at_a_new_word(tmp_path: Path) -> None:
+    """``firm``: inside "19 6" each carried step fires twice as strongly as the one before (through the
+    lone space between the digits); the unit " weeks" is carried from the spent row's own firing."""
+    from d2l_haystack.core.lora import RowUse, ValueEnds
+
+    emb = torch.eye(12, 16)
+    ids = {p: i for i, p in enumerate(_Pieces.pieces)}
+    values = torch.stack([emb[ids[p]] for p in ("1", "9", " ", "6", " weeks")])  # the document "19 6 weeks"
+    use = RowUse(emb, carry=True, ends=ValueEnds(_Pieces(), emb), firm=2.0)
+    use(torch.tensor([[[0.0] * 5, [0.8, 0.1, 0.1, 0.1, 0.1]]]), values, torch.tensor([[7, 0]]))
+    step = torch.tensor([[[0.5, 0.1, 0.1, 0.1, 0.1]]])
+    expected = [("1", [0.0, 1.6, 0.1, 0.1, 0.1]), ("9", [0.0, 0.0, 3.2, 0.1, 0.1]),
+                (" ", [0.0, 0.0, 0.0, 6.4, 0.1]), ("6", [0.0, 0.0, 0.0, 0.0, 0.8])]
+    for token, fired in expected:
+        torch.testing.assert_close(use(step, values, torch.tensor([[ids[token]]])), torch.tensor([[fired]]))
+    plain = RowUse(emb, carry=True, ends=ValueEnds(_Pieces(), emb))  # firm 1: every step carries 0.8
+    plain(torch.tensor([[[0.0] * 5, [0.8, 0.1, 0.1, 0.1, 0.1]]]), values, torch.tensor([[7, 0]]))
+    torch.testing.assert_close(plain(step, values, torch.tensor([[ids["1"]]])),
+                               torch.tensor([[[0.0, 0.8, 0.1, 0.1, 0.1]]]))
+    # the memory's header carries it; a file without it has none, as measured
+    memory = _random_memory()
+    assert memory.firm_carry == DEFAULT_FIRM_CARRY
+    memory.firm_carry = 2.5
+    memory.save(tmp_path / "firm")
+    loaded = ReadingMemory.load(tmp_path / "firm")
+    assert loaded is not None and loaded.firm_carry == 2.5
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(tmp_path / "firm" / MEMORY_FILE), framework="pt") as fh:
+        meta = {k: v for k, v in (fh.metadata() or {}).items() if k != "firm_carry"}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    save_file(tensors, str(tmp_path / "firm" / MEMORY_FILE), metadata=meta)
+    old = ReadingMemory.load(tmp_path / "firm")
+    assert old is not None and old.firm_carry == UNNAMED_FIRM_CARRY == 1.0
+    with pytest.raises(ValueError, match="firm_carry 0.5 is not a factor from 1 to 10"):
+        ReadingMemory(8, 4, rank=2, layer=0, firm_carry=0.5)
 
 
 def test_row_use_follow_fires_only_the_document_position_after_a_copied_token() -> None:
