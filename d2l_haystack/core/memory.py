@@ -18,8 +18,8 @@ then meets the adapter's inside the model, not as added logits).
 
 Files: ``memory.safetensors`` in a hypernetwork checkpoint folder (tensors ``q``, ``p``, ``a``,
 ``log_gain``, ``w``; the layer, module, ``s``, ``yield_above``, ``override``, ``max_tokens``,
-``max_rows``, ``row_use``, ``firm_carry``, ``follow_on_yield``, ``long_documents`` and, where the match reads another
-layer, ``match_layer`` in its header).
+``max_rows``, ``row_use``, ``follow_on_yield``, ``long_documents`` and, where they are not the
+default, ``match_layer`` (the match reads another layer) and ``firm_carry`` in its header).
 The engine loads it with the checkpoint and adds the rows to every adapter it internalizes from a
 document of at most ``max_tokens`` tokens (:attr:`Adapter.memory`).
 """
@@ -311,7 +311,8 @@ class ReadingMemory(nn.Module):
                                                    "row_use": self.row_use,
                                                    "follow_on_yield": str(self.follow_on_yield).lower(),
                                                    "long_documents": self.long_documents,
-                                                   "firm_carry": repr(self.firm_carry),
+                                                   **({} if self.firm_carry == UNNAMED_FIRM_CARRY
+                                                      else {"firm_carry": repr(self.firm_carry)}),
                                                    **({} if self.match_layer is None
                                                       else {"match_layer": str(self.match_layer)}),
                                                    "override": self.override.to_text() if self.override else "None"})

@@ -990,6 +990,12 @@ def test_row_use_once_answers_as_full_passes_with_the_spent_rows_removed(
     use = engine._row_use(factors)
     assert use is not None and use.carry and use.ends is not None
     assert engine._new_row_use(follow=True).ends is use.ends  # the follow stops too; the classes made once
+    assert use.firm == 1.0
+    engine.memory.firm_carry = 1.5  # the memory's firming reaches the carry (value only: it needs the ends)
+    assert engine._row_use(factors).firm == 1.5 and engine._new_row_use(follow=True).firm == 1.5  # type: ignore[union-attr]
+    engine.memory.row_use = "next"
+    assert engine._row_use(factors).firm == 1.0  # type: ignore[union-attr]
+    engine.memory.row_use, engine.memory.firm_carry = "value", 1.0
     ids = engine.prompt_ids("What is the access code?")
     assert engine._run_generate(ids, factors, _CallbackStreamer(engine.tokenizer, None, 0.0), 8)
     assert engine._row_use({m: f for m, f in factors.items() if "@" not in m}) is None  # no rows: nothing to spend
@@ -1078,6 +1084,9 @@ def test_row_use_value_stops_the_carry_where_the_copied_value_ends() -> None:
 def test_a_firm_carry_grows_inside_a_number_and_starts_again_at_a_new_word(tmp_path: Path) -> None:
     """``firm``: inside "19 6" each carried step fires twice as strongly as the one before (through the
     lone space between the digits); the unit " weeks" is carried from the spent row's own firing."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     from d2l_haystack.core.lora import RowUse, ValueEnds
 
     emb = torch.eye(12, 16)
@@ -1097,13 +1106,15 @@ def test_a_firm_carry_grows_inside_a_number_and_starts_again_at_a_new_word(tmp_p
     # the memory's header carries it; a file without it has none, as measured
     memory = _random_memory()
     assert memory.firm_carry == DEFAULT_FIRM_CARRY
+    memory.save(tmp_path / "none")  # none: no header, the file (and its id) as before the option
+    digest = memory_digest(tmp_path / "none")
+    with safe_open(str(tmp_path / "none" / MEMORY_FILE), framework="pt") as fh:
+        assert "firm_carry" not in (fh.metadata() or {})
     memory.firm_carry = 2.5
     memory.save(tmp_path / "firm")
     loaded = ReadingMemory.load(tmp_path / "firm")
     assert loaded is not None and loaded.firm_carry == 2.5
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
+    assert memory_digest(tmp_path / "firm") != digest
     with safe_open(str(tmp_path / "firm" / MEMORY_FILE), framework="pt") as fh:
         meta = {k: v for k, v in (fh.metadata() or {}).items() if k != "firm_carry"}
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
