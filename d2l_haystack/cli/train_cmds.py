@@ -158,14 +158,13 @@ def _average(args: argparse.Namespace) -> int:
 
 
 def _firm_factor(text: str) -> float:
-    """A firming factor from 1 to 10 (:attr:`~d2l_haystack.core.memory.ReadingMemory.firm_carry`)."""
+    """A firming factor (:func:`~d2l_haystack.core.memory.check_firm_carry`)."""
+    from d2l_haystack.core.memory import check_firm_carry
+
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 1.0 <= value <= 10.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a factor from 1 to 10")
-    return value
+        return check_firm_carry(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a factor from 1 to 10") from exc
 
 
 def _memory_collect(args: argparse.Namespace) -> int:

@@ -250,7 +250,7 @@ class RowUse:
         usable = self.spent[:, None, :].to(fired.dtype)
         self.last = (plain * usable)[:, -1, :].detach().float()
         fired = fired * usable
-        self.last_firm = fired[:, -1, :].detach().float()
+        self.last_firm = self.last if self.firm == 1.0 else fired[:, -1, :].detach().float()
         if isinstance(self.follow, torch.Tensor):
             return torch.where(self.follow.to(fired.device).view(-1, 1, 1), only * usable, fired)
         return only * usable if self.follow else fired
@@ -275,10 +275,12 @@ class RowUse:
             firmed = carried.clone()
             firmed[seqs[inside], givers[inside] + 1] = torch.where(same, held, from_spent)[inside]
         goes_on = (fired > 0) & (carried[:, None, :] > 0).to(fired.device)  # only a row that matches on its own
+        lifted = torch.maximum(fired, carried[:, None, :].to(fired.dtype))
+        plain = torch.where(fired > 0, lifted, fired)
+        if firmed is carried:  # no firming: what is applied is the plain lift
+            return plain, plain, torch.where(goes_on, lifted, only)
         lifted = torch.maximum(fired, firmed[:, None, :].to(fired.dtype))
-        only = torch.where(goes_on, lifted, only)
-        plain = torch.where(fired > 0, torch.maximum(fired, carried[:, None, :].to(fired.dtype)), fired)
-        return torch.where(fired > 0, lifted, fired), plain, only
+        return torch.where(fired > 0, lifted, fired), plain, torch.where(goes_on, lifted, only)
 
 
 class LoraHooks:

@@ -85,6 +85,13 @@ def check_match_layer(layer: int, match_layer: int | None) -> int | None:
     return int(match_layer)
 
 
+def check_firm_carry(firm_carry: float) -> float:
+    """``firm_carry`` as a float. :raises ValueError: not a factor from 1 to 10."""
+    if not (math.isfinite(firm_carry) and 1.0 <= firm_carry <= 10.0):
+        raise ValueError(f"firm_carry {firm_carry!r} is not a factor from 1 to 10")
+    return float(firm_carry)
+
+
 ROW_USES = ("all", "once", "next", "value")
 """How the rows fire while an answer is generated (:class:`~d2l_haystack.core.lora.RowUse`): ``all``
 as fitted, every row at every step; ``once``: the row that gave a token is spent for the rest of
@@ -250,9 +257,7 @@ class ReadingMemory(nn.Module):
             raise ValueError(f"long_documents {long_documents!r} is not one of {', '.join(LONG_DOCUMENTS)}")
         self.long_documents = long_documents
         self.match_layer = check_match_layer(self.layer, match_layer)
-        if not (math.isfinite(firm_carry) and 1.0 <= firm_carry <= 10.0):
-            raise ValueError(f"firm_carry {firm_carry!r} is not a factor from 1 to 10")
-        self.firm_carry = float(firm_carry)
+        self.firm_carry = check_firm_carry(firm_carry)
 
     @property
     def key(self) -> str:
