@@ -14,6 +14,9 @@ ROW_USE_CHOICES = ("all", "once", "next", "value")
 LONG_DOCUMENTS_CHOICES = ("none", "follow", "read")
 """The values of ``core.memory.LONG_DOCUMENTS`` (not imported, as above; a test holds them equal)."""
 
+PHRASINGS_CHOICES = ("base", "more")
+"""The values of ``training.realistic.PHRASINGS`` (not imported, as above; a test holds them equal)."""
+
 UNTRAINED_CHOICES = ("none", "untrained")
 
 

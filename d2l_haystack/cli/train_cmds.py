@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import CHUNKING_CHOICES, LONG_DOCUMENTS_CHOICES, ROW_USE_CHOICES, add_device_option
+from .options import (
+    CHUNKING_CHOICES,
+    LONG_DOCUMENTS_CHOICES,
+    PHRASINGS_CHOICES,
+    ROW_USE_CHOICES,
+    add_device_option,
+)
 
 
 def register(sub: Any) -> None:
@@ -46,6 +52,9 @@ def register(sub: Any) -> None:
     c.add_argument("--squad-share", type=float, default=0.4, help="share of SQuAD training runs (default 0.4)")
     c.add_argument("--needle-share", type=float, default=0.0,
                    help="share of fact needles in training-part filler (default 0)")
+    c.add_argument("--phrasings", choices=PHRASINGS_CHOICES,
+                   help="the realistic documents' training templates: base, or more (two more statements and "
+                        "questions per fact, training.realistic_more; default: training.realistic.DEFAULT_PHRASINGS)")
     c.add_argument("--checkpoint", default="default", help="the hypernetwork checkpoint (default: shipped)")
     c.add_argument("--chunking", choices=CHUNKING_CHOICES, default="auto", help="the adapters' chunking (default auto)")
     c.add_argument("--threads", type=int, default=1)
@@ -172,6 +181,7 @@ def _memory_collect(args: argparse.Namespace) -> int:
 
     from d2l_haystack.core import D2LEngine
     from d2l_haystack.training.memory import collect
+    from d2l_haystack.training.realistic import DEFAULT_PHRASINGS
 
     torch.set_num_threads(args.threads)
     engine = D2LEngine(checkpoint=args.checkpoint, chunking=args.chunking, autocast="off", keys=None, device="cpu",
@@ -179,6 +189,7 @@ def _memory_collect(args: argparse.Namespace) -> int:
     try:
         out = collect(engine, args.docs, args.seed, args.out, layer=args.layer, squad_share=args.squad_share,
                       needle_share=args.needle_share, match_layer=args.match_layer,
+                      phrasings=args.phrasings or DEFAULT_PHRASINGS,
                       log=lambda s: print(s, file=sys.stderr, flush=True))
     except ValueError as exc:
         print(f"d2l memory collect: error: {exc}", file=sys.stderr)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from ..core.lora import row_key
 from ..core.memory import DEFAULT_MODULE, ReadingMemory, check_match_layer
+from .realistic import DEFAULT_PHRASINGS, PHRASINGS
 
 SCHEDULES = ("constant", "cosine")
 """The learning-rate schedules of :func:`fit`."""
@@ -55,20 +56,23 @@ facts"); the shipped memory was fitted with these."""
 
 def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29, module: str = DEFAULT_MODULE,
             squad_share: float = 0.4, needle_share: float = 0.0, log: Callable[[str], None] | None = None,
-            match_layer: int | None = None) -> Path:
+            match_layer: int | None = None, phrasings: str = DEFAULT_PHRASINGS) -> Path:
     """Cache what :func:`fit` needs for ``docs`` generated training-part documents (see the module
     docstring); ``engine`` is a :class:`~d2l_haystack.core.engine.D2LEngine` whose chunking the
     adapters use. A share ``squad_share`` of the documents are SQuAD training runs, ``needle_share``
     fact needles in training-part filler (32-384 tokens, the trained phrasings: the memory must
     not break what the hypernetwork already reads), the rest realistic documents. ``match_layer``: the
     match reads that layer's inputs (the documents' keys and the answers' states) while the rows
-    stay on ``layer``, the last (:attr:`~d2l_haystack.core.memory.ReadingMemory.match_layer`). Writes
-    ``out`` (``torch.save``) and returns it."""
+    stay on ``layer``, the last (:attr:`~d2l_haystack.core.memory.ReadingMemory.match_layer`).
+    ``phrasings``: the realistic documents' training template set
+    (:data:`~d2l_haystack.training.realistic.PHRASINGS`). Writes ``out`` (``torch.save``) and returns it."""
     from ..core.adapter import compose
     from .data import FillerBank, needle_document, squad_paragraphs, squad_run_document
     from .realistic import realistic_document
 
     model, fmt, tok = engine.model, engine.format, engine.tokenizer
+    if phrasings not in PHRASINGS:
+        raise ValueError(f"phrasings must be one of {', '.join(PHRASINGS)}, got {phrasings!r}")
     checked = check_match_layer(layer, match_layer)
     reads = layer if checked is None else checked
     if reads != layer and layer < len(model.model.layers) - 1:
@@ -94,7 +98,7 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
                 doc = needle_document(rng, filler, int(rng.integers(32, 385)), int(rng.integers(1, 3)), 3)
                 kind = "needle"
             else:
-                doc = realistic_document(rng, n_questions=3, part="train")
+                doc = realistic_document(rng, n_questions=3, part="train", phrasings=phrasings)
                 kind = doc.meta["kind"]
             chunks = engine.chunk_ids(doc.text)
             passes = [(s.half(), ids) for s, ids, _ in engine.memory_states(chunks, reads, module)]
@@ -128,7 +132,8 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"layer": layer, "module": module, "checkpoint": engine.network_id, "chunking": engine.chunking,
-                **({} if reads == layer else {"match_layer": reads}), "items": items}, out)
+                **({} if reads == layer else {"match_layer": reads}),
+                **({} if phrasings == DEFAULT_PHRASINGS else {"phrasings": phrasings}), "items": items}, out)
     return out
 
 
@@ -332,6 +337,7 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
                          + (f", the memory is for {checkpoint_id}" if checkpoint_id else "")
                          + ": collect them again with that checkpoint")
     layer, module, match_layer = layers.pop()
+    phrasings = sorted({str(d.get("phrasings", DEFAULT_PHRASINGS)) for d in loaded})
     items = [it for d in loaded for it in d["items"]]
     held = [q for it in items if it["kind"] in hold_kinds for q in _questions(it)]
     rest = [it for it in items if it["kind"] not in hold_kinds]
@@ -396,6 +402,7 @@ def fit(caches: list[str | Path], lm: Any, hold_kinds: tuple[str, ...] = DEFAULT
     low, high = np.percentile(diff[boot].mean(1), [2.5, 97.5])
     report = {
         "caches": [str(c) for c in caches], "layer": layer, "module": module, "match_layer": match_layer,
+        "phrasings": phrasings,
         "hold_kinds": sorted(hold_kinds),
         "rank": memory.q.shape[0], "init": init is not None,
         "steps": steps, "best_step": best[1], "lr": lr, "schedule": schedule, "weight_decay": weight_decay,

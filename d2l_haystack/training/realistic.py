@@ -34,6 +34,7 @@ import numpy as np
 from .data import QA, TrainDoc
 from .heldout import PARTS
 from .heldout import part_of as _part_of
+from .realistic_more import MORE_PHRASINGS
 
 Rng = np.random.Generator
 
@@ -668,6 +669,37 @@ def kinds_of(part: str) -> list[Kind]:
     return list(KINDS)
 
 
+PHRASINGS = ("base", "more")
+"""The template sets of the training part: ``base`` (two statements and two questions per fact
+attribute) or ``more`` (those and :data:`~.realistic_more.MORE_PHRASINGS`, two more of each)."""
+
+DEFAULT_PHRASINGS = "base"
+"""The training part's template set by default: ``base``, the one every shipped checkpoint was
+trained and fitted with."""
+
+
+def _check_phrasings(phrasings: str) -> None:
+    if phrasings not in PHRASINGS:
+        raise ValueError(f"phrasings must be one of {', '.join(PHRASINGS)}, got {phrasings!r}")
+
+
+def templates_of(kind: Kind, attr: Attr, part: str, phrasings: str = DEFAULT_PHRASINGS
+                 ) -> tuple[list[str], list[str]]:
+    """The statement and question templates of ``attr`` (of ``kind``) in ``part`` (``train``,
+    ``heldout`` or ``any``); ``phrasings="more"`` adds :data:`~.realistic_more.MORE_PHRASINGS` to the
+    training part only.
+
+    :raises ValueError: an unknown ``phrasings``.
+    """
+    _check_phrasings(phrasings)
+    statements, questions = _part_of(attr.statements, part), _part_of(attr.questions, part)
+    more = MORE_PHRASINGS.get(f"{kind.name}.{attr.name}") if phrasings == "more" and part == "train" else None
+    if more is not None:
+        statements = statements + more[0].split(" || ")
+        questions = questions + more[1].split(" || ")
+    return statements, questions
+
+
 def _statement(rng: Rng, attr: Attr, subject: str, value: str, templates: list[str]) -> str:
     text = _pick(rng, templates)
     if " | " in text:  # yes/no pair
@@ -678,7 +710,8 @@ def _statement(rng: Rng, attr: Attr, subject: str, value: str, templates: list[s
 
 
 def realistic_document(rng: Rng, n_questions: int = 2, part: str = "train", min_facts: int = 3,
-                       max_facts: int = 6, plain_sentences: int = 2, kind: str | None = None) -> TrainDoc:
+                       max_facts: int = 6, plain_sentences: int = 2, kind: str | None = None,
+                       phrasings: str = DEFAULT_PHRASINGS) -> TrainDoc:
     """One realistic document with ``n_questions`` questions about its facts.
 
     :param part: ``train`` (training kinds, templates and value formats) or ``heldout`` (held-out
@@ -686,8 +719,11 @@ def realistic_document(rng: Rng, n_questions: int = 2, part: str = "train", min_
     :param min_facts: fewest facts stated; each fact is one sentence, in random order.
     :param plain_sentences: up to this many sentences without a fact are mixed in.
     :param kind: force a document kind by name (default: drawn among the part's kinds).
-    :raises ValueError: an unknown part or kind.
+    :param phrasings: the training part's template set (:data:`PHRASINGS`); the held-out part is the
+        same with either.
+    :raises ValueError: an unknown part, kind or phrasings.
     """
+    _check_phrasings(phrasings)
     kinds = kinds_of(part)
     if kind is not None:
         chosen = [k for k in KINDS if k.name == kind]
@@ -706,7 +742,7 @@ def realistic_document(rng: Rng, n_questions: int = 2, part: str = "train", min_
     facts: list[tuple[Attr, str, str]] = []  # (attr, value, sentence)
     for a in attrs:
         value = a.value(rng, template_part)
-        statements = _part_of(a.statements, template_part)
+        statements = templates_of(k, a, template_part, phrasings)[0]
         facts.append((a, value, _statement(rng, a, subject, value, statements)))
     sentences = [f[2] for f in facts]
     n_plain = int(rng.integers(0, plain_sentences + 1))
@@ -719,7 +755,7 @@ def realistic_document(rng: Rng, n_questions: int = 2, part: str = "train", min_
     qas: list[QA] = []
     for j in rng.permutation(len(facts))[:n_questions]:
         a, value, _ = facts[int(j)]
-        questions = _part_of(a.questions, template_part)
+        questions = templates_of(k, a, template_part, phrasings)[1]
         q = _pick(rng, questions).format(s=subject)
         qas.append(QA(q[0].upper() + q[1:], value, "realistic"))
     return TrainDoc(text, qas, "realistic", meta={"kind": k.name, "part": part})

@@ -242,3 +242,7 @@ def test_cli_chunking_choices_are_the_engines():
     from d2l_haystack.core.memory import LONG_DOCUMENTS
 
     assert LONG_DOCUMENTS_CHOICES == LONG_DOCUMENTS
+    from d2l_haystack.cli.options import PHRASINGS_CHOICES
+    from d2l_haystack.training.realistic import PHRASINGS
+
+    assert PHRASINGS_CHOICES == PHRASINGS

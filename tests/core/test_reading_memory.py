@@ -347,9 +347,16 @@ def test_collect_and_fit_write_a_checkpoint_that_reads_with_a_memory(
     for a, b in zip(first, second, strict=True):
         for qa, qb in zip(a["qs"], b["qs"], strict=True):
             assert torch.equal(qa["h"], qb["h"]) and torch.equal(qa["x"], qb["x"])
+    # the realistic documents' template set is recorded where it is not the default, and checked
+    more = collect(engine, docs=2, seed=3, out=tmp_path / "m.pt", layer=3, squad_share=0.0, phrasings="more")
+    assert torch.load(more, weights_only=False)["phrasings"] == "more"
+    assert "phrasings" not in torch.load(cache, weights_only=False)
+    with pytest.raises(ValueError, match="phrasings must be one of base, more"):
+        collect(engine, docs=1, seed=3, out=tmp_path / "x.pt", layer=3, phrasings="many")
     hold = next(k for k in kinds if k != "needle")
     memory, report = fit([cache], engine.model, hold_kinds=(hold,), rank=4, steps=4, batch=4, eval_every=2,
                          val_every=2)
+    assert report["phrasings"] == ["base"]
     assert report["questions"]["held"] >= 1 and report["questions"]["train"] >= 1
     assert report["questions"]["validation"] == sum(v["questions"] for v in report["validation"].values()) > 0
     assert hold not in report["validation"]

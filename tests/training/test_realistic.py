@@ -74,6 +74,51 @@ def test_every_attribute_has_a_held_out_phrasing():
             assert len(attr.statements) >= 3 and len(attr.questions) >= 3, (kind.name, attr.name)
 
 
+def test_more_phrasings_add_training_templates_only():
+    from d2l_haystack.training.realistic_more import MORE_PHRASINGS
+
+    train_attrs = {f"{k.name}.{a.name}" for k in R.kinds_of("train") for a in k.attrs}
+    assert set(MORE_PHRASINGS) == train_attrs  # every training fact, no held-out kind
+    held_s, held_q = set(), set()
+    for kind in R.KINDS:
+        whole = kind.name in R.HELDOUT_KINDS
+        for attr in kind.attrs:
+            held_s.update(attr.statements if whole else R._part_of(attr.statements, "heldout"))
+            held_q.update(attr.questions if whole else R._part_of(attr.questions, "heldout"))
+
+    def words(t: str) -> set[str]:
+        return set(t.lower().replace("?", "").replace(".", "").replace(",", "").split())
+
+    for kind in R.kinds_of("train"):
+        for attr in kind.attrs:
+            s, q = R.templates_of(kind, attr, "train", "more")
+            base_s, base_q = R.templates_of(kind, attr, "train")
+            assert len(s) == len(base_s) + 2 and len(q) == len(base_q) + 2, (kind.name, attr.name)
+            assert set(s).isdisjoint(held_s) and set(q).isdisjoint(held_q), (kind.name, attr.name)
+            # not a near copy of the attribute's held-out phrasing either (word overlap under 0.6)
+            for t in s[len(base_s):] + q[len(base_q):]:
+                for h in R._part_of(attr.statements, "heldout") + R._part_of(attr.questions, "heldout"):
+                    overlap = len(words(t) & words(h)) / len(words(t) | words(h))
+                    assert overlap < 0.6, (kind.name, attr.name, t, h)
+            assert all(("{v}" in t) == ("{v}" in s[0]) for t in s), (kind.name, attr.name)  # yes/no pairs alike
+            assert R.templates_of(kind, attr, "heldout", "more") == R.templates_of(kind, attr, "heldout")
+    # the held-out part is the same document for document; the training part draws the new templates
+    held = [R.realistic_document(np.random.default_rng(i), 3, part="heldout", phrasings="more") for i in range(50)]
+    assert [d.text for d in held] == [d.text for d in _docs_seeded("heldout", 50)]
+    more = [R.realistic_document(np.random.default_rng(i), 3, part="train", phrasings="more") for i in range(300)]
+    extra_q = {t.split("{")[0] for v in MORE_PHRASINGS.values() for t in v[1].split(" || ")}
+    assert any(q.question.startswith(p) for d in more for q in d.qas for p in extra_q if len(p) > 12)
+    for doc in more:
+        for qa in doc.qas:
+            assert qa.answer in ("yes", "no") or qa.answer.lower() in doc.text.lower(), (qa.question, doc.text)
+    with pytest.raises(ValueError, match="phrasings must be one of base, more"):
+        R.realistic_document(np.random.default_rng(0), phrasings="many")
+
+
+def _docs_seeded(part: str, n: int) -> list:
+    return [R.realistic_document(np.random.default_rng(i), 3, part=part) for i in range(n)]
+
+
 def test_value_formats_are_split_too():
     rng = np.random.default_rng(1)
     train = {R.date(rng, "train") for _ in range(300)}
