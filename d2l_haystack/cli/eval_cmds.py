@@ -97,11 +97,15 @@ def register(sub: Any) -> None:
                        description="One report: METHOD against --against (e.g. d2l against icl): the ratio of "
                                    "their means and the paired difference, with 95 %% bootstrap intervals. Two "
                                    "reports of the same case file: METHOD in the first minus METHOD in the "
-                                   "second (a candidate checkpoint against the shipped one). Two folders: "
-                                   "that for every report name in both, and all their cases pooled.")
+                                   "second (a candidate checkpoint against the shipped one); with --against, "
+                                   "METHOD in the first against AGAINST in the second (a checkpoint's d2l "
+                                   "against baselines measured once: base, icl and rag do not depend on it). "
+                                   "Two folders: that for every report name in both, and all their cases "
+                                   "pooled.")
     m.add_argument("reports", nargs="+", help="one or two d2l eval reports (.json), or two folders of them")
     m.add_argument("--method", default="d2l")
-    m.add_argument("--against", default="icl", help="with one report: the method to compare with")
+    m.add_argument("--against", help="the method to compare with: in the report (default icl), or with two "
+                                     "reports in the second")
     m.add_argument("--metric", default="f1", choices=["f1", "exact_match", "contains"])
     m.add_argument("--rounds", type=int, default=10000)
     m.set_defaults(handler=_compare)
@@ -248,14 +252,16 @@ def _compare(args: argparse.Namespace) -> int:
                                    rounds=args.rounds)
             for name, x, y, d in rows:
                 print(f"  {name:<28} {x:.3f} - {y:.3f} = {d}")
-        elif len(args.reports) == 1:
+        elif len(args.reports) == 1 or args.against:
+            against = args.against or "icl"
             a = scores(args.reports[0], args.method, args.metric)
-            b = scores(args.reports[0], args.against, args.metric)
+            b = scores(args.reports[-1], against, args.metric)
             r, d = ratio(a, b, args.rounds), paired_difference(a, b, args.rounds)
-            print(f"{args.metric}: {args.method} {sum(a.values()) / len(a):.3f}, {args.against} "
-                  f"{sum(b.values()) / len(b):.3f}")
-            print(f"{args.method} / {args.against}: {r.value:.2f} [{r.low:.2f}, {r.high:.2f}]")
-            print(f"{args.method} - {args.against}: {d}")
+            shared = set(a) & set(b)
+            mean_a, mean_b = (sum(x[i] for i in shared) / len(shared) for x in (a, b))
+            print(f"{args.metric} on {len(shared)} shared cases: {args.method} {mean_a:.3f}, {against} {mean_b:.3f}")
+            print(f"{args.method} / {against}: {r.value:.2f} [{r.low:.2f}, {r.high:.2f}]")
+            print(f"{args.method} - {against}: {d}")
         else:
             a = scores(args.reports[0], args.method, args.metric)
             b = scores(args.reports[1], args.method, args.metric)

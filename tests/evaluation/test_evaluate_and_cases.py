@@ -234,6 +234,27 @@ def test_paired_bootstrap_of_reports(tmp_path):
         main(["compare", str(report), "--method", "rag"])
 
 
+def test_compare_a_method_against_another_reports_baseline(tmp_path, capsys):
+    """A candidate's d2l report against baselines measured once in another report of the same cases."""
+    import json
+
+    from d2l_haystack.cli import main
+
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    new.write_text(json.dumps({"cases": [{"id": f"q{i}", "method": "d2l", "contains": float(i % 2 == 0), "f1": 0.5}
+                                         for i in range(20)]}))
+    old.write_text(json.dumps({"cases": [{"id": f"q{i}", "method": m, "contains": s, "f1": s}
+                                         for i in range(20) for m, s in (("rag", 1.0), ("icl", 0.25))]}))
+    assert main(["compare", str(new), str(old), "--against", "rag", "--metric", "contains"]) == 0
+    out = capsys.readouterr().out
+    assert "contains on 20 shared cases: d2l 0.500, rag 1.000" in out and "d2l / rag: 0.50" in out
+    assert "d2l - rag: -0.500" in out
+    assert main(["compare", str(new), str(old), "--against", "icl", "--metric", "f1"]) == 0
+    assert "d2l / icl: 2.00" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no method 'd2l'"):  # without --against: d2l in both
+        main(["compare", str(new), str(old)])
+
+
 def test_compare_folders_pairs_each_report_and_pools_their_cases(tmp_path, capsys):
     import json
 
