@@ -47,7 +47,7 @@ from ..core.prompts import ChatFormat, chunk_text_ids, chunk_token_ids
 from ..core.textio import CHUNKINGS, DEFAULT_CHUNKING
 from . import data as D
 from .instructions import Instruction, instructions_document
-from .realistic import realistic_document
+from .realistic import DEFAULT_PHRASINGS, PHRASINGS, realistic_document
 from .recall import recall_question
 from .swap import AnswerPool, swap_document, swap_run_document
 from .teacher import TeacherCache, TeacherTarget, soft_cross_entropy
@@ -172,6 +172,10 @@ class TrainConfig:
     model's WITHOUT the instructions (what it answers unprompted, so the request's content keeps the
     base model's quality), rewritten by the rule; the teacher with the instructions still gives the
     soft part. Kinds without a rewrite (``min_words``) keep the instructed reply."""
+    realistic_phrasings: str = DEFAULT_PHRASINGS
+    """The training part's templates of generated realistic documents (:data:`.realistic.PHRASINGS`):
+    ``base``, or ``more`` (two more statements and questions per fact); the held-out part is the same
+    with either."""
     bias_trainable_from: int = 0
     phases: list[Phase] = field(default_factory=lambda: [Phase(until_step=10**9)])
     checkpoint_seconds: float = 300.0
@@ -205,6 +209,9 @@ class TrainConfig:
             raise ValueError(f"copy_lr_scale must be > 0, got {self.copy_lr_scale}")
         if self.copy_gate_init and not self.hypernet.get("copy_path"):
             raise ValueError("copy_gate_init needs hypernet: {copy_path: true} (the gates it starts)")
+        if self.realistic_phrasings not in PHRASINGS:
+            raise ValueError(f"realistic_phrasings must be one of {', '.join(PHRASINGS)}, "
+                             f"got {self.realistic_phrasings!r}")
         if not 0.0 <= self.instructions_plain_share <= 1.0:
             raise ValueError(f"instructions_plain_share must be within [0, 1], got {self.instructions_plain_share}")
         if self.distill_top_k <= 0 and any(isinstance(p, Phase) and p.mix.get("instructions") for p in self.phases):
@@ -454,7 +461,8 @@ class Trainer:
                 doc = (swap_run_document(rng, squad, pool, self.cfg.questions_per_doc, runs) if runs else
                        swap_document(rng, squad, pool, self.cfg.questions_per_doc, n_paragraphs=chunks))
             elif kind == "realistic":
-                doc = realistic_document(rng, self.cfg.questions_per_doc, part="heldout" if held_out else "train")
+                doc = realistic_document(rng, self.cfg.questions_per_doc, part="heldout" if held_out else "train",
+                                         phrasings=self.cfg.realistic_phrasings)
             elif kind == "instructions":  # applies to every request: one chunk, no unrelated question
                 # held-out phrasings of the training kinds: the held-out KINDS stay unseen until evaluation
                 doc = instructions_document(rng, self.cfg.questions_per_doc,

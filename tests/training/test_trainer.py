@@ -311,6 +311,26 @@ def test_a_bad_distillation_setting_is_one_config_error(tmp_path):
         TrainConfig.from_file(path)
 
 
+def test_realistic_phrasings_reach_the_training_documents_only(tiny_llama_dir, tmp_path):
+    import numpy as np
+
+    from d2l_haystack.training.trainer import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("realistic_phrasings: many\n")
+    with pytest.raises(ConfigError, match="realistic_phrasings must be one of base, more"):
+        TrainConfig.from_file(path)
+    phase = Phase(until_step=100, mix={"realistic": 1.0})
+    made = {}
+    for phrasings in ("base", "more"):
+        cfg = _config(tiny_llama_dir, tmp_path / phrasings, realistic_phrasings=phrasings, phases=[phase])
+        tr = Trainer(cfg, log=_silent)
+        made[phrasings] = [[d.text for d in tr.make_docs(np.random.default_rng(5), phase, 30, held_out=h)]
+                           for h in (False, True)]
+    assert made["base"][0] != made["more"][0]  # training documents draw the added templates
+    assert made["base"][1] == made["more"][1]  # held-out documents are the same
+
+
 def test_instructions_documents_train_against_the_teacher_with_the_system_prompt(tiny_llama_dir, tmp_path):
     import numpy as np
 
