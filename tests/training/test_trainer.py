@@ -311,6 +311,25 @@ def test_a_bad_distillation_setting_is_one_config_error(tmp_path):
         TrainConfig.from_file(path)
 
 
+def test_a_per_layer_encoder_trains_and_its_checkpoint_internalizes(tiny_llama_dir, tmp_path):
+    """The reference's QA encoder (every layer's input feeds that layer's LoRA) through the whole
+    path: training steps, a checkpoint, an engine that internalizes and answers with it."""
+    from d2l_haystack.core import D2LEngine
+
+    out = tmp_path / "pl"
+    cfg = _config(tiny_llama_dir, out, max_steps=2,
+                  hypernet={"latent_dim": 32, "proj_hidden": 64, "num_heads": 2, "encoder_mode": "per_layer"},
+                  phases=[Phase(until_step=100, min_tokens=16, max_tokens=48, mix={"realistic": 0.5, "needle": 0.5})])
+    assert Trainer(cfg, log=_silent).train()["step"] == 2
+    engine = D2LEngine(str(tiny_llama_dir), checkpoint=str(out / "checkpoint"), device="cpu", chunk_tokens=64,
+                       keys=None)
+    assert engine.hypernet.config.encoder_mode == "per_layer"
+    adapter = engine.internalize("The boat house code is 4417. The ferry leaves at noon.", progress=False)
+    a, b = next(iter(adapter.factors.values()))
+    assert a.shape[0] == engine.model.config.num_hidden_layers and float(b.abs().sum()) > 0
+    assert engine.generate("What is the boat house code?", adapters=adapter, max_new_tokens=3).text is not None
+
+
 def test_realistic_phrasings_reach_the_training_documents_only(tiny_llama_dir, tmp_path):
     import numpy as np
 
