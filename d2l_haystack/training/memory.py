@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ..core.lora import row_key
 from ..core.memory import DEFAULT_MODULE, ReadingMemory, check_match_layer
-from .realistic import DEFAULT_PHRASINGS, PHRASINGS
+from .realistic import DEFAULT_PHRASINGS, check_phrasings
 
 SCHEDULES = ("constant", "cosine")
 """The learning-rate schedules of :func:`fit`."""
@@ -71,8 +71,7 @@ def collect(engine: Any, docs: int, seed: int, out: str | Path, layer: int = 29,
     from .realistic import realistic_document
 
     model, fmt, tok = engine.model, engine.format, engine.tokenizer
-    if phrasings not in PHRASINGS:
-        raise ValueError(f"phrasings must be one of {', '.join(PHRASINGS)}, got {phrasings!r}")
+    check_phrasings(phrasings)
     checked = check_match_layer(layer, match_layer)
     reads = layer if checked is None else checked
     if reads != layer and layer < len(model.model.layers) - 1:

@@ -678,9 +678,16 @@ DEFAULT_PHRASINGS = "base"
 trained and fitted with."""
 
 
-def _check_phrasings(phrasings: str) -> None:
+_MORE = {key: (tuple(statements.split(" || ")), tuple(questions.split(" || ")))
+         for key, (statements, questions) in MORE_PHRASINGS.items()}
+""":data:`~.realistic_more.MORE_PHRASINGS` split into template tuples once."""
+
+
+def check_phrasings(phrasings: str, name: str = "phrasings") -> str:
+    """``phrasings`` if it is one of :data:`PHRASINGS`. :raises ValueError: naming ``name``, if not."""
     if phrasings not in PHRASINGS:
-        raise ValueError(f"phrasings must be one of {', '.join(PHRASINGS)}, got {phrasings!r}")
+        raise ValueError(f"{name} must be one of {', '.join(PHRASINGS)}, got {phrasings!r}")
+    return phrasings
 
 
 def templates_of(kind: Kind, attr: Attr, part: str, phrasings: str = DEFAULT_PHRASINGS
@@ -691,12 +698,11 @@ def templates_of(kind: Kind, attr: Attr, part: str, phrasings: str = DEFAULT_PHR
 
     :raises ValueError: an unknown ``phrasings``.
     """
-    _check_phrasings(phrasings)
+    check_phrasings(phrasings)
     statements, questions = _part_of(attr.statements, part), _part_of(attr.questions, part)
-    more = MORE_PHRASINGS.get(f"{kind.name}.{attr.name}") if phrasings == "more" and part == "train" else None
+    more = _MORE.get(f"{kind.name}.{attr.name}") if phrasings == "more" and part == "train" else None
     if more is not None:
-        statements = statements + more[0].split(" || ")
-        questions = questions + more[1].split(" || ")
+        statements, questions = statements + list(more[0]), questions + list(more[1])
     return statements, questions
 
 
@@ -723,7 +729,7 @@ def realistic_document(rng: Rng, n_questions: int = 2, part: str = "train", min_
         same with either.
     :raises ValueError: an unknown part, kind or phrasings.
     """
-    _check_phrasings(phrasings)
+    check_phrasings(phrasings)
     kinds = kinds_of(part)
     if kind is not None:
         chosen = [k for k in KINDS if k.name == kind]

@@ -47,7 +47,7 @@ from ..core.prompts import ChatFormat, chunk_text_ids, chunk_token_ids
 from ..core.textio import CHUNKINGS, DEFAULT_CHUNKING
 from . import data as D
 from .instructions import Instruction, instructions_document
-from .realistic import DEFAULT_PHRASINGS, PHRASINGS, realistic_document
+from .realistic import DEFAULT_PHRASINGS, check_phrasings, realistic_document
 from .recall import recall_question
 from .swap import AnswerPool, swap_document, swap_run_document
 from .teacher import TeacherCache, TeacherTarget, soft_cross_entropy
@@ -209,9 +209,7 @@ class TrainConfig:
             raise ValueError(f"copy_lr_scale must be > 0, got {self.copy_lr_scale}")
         if self.copy_gate_init and not self.hypernet.get("copy_path"):
             raise ValueError("copy_gate_init needs hypernet: {copy_path: true} (the gates it starts)")
-        if self.realistic_phrasings not in PHRASINGS:
-            raise ValueError(f"realistic_phrasings must be one of {', '.join(PHRASINGS)}, "
-                             f"got {self.realistic_phrasings!r}")
+        check_phrasings(self.realistic_phrasings, "realistic_phrasings")
         if not 0.0 <= self.instructions_plain_share <= 1.0:
             raise ValueError(f"instructions_plain_share must be within [0, 1], got {self.instructions_plain_share}")
         if self.distill_top_k <= 0 and any(isinstance(p, Phase) and p.mix.get("instructions") for p in self.phases):
